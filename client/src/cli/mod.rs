@@ -1,0 +1,3 @@
+//! Subcommands of the `veil` CLI, one module each.
+pub mod attest;
+pub mod eif;

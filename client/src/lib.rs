@@ -1,0 +1,2 @@
+//! Veil client library (placeholder, being written).
+pub mod cli;

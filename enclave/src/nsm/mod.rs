@@ -1,0 +1,1 @@
+//! NSM (being written)

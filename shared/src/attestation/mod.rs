@@ -1,0 +1,1 @@
+//! Attestation document verification (being written).

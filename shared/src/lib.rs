@@ -1,0 +1,18 @@
+//! Veil's shared library, used on both sides of the trust boundary.
+//!
+//! Everything here except [`transport`] is pure: it sees bytes and returns values, and never touches a
+//! socket, a file or the clock (callers pass the time in). That keeps the parsers of hostile input small,
+//! testable and fuzzable.
+//!
+//! - [`frame`]: length-prefixed frames with an explicit maximum, checked before anything is allocated.
+//! - [`proto`]: the versioned CBOR messages exchanged between parent and enclave.
+//! - [`v2`]: Open Inference Protocol (KServe v2) tensors as JSON.
+//! - [`attestation`]: the fail-closed verifier of Nitro attestation documents.
+//! - [`transport`]: `vsock://`, `tcp://` and `unix://` addresses, listeners and dialers (the only I/O).
+#![forbid(unsafe_code)]
+
+pub mod attestation;
+pub mod frame;
+pub mod proto;
+pub mod transport;
+pub mod v2;
