@@ -1,0 +1,213 @@
+//! The HTTP side of the client: one small hyper client over plain TCP.
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+
+/// Largest response body the client accepts (an attestation document is ~5 KiB, a MiniLM answer ~1 MiB).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why a call to the parent failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The base URL is not an `http://host:port` URL.
+    #[error("invalid server URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    /// The server could not be reached, or the connection broke.
+    #[error("could not reach {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// No answer within the time limit.
+    #[error("no answer from {url} within {0:?}", .timeout)]
+    Timeout { url: String, timeout: Duration },
+    /// The server answered with an error status; `message` is its error text.
+    #[error("server answered {status}: {message}")]
+    Status { status: StatusCode, message: String },
+    /// The answer was larger than the client accepts.
+    #[error("answer from {url} is larger than {MAX_RESPONSE_BYTES} bytes")]
+    TooLarge { url: String },
+}
+
+impl ClientError {
+    /// True when the failure is about reaching the server rather than what it said.
+    pub fn is_connection(&self) -> bool {
+        matches!(self, ClientError::Connect { .. } | ClientError::Timeout { .. })
+    }
+}
+
+/// A handle on one Veil parent (cheap to clone; connections are pooled).
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    http: HyperClient<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client for the parent at `base` (`http://host:port`), with a 60 s timeout per call.
+    pub fn new(base: &str) -> Result<Self, ClientError> {
+        let trimmed = base.trim_end_matches('/');
+        let uri: Uri = trimmed.parse().map_err(|e: hyper::http::uri::InvalidUri| ClientError::InvalidUrl {
+            url: base.to_owned(),
+            reason: e.to_string(),
+        })?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(ClientError::InvalidUrl {
+                    url: base.to_owned(),
+                    reason: "https is terminated in front of the parent (load balancer); talk http to the parent, \
+                             or put a TLS proxy in front"
+                        .into(),
+                });
+            }
+            _ => {
+                return Err(ClientError::InvalidUrl {
+                    url: base.to_owned(),
+                    reason: "expected http://HOST:PORT".into(),
+                });
+            }
+        }
+        if uri.host().is_none() {
+            return Err(ClientError::InvalidUrl { url: base.to_owned(), reason: "no host".into() });
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let http = HyperClient::builder(TokioExecutor::new()).build(connector);
+        Ok(Self { base: trimmed.to_owned(), http, timeout: Duration::from_secs(60) })
+    }
+
+    /// Sets the time limit for each call.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The base URL this client talks to.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends one inference request body for `model` and returns the response body.
+    ///
+    /// The body is an Open Inference Protocol (KServe v2) request as JSON. This is the one place where the
+    /// KMS envelope (sealing the body to the enclave) plugs in: callers keep passing and getting v2 JSON.
+    pub async fn infer(&self, model: &str, body: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let path = format!("/v1/models/{}/infer", encode_segment(model));
+        self.call(Method::POST, &path, Bytes::copy_from_slice(body)).await
+    }
+
+    /// Fetches a model's metadata (v2 model metadata JSON: inputs, outputs, datatypes, shapes).
+    pub async fn model_metadata(&self, model: &str) -> Result<Vec<u8>, ClientError> {
+        let path = format!("/v1/models/{}", encode_segment(model));
+        self.call(Method::GET, &path, Bytes::new()).await
+    }
+
+    /// Fetches a fresh attestation document (COSE_Sign1, CBOR) that carries `nonce`.
+    ///
+    /// The bytes are unverified: check them with `veil_shared::attestation` before trusting anything in them.
+    pub async fn attestation(&self, nonce: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let path = format!("/v1/attestation?nonce={}", hex::encode(nonce));
+        self.call(Method::GET, &path, Bytes::new()).await
+    }
+
+    /// Fetches a plain GET path (e.g. `/healthz`, `/metrics`) and returns the body.
+    pub async fn get(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        self.call(Method::GET, path, Bytes::new()).await
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Bytes) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let request = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+            .body(Full::new(body))
+            .map_err(|e| ClientError::InvalidUrl { url: url.clone(), reason: e.to_string() })?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| ClientError::Connect { url: url.clone(), source: Box::new(e) })?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        ClientError::TooLarge { url: url.clone() }
+                    } else {
+                        ClientError::Connect { url: url.clone(), source: e }
+                    }
+                })?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(ClientError::Status { status, message: error_message(&body) });
+            }
+            Ok(body.to_vec())
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout { url, timeout: self.timeout }),
+        }
+    }
+}
+
+/// The text of an error body: the `error` field of a JSON body, else the body as (lossy) text.
+fn error_message(body: &[u8]) -> String {
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) {
+        if let Some(serde_json::Value::String(s)) = map.get("error") {
+            return s.clone();
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    text.chars().take(2000).collect()
+}
+
+/// Percent-encodes a model name for use as one path segment.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_urls_with_reasons() {
+        let err = Client::new("ftp://x").unwrap_err().to_string();
+        assert!(err.contains("expected http://HOST:PORT"), "{err}");
+        let err = Client::new("https://x:1").unwrap_err().to_string();
+        assert!(err.contains("https"), "{err}");
+        assert!(Client::new("http://127.0.0.1:8080/").is_ok());
+    }
+
+    #[test]
+    fn model_names_are_one_path_segment() {
+        assert_eq!(encode_segment("iris"), "iris");
+        assert_eq!(encode_segment("a/b?c"), "a%2Fb%3Fc");
+    }
+
+    #[test]
+    fn error_message_prefers_json_error_field() {
+        assert_eq!(error_message(br#"{"error":"unknown model"}"#), "unknown model");
+        assert_eq!(error_message(b"plain"), "plain");
+    }
+}
