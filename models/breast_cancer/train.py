@@ -32,6 +32,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 RANDOM_STATE = 42
+# An upper bound: skl2onnx writes the lowest opsets its operators need (here ai.onnx 9, ai.onnx.ml 1).
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 HERE = os.path.dirname(os.path.abspath(__file__))
 
