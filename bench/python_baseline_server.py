@@ -122,7 +122,7 @@ class Model:
                 raise BadRequest(f"unknown outputs {unknown}")
         try:
             results = self.session.run(wanted, feeds)
-        except Exception as e:  # noqa: BLE001 - onnxruntime's exception types are not public API
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own, non-public exception types
             raise BadRequest(f"inference failed: {e}") from None
 
         outputs = [self._output(n, v) for n, v in zip(wanted, results)]
@@ -153,7 +153,7 @@ def make_handler(model):
         disable_nagle_algorithm = True  # headers and body go out in separate writes
         server_version = "veil-python-baseline"
 
-        def log_message(self, format, *args):  # noqa: A002 - signature of the base class
+        def log_message(self, format, *args):
             pass
 
         def _reply(self, status, body=b"", content_type="application/json"):
@@ -167,7 +167,7 @@ def make_handler(model):
         def _error(self, status, message):
             self._reply(status, json.dumps({"error": message}).encode())
 
-        def do_GET(self):  # noqa: N802 - http.server naming
+        def do_GET(self):
             path = self.path.split("?", 1)[0]
             if path in ready_paths:
                 self._reply(HTTPStatus.OK)
@@ -176,7 +176,7 @@ def make_handler(model):
             else:
                 self._error(HTTPStatus.NOT_FOUND, f"no route for GET {path}")
 
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             path = self.path.split("?", 1)[0]
             try:
                 length = int(self.headers.get("Content-Length", ""))
