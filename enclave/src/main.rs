@@ -1,1 +1,194 @@
-fn main() {}
+//! `veil-enclave`: the binary that runs inside the Nitro Enclave.
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use veil_enclave::host::HostClient;
+use veil_enclave::model::{Model, SessionOptions};
+use veil_enclave::server::{self, Enclave, Limits};
+use veil_shared::transport::{Address, Listener};
+
+/// The Veil enclave: serves confidential inference from inside an AWS Nitro Enclave.
+///
+/// It listens for the parent's relayed client traffic, fetches its models from the parent's host
+/// services at boot (an enclave has no disk and no network), and runs them in ONNX Runtime.
+#[derive(Debug, Parser)]
+#[command(version, after_help = "\
+Examples:
+  On Nitro hardware (the defaults):
+    veil-enclave --model breast_cancer
+  Off hardware, next to `veil-parent --host-listen unix:///tmp/veil/host.sock`:
+    veil-enclave --listen unix:///tmp/veil/enclave.sock --parent unix:///tmp/veil/host.sock --model iris
+
+ONNX Runtime is loaded at run time from ORT_DYLIB_PATH (scripts/setup.sh fetches libonnxruntime.so.1.31.1).")]
+struct Args {
+    /// Where to listen for the parent (vsock://any:PORT on hardware; tcp:// or unix:// off hardware).
+    #[arg(long, env = "VEIL_ENCLAVE_LISTEN", default_value = "vsock://any:5000")]
+    listen: Address,
+    /// The parent's host-services address, for model bytes (CID 3 is the parent on Nitro hardware).
+    #[arg(long, env = "VEIL_PARENT_ADDR", default_value = "vsock://3:5001")]
+    parent: Address,
+    /// A model to fetch from the parent and serve, by name (repeat, or comma-separate in VEIL_MODELS).
+    #[arg(long = "model", env = "VEIL_MODELS", value_delimiter = ',', required = true, value_parser = model_name)]
+    models: Vec<String>,
+    /// Path of libonnxruntime.so (1.31.x).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    ort_dylib: Option<PathBuf>,
+    /// Threads ONNX Runtime uses within one inference.
+    #[arg(long, env = "VEIL_INTRA_OP_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    intra_op_threads: u16,
+    /// Sessions per model, i.e. inferences that run at once per model.
+    #[arg(long, env = "VEIL_SESSIONS", default_value_t = default_sessions(), value_parser = clap::value_parser!(u16).range(1..=256))]
+    sessions: u16,
+    /// Largest frame accepted from or sent to the parent, in bytes.
+    #[arg(long, env = "VEIL_MAX_FRAME_BYTES", default_value_t = veil_shared::frame::DEFAULT_MAX_FRAME, value_parser = frame_size)]
+    max_frame_bytes: usize,
+    /// Largest model file accepted from the parent, in bytes.
+    #[arg(long, env = "VEIL_MAX_MODEL_BYTES", default_value_t = 8 << 30)]
+    max_model_bytes: u64,
+    /// How long to keep trying to reach the parent's host services at boot, in seconds.
+    #[arg(long, default_value_t = 60)]
+    parent_patience_secs: u64,
+    /// Write a JSON file with the bound address once listening (for scripts and tests).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, env = "VEIL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn default_sessions() -> u16 {
+    std::thread::available_parallelism().map(|n| n.get().min(64) as u16).unwrap_or(2)
+}
+
+fn model_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= veil_shared::proto::MAX_MODEL_NAME
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok { Ok(s.to_owned()) } else { Err("model names are 1-128 characters of A-Z a-z 0-9 _ - .".into()) }
+}
+
+fn frame_size(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if (1024..=veil_shared::frame::LIMIT_MAX_FRAME).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be from 1024 to {}", veil_shared::frame::LIMIT_MAX_FRAME))
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(&args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("veil-enclave: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("veil-enclave: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let dylib = args.ort_dylib.clone().context(
+        "ONNX Runtime is not configured: set ORT_DYLIB_PATH or --ort-dylib to libonnxruntime.so.1.31.1 \
+         (scripts/setup.sh fetches it)",
+    )?;
+    anyhow::ensure!(dylib.is_file(), "ONNX Runtime library {} does not exist (run scripts/setup.sh)", dylib.display());
+    let env = ort::init_from(&dylib)
+        .with_context(|| format!("could not load ONNX Runtime from {}", dylib.display()))?
+        .with_name("veil-enclave")
+        .build()
+        .map_err(|e| anyhow::anyhow!("could not start ONNX Runtime: {e}"))?;
+
+    let limits = Limits { max_frame: args.max_frame_bytes, ..Limits::default() };
+    let enclave = Arc::new(Enclave::new(args.models.clone(), None, limits));
+    let listener = Listener::bind(&args.listen).await.with_context(|| format!("could not listen on {}", args.listen))?;
+    let bound = listener.local_address()?;
+    tracing::info!(listen = %bound, models = ?args.models, "veil-enclave listening");
+    if let Some(path) = &args.ready_file {
+        write_ready_file(path, &serde_json::json!({ "listen": bound.to_string() }))?;
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let loader = {
+        let enclave = Arc::clone(&enclave);
+        let options = SessionOptions { intra_op_threads: args.intra_op_threads.into(), sessions: args.sessions.into() };
+        let patience = Duration::from_secs(args.parent_patience_secs);
+        let (parent, models, max_frame, max_model) = (args.parent.clone(), args.models.clone(), args.max_frame_bytes, args.max_model_bytes);
+        tokio::spawn(async move {
+            let mut host = HostClient::connect(&parent, max_frame, patience).await?;
+            for name in models {
+                let fetched = host.fetch_model(&name, max_model).await?;
+                let env = env.clone();
+                let model = tokio::task::spawn_blocking(move || {
+                    Model::load(&env, &name, &fetched.bytes, fetched.sha384, options)
+                })
+                .await??;
+                tracing::info!(model = model.name(), sha384 = %hex::encode(model.sha384()), "model loaded");
+                enclave.add_model(model);
+            }
+            tracing::info!("all models loaded; ready");
+            anyhow::Ok(())
+        })
+    };
+    let server = tokio::spawn(server::serve(listener, Arc::clone(&enclave), stop_rx));
+
+    tokio::select! {
+        loaded = loader => match loaded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.context("loading models failed")),
+            Err(e) => anyhow::bail!("model loader crashed: {e}"),
+        },
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down before models loaded");
+            return Ok(());
+        }
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    Ok(())
+}
+
+fn write_ready_file(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(value)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

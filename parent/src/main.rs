@@ -1,1 +1,170 @@
-fn main() {}
+//! `veil-parent`: the parent-instance proxy.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use veil_parent::http::{AppState, HttpListener, router};
+use veil_parent::link::EnclaveLink;
+use veil_parent::metrics::Metrics;
+use veil_shared::transport::{Address, Listener};
+
+/// The Veil parent: serves clients over HTTP and relays their (opaque) requests to the enclave.
+///
+/// It runs outside the enclave and is trusted with nothing: it only moves bytes it cannot read, and serves
+/// the enclave the model files it names.
+#[derive(Debug, Parser)]
+#[command(version, after_help = "\
+Examples:
+  On Nitro hardware (enclave CID 16):
+    veil-parent --enclave vsock://16:5000 --model breast_cancer=/var/lib/veil/breast_cancer.onnx
+  Off hardware:
+    veil-parent --listen tcp://127.0.0.1:8080 --enclave unix:///tmp/veil/enclave.sock \\
+                --host-listen unix:///tmp/veil/host.sock --model iris=$HOME/.cache/veil/models/iris.onnx")]
+struct Args {
+    /// Where to serve the client HTTP API.
+    #[arg(long, env = "VEIL_LISTEN", default_value = "tcp://0.0.0.0:8080")]
+    listen: Address,
+    /// The enclave's address.
+    #[arg(long, env = "VEIL_ENCLAVE_ADDR", default_value = "vsock://16:5000")]
+    enclave: Address,
+    /// Where to serve host services (model files) to the enclave.
+    #[arg(long, env = "VEIL_HOST_LISTEN", default_value = "vsock://any:5001")]
+    host_listen: Address,
+    /// A model file to serve to the enclave, as NAME=PATH (repeat for more).
+    #[arg(long = "model", env = "VEIL_MODEL_FILES", value_delimiter = ',', value_parser = model_file)]
+    models: Vec<(String, PathBuf)>,
+    /// Long-lived connections to the enclave (requests are multiplexed over them).
+    #[arg(long, env = "VEIL_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    connections: u16,
+    /// Largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, env = "VEIL_MAX_BODY_BYTES", default_value_t = 8 << 20)]
+    max_body_bytes: usize,
+    /// Largest frame exchanged with the enclave, in bytes (must exceed --max-body-bytes).
+    #[arg(long, env = "VEIL_MAX_FRAME_BYTES", default_value_t = veil_shared::frame::DEFAULT_MAX_FRAME)]
+    max_frame_bytes: usize,
+    /// Seconds to wait for the enclave's answer before 504.
+    #[arg(long, env = "VEIL_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    request_timeout_secs: u64,
+    /// Milliseconds to wait when dialing the enclave before 503.
+    #[arg(long, default_value_t = 1000)]
+    connect_timeout_ms: u64,
+    /// Write a JSON file with the bound addresses once listening (for scripts and tests).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, env = "VEIL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn model_file(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected NAME=PATH"))?;
+    let ok = !name.is_empty()
+        && name.len() <= veil_shared::proto::MAX_MODEL_NAME
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if !ok {
+        return Err(format!("{name:?}: model names are 1-128 characters of A-Z a-z 0-9 _ - ."));
+    }
+    Ok((name.to_owned(), PathBuf::from(path)))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(&args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("veil-parent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("veil-parent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.max_frame_bytes > args.max_body_bytes + 1024,
+        "--max-frame-bytes ({}) must exceed --max-body-bytes ({}) by at least 1 KiB of framing",
+        args.max_frame_bytes,
+        args.max_body_bytes
+    );
+    let mut files = HashMap::new();
+    for (name, path) in &args.models {
+        let meta = std::fs::metadata(path).with_context(|| format!("model {name:?}: cannot read {}", path.display()))?;
+        anyhow::ensure!(meta.is_file() && meta.len() > 0, "model {name:?}: {} is not a non-empty file", path.display());
+        anyhow::ensure!(files.insert(name.clone(), path.clone()).is_none(), "model {name:?} is named twice");
+    }
+    let model_names: Vec<String> = args.models.iter().map(|(n, _)| n.clone()).collect();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let host_listener =
+        Listener::bind(&args.host_listen).await.with_context(|| format!("could not listen on {}", args.host_listen))?;
+    let host_bound = host_listener.local_address()?;
+    let host_task = tokio::spawn(veil_parent::host::serve(host_listener, Arc::new(files), args.max_frame_bytes, stop_rx));
+
+    let state = Arc::new(AppState {
+        link: EnclaveLink::new(
+            args.enclave.clone(),
+            args.connections.into(),
+            args.max_frame_bytes,
+            Duration::from_millis(args.connect_timeout_ms),
+        ),
+        metrics: Metrics::new(),
+        models: model_names.clone(),
+        request_timeout: Duration::from_secs(args.request_timeout_secs),
+    });
+    let http_listener = Listener::bind(&args.listen).await.with_context(|| format!("could not listen on {}", args.listen))?;
+    let http_bound = http_listener.local_address()?;
+    let url = match &http_bound {
+        Address::Tcp(hp) => format!("http://{}", hp.replace("0.0.0.0", "127.0.0.1")),
+        other => other.to_string(),
+    };
+    tracing::info!(http = %url, enclave = %args.enclave, host_services = %host_bound, models = ?model_names, "veil-parent listening");
+    if let Some(path) = &args.ready_file {
+        let ready = serde_json::json!({ "url": url, "listen": http_bound.to_string(), "host_listen": host_bound.to_string() });
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&ready)?)?;
+        std::fs::rename(&tmp, path)?;
+    }
+    let app = router(state, args.max_body_bytes);
+    axum::serve(HttpListener(http_listener), app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), host_task).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,240 @@
+//! The enclave's listener: many requests in flight per connection, answered in any order.
+//!
+//! Shape of a connection: one reader loop decodes frames and spawns a task per request; one writer task
+//! owns the write half and sends answers as they finish (a channel feeds it). A per-connection semaphore
+//! bounds requests in flight: when it is exhausted the reader stops reading, which pushes back on the
+//! parent through the socket. A connection-wide cap bounds how many connections exist at all.
+//!
+//! A bad frame (too large, empty, truncated) or a message that does not decode ends *that* connection
+//! after a best-effort error answer; every other connection keeps being served. The parent is untrusted, so
+//! nothing it sends can make this code panic or allocate beyond the frame limit.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde_bytes::ByteBuf;
+use tokio::sync::{Semaphore, mpsc, watch};
+use veil_shared::proto::{self, EnclaveRequest, EnclaveResponse, ErrorKind, ErrorReply};
+use veil_shared::transport::{Listener, ReadFrameError, Stream, read_frame, write_frame};
+
+use crate::model::Model;
+
+/// Makes an attestation document for a client's nonce (wired to the NSM by the binary).
+pub type AttestFn = Box<dyn Fn(&[u8]) -> Result<Vec<u8>, ErrorReply> + Send + Sync>;
+
+/// Longest nonce accepted in an attestation request (the NSM takes at most 512 bytes; 64 is plenty).
+pub const MAX_NONCE: usize = 64;
+
+/// Limits of the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest frame accepted or sent.
+    pub max_frame: usize,
+    /// Requests in flight on one connection before the reader stops reading.
+    pub max_in_flight: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_frame: veil_shared::frame::DEFAULT_MAX_FRAME, max_in_flight: 256, max_connections: 64 }
+    }
+}
+
+/// What the listener serves from.
+pub struct Enclave {
+    models: RwLock<HashMap<String, Arc<Model>>>,
+    expected: Vec<String>,
+    ready: AtomicBool,
+    attest: Option<AttestFn>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Enclave {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enclave").field("expected", &self.expected).field("ready", &self.ready).finish()
+    }
+}
+
+impl Enclave {
+    /// An enclave that will serve `expected` models once they are [`Enclave::add_model`]ed.
+    pub fn new(expected: Vec<String>, attest: Option<AttestFn>, limits: Limits) -> Enclave {
+        Enclave { models: RwLock::new(HashMap::new()), expected, ready: AtomicBool::new(false), attest, limits }
+    }
+
+    /// Adds a loaded model; the enclave is ready once every expected model is in.
+    pub fn add_model(&self, model: Model) {
+        let Ok(mut models) = self.models.write() else { return };
+        models.insert(model.name().to_owned(), Arc::new(model));
+        if self.expected.iter().all(|m| models.contains_key(m)) {
+            self.ready.store(true, Ordering::Release);
+        }
+    }
+
+    /// Looks up a loaded model.
+    pub fn model(&self, name: &str) -> Option<Arc<Model>> {
+        self.models.read().ok().and_then(|m| m.get(name).cloned())
+    }
+
+    /// Digests of the loaded models, by name (for the attestation commitment).
+    pub fn model_digests(&self) -> Vec<(String, [u8; 48])> {
+        let Ok(models) = self.models.read() else { return Vec::new() };
+        let mut v: Vec<_> = models.values().map(|m| (m.name().to_owned(), *m.sha384())).collect();
+        v.sort();
+        v
+    }
+
+    /// True once every expected model is loaded.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, request: EnclaveRequest) -> EnclaveResponse {
+        match request {
+            EnclaveRequest::Status => EnclaveResponse::Status { ready: self.is_ready(), models: self.expected.clone() },
+            EnclaveRequest::ModelMetadata { model } => match self.lookup(&model) {
+                Ok(m) => EnclaveResponse::ModelMetadata { body: ByteBuf::from(m.metadata_json().to_vec()) },
+                Err(e) => EnclaveResponse::Error(e),
+            },
+            EnclaveRequest::Infer { model, body } => match self.lookup(&model) {
+                Ok(m) => match m.infer(body.into_vec()).await {
+                    Ok(out) => EnclaveResponse::Infer { body: ByteBuf::from(out) },
+                    Err(e) => EnclaveResponse::Error(e),
+                },
+                Err(e) => EnclaveResponse::Error(e),
+            },
+            EnclaveRequest::Attestation { nonce } => {
+                if nonce.is_empty() || nonce.len() > MAX_NONCE {
+                    return EnclaveResponse::Error(ErrorReply::new(
+                        ErrorKind::BadRequest,
+                        format!("nonce must be 1 to {MAX_NONCE} bytes, got {}", nonce.len()),
+                    ));
+                }
+                match &self.attest {
+                    Some(f) => match f(&nonce) {
+                        Ok(doc) => EnclaveResponse::Attestation { document: ByteBuf::from(doc) },
+                        Err(e) => EnclaveResponse::Error(e),
+                    },
+                    None => EnclaveResponse::Error(ErrorReply::new(ErrorKind::Unavailable, "this enclave has no NSM configured")),
+                }
+            }
+        }
+    }
+
+    fn lookup(&self, name: &str) -> Result<Arc<Model>, ErrorReply> {
+        if let Some(m) = self.model(name) {
+            return Ok(m);
+        }
+        if self.expected.iter().any(|e| e == name) {
+            return Err(ErrorReply::new(ErrorKind::Unavailable, format!("model {name:?} is still loading")));
+        }
+        let shown: String = name.chars().take(64).collect();
+        Err(ErrorReply::new(
+            ErrorKind::NotFound,
+            format!("unknown model {shown:?}; this enclave serves: {}", self.expected.join(", ")),
+        ))
+    }
+}
+
+/// Accepts connections until `shutdown` turns true, then stops accepting and returns.
+pub async fn serve(listener: Listener, enclave: Arc<Enclave>, mut shutdown: watch::Receiver<bool>) {
+    let connections = Arc::new(Semaphore::new(enclave.limits.max_connections));
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&connections).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tracing::debug!(%peer, "connection opened");
+                let enclave = Arc::clone(&enclave);
+                tokio::spawn(async move {
+                    serve_connection(stream, &peer, enclave).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning or giving up.
+                tracing::warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Serves one connection until the peer closes it or sends something that cannot be parsed.
+pub async fn serve_connection(stream: Stream, peer: &str, enclave: Arc<Enclave>) {
+    let limits = enclave.limits;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.max_in_flight.max(1));
+    let writer_task = tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if let Err(e) = write_frame(&mut writer, &bytes, limits.max_frame).await {
+                tracing::debug!(error = %e, "write failed; closing");
+                break;
+            }
+        }
+    });
+    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
+    loop {
+        let payload = match read_frame(&mut reader, limits.max_frame).await {
+            Ok(p) => p,
+            Err(ReadFrameError::Closed) => break,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "closing connection: bad frame");
+                let reply = ErrorReply::new(ErrorKind::Protocol, format!("bad frame: {e}"));
+                send(&tx, 0, &EnclaveResponse::Error(reply), limits.max_frame).await;
+                break;
+            }
+        };
+        let request = match proto::decode::<EnclaveRequest>(&payload) {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "closing connection: undecodable message");
+                let id = proto::peek_id(&payload).unwrap_or(0);
+                send(&tx, id, &EnclaveResponse::Error(ErrorReply::new(ErrorKind::Protocol, e.to_string())), limits.max_frame)
+                    .await;
+                break;
+            }
+        };
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { break };
+        let tx = tx.clone();
+        let enclave = Arc::clone(&enclave);
+        tokio::spawn(async move {
+            let response = enclave.handle(request.body).await;
+            send(&tx, request.id, &response, limits.max_frame).await;
+            drop(permit);
+        });
+    }
+    drop(tx);
+    // Answers still being computed are sent before the writer stops.
+    let _ = writer_task.await;
+    tracing::debug!(%peer, "connection closed");
+}
+
+async fn send(tx: &mpsc::Sender<Vec<u8>>, id: u64, response: &EnclaveResponse, max_frame: usize) {
+    let bytes = match proto::encode(id, response) {
+        Ok(b) if b.len() <= max_frame => b,
+        Ok(b) => {
+            let e = ErrorReply::new(
+                ErrorKind::TooLarge,
+                format!("the answer is {} bytes, more than the frame limit of {max_frame}", b.len()),
+            );
+            match proto::encode(id, &EnclaveResponse::Error(e)) {
+                Ok(b) => b,
+                Err(_) => return,
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not encode an answer");
+            return;
+        }
+    };
+    let _ = tx.send(bytes).await;
+}

@@ -1,0 +1,98 @@
+//! Host services for the enclave: the model files it cannot read itself (it has no disk).
+//!
+//! Serves only the files named on the command line, by name; the enclave cannot ask for a path. Each
+//! connection is handled sequentially (the enclave asks one chunk at a time), and chunk sizes are bounded by
+//! [`MAX_MODEL_CHUNK`].
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_bytes::ByteBuf;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::watch;
+use veil_shared::proto::{self, ErrorKind, ErrorReply, HostRequest, HostResponse, MAX_MODEL_CHUNK};
+use veil_shared::transport::{Listener, ReadFrameError, Stream, read_frame, write_frame};
+
+/// The model files served, by name.
+pub type ModelFiles = Arc<HashMap<String, PathBuf>>;
+
+/// Accepts the enclave's host-service connections until `shutdown` turns true.
+pub async fn serve(listener: Listener, files: ModelFiles, max_frame: usize, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let files = Arc::clone(&files);
+                tokio::spawn(async move { serve_connection(stream, &peer, files, max_frame).await });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "host services: accept failed; backing off");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(mut stream: Stream, peer: &str, files: ModelFiles, max_frame: usize) {
+    loop {
+        let frame = match read_frame(&mut stream, max_frame).await {
+            Ok(f) => f,
+            Err(ReadFrameError::Closed) => return,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "host services: bad frame; closing");
+                return;
+            }
+        };
+        let (id, answer) = match proto::decode::<HostRequest>(&frame) {
+            Ok(msg) => (msg.id, answer(&files, msg.body).await),
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "host services: undecodable request; closing");
+                return;
+            }
+        };
+        let Ok(bytes) = proto::encode(id, &answer) else { return };
+        if write_frame(&mut stream, &bytes, max_frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn answer(files: &ModelFiles, request: HostRequest) -> HostResponse {
+    let fail = |kind, msg: String| HostResponse::Error(ErrorReply::new(kind, msg));
+    match request {
+        HostRequest::ModelInfo { name } => match files.get(&name) {
+            None => fail(ErrorKind::NotFound, format!("no model file named {:?} is configured", clip(&name))),
+            Some(path) => match tokio::fs::metadata(path).await {
+                Ok(m) => HostResponse::ModelInfo { size: m.len() },
+                Err(e) => fail(ErrorKind::Internal, format!("model {name:?}: cannot read its file: {e}")),
+            },
+        },
+        HostRequest::ModelChunk { name, offset, len } => {
+            let Some(path) = files.get(&name) else {
+                return fail(ErrorKind::NotFound, format!("no model file named {:?} is configured", clip(&name)));
+            };
+            if len == 0 || len > MAX_MODEL_CHUNK {
+                return fail(ErrorKind::BadRequest, format!("chunk length must be 1 to {MAX_MODEL_CHUNK}"));
+            }
+            match read_chunk(path, offset, len as usize).await {
+                Ok(data) => HostResponse::ModelChunk { data: ByteBuf::from(data) },
+                Err(e) => fail(ErrorKind::Internal, format!("model {name:?}: reading {len} bytes at {offset}: {e}")),
+            }
+        }
+    }
+}
+
+async fn read_chunk(path: &PathBuf, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut f = tokio::fs::File::open(path).await?;
+    f.seek(std::io::SeekFrom::Start(offset)).await?;
+    let mut buf = vec![0u8; len];
+    f.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
+}

@@ -1,0 +1,266 @@
+//! The client-facing HTTP API.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /v1/models/{model}/infer` | the enclave's answer to the (opaque) body |
+//! | `GET /v1/models/{model}` | model metadata (v2 JSON) |
+//! | `GET /v1/attestation?nonce=HEX` | a fresh attestation document (CBOR) carrying the nonce |
+//! | `GET /healthz` | 200 while the parent runs |
+//! | `GET /readyz` | 200 when the enclave answers and every model is loaded, else 503 |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! Errors are JSON `{"error": "...", "kind": "..."}` with the status the failure calls for: 400 bad
+//! request, 404 unknown model, 413 too large, 503 enclave unavailable or loading, 504 no answer in time.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_bytes::ByteBuf;
+use veil_shared::proto::{EnclaveRequest, EnclaveResponse, MAX_MODEL_NAME};
+use veil_shared::transport::{Listener, Stream};
+
+use crate::link::{EnclaveLink, LinkError};
+use crate::metrics::{ErrorLabels, Metrics, RequestLabels, RouteLabels};
+
+/// Longest attestation nonce accepted, in bytes (hex doubles it).
+pub const MAX_NONCE_BYTES: usize = 64;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    pub link: EnclaveLink,
+    pub metrics: Metrics,
+    /// Model names configured on this parent (the only values the metrics' model label takes).
+    pub models: Vec<String>,
+    pub request_timeout: Duration,
+}
+
+/// Builds the router.
+pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/models/{model}/infer", post(infer))
+        .route("/v1/models/{model}", get(metadata))
+        .route("/v1/attestation", get(attestation))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// Counts a request in flight and records its outcome when dropped (also when the client goes away).
+struct Track<'a> {
+    state: &'a AppState,
+    route: &'static str,
+    model: String,
+    start: Instant,
+    status: u16,
+    error: Option<&'static str>,
+}
+
+impl<'a> Track<'a> {
+    fn new(state: &'a AppState, route: &'static str, model: Option<&str>) -> Self {
+        state.metrics.in_flight.inc();
+        let model = match model {
+            Some(m) if state.models.iter().any(|x| x == m) => m.to_owned(),
+            Some(_) => "other".to_owned(),
+            None => String::new(),
+        };
+        // 499: the client closed the connection before an answer (nginx's convention).
+        Track { state, route, model, start: Instant::now(), status: 499, error: Some("client_closed") }
+    }
+
+    fn finish(&mut self, response: Response, error: Option<&'static str>) -> Response {
+        self.status = response.status().as_u16();
+        self.error = error;
+        response
+    }
+}
+
+impl Drop for Track<'_> {
+    fn drop(&mut self) {
+        let m = &self.state.metrics;
+        m.in_flight.dec();
+        m.latency.get_or_create(&RouteLabels { route: self.route }).observe(self.start.elapsed().as_secs_f64());
+        m.requests.get_or_create(&RequestLabels { route: self.route, model: self.model.clone(), status: self.status }).inc();
+        if let Some(kind) = self.error {
+            m.errors.get_or_create(&ErrorLabels { route: self.route, kind }).inc();
+        }
+    }
+}
+
+fn error_response(status: StatusCode, kind: &str, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message, "kind": kind }))).into_response()
+}
+
+/// Turns a link outcome into a response and the error label to count.
+fn relay_outcome(outcome: Result<EnclaveResponse, LinkError>, ok: impl FnOnce(EnclaveResponse) -> Option<Response>) -> (Response, Option<&'static str>) {
+    match outcome {
+        Ok(EnclaveResponse::Error(e)) => {
+            let status = StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (error_response(status, e.kind.label(), &e.message), Some(e.kind.label()))
+        }
+        Ok(other) => match ok(other) {
+            Some(r) => (r, None),
+            None => (
+                error_response(StatusCode::BAD_GATEWAY, "protocol", "the enclave answered with an unexpected message"),
+                Some("protocol"),
+            ),
+        },
+        Err(LinkError::Unavailable(m)) => (error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &m), Some("enclave_unavailable")),
+        Err(e @ LinkError::Timeout(_)) => (error_response(StatusCode::GATEWAY_TIMEOUT, "timeout", &e.to_string()), Some("timeout")),
+        Err(LinkError::TooLarge(m)) => (error_response(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &m), Some("too_large")),
+    }
+}
+
+fn check_model_name(model: &str) -> Result<(), Response> {
+    if model.is_empty() || model.len() > MAX_MODEL_NAME {
+        return Err(error_response(StatusCode::BAD_REQUEST, "bad_request", "model names are 1 to 128 bytes"));
+    }
+    Ok(())
+}
+
+fn bytes_response(content_type: &'static str, body: Vec<u8>) -> Response {
+    let mut r = body.into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+async fn infer(State(state): State<Arc<AppState>>, Path(model): Path<String>, body: Bytes) -> Response {
+    let mut track = Track::new(&state, "infer", Some(&model));
+    if let Err(r) = check_model_name(&model) {
+        return track.finish(r, Some("bad_request"));
+    }
+    if body.is_empty() {
+        let r = error_response(StatusCode::BAD_REQUEST, "bad_request", "empty request body");
+        return track.finish(r, Some("bad_request"));
+    }
+    // The body is opaque: it goes to the enclave as it came.
+    let request = EnclaveRequest::Infer { model, body: ByteBuf::from(Vec::from(body)) };
+    let outcome = state.link.call(&request, state.request_timeout).await;
+    let (r, e) = relay_outcome(outcome, |resp| match resp {
+        EnclaveResponse::Infer { body } => Some(bytes_response("application/octet-stream", body.into_vec())),
+        _ => None,
+    });
+    track.finish(r, e)
+}
+
+async fn metadata(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
+    let mut track = Track::new(&state, "metadata", Some(&model));
+    if let Err(r) = check_model_name(&model) {
+        return track.finish(r, Some("bad_request"));
+    }
+    let outcome = state.link.call(&EnclaveRequest::ModelMetadata { model }, state.request_timeout).await;
+    let (r, e) = relay_outcome(outcome, |resp| match resp {
+        EnclaveResponse::ModelMetadata { body } => Some(bytes_response("application/json", body.into_vec())),
+        _ => None,
+    });
+    track.finish(r, e)
+}
+
+#[derive(Debug, Deserialize)]
+struct AttestationQuery {
+    nonce: Option<String>,
+}
+
+/// Parses the `nonce` query parameter: hex, 1 to [`MAX_NONCE_BYTES`] bytes.
+pub fn parse_nonce(nonce: Option<&str>) -> Result<Vec<u8>, String> {
+    let hex_nonce = nonce.ok_or("missing nonce: ask for /v1/attestation?nonce=HEX with 1 to 64 random bytes")?;
+    if hex_nonce.len() > MAX_NONCE_BYTES * 2 {
+        return Err(format!("nonce is too long: at most {MAX_NONCE_BYTES} bytes ({} hex digits)", MAX_NONCE_BYTES * 2));
+    }
+    let bytes = hex::decode(hex_nonce).map_err(|e| format!("nonce is not hex: {e}"))?;
+    if bytes.is_empty() {
+        return Err("nonce is empty".into());
+    }
+    Ok(bytes)
+}
+
+async fn attestation(State(state): State<Arc<AppState>>, Query(q): Query<AttestationQuery>) -> Response {
+    let mut track = Track::new(&state, "attestation", None);
+    let nonce = match parse_nonce(q.nonce.as_deref()) {
+        Ok(n) => n,
+        Err(m) => return track.finish(error_response(StatusCode::BAD_REQUEST, "bad_request", &m), Some("bad_request")),
+    };
+    let outcome = state.link.call(&EnclaveRequest::Attestation { nonce: ByteBuf::from(nonce) }, state.request_timeout).await;
+    let (r, e) = relay_outcome(outcome, |resp| match resp {
+        EnclaveResponse::Attestation { document } => Some(bytes_response("application/cbor", document.into_vec())),
+        _ => None,
+    });
+    track.finish(r, e)
+}
+
+async fn healthz() -> Response {
+    Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let timeout = state.request_timeout.min(Duration::from_secs(2));
+    match state.link.call(&EnclaveRequest::Status, timeout).await {
+        Ok(EnclaveResponse::Status { ready: true, models }) => {
+            Json(serde_json::json!({ "ready": true, "models": models })).into_response()
+        }
+        Ok(EnclaveResponse::Status { ready: false, models }) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "ready": false, "reason": "the enclave is loading its models", "models": models })),
+        )
+            .into_response(),
+        Ok(_) => error_response(StatusCode::BAD_GATEWAY, "protocol", "the enclave answered with an unexpected message"),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "ready": false, "reason": e.to_string() }))).into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.metrics.enclave_connections.set(state.link.live_connections() as i64);
+    let mut r = state.metrics.encode().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+/// Lets axum serve on any Veil transport (tcp or unix).
+#[derive(Debug)]
+pub struct HttpListener(pub Listener);
+
+impl axum::serve::Listener for HttpListener {
+    type Io = Stream;
+    type Addr = String;
+
+    async fn accept(&mut self) -> (Stream, String) {
+        loop {
+            match self.0.accept().await {
+                Ok(accepted) => return accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "http: accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<String> {
+        Ok(self.0.local_address()?.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonces_are_checked_with_reasons() {
+        assert!(parse_nonce(None).unwrap_err().contains("missing nonce"));
+        assert!(parse_nonce(Some("")).unwrap_err().contains("empty"));
+        assert!(parse_nonce(Some("zz")).unwrap_err().contains("not hex"));
+        assert!(parse_nonce(Some(&"ab".repeat(65))).unwrap_err().contains("too long"));
+        assert_eq!(parse_nonce(Some("00ff")).unwrap(), vec![0, 255]);
+    }
+}

@@ -1,0 +1,12 @@
+//! The Veil parent: the untrusted side.
+//!
+//! It runs on the EC2 parent instance, outside the enclave, and is trusted with nothing: it serves the
+//! client HTTP API ([`http`]) and relays each request to the enclave as opaque bytes ([`link`]), serves
+//! the enclave its model files ([`host`]), and exports Prometheus [`metrics`]. It never parses an inference
+//! body, so the same code carries plaintext JSON today and ciphertext once the KMS envelope lands.
+#![forbid(unsafe_code)]
+
+pub mod host;
+pub mod http;
+pub mod link;
+pub mod metrics;
