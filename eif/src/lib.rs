@@ -1,1 +1,41 @@
-//! placeholder
+//! Read, build and measure AWS Nitro Enclave Image Files (EIF) in pure Rust.
+//!
+//! This crate runs on the **operator's and the auditor's machines**, outside any enclave. It
+//! answers one question that the whole trust model rests on: *which PCR values will an enclave
+//! booted from this image report?* Clients and KMS key policies pin PCR0/1/2 (and PCR8 for signed
+//! images); an auditor who can recompute them from a release's EIF, or rebuild the EIF from its
+//! parts and get the same bytes, can check that the reviewed code is what runs.
+//!
+//! It does no I/O of its own: readers take any [`std::io::Read`] (a file, a slice), the builder
+//! takes byte slices and writes to any [`std::io::Write`]. The `veil eif` CLI does the file
+//! handling. It uses no OpenSSL: SHA-384 and ECDSA come from `ring`.
+//!
+//! Every byte of an EIF is treated as hostile: lengths are checked before use and bounded before
+//! any allocation, arithmetic on offsets is checked, nothing panics, and every error says which
+//! section, which offset and what was expected ([`EifError`]).
+//!
+//! - [`format`]: the byte layout (header, sections, CRC).
+//! - [`measure`]: how PCRs are computed, and why exactly that way.
+//! - [`read_eif`]: check and measure an existing image ([`EifInfo`]).
+//! - [`EifBuilder`]: build a reproducible image from a kernel, a cmdline and ramdisks.
+//! - [`Signer`]: sign an image with a P-384 key and certificate (PCR8).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod builder;
+mod cbor;
+mod error;
+pub mod format;
+pub mod measure;
+mod reader;
+mod signature;
+
+pub use builder::{BuildInfo, BuildOutput, EifBuilder, EifIdentity, rfc3339_utc};
+pub use error::EifError;
+pub use format::{Arch, SectionKind};
+pub use measure::{Measurements, NITRO_HASH_ALGORITHM, Pcr};
+pub use reader::{
+    EifInfo, MAX_CMDLINE_LEN, MAX_METADATA_LEN, MAX_SIGNATURE_LEN, SectionInfo, measure_eif,
+    read_eif, read_eif_bytes,
+};
+pub use signature::{SignatureCheck, SignatureInfo, Signer};
