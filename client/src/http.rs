@@ -137,7 +137,7 @@ impl Client {
                 .http
                 .request(request)
                 .await
-                .map_err(|e| ClientError::Connect { url: url.clone(), source: Box::new(e) })?;
+                .map_err(|e| ClientError::Connect { url: url.clone(), source: chain(&e).into() })?;
             let status = response.status();
             let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
@@ -160,6 +160,21 @@ impl Client {
             Err(_) => Err(ClientError::Timeout { url, timeout: self.timeout }),
         }
     }
+}
+
+/// An error and its causes on one line ("client error (Connect): tcp connect error: Connection refused").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
 }
 
 /// The text of an error body: the `error` field of a JSON body, else the body as (lossy) text.

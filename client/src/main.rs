@@ -1,1 +1,54 @@
-fn main() {}
+//! `veil`: the command line for Veil's clients, auditors and operators.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use veil_client::cli;
+
+/// Veil: confidential inference on AWS Nitro Enclaves.
+///
+/// Clients send inference requests through an untrusted parent to an enclave; auditors verify
+/// attestation documents and measure enclave images; operators build images and run a dev stack.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send an inference request (Open Inference Protocol JSON) and print the answer.
+    Infer(cli::infer::InferArgs),
+    /// Print a model's metadata (inputs, outputs, datatypes, shapes, digest).
+    Metadata(cli::infer::MetadataArgs),
+    /// Start the whole off-hardware stack (enclave with mock NSM, parent, sample models).
+    Dev(cli::dev::DevArgs),
+    /// Verify or show attestation documents.
+    Attest {
+        #[command(subcommand)]
+        command: cli::attest::AttestCommand,
+    },
+    /// Measure, describe and build Enclave Image Files (EIF).
+    Eif {
+        #[command(subcommand)]
+        command: cli::eif::EifCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Infer(a) => cli::infer::run_infer(a),
+        Command::Metadata(a) => cli::infer::run_metadata(a),
+        Command::Dev(a) => cli::dev::run(a),
+        Command::Attest { command } => cli::attest::run(command),
+        Command::Eif { command } => cli::eif::run(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("veil: {e:#}");
+            ExitCode::from(cli::EXIT_USAGE)
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! `veil infer` and `veil metadata`: talk to a running Veil parent.
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{EXIT_CONNECT, EXIT_FAILED, EXIT_USAGE};
+use crate::{Client, ClientError};
+
+/// Largest input file `veil infer` reads.
+const MAX_INPUT_BYTES: u64 = 256 << 20;
+
+/// Send one Open Inference Protocol (KServe v2) request and print the response.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+The input is a v2 inference request:
+  {\"inputs\": [{\"name\": \"input\", \"shape\": [1, 30], \"datatype\": \"FP32\", \"data\": [...]}]}
+Optionally with \"outputs\": [{\"name\": \"probabilities\"}] to choose outputs, and an \"id\".
+
+Examples:
+  veil infer --url http://127.0.0.1:8080 --model breast_cancer --input request.json
+  echo '{...}' | veil infer --url http://127.0.0.1:8080 --model iris --input -
+
+Exit codes: 0 answered, 1 the server refused the request, 2 bad input or usage, 3 server unreachable.")]
+pub struct InferArgs {
+    /// The parent's URL.
+    #[arg(long, env = "VEIL_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The model to run.
+    #[arg(long)]
+    pub model: String,
+    /// The v2 request as a JSON file, or `-` for standard input.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Pretty-print the response.
+    #[arg(long)]
+    pub pretty: bool,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Print a model's metadata: its inputs and outputs, names, datatypes and shapes.
+#[derive(Debug, Args)]
+pub struct MetadataArgs {
+    /// The parent's URL.
+    #[arg(long, env = "VEIL_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The model.
+    pub model: String,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+/// Reports a client error on stderr and picks the exit code.
+pub fn report(e: &ClientError) -> ExitCode {
+    eprintln!("veil: {e}");
+    if e.is_connection() {
+        ExitCode::from(EXIT_CONNECT)
+    } else if matches!(e, ClientError::InvalidUrl { .. }) {
+        ExitCode::from(EXIT_USAGE)
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+fn read_input(path: &PathBuf) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin()
+            .take(MAX_INPUT_BYTES + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+    } else {
+        let f = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        f.take(MAX_INPUT_BYTES + 1).read_to_end(&mut body).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    }
+    if body.len() as u64 > MAX_INPUT_BYTES {
+        return Err(format!("{} is larger than {MAX_INPUT_BYTES} bytes", path.display()));
+    }
+    Ok(body)
+}
+
+/// Runs `veil infer`.
+pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
+    let body = match read_input(&args.input) {
+        Ok(b) => b,
+        Err(m) => {
+            eprintln!("veil: {m}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    // Check the request here, so a typo is reported before anything leaves this machine.
+    if let Err(e) = veil_shared::v2::parse_request(&body).and_then(|r| {
+        r.inputs.iter().try_for_each(|i| veil_shared::v2::check_input(i).map(|_| ()))
+    }) {
+        eprintln!("veil: {}: {e}", args.input.display());
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    let client = match Client::new(&args.url) {
+        Ok(c) => c.with_timeout(Duration::from_secs(args.timeout)),
+        Err(e) => return Ok(report(&e)),
+    };
+    let answer = runtime()?.block_on(client.infer(&args.model, &body));
+    match answer {
+        Ok(response) => {
+            print_json(&response, args.pretty)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(report(&e)),
+    }
+}
+
+/// Runs `veil metadata`.
+pub fn run_metadata(args: MetadataArgs) -> anyhow::Result<ExitCode> {
+    let client = match Client::new(&args.url) {
+        Ok(c) => c,
+        Err(e) => return Ok(report(&e)),
+    };
+    match runtime()?.block_on(client.model_metadata(&args.model)) {
+        Ok(body) => {
+            print_json(&body, true)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(report(&e)),
+    }
+}
+
+fn print_json(body: &[u8], pretty: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if pretty {
+        let v: serde_json::Value = serde_json::from_slice(body)?;
+        serde_json::to_writer_pretty(&mut out, &v)?;
+    } else {
+        out.write_all(body)?;
+    }
+    out.write_all(b"\n")?;
+    Ok(())
+}
