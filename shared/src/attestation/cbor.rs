@@ -1,0 +1,419 @@
+//! A small, strict, zero-copy CBOR reader for exactly what attestation documents need.
+//!
+//! Why not a general CBOR crate: every byte here is hostile, and a general decoder builds a tree whose
+//! shape the attacker chooses. This reader never allocates, never recurses deeper than
+//! [`MAX_DEPTH`], borrows byte and text strings from the input, and reports the offset of the first
+//! problem. Definite and indefinite-length arrays and maps are accepted (real Nitro documents use
+//! indefinite-length payload maps); indefinite-length byte and text strings are not (no NSM emits them,
+//! and they would force a copy). Floats and undefined are rejected outright: no field can hold one.
+//!
+//! Invariant: `pos <= data.len()` at all times; every read checks the remaining length first.
+
+/// Deepest nesting [`Reader::skip`] follows. Attestation documents nest three levels at most.
+pub(crate) const MAX_DEPTH: usize = 8;
+
+/// What went wrong, and where (byte offset into the buffer being read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CborError {
+    pub(crate) offset: usize,
+    pub(crate) reason: &'static str,
+}
+
+/// The length of an array or map: a count, or "until the break byte".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Len {
+    Definite(u64),
+    Indefinite,
+}
+
+/// The head of one data item, with its argument decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Head {
+    Uint(u64),
+    Nint(u64),
+    Bytes(u64),
+    Text(u64),
+    Array(Len),
+    Map(Len),
+    Tag(u64),
+    False,
+    True,
+    Null,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+const BREAK: u8 = 0xff;
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
+        Reader { data, pos: 0 }
+    }
+
+    pub(crate) fn offset(&self) -> usize {
+        self.pos
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pos >= self.data.len()
+    }
+
+    fn err(&self, reason: &'static str) -> CborError {
+        CborError {
+            offset: self.pos,
+            reason,
+        }
+    }
+
+    fn peek_byte(&self) -> Result<u8, CborError> {
+        self.data
+            .get(self.pos)
+            .copied()
+            .ok_or_else(|| self.err("unexpected end of data"))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CborError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or_else(|| self.err("length overflows"))?;
+        let slice = self
+            .data
+            .get(self.pos..end)
+            .ok_or_else(|| self.err("length runs past the end of the data"))?;
+        self.pos = end;
+        Ok(slice)
+    }
+
+    fn head(&mut self) -> Result<Head, CborError> {
+        let start = self.pos;
+        let initial = self.peek_byte()?;
+        self.pos += 1;
+        let major = initial >> 5;
+        let info = initial & 0x1f;
+        let at = |reason| CborError {
+            offset: start,
+            reason,
+        };
+        // Major type 7 first: its "argument" is not a length.
+        if major == 7 {
+            return match info {
+                20 => Ok(Head::False),
+                21 => Ok(Head::True),
+                22 => Ok(Head::Null),
+                23 => Err(at("undefined is not allowed")),
+                25..=27 => Err(at("floating-point values are not allowed")),
+                31 => Err(at("unexpected break")),
+                _ => Err(at("unsupported simple value")),
+            };
+        }
+        let arg: Option<u64> = match info {
+            0..=23 => Some(u64::from(info)),
+            24 => Some(u64::from(self.take(1)?[0])),
+            25 => Some(u64::from(u16::from_be_bytes(
+                self.take(2)?.try_into().map_err(|_| at("short"))?,
+            ))),
+            26 => Some(u64::from(u32::from_be_bytes(
+                self.take(4)?.try_into().map_err(|_| at("short"))?,
+            ))),
+            27 => Some(u64::from_be_bytes(
+                self.take(8)?.try_into().map_err(|_| at("short"))?,
+            )),
+            31 => None,
+            _ => return Err(at("reserved additional information value")),
+        };
+        match (major, arg) {
+            (0, Some(v)) => Ok(Head::Uint(v)),
+            (1, Some(v)) => Ok(Head::Nint(v)),
+            (2, Some(v)) => Ok(Head::Bytes(v)),
+            (3, Some(v)) => Ok(Head::Text(v)),
+            (4, Some(v)) => Ok(Head::Array(Len::Definite(v))),
+            (4, None) => Ok(Head::Array(Len::Indefinite)),
+            (5, Some(v)) => Ok(Head::Map(Len::Definite(v))),
+            (5, None) => Ok(Head::Map(Len::Indefinite)),
+            (6, Some(v)) => Ok(Head::Tag(v)),
+            (2 | 3, None) => Err(at("indefinite-length strings are not allowed")),
+            _ => Err(at("indefinite length not allowed for this type")),
+        }
+    }
+
+    fn bounded_len(&self, len: u64) -> Result<usize, CborError> {
+        usize::try_from(len).map_err(|_| self.err("length does not fit in memory"))
+    }
+
+    /// Peeks at the next item: true when it is `null` (without consuming it).
+    pub(crate) fn next_is_null(&self) -> bool {
+        self.data.get(self.pos) == Some(&0xf6)
+    }
+
+    /// Peeks: true when the next item is a tag (major type 6).
+    pub(crate) fn next_is_tag(&self) -> bool {
+        self.data.get(self.pos).is_some_and(|b| b >> 5 == 6)
+    }
+
+    pub(crate) fn null(&mut self) -> Result<(), CborError> {
+        let start = self.pos;
+        match self.head()? {
+            Head::Null => Ok(()),
+            _ => Err(CborError {
+                offset: start,
+                reason: "expected null",
+            }),
+        }
+    }
+
+    pub(crate) fn uint(&mut self) -> Result<u64, CborError> {
+        let start = self.pos;
+        match self.head()? {
+            Head::Uint(v) => Ok(v),
+            _ => Err(CborError {
+                offset: start,
+                reason: "expected an unsigned integer",
+            }),
+        }
+    }
+
+    /// An integer, either sign, as i128 so that every CBOR integer fits.
+    pub(crate) fn int(&mut self) -> Result<i128, CborError> {
+        let start = self.pos;
+        match self.head()? {
+            Head::Uint(v) => Ok(i128::from(v)),
+            Head::Nint(v) => Ok(-1 - i128::from(v)),
+            _ => Err(CborError {
+                offset: start,
+                reason: "expected an integer",
+            }),
+        }
+    }
+
+    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], CborError> {
+        let start = self.pos;
+        match self.head()? {
+            Head::Bytes(len) => {
+                let n = self.bounded_len(len)?;
+                self.take(n)
+            }
+            _ => Err(CborError {
+                offset: start,
+                reason: "expected a byte string",
+            }),
+        }
+    }
+
+    pub(crate) fn text(&mut self) -> Result<&'a str, CborError> {
+        let start = self.pos;
+        match self.head()? {
+            Head::Text(len) => {
+                let n = self.bounded_len(len)?;
+                let raw = self.take(n)?;
+                std::str::from_utf8(raw).map_err(|_| CborError {
+                    offset: start,
+                    reason: "text is not valid UTF-8",
+                })
+            }
+            _ => Err(CborError {
+                offset: start,
+                reason: "expected a text string",
+            }),
+        }
+    }
+
+    pub(crate) fn tag(&mut self) -> Result<u64, CborError> {
+        let start = self.pos;
+        match self.head()? {
+            Head::Tag(t) => Ok(t),
+            _ => Err(CborError {
+                offset: start,
+                reason: "expected a tag",
+            }),
+        }
+    }
+
+    pub(crate) fn array(&mut self) -> Result<Len, CborError> {
+        let start = self.pos;
+        match self.head()? {
+            Head::Array(len) => Ok(len),
+            _ => Err(CborError {
+                offset: start,
+                reason: "expected an array",
+            }),
+        }
+    }
+
+    pub(crate) fn map(&mut self) -> Result<Len, CborError> {
+        let start = self.pos;
+        match self.head()? {
+            Head::Map(len) => Ok(len),
+            _ => Err(CborError {
+                offset: start,
+                reason: "expected a map",
+            }),
+        }
+    }
+
+    /// For an indefinite-length container: consumes the break byte and returns true if it is next.
+    pub(crate) fn at_break(&mut self) -> Result<bool, CborError> {
+        if self.peek_byte()? == BREAK {
+            self.pos += 1;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Skips one complete data item of any supported type, nested at most `MAX_DEPTH` deep.
+    pub(crate) fn skip(&mut self) -> Result<(), CborError> {
+        self.skip_at(0)
+    }
+
+    fn skip_at(&mut self, depth: usize) -> Result<(), CborError> {
+        if depth > MAX_DEPTH {
+            return Err(self.err("nested too deeply"));
+        }
+        match self.head()? {
+            Head::Uint(_) | Head::Nint(_) | Head::False | Head::True | Head::Null => Ok(()),
+            Head::Bytes(len) | Head::Text(len) => {
+                let n = self.bounded_len(len)?;
+                self.take(n).map(|_| ())
+            }
+            Head::Tag(_) => self.skip_at(depth + 1),
+            Head::Array(len) => self.skip_items(len, 1, depth),
+            Head::Map(len) => self.skip_items(len, 2, depth),
+        }
+    }
+
+    fn skip_items(&mut self, len: Len, per_entry: u64, depth: usize) -> Result<(), CborError> {
+        match len {
+            Len::Definite(n) => {
+                // Each item takes at least one byte, so a count beyond the remaining input is a lie:
+                // fail before looping over it.
+                let items = n
+                    .checked_mul(per_entry)
+                    .ok_or_else(|| self.err("count overflows"))?;
+                if items > (self.data.len() - self.pos) as u64 {
+                    return Err(self.err("count exceeds the remaining data"));
+                }
+                for _ in 0..items {
+                    self.skip_at(depth + 1)?;
+                }
+                Ok(())
+            }
+            Len::Indefinite => loop {
+                if self.at_break()? {
+                    return Ok(());
+                }
+                for _ in 0..per_entry {
+                    self.skip_at(depth + 1)?;
+                }
+            },
+        }
+    }
+}
+
+/// Appends a CBOR head (major type and argument, shortest form) to `out`.
+pub(crate) fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {
+    let m = major << 5;
+    if arg < 24 {
+        out.push(m | arg as u8);
+    } else if let Ok(v) = u8::try_from(arg) {
+        out.extend_from_slice(&[m | 24, v]);
+    } else if let Ok(v) = u16::try_from(arg) {
+        out.push(m | 25);
+        out.extend_from_slice(&v.to_be_bytes());
+    } else if let Ok(v) = u32::try_from(arg) {
+        out.push(m | 26);
+        out.extend_from_slice(&v.to_be_bytes());
+    } else {
+        out.push(m | 27);
+        out.extend_from_slice(&arg.to_be_bytes());
+    }
+}
+
+pub(crate) fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    write_head(out, 2, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+pub(crate) fn write_text(out: &mut Vec<u8>, s: &str) {
+    write_head(out, 3, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+pub(crate) fn write_null(out: &mut Vec<u8>) {
+    out.push(0xf6);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_lengths_past_the_end() {
+        let mut r = Reader::new(&[0x5a, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            r.bytes().unwrap_err().reason,
+            "length runs past the end of the data"
+        );
+        let mut r = Reader::new(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            r.skip().unwrap_err().reason,
+            "count exceeds the remaining data"
+        );
+    }
+
+    #[test]
+    fn bounds_nesting() {
+        let deep = vec![0x81u8; 64];
+        assert_eq!(
+            Reader::new(&deep).skip().unwrap_err().reason,
+            "nested too deeply"
+        );
+    }
+
+    #[test]
+    fn indefinite_map_and_heads_round_trip() {
+        let mut r = Reader::new(&[0xbf, 0x61, b'a', 0x01, 0xff]);
+        assert_eq!(r.map().unwrap(), Len::Indefinite);
+        assert!(!r.at_break().unwrap());
+        assert_eq!(r.text().unwrap(), "a");
+        assert_eq!(r.uint().unwrap(), 1);
+        assert!(r.at_break().unwrap());
+        assert!(r.is_empty());
+        for v in [0u64, 23, 24, 255, 256, 65535, 65536, u32::MAX as u64 + 1] {
+            let mut out = Vec::new();
+            write_head(&mut out, 0, v);
+            assert_eq!(Reader::new(&out).uint().unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn rejects_floats_undefined_and_indefinite_strings() {
+        assert_eq!(
+            Reader::new(&[0xf7]).skip().unwrap_err().reason,
+            "undefined is not allowed"
+        );
+        assert_eq!(
+            Reader::new(&[0xfb, 0, 0, 0, 0, 0, 0, 0, 0])
+                .skip()
+                .unwrap_err()
+                .reason,
+            "floating-point values are not allowed"
+        );
+        assert_eq!(
+            Reader::new(&[0x5f, 0x41, 0, 0xff])
+                .skip()
+                .unwrap_err()
+                .reason,
+            "indefinite-length strings are not allowed"
+        );
+        assert_eq!(
+            Reader::new(&[0x61, 0xff]).text().unwrap_err().reason,
+            "text is not valid UTF-8"
+        );
+    }
+}
