@@ -113,7 +113,9 @@ fn relay_outcome(outcome: Result<EnclaveResponse, LinkError>, ok: impl FnOnce(En
                 Some("protocol"),
             ),
         },
-        Err(LinkError::Unavailable(m)) => (error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &m), Some("enclave_unavailable")),
+        Err(e @ LinkError::Unavailable(_)) => {
+            (error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()), Some("enclave_unavailable"))
+        }
         Err(e @ LinkError::Timeout(_)) => (error_response(StatusCode::GATEWAY_TIMEOUT, "timeout", &e.to_string()), Some("timeout")),
         Err(LinkError::TooLarge(m)) => (error_response(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &m), Some("too_large")),
     }

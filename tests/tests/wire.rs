@@ -1,0 +1,144 @@
+//! The enclave's listener against hostile bytes: raw frames over a real socket, no parent in between.
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use serde_bytes::ByteBuf;
+use serde_json::json;
+use veil_shared::proto::{self, EnclaveRequest, EnclaveResponse, ErrorKind, Message};
+use veil_tests::{Stack, StackOptions, Transport, compare_outputs, references};
+
+fn connect(stack: &Stack) -> UnixStream {
+    let path = stack.enclave_addr.trim_start_matches("unix://");
+    let s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
+fn send(s: &mut UnixStream, id: u64, req: &EnclaveRequest) {
+    let payload = proto::encode(id, req).unwrap();
+    s.write_all(&(payload.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(&payload).unwrap();
+}
+
+/// Reads one answer, or None when the enclave closed the connection.
+fn recv(s: &mut UnixStream) -> Option<Message<EnclaveResponse>> {
+    let mut h = [0u8; 4];
+    s.read_exact(&mut h).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(h) as usize];
+    s.read_exact(&mut body).ok()?;
+    Some(proto::decode(&body).unwrap())
+}
+
+fn assert_closed(s: &mut UnixStream) {
+    let mut buf = [0u8; 1];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the enclave to close the connection, got {other:?}"),
+    }
+}
+
+fn assert_still_serving(stack: &Stack) {
+    let refs = references("breast_cancer").unwrap();
+    let case = &refs["cases"][0];
+    let mut s = connect(stack);
+    let body = serde_json::to_vec(&case["request"]).unwrap();
+    send(&mut s, 1, &EnclaveRequest::Infer { model: "breast_cancer".into(), body: ByteBuf::from(body) });
+    match recv(&mut s).unwrap().body {
+        EnclaveResponse::Infer { body } => {
+            compare_outputs(&serde_json::from_slice(&body).unwrap(), case).unwrap();
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn stack() -> Stack {
+    Stack::start(StackOptions::new(Transport::Unix, &["breast_cancer"])).unwrap()
+}
+
+#[test]
+fn oversized_frame_closes_only_that_connection() {
+    let stack = stack();
+    let mut bystander = connect(&stack);
+    let mut s = connect(&stack);
+    s.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    let reply = recv(&mut s).expect("an error answer before closing");
+    match reply.body {
+        EnclaveResponse::Error(e) => {
+            assert_eq!(e.kind, ErrorKind::Protocol);
+            assert!(e.message.contains("exceeds the maximum"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_closed(&mut s);
+    // A connection opened before the attack still works, and so do new ones.
+    send(&mut bystander, 5, &EnclaveRequest::Status);
+    assert!(matches!(recv(&mut bystander).unwrap().body, EnclaveResponse::Status { ready: true, .. }));
+    assert_still_serving(&stack);
+}
+
+#[test]
+fn truncated_frame_closes_the_connection() {
+    let stack = stack();
+    let mut s = connect(&stack);
+    s.write_all(&[0, 0, 1, 0, 1, 2, 3]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    match recv(&mut s).map(|m| m.body) {
+        Some(EnclaveResponse::Error(e)) => assert!(e.message.contains("truncated"), "{}", e.message),
+        other => panic!("{other:?}"),
+    }
+    assert_still_serving(&stack);
+    assert!(stack.enclave_log().contains("bad frame"));
+}
+
+#[test]
+fn garbage_and_wrong_versions_are_refused() {
+    let stack = stack();
+    // Well-framed garbage.
+    let mut s = connect(&stack);
+    s.write_all(&[0, 0, 0, 5, 0xff, 0xfe, 0x00, 0x13, 0x37]).unwrap();
+    match recv(&mut s).map(|m| m.body) {
+        Some(EnclaveResponse::Error(e)) => assert!(e.message.contains("malformed message"), "{}", e.message),
+        other => panic!("{other:?}"),
+    }
+    assert_closed(&mut s);
+    // A future protocol version is named, with the request id answered.
+    let mut s = connect(&stack);
+    let mut payload = Vec::new();
+    ciborium::into_writer(&json!({"v": 2, "id": 77, "body": "status"}), &mut payload).unwrap();
+    s.write_all(&(payload.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(&payload).unwrap();
+    let reply = recv(&mut s).unwrap();
+    assert_eq!(reply.id, 77);
+    match reply.body {
+        EnclaveResponse::Error(e) => assert!(e.message.contains("unsupported protocol version 2"), "{}", e.message),
+        other => panic!("{other:?}"),
+    }
+    assert_still_serving(&stack);
+}
+
+#[test]
+fn many_requests_in_flight_on_one_connection() {
+    let stack = stack();
+    let refs = references("breast_cancer").unwrap();
+    let cases = refs["cases"].as_array().unwrap();
+    let mut s = connect(&stack);
+    let n = 64u64;
+    for id in 0..n {
+        let case = &cases[(id as usize) % cases.len()];
+        let body = serde_json::to_vec(&case["request"]).unwrap();
+        send(&mut s, 1000 + id, &EnclaveRequest::Infer { model: "breast_cancer".into(), body: ByteBuf::from(body) });
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..n {
+        let m = recv(&mut s).unwrap();
+        let case = &cases[((m.id - 1000) as usize) % cases.len()];
+        match m.body {
+            EnclaveResponse::Infer { body } => compare_outputs(&serde_json::from_slice(&body).unwrap(), case).unwrap(),
+            other => panic!("{other:?}"),
+        }
+        assert!(seen.insert(m.id), "answered twice: {}", m.id);
+    }
+    assert_eq!(seen.len() as u64, n);
+}
