@@ -94,7 +94,8 @@ impl SectionKind {
 
 impl fmt::Display for SectionKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        // `pad` so that width and alignment in format strings work (tables).
+        f.pad(self.name())
     }
 }
 

@@ -1,11 +1,460 @@
-//! `veil eif`: measure, describe and build Enclave Image Files (being written).
-use clap::Subcommand;
+//! `veil eif`: measure, describe and build Enclave Image Files on the operator's or auditor's
+//! machine, without Docker or nitro-cli.
+//!
+//! All parsing and hashing lives in the pure `veil-eif` crate; this module only opens files,
+//! chooses output formats and turns library errors into messages that name the file.
+//!
+//! Exit codes: 0 success; 1 the EIF or an input could not be read or is invalid; 2 bad usage
+//! (from clap); 3 the EIF's signature section does not verify (the PCRs are still printed, since
+//! an auditor may need them to say *what* was signed wrongly).
 
-/// Measure, describe and build Enclave Image Files.
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+use veil_eif::{
+    Arch, BuildInfo, EifBuilder, EifIdentity, EifInfo, SignatureCheck, Signer, read_eif,
+    rfc3339_utc,
+};
+
+/// Exit code when the signature section of an EIF does not verify.
+const EXIT_BAD_SIGNATURE: u8 = 3;
+
+/// Measure, describe and build Enclave Image Files (EIF).
+///
+/// An enclave's identity is its PCRs: SHA-384 measurements of the image that the Nitro hypervisor
+/// puts in every attestation document, and that KMS key policies and clients pin. These commands
+/// compute them from an EIF exactly as nitro-cli does, in pure Rust:
+///
+///   PCR0  kernel + cmdline + all ramdisks      (the whole image)
+///   PCR1  kernel + cmdline + first ramdisk     (AWS's boot code)
+///   PCR2  the other ramdisks                   (the application)
+///   PCR8  the signing certificate              (signed images only)
+///
+/// each as SHA-384(48 zero bytes || SHA-384(the data concatenated)).
 #[derive(Debug, Subcommand)]
-pub enum EifCommand {}
+#[command(verbatim_doc_comment)]
+pub enum EifCommand {
+    /// Print the PCRs of an EIF as nitro-cli's measurements JSON.
+    ///
+    /// The output is what `nitro-cli build-enclave` prints for the same image, byte for byte:
+    /// {"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": ..., "PCR1": ..., "PCR2": ...}}
+    /// plus "PCR8" for signed images. Save it as a measurements file for
+    /// `veil attest verify --measurements FILE`, or compare it with a release's published file.
+    ///
+    /// The whole file is read and checked first (layout, section table, CRC32, signature), so a
+    /// truncated or corrupted EIF fails with an error naming the section and offset instead of
+    /// printing PCRs of garbage.
+    ///
+    /// Example: veil eif pcrs enclave.eif > measurements.json
+    #[command(verbatim_doc_comment)]
+    Pcrs(PcrsArgs),
+
+    /// Show an EIF's header, sections, command line, metadata, signature and PCRs.
+    ///
+    /// For each section: its type, offset, size and SHA-384, which tells you *which part* of two
+    /// images differs when their PCRs do. For signed images: the certificate's subject, issuer
+    /// and validity, and whether the COSE signature over PCR0 verifies with it.
+    ///
+    /// Example: veil eif describe enclave.eif --json | jq .sections
+    #[command(verbatim_doc_comment)]
+    Describe(DescribeArgs),
+
+    /// Build an EIF from a kernel, a command line and ramdisks, reproducibly, without Docker.
+    ///
+    /// The output depends only on the inputs: no clock (the metadata's build time comes from
+    /// SOURCE_DATE_EPOCH, or the Unix epoch), no host names, no file names. Build twice, or on
+    /// another machine, and `cmp` the files: they are identical. That is how an auditor checks a
+    /// release's EIF against its reviewed parts.
+    ///
+    /// The ramdisks are usually nitro-cli's bootstrap init ramdisk first (measured into PCR1 with
+    /// the kernel) and then the application's ramdisk (PCR2). The kernel, cmdline and init come
+    /// from nitro-cli's blobs (/usr/share/nitro_enclaves/blobs/ on an instance with nitro-cli).
+    ///
+    /// Prints the measurements JSON (as `nitro-cli build-enclave` does) on stdout.
+    ///
+    /// Example: veil eif build --kernel bzImage --cmdline "$(cat cmdline)" \
+    ///            --ramdisk init.cpio --ramdisk app.cpio --output enclave.eif
+    #[command(verbatim_doc_comment)]
+    Build(Box<BuildArgs>),
+}
+
+/// Arguments of `veil eif pcrs`.
+#[derive(Debug, Args)]
+pub struct PcrsArgs {
+    /// The EIF to measure.
+    #[arg(value_name = "FILE.eif")]
+    pub file: PathBuf,
+    /// Print the same JSON on one line (for scripts and logs) instead of nitro-cli's indented form.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `veil eif describe`.
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// The EIF to describe.
+    #[arg(value_name = "FILE.eif")]
+    pub file: PathBuf,
+    /// Print JSON (header fields, sections, cmdline, metadata, signature, and the "Measurements"
+    /// object in nitro-cli's shape) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// CPU architecture of the enclave kernel.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ArchArg {
+    /// Intel/AMD instances.
+    #[value(name = "x86_64")]
+    X86_64,
+    /// Graviton instances.
+    Aarch64,
+}
+
+/// Arguments of `veil eif build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The enclave kernel (bzImage on x86_64, Image on aarch64).
+    #[arg(long, value_name = "FILE")]
+    pub kernel: PathBuf,
+    /// The kernel command line, stored exactly as given (nitro-cli's blobs ship it in a file
+    /// named cmdline: pass "$(cat cmdline)").
+    #[arg(long, value_name = "STR")]
+    pub cmdline: String,
+    /// A ramdisk (cpio archive); repeat for several, in order. The first is measured into PCR1,
+    /// the rest into PCR2.
+    #[arg(long = "ramdisk", value_name = "FILE", required = true)]
+    pub ramdisks: Vec<PathBuf>,
+    /// Where to write the EIF (written to a temporary file beside it, then renamed).
+    #[arg(long, short, value_name = "FILE.eif")]
+    pub output: PathBuf,
+    /// ECDSA P-384 private key (PEM) to sign the image with; PCR8 then measures the certificate.
+    /// Create one with `openssl ecparam -name secp384r1 -genkey -out key.pem`.
+    #[arg(long, value_name = "KEY.pem", requires = "signing_cert")]
+    pub signing_key: Option<PathBuf>,
+    /// The certificate (PEM) of the signing key.
+    #[arg(long, value_name = "CERT.pem", requires = "signing_key")]
+    pub signing_cert: Option<PathBuf>,
+    /// Image name recorded in the metadata section (not measured).
+    #[arg(long, default_value = "veil-enclave")]
+    pub name: String,
+    /// Image version recorded in the metadata section (not measured).
+    #[arg(long, default_value = "1.0")]
+    pub image_version: String,
+    /// Kernel version recorded in the metadata section (not measured).
+    #[arg(long, default_value = "unknown")]
+    pub kernel_version: String,
+    /// A JSON file to record as the metadata's CustomMetadata (not measured).
+    #[arg(long, value_name = "FILE.json")]
+    pub metadata: Option<PathBuf>,
+    /// Omit the metadata section entirely.
+    #[arg(long, conflicts_with = "metadata")]
+    pub no_metadata: bool,
+    /// Build time for the metadata, as Unix seconds; the standard reproducible-builds variable.
+    /// Without it the build time is the Unix epoch, never the clock.
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
+    pub source_date_epoch: Option<i64>,
+    /// Architecture flag written in the header.
+    #[arg(long, value_enum, default_value = "x86_64")]
+    pub arch: ArchArg,
+    /// Suggested enclave memory in MiB, recorded in the header (informational: nitro-cli's
+    /// run-enclave requires --memory anyway).
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    pub memory_mib: u64,
+    /// Suggested vCPU count, recorded in the header (informational).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub cpus: u64,
+}
 
 /// Runs an `eif` subcommand and returns the process exit code.
-pub fn run(cmd: EifCommand) -> anyhow::Result<std::process::ExitCode> {
-    match cmd {}
+pub fn run(cmd: EifCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        EifCommand::Pcrs(args) => pcrs(&args),
+        EifCommand::Describe(args) => describe(&args),
+        EifCommand::Build(args) => build(*args),
+    }
+}
+
+/// Opens and fully checks an EIF, with the path in every error.
+fn load(path: &Path) -> anyhow::Result<EifInfo> {
+    // Each message carries its cause inline, so it reads whole however the caller prints errors.
+    let file = File::open(path).map_err(|e| anyhow!("cannot open {}: {e}", path.display()))?;
+    read_eif(BufReader::with_capacity(1 << 20, file))
+        .map_err(|e| anyhow!("{} is not a valid EIF: {e}", path.display()))
+}
+
+/// Prints a loud warning when the signature does not verify and picks the exit code.
+fn signature_exit(info: &EifInfo, path: &Path) -> ExitCode {
+    match info.signature.as_ref().map(|s| &s.check) {
+        Some(SignatureCheck::Invalid(why)) => {
+            eprintln!(
+                "veil: WARNING: the signature section of {} does NOT verify: {why}\n\
+                 veil: PCR8 below measures a certificate that did not sign this image; nitro-cli will refuse to run it.",
+                path.display()
+            );
+            ExitCode::from(EXIT_BAD_SIGNATURE)
+        }
+        Some(SignatureCheck::Unsupported(why)) => {
+            eprintln!(
+                "veil: note: the signature of {} was not checked: {why}",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+fn pcrs(args: &PcrsArgs) -> anyhow::Result<ExitCode> {
+    let info = load(&args.file)?;
+    let m = &info.measurements;
+    let text = if args.json {
+        m.to_nitro_json().to_string()
+    } else {
+        m.to_nitro_json_pretty()
+    };
+    println!("{text}");
+    Ok(signature_exit(&info, &args.file))
+}
+
+fn describe(args: &DescribeArgs) -> anyhow::Result<ExitCode> {
+    let info = load(&args.file)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let mut v = serde_json::to_value(&info).context("serializing the description")?;
+        if let (Some(obj), serde_json::Value::Object(m)) =
+            (v.as_object_mut(), info.measurements.to_nitro_json())
+        {
+            obj.insert("file".into(), json!(args.file.display().to_string()));
+            obj.extend(m);
+            if let Some(sig) = &info.signature {
+                obj.insert(
+                    "signing_certificate_currently_valid".into(),
+                    json!(sig.not_before_unix <= now && now <= sig.not_after_unix),
+                );
+            }
+        }
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        write_text(&mut out, &args.file, &info, now)?;
+    }
+    drop(out);
+    Ok(signature_exit(&info, &args.file))
+}
+
+fn write_text(out: &mut impl Write, path: &Path, info: &EifInfo, now: i64) -> std::io::Result<()> {
+    writeln!(out, "EIF {} ({} bytes)", path.display(), info.total_size)?;
+    writeln!(
+        out,
+        "  format version {}, {}, flags {:#06x}, suggested memory {} MiB, suggested CPUs {}",
+        info.version,
+        info.arch,
+        info.flags,
+        info.default_mem / (1024 * 1024),
+        info.default_cpus
+    )?;
+    let crc_note = if info.version >= 2 {
+        "matches the contents"
+    } else {
+        "not used before version 2"
+    };
+    writeln!(out, "  CRC32 {:08x} ({crc_note})", info.crc32)?;
+    writeln!(out)?;
+    writeln!(out, "Sections:")?;
+    writeln!(
+        out,
+        "  {:>2}  {:<9}  {:>12}  {:>12}  sha384",
+        "#", "type", "offset", "size"
+    )?;
+    for s in &info.sections {
+        writeln!(
+            out,
+            "  {:>2}  {:<9}  {:>12}  {:>12}  {}",
+            s.index, s.kind, s.offset, s.size, s.sha384
+        )?;
+        if s.flags != 0 {
+            writeln!(
+                out,
+                "      (section flags {:#06x}: nitro-cli always writes 0)",
+                s.flags
+            )?;
+        }
+    }
+    writeln!(out)?;
+    writeln!(out, "Cmdline: {}", info.cmdline)?;
+    writeln!(out)?;
+    writeln!(out, "Measurements (SHA-384):")?;
+    let m = &info.measurements;
+    writeln!(out, "  PCR0 {}  kernel + cmdline + all ramdisks", m.pcr0)?;
+    writeln!(out, "  PCR1 {}  kernel + cmdline + first ramdisk", m.pcr1)?;
+    writeln!(out, "  PCR2 {}  ramdisks after the first", m.pcr2)?;
+    match m.pcr8 {
+        Some(p) => writeln!(out, "  PCR8 {p}  signing certificate")?,
+        None => writeln!(
+            out,
+            "  PCR8 (unsigned image: reads as all zeros in attestation documents)"
+        )?,
+    }
+    writeln!(out)?;
+    match &info.metadata {
+        Some(meta) => {
+            writeln!(out, "Metadata (not measured):")?;
+            for (k, v) in meta.as_object().into_iter().flatten() {
+                let shown = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                writeln!(out, "  {k}: {shown}")?;
+            }
+        }
+        None => writeln!(out, "Metadata: none")?,
+    }
+    writeln!(out)?;
+    match &info.signature {
+        None => writeln!(out, "Signature: none (unsigned image)")?,
+        Some(sig) => {
+            writeln!(out, "Signature:")?;
+            writeln!(out, "  certificate subject  {}", sig.subject)?;
+            writeln!(out, "  certificate issuer   {}", sig.issuer)?;
+            writeln!(out, "  serial               {}", sig.serial)?;
+            let validity = if now < sig.not_before_unix {
+                "NOT YET VALID now"
+            } else if now > sig.not_after_unix {
+                "EXPIRED now: nitro-cli refuses to run images signed with an expired certificate"
+            } else {
+                "valid now"
+            };
+            writeln!(
+                out,
+                "  valid                {} to {} ({validity})",
+                sig.not_before, sig.not_after
+            )?;
+            writeln!(out, "  sha256 fingerprint   {}", sig.sha256_fingerprint)?;
+            let check = match &sig.check {
+                SignatureCheck::Valid => {
+                    "valid: the certificate's key signed this image's PCR0".to_string()
+                }
+                SignatureCheck::Invalid(why) => format!("INVALID: {why}"),
+                SignatureCheck::Unsupported(why) => format!("not checked: {why}"),
+            };
+            writeln!(out, "  signature over PCR0  {check}")?;
+        }
+    }
+    Ok(())
+}
+
+fn read_input(what: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow!("cannot read the {what} {}: {e}", path.display()))
+}
+
+fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let kernel = read_input("kernel", &args.kernel)?;
+    let ramdisks = args
+        .ramdisks
+        .iter()
+        .enumerate()
+        .map(|(i, p)| read_input(&format!("ramdisk #{}", i + 1), p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let signer = match (&args.signing_key, &args.signing_cert) {
+        (Some(k), Some(c)) => Some(
+            Signer::from_pem(
+                &read_input("signing key", k)?,
+                &read_input("signing certificate", c)?,
+            )
+            .map_err(|e| anyhow!("{e} (key {}, certificate {})", k.display(), c.display()))?,
+        ),
+        (None, None) => None,
+        _ => bail!("--signing-key and --signing-cert go together"),
+    };
+    let custom = match &args.metadata {
+        Some(p) => serde_json::from_slice(&read_input("metadata file", p)?)
+            .map_err(|e| anyhow!("--metadata {} is not valid JSON: {e}", p.display()))?,
+        None => serde_json::Value::Null,
+    };
+
+    let mut builder = EifBuilder::new(&kernel, &args.cmdline)?
+        .arch(match args.arch {
+            ArchArg::X86_64 => Arch::X86_64,
+            ArchArg::Aarch64 => Arch::Aarch64,
+        })
+        .defaults(args.memory_mib.saturating_mul(1024 * 1024), args.cpus);
+    for rd in &ramdisks {
+        builder = builder.ramdisk(rd);
+    }
+    if !args.no_metadata {
+        builder = builder.metadata(&EifIdentity {
+            image_name: args.name.clone(),
+            image_version: args.image_version.clone(),
+            build: BuildInfo {
+                build_time: rfc3339_utc(args.source_date_epoch.unwrap_or(0)),
+                build_tool: "veil eif build".into(),
+                build_tool_version: env!("CARGO_PKG_VERSION").into(),
+                operating_system: "Linux".into(),
+                kernel_version: args.kernel_version.clone(),
+            },
+            docker_info: serde_json::Value::Null,
+            custom,
+        })?;
+    }
+    if let Some(s) = &signer {
+        builder = builder.sign(s);
+    }
+
+    // Write beside the target and rename, so a failed build never leaves a half-written EIF
+    // under the final name.
+    let file_name = args
+        .output
+        .file_name()
+        .with_context(|| format!("--output {} has no file name", args.output.display()))?;
+    let tmp = args.output.with_file_name(format!(
+        ".{}.tmp-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> anyhow::Result<_> {
+        let file =
+            File::create(&tmp).map_err(|e| anyhow!("cannot create {}: {e}", tmp.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        let out = builder
+            .write_to(&mut w)
+            .map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
+        let file = w
+            .into_inner()
+            .map_err(|e| anyhow!("writing {}: {}", tmp.display(), e.error()))?;
+        file.sync_all()
+            .map_err(|e| anyhow!("flushing {} to disk: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &args.output).map_err(|e| {
+            anyhow!(
+                "cannot move {} to {}: {e}",
+                tmp.display(),
+                args.output.display()
+            )
+        })?;
+        Ok(out)
+    })();
+    let out = match result {
+        Ok(out) => out,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    eprintln!(
+        "veil: wrote {} ({} bytes, CRC32 {:08x}{})",
+        args.output.display(),
+        out.size,
+        out.crc32,
+        if signer.is_some() { ", signed" } else { "" }
+    );
+    println!("{}", out.measurements.to_nitro_json_pretty());
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,446 @@
+//! End-to-end tests of `veil eif`: the real `veil` binary on synthetic files in a temp dir.
+//!
+//! The expected PCRs below were computed outside Rust, so a bug in veil-eif cannot make its own
+//! expectation. To recompute them (Python 3):
+//!
+//! ```text
+//! import hashlib
+//! k  = bytes((i*7+3) % 256 for i in range(100_000))
+//! c  = b"console=ttyS0 reboot=k panic=30 pci=off nomodules veil=test"
+//! r1 = b"init-ramdisk\n" * 1000
+//! r2 = bytes((i*i) % 251 for i in range(70_000))
+//! pcr = lambda d: hashlib.sha384(b"\0"*48 + hashlib.sha384(d).digest()).hexdigest()
+//! pcr(k+c+r1+r2), pcr(k+c+r1), pcr(r2)
+//! ```
+//!
+//! and PCR8 with OpenSSL, the way nitro-cli does it:
+//! `(head -c 48 /dev/zero; openssl x509 -in cert.pem -outform DER | openssl dgst -sha384 -binary) | openssl dgst -sha384`.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const PCR0: &str = "2f4d984baebe22619b9597f77adeaf676caea8cc854e40b6ffcb89ad503af7ddad2b8b74fc4b08298fbf5a7030ac13ce";
+const PCR1: &str = "07d58a77faacdb683423e1070b148b0a239787c0fa0d0816fe4f9b57ea5320355a85a8b3800d5d7f81af05bb6193ab58";
+const PCR2: &str = "40f3f4e3c4872f618481cd4f4964f98c6b211b3c96773ecd44860a9bfd41f6503631be2dfcea2a1c9eaf204bdf4e26ba";
+const PCR8: &str = "90ae8ff4d70f2fac623dd62bb4f4b2cc8cea1557dd7767cf88d1d7766347008c0cbfb6200b71cdb173c28183f3726aca";
+const CMDLINE: &str = "console=ttyS0 reboot=k panic=30 pci=off nomodules veil=test";
+
+/// A throwaway P-384 key (SEC1, as `openssl ecparam -name secp384r1 -genkey -noout` writes it)
+/// and its self-signed certificate, valid until 2126. Test material only: it signs nothing real.
+const TEST_KEY: &str = "-----BEGIN EC PRIVATE KEY-----
+MIGkAgEBBDCCRBoCYOb4Hdzj0n13N+Mhk2X8M3T5iL9SoVMPewhPLT30b51WVQVH
+yjLIjUpJaP6gBwYFK4EEACKhZANiAASIEV6vv70bMIAvy8++8rFTopc2n9DjNDNr
+T6t7RCtKc6E3NTGb0K4bujBRbTaAIZH+7hxBPTIYNsQVqPSv+x4HROxe5vU/yzHj
+tE/QzN421AJnrR8M6LBE8LqP8TK7j8U=
+-----END EC PRIVATE KEY-----
+";
+const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIICKTCCAbCgAwIBAgIURfRgoxlg7XQ5rY/VVjqbaGbg0lswCgYIKoZIzj0EAwIw
+SzE0MDIGA1UEAwwrVmVpbCBDTEkgdGVzdCBzaWduZXIgKHRocm93YXdheSwgdGVz
+dCBvbmx5KTETMBEGA1UECgwKVmVpbCB0ZXN0czAgFw0yNjExMjUwNDA5MTJaGA8y
+MTI2MTEwMTA0MDkxMlowSzE0MDIGA1UEAwwrVmVpbCBDTEkgdGVzdCBzaWduZXIg
+KHRocm93YXdheSwgdGVzdCBvbmx5KTETMBEGA1UECgwKVmVpbCB0ZXN0czB2MBAG
+ByqGSM49AgEGBSuBBAAiA2IABIgRXq+/vRswgC/Lz77ysVOilzaf0OM0M2tPq3tE
+K0pzoTc1MZvQrhu6MFFtNoAhkf7uHEE9Mhg2xBWo9K/7HgdE7F7m9T/LMeO0T9DM
+3jbUAmetHwzosETwuo/xMruPxaNTMFEwHQYDVR0OBBYEFNWUMc2zyAdcWnmOCjck
++KzILeXJMB8GA1UdIwQYMBaAFNWUMc2zyAdcWnmOCjck+KzILeXJMA8GA1UdEwEB
+/wQFMAMBAf8wCgYIKoZIzj0EAwIDZwAwZAIwMEcToVpzyFVLLnDCcIti3L5exnDv
+z1EcpHFmxhOlyVNKW7p22fdmGB3iqU9EmeQ6AjBDcsmh6uYcGTWJm3EMtTMLnRVe
+Mk78IJO8x+5TNiMpriafx7IiJ2wgvyRB2G+6FTQ=
+-----END CERTIFICATE-----
+";
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(
+            p.join("bzImage"),
+            (0..100_000u32)
+                .map(|i| ((i * 7 + 3) % 256) as u8)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        std::fs::write(p.join("init.cpio"), b"init-ramdisk\n".repeat(1000)).unwrap();
+        std::fs::write(
+            p.join("app.cpio"),
+            (0..70_000u64)
+                .map(|i| ((i * i) % 251) as u8)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        std::fs::write(p.join("key.pem"), TEST_KEY).unwrap();
+        std::fs::write(p.join("cert.pem"), TEST_CERT).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn veil(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_veil"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("SOURCE_DATE_EPOCH")
+            .output()
+            .unwrap()
+    }
+
+    fn build(&self, out: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "eif",
+            "build",
+            "--kernel",
+            "bzImage",
+            "--cmdline",
+            CMDLINE,
+            "--ramdisk",
+            "init.cpio",
+            "--ramdisk",
+            "app.cpio",
+            "--output",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        self.veil(&args)
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+fn ok(o: &Output) -> &Output {
+    assert!(
+        o.status.success(),
+        "veil failed ({:?}):\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+    o
+}
+
+/// nitro-cli's exact output shape for an unsigned image.
+fn nitro_json(pcr8: Option<&str>) -> String {
+    let mut s = format!(
+        "{{\n  \"Measurements\": {{\n    \"HashAlgorithm\": \"Sha384 {{ ... }}\",\n    \"PCR0\": \"{PCR0}\",\n    \"PCR1\": \"{PCR1}\",\n    \"PCR2\": \"{PCR2}\""
+    );
+    if let Some(p8) = pcr8 {
+        s.push_str(&format!(",\n    \"PCR8\": \"{p8}\""));
+    }
+    s.push_str("\n  }\n}\n");
+    s
+}
+
+#[test]
+fn build_prints_the_independently_computed_pcrs_in_nitro_clis_shape() {
+    let f = Fixture::new();
+    let o = f.build("enclave.eif", &[]);
+    ok(&o);
+    assert_eq!(stdout(&o), nitro_json(None));
+    assert!(stderr(&o).contains("wrote enclave.eif"), "{}", stderr(&o));
+    // And `pcrs` reads the same values back from the file.
+    let p = f.veil(&["eif", "pcrs", "enclave.eif"]);
+    assert_eq!(stdout(ok(&p)), nitro_json(None));
+}
+
+#[test]
+fn pcrs_json_is_one_line_with_the_same_values() {
+    let f = Fixture::new();
+    ok(&f.build("enclave.eif", &[]));
+    let o = f.veil(&["eif", "pcrs", "enclave.eif", "--json"]);
+    let text = stdout(ok(&o));
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["Measurements"]["PCR0"], PCR0);
+    assert_eq!(v["Measurements"]["PCR2"], PCR2);
+    assert_eq!(v["Measurements"]["HashAlgorithm"], "Sha384 { ... }");
+    assert!(v["Measurements"].get("PCR8").is_none());
+}
+
+#[test]
+fn builds_are_byte_for_byte_reproducible_and_source_date_epoch_only_touches_metadata() {
+    let f = Fixture::new();
+    ok(&f.build("a.eif", &[]));
+    ok(&f.build("b.eif", &[]));
+    let a = std::fs::read(f.path("a.eif")).unwrap();
+    let b = std::fs::read(f.path("b.eif")).unwrap();
+    assert_eq!(a, b, "two builds of the same inputs differ");
+
+    let o = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args([
+            "eif",
+            "build",
+            "--kernel",
+            "bzImage",
+            "--cmdline",
+            CMDLINE,
+            "--ramdisk",
+            "init.cpio",
+        ])
+        .args(["--ramdisk", "app.cpio", "--output", "c.eif"])
+        .current_dir(f.dir.path())
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(ok(&o)),
+        nitro_json(None),
+        "metadata must not change the PCRs"
+    );
+    let c = std::fs::read(f.path("c.eif")).unwrap();
+    assert_ne!(a, c);
+    let d = f.veil(&["eif", "describe", "c.eif", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(ok(&d))).unwrap();
+    assert_eq!(
+        v["metadata"]["BuildMetadata"]["BuildTime"],
+        "2023-11-14T22:13:20+00:00"
+    );
+}
+
+#[test]
+fn describe_shows_sections_cmdline_and_pcrs() {
+    let f = Fixture::new();
+    ok(&f.build(
+        "enclave.eif",
+        &["--name", "veil-test-image", "--image-version", "7.7"],
+    ));
+    let text = stdout(ok(&f.veil(&["eif", "describe", "enclave.eif"])));
+    for needle in [
+        "format version 4",
+        "x86_64",
+        "kernel",
+        "cmdline",
+        "metadata",
+        "ramdisk",
+        CMDLINE,
+        PCR0,
+        PCR1,
+        PCR2,
+        "veil-test-image",
+        "unsigned image",
+    ] {
+        assert!(
+            text.contains(needle),
+            "describe output lacks {needle:?}:\n{text}"
+        );
+    }
+
+    let json: serde_json::Value = serde_json::from_str(&stdout(ok(&f.veil(&[
+        "eif",
+        "describe",
+        "enclave.eif",
+        "--json",
+    ]))))
+    .unwrap();
+    let kinds: Vec<_> = json["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["kernel", "cmdline", "metadata", "ramdisk", "ramdisk"]
+    );
+    assert_eq!(json["sections"][0]["offset"], 548);
+    assert_eq!(json["sections"][0]["size"], 100_000);
+    assert_eq!(json["Measurements"]["PCR1"], PCR1);
+    assert_eq!(json["metadata"]["ImageVersion"], "7.7");
+    assert_eq!(json["version"], 4);
+}
+
+#[test]
+fn signed_build_adds_pcr8_of_the_certificate_and_verifies() {
+    let f = Fixture::new();
+    let o = f.build(
+        "signed.eif",
+        &["--signing-key", "key.pem", "--signing-cert", "cert.pem"],
+    );
+    assert_eq!(stdout(ok(&o)), nitro_json(Some(PCR8)));
+    assert_eq!(
+        stdout(ok(&f.veil(&["eif", "pcrs", "signed.eif"]))),
+        nitro_json(Some(PCR8))
+    );
+    let text = stdout(ok(&f.veil(&["eif", "describe", "signed.eif"])));
+    assert!(text.contains("Veil CLI test signer"), "{text}");
+    assert!(
+        text.contains("valid: the certificate's key signed this image's PCR0"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_signature_for_another_image_is_flagged_with_exit_code_3() {
+    let f = Fixture::new();
+    ok(&f.build(
+        "signed.eif",
+        &["--signing-key", "key.pem", "--signing-cert", "cert.pem"],
+    ));
+    let mut eif = std::fs::read(f.path("signed.eif")).unwrap();
+    // Change one byte of the kernel (section 0's data starts at 548 + 12) and fix the CRC, so the
+    // file is well-formed but its PCR0 is no longer the one that was signed.
+    eif[548 + 12 + 100] ^= 0xff;
+    fix_crc(&mut eif);
+    std::fs::write(f.path("tampered.eif"), &eif).unwrap();
+    let o = f.veil(&["eif", "pcrs", "tampered.eif"]);
+    assert_eq!(o.status.code(), Some(3), "stderr: {}", stderr(&o));
+    assert!(stderr(&o).contains("does NOT verify"), "{}", stderr(&o));
+    assert!(stdout(&o).contains(PCR8), "the PCRs are still printed");
+}
+
+fn fix_crc(eif: &mut [u8]) {
+    // CRC-32/ISO-HDLC over everything but bytes 544..548, written independently of veil-eif.
+    let mut crc = 0xFFFF_FFFFu32;
+    for (i, &b) in eif.iter().enumerate() {
+        if (544..548).contains(&i) {
+            continue;
+        }
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    eif[544..548].copy_from_slice(&(!crc).to_be_bytes());
+}
+
+fn expect_failure(f: &Fixture, args: &[&str], needles: &[&str]) {
+    let o = f.veil(args);
+    assert!(
+        !o.status.success(),
+        "{args:?} should fail; stdout: {}",
+        stdout(&o)
+    );
+    assert!(
+        o.stdout.is_empty(),
+        "no PCRs may be printed for a bad EIF: {}",
+        stdout(&o)
+    );
+    let err = stderr(&o);
+    for n in needles {
+        assert!(err.contains(n), "stderr of {args:?} lacks {n:?}:\n{err}");
+    }
+}
+
+#[test]
+fn truncated_corrupted_and_foreign_files_give_clear_errors() {
+    let f = Fixture::new();
+    ok(&f.build("enclave.eif", &[]));
+    let eif = std::fs::read(f.path("enclave.eif")).unwrap();
+
+    std::fs::write(f.path("short.eif"), &eif[..eif.len() - 1000]).unwrap();
+    expect_failure(
+        &f,
+        &["eif", "pcrs", "short.eif"],
+        &[
+            "short.eif",
+            "truncated EIF",
+            "section 4 (ramdisk) data",
+            "needs 70000 bytes",
+        ],
+    );
+
+    std::fs::write(f.path("header-only.eif"), &eif[..300]).unwrap();
+    expect_failure(
+        &f,
+        &["eif", "describe", "header-only.eif"],
+        &[
+            "truncated EIF",
+            "EIF header",
+            "needs 548 bytes",
+            "after 300",
+        ],
+    );
+
+    let mut bad = eif.clone();
+    bad[548 + 12 + 5] ^= 1;
+    std::fs::write(f.path("flipped.eif"), &bad).unwrap();
+    expect_failure(
+        &f,
+        &["eif", "pcrs", "flipped.eif"],
+        &["CRC32 mismatch", "corrupted or was modified"],
+    );
+
+    std::fs::write(f.path("notes.txt"), b"hello, not an image").unwrap();
+    expect_failure(
+        &f,
+        &["eif", "pcrs", "notes.txt"],
+        &["not an EIF", "68656c6c"],
+    );
+
+    expect_failure(
+        &f,
+        &["eif", "pcrs", "missing.eif"],
+        &["cannot open missing.eif"],
+    );
+}
+
+#[test]
+fn build_errors_name_the_input() {
+    let f = Fixture::new();
+    let o = f.veil(&[
+        "eif",
+        "build",
+        "--kernel",
+        "nope",
+        "--cmdline",
+        "x",
+        "--ramdisk",
+        "init.cpio",
+        "--output",
+        "o.eif",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("cannot read the kernel nope"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!Path::new(&f.path("o.eif")).exists());
+
+    // A certificate that does not belong to the key.
+    std::fs::write(
+        f.path("other.pem"),
+        TEST_KEY.replace("MIGkAgEBBDCCRBoC", "MIGkAgEBBDCCRBoD"),
+    )
+    .unwrap();
+    let o = f.build(
+        "o.eif",
+        &["--signing-key", "other.pem", "--signing-cert", "cert.pem"],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("cannot sign the EIF"), "{}", stderr(&o));
+    assert!(!f.path("o.eif").exists(), "no output on failure");
+
+    // --signing-key without --signing-cert is a usage error.
+    let o = f.build("o.eif", &["--signing-key", "key.pem"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--signing-cert"), "{}", stderr(&o));
+}
+
+#[test]
+fn help_teaches_what_the_pcrs_are() {
+    let f = Fixture::new();
+    let o = f.veil(&["eif", "--help"]);
+    let text = stdout(ok(&o));
+    assert!(text.contains("PCR0") && text.contains("PCR8"), "{text}");
+    let o = f.veil(&["eif", "build", "--help"]);
+    let text = stdout(ok(&o));
+    assert!(
+        text.contains("SOURCE_DATE_EPOCH") && text.contains("--ramdisk"),
+        "{text}"
+    );
+}
