@@ -121,11 +121,12 @@ fn relay_outcome(outcome: Result<EnclaveResponse, LinkError>, ok: impl FnOnce(En
     }
 }
 
-fn check_model_name(model: &str) -> Result<(), Response> {
-    if model.is_empty() || model.len() > MAX_MODEL_NAME {
-        return Err(error_response(StatusCode::BAD_REQUEST, "bad_request", "model names are 1 to 128 bytes"));
-    }
-    Ok(())
+fn model_name_ok(model: &str) -> bool {
+    !model.is_empty() && model.len() <= MAX_MODEL_NAME
+}
+
+fn bad_model_name() -> Response {
+    error_response(StatusCode::BAD_REQUEST, "bad_request", "model names are 1 to 128 bytes")
 }
 
 fn bytes_response(content_type: &'static str, body: Vec<u8>) -> Response {
@@ -136,8 +137,8 @@ fn bytes_response(content_type: &'static str, body: Vec<u8>) -> Response {
 
 async fn infer(State(state): State<Arc<AppState>>, Path(model): Path<String>, body: Bytes) -> Response {
     let mut track = Track::new(&state, "infer", Some(&model));
-    if let Err(r) = check_model_name(&model) {
-        return track.finish(r, Some("bad_request"));
+    if !model_name_ok(&model) {
+        return track.finish(bad_model_name(), Some("bad_request"));
     }
     if body.is_empty() {
         let r = error_response(StatusCode::BAD_REQUEST, "bad_request", "empty request body");
@@ -155,8 +156,8 @@ async fn infer(State(state): State<Arc<AppState>>, Path(model): Path<String>, bo
 
 async fn metadata(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
     let mut track = Track::new(&state, "metadata", Some(&model));
-    if let Err(r) = check_model_name(&model) {
-        return track.finish(r, Some("bad_request"));
+    if !model_name_ok(&model) {
+        return track.finish(bad_model_name(), Some("bad_request"));
     }
     let outcome = state.link.call(&EnclaveRequest::ModelMetadata { model }, state.request_timeout).await;
     let (r, e) = relay_outcome(outcome, |resp| match resp {

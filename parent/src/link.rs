@@ -88,11 +88,10 @@ impl EnclaveLink {
     async fn connection(&self) -> Result<Arc<Conn>, LinkError> {
         let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let mut slot = self.slots[i].lock().await;
-        if let Some(c) = slot.as_ref() {
-            if c.alive.load(Ordering::Acquire) {
+        if let Some(c) = slot.as_ref()
+            && c.alive.load(Ordering::Acquire) {
                 return Ok(Arc::clone(c));
             }
-        }
         let stream = match tokio::time::timeout(self.connect_timeout, transport::connect(&self.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(LinkError::Unavailable(format!("cannot connect to {}: {e}", self.addr))),

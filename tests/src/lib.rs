@@ -204,11 +204,10 @@ impl Stack {
     pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(c) = self.enclave.as_mut() {
-                if let Some(status) = c.try_wait()? {
+            if let Some(c) = self.enclave.as_mut()
+                && let Some(status) = c.try_wait()? {
                     bail!("veil-enclave exited ({status}): {}", self.enclave_log());
                 }
-            }
             if let Ok((200, _)) = http_get(&self.url, "/readyz") {
                 return Ok(());
             }
@@ -326,11 +325,10 @@ pub fn compare_outputs(got: &Value, case: &Value) -> Result<(), String> {
                 return Err(format!("output {name}[{i}]: {a} vs reference {b} (atol {atol}, rtol {rtol})"));
             }
         }
-        if let Some(keys) = w.get("map_keys") {
-            if g["parameters"]["zipmap_keys"] != *keys {
+        if let Some(keys) = w.get("map_keys")
+            && g["parameters"]["zipmap_keys"] != *keys {
                 return Err(format!("output {name}: zipmap_keys {} != {}", g["parameters"]["zipmap_keys"], keys));
             }
-        }
     }
     Ok(())
 }

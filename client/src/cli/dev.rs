@@ -315,12 +315,11 @@ async fn wait_ready(args: &DevArgs, parent_ready: &Path, procs: &mut [Proc], say
                 bail!("{} exited during start-up ({status}); last lines of {}:\n{}", p.name, p.log.display(), p.log_tail());
             }
         }
-        if url.is_none() {
-            if let Ok(bytes) = std::fs::read(parent_ready) {
+        if url.is_none()
+            && let Ok(bytes) = std::fs::read(parent_ready) {
                 let v: serde_json::Value = serde_json::from_slice(&bytes)?;
                 url = v["url"].as_str().map(str::to_owned);
             }
-        }
         if let Some(u) = &url {
             let client = Client::new(u)?.with_timeout(Duration::from_secs(3));
             match client.get("/readyz").await {

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Run every test Veil has: set-up (ONNX Runtime, sample models), the build, unit and end-to-end tests,
+# doc tests, clippy, and the linters for shell scripts and Dockerfiles.
+#
+#   scripts/test.sh              # everything
+#   scripts/test.sh -- e2e       # extra arguments go to the test runner (a filter, --no-capture, ...)
+#
+# The end-to-end tests start the real veil-parent and veil-enclave binaries, so they are built first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+runner_args=()
+if [ "${1:-}" = "--" ]; then
+    shift
+    runner_args=("$@")
+fi
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "set-up: ONNX Runtime and sample models"
+bash scripts/setup.sh
+# shellcheck source=/dev/null
+source "${VEIL_CACHE:-$HOME/.cache/veil}/env.sh"
+
+step "build"
+cargo build --workspace --bins --locked
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast "${runner_args[@]}"
+else
+    cargo test --workspace --locked --no-fail-fast "${runner_args[@]}"
+fi
+
+step "doc tests"
+cargo test --workspace --locked --doc
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+if [ -f scripts/lint.sh ]; then
+    step "lint: shell scripts and Dockerfiles"
+    bash scripts/lint.sh
+fi
+printf '\nall tests passed\n' >&2
