@@ -444,3 +444,52 @@ fn help_teaches_what_the_pcrs_are() {
         "{text}"
     );
 }
+
+#[test]
+fn size_recommends_memory_from_the_eif_and_the_models() {
+    let f = Fixture::new();
+    // Sizes chosen so the arithmetic is easy to redo by hand: a 30 MiB "EIF" (size is all that
+    // is read) and a 23 MiB model given in veil-parent's NAME=PATH form.
+    std::fs::write(f.path("big.eif"), vec![0u8; 30 << 20]).unwrap();
+    std::fs::write(f.path("minilm.onnx"), vec![0u8; 23 << 20]).unwrap();
+    // 2*30 + 23*(2+4) + 512 = 710 -> 768 MiB; nitro-cli's floor is 4*30 = 120.
+    let o = f.veil(&[
+        "eif",
+        "size",
+        "big.eif",
+        "--model",
+        "minilm=minilm.onnx",
+        "--cpus",
+        "4",
+        "--mib",
+    ]);
+    assert_eq!(stdout(ok(&o)).trim(), "768");
+    let o = f.veil(&[
+        "eif",
+        "size",
+        "big.eif",
+        "--model",
+        "minilm.onnx",
+        "--cpus",
+        "4",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(ok(&o))).unwrap();
+    assert_eq!(v["estimate_mib"], 710);
+    assert_eq!(v["nitro_cli_minimum_mib"], 120);
+    assert_eq!(v["sessions"], 4);
+    let o = f.veil(&["eif", "size", "big.eif", "--cpus", "3"]);
+    assert!(
+        stdout(ok(&o)).contains("--cpu-count 3 --memory 768"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stderr(&o).contains("odd"), "{}", stderr(&o));
+    let o = f.veil(&["eif", "size", "big.eif", "--model", "gone.onnx"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("cannot read the model gone.onnx"),
+        "{}",
+        stderr(&o)
+    );
+}

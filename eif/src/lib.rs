@@ -19,6 +19,7 @@
 //! - [`read_eif`]: check and measure an existing image ([`EifInfo`]).
 //! - [`EifBuilder`]: build a reproducible image from a kernel, a cmdline and ramdisks.
 //! - [`Signer`]: sign an image with a P-384 key and certificate (PCR8).
+//! - [`sizing`]: how much enclave memory an image and its models need.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -29,6 +30,7 @@ pub mod format;
 pub mod measure;
 mod reader;
 mod signature;
+pub mod sizing;
 
 pub use builder::{BuildInfo, BuildOutput, EifBuilder, EifIdentity, rfc3339_utc};
 pub use error::EifError;
@@ -39,3 +41,4 @@ pub use reader::{
     read_eif, read_eif_bytes,
 };
 pub use signature::{SignatureCheck, SignatureInfo, Signer};
+pub use sizing::{Sizing, recommend_memory};

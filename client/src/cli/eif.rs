@@ -19,7 +19,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use veil_eif::{
     Arch, BuildInfo, EifBuilder, EifIdentity, EifInfo, SignatureCheck, Signer, read_eif,
-    rfc3339_utc,
+    recommend_memory, rfc3339_utc,
 };
 
 /// Exit code when the signature section of an EIF does not verify.
@@ -82,6 +82,47 @@ pub enum EifCommand {
     ///            --ramdisk init.cpio --ramdisk app.cpio --output enclave.eif
     #[command(verbatim_doc_comment)]
     Build(Box<BuildArgs>),
+
+    /// Recommend enclave memory and vCPUs for an EIF and the models it will serve.
+    ///
+    /// Enclaves have no disk: the unpacked image and every loaded model live in the memory given
+    /// to `nitro-cli run-enclave --memory`. The estimate, in MiB, rounded up to 256:
+    ///
+    ///   max( 4 x EIF                                    nitro-cli's own minimum (E26)
+    ///      , 2 x EIF + models x (2 + sessions) + 512 )  image, model copies, runtime
+    ///
+    /// where each model is counted once as fetched, once while decrypting, and once per ONNX
+    /// Runtime session (the enclave runs one per vCPU by default). Keep models out of the EIF:
+    /// pass them here with --model and serve them from the parent.
+    ///
+    /// Example: veil eif size enclave.eif --model /var/lib/veil/minilm.onnx --cpus 4 --mib
+    #[command(verbatim_doc_comment)]
+    Size(SizeArgs),
+}
+
+/// Arguments of `veil eif size`.
+#[derive(Debug, Args)]
+pub struct SizeArgs {
+    /// The EIF to run (only its size is used; it is not parsed).
+    #[arg(value_name = "FILE.eif")]
+    pub file: PathBuf,
+    /// A model file the enclave will load (repeat for several). NAME=PATH is accepted too, as
+    /// given to veil-parent --model.
+    #[arg(long = "model", value_name = "[NAME=]PATH")]
+    pub models: Vec<String>,
+    /// vCPUs for the enclave. On x86_64 instances with hyper-threading nitro-cli hands out whole
+    /// cores, so use an even number.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub cpus: u64,
+    /// ONNX Runtime sessions per model (veil-enclave --sessions); defaults to --cpus.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub sessions: Option<u64>,
+    /// Print JSON with every term of the estimate.
+    #[arg(long, conflicts_with = "mib")]
+    pub json: bool,
+    /// Print only the memory in MiB (for scripts: --memory "$(veil eif size ... --mib)").
+    #[arg(long)]
+    pub mib: bool,
 }
 
 /// Arguments of `veil eif pcrs`.
@@ -178,6 +219,7 @@ pub fn run(cmd: EifCommand) -> anyhow::Result<ExitCode> {
         EifCommand::Pcrs(args) => pcrs(&args),
         EifCommand::Describe(args) => describe(&args),
         EifCommand::Build(args) => build(*args),
+        EifCommand::Size(args) => size(&args),
     }
 }
 
@@ -456,5 +498,55 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         if signer.is_some() { ", signed" } else { "" }
     );
     println!("{}", out.measurements.to_nitro_json_pretty());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn file_len(what: &str, path: &Path) -> anyhow::Result<u64> {
+    std::fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|e| anyhow!("cannot read the {what} {}: {e}", path.display()))
+}
+
+fn size(args: &SizeArgs) -> anyhow::Result<ExitCode> {
+    let eif = file_len("EIF", &args.file)?;
+    let models = args
+        .models
+        .iter()
+        .map(|m| {
+            // Accept veil-parent's NAME=PATH form; a bare path may itself contain '='.
+            let path = match m.split_once('=') {
+                Some((_, p)) if !Path::new(m).exists() => p,
+                _ => m.as_str(),
+            };
+            file_len("model", Path::new(path))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sessions = args.sessions.unwrap_or(args.cpus);
+    let s = recommend_memory(eif, &models, args.cpus, sessions);
+    if args.mib {
+        println!("{}", s.memory_mib);
+    } else if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!(
+            "nitro-cli run-enclave --cpu-count {} --memory {}",
+            s.cpus, s.memory_mib
+        );
+        println!(
+            "  EIF {} MiB (nitro-cli minimum {} MiB), models {} MiB x (2 + {} sessions), + 512 MiB: {} MiB, rounded up to {} MiB",
+            s.eif_mib,
+            s.nitro_cli_minimum_mib,
+            s.models_mib,
+            s.sessions,
+            s.estimate_mib,
+            s.memory_mib
+        );
+        if args.cpus % 2 == 1 {
+            eprintln!(
+                "veil: note: {} vCPUs is odd; on x86_64 instances with hyper-threading nitro-cli needs whole cores (an even count)",
+                args.cpus
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
