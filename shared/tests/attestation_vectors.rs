@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use veil_shared::attestation::{
     AWS_ROOT_G1_SHA256, CheckStatus, DecodeError, Policy, TrustAnchor, UnverifiedDocument,
-    VerifyError, verify,
+    Verifier, VerifyError, verify,
 };
 
 fn vectors_dir() -> PathBuf {
@@ -481,7 +481,46 @@ fn every_pcr16_document_reports_17_pcrs_and_indefinite_maps_decode() {
     assert!(doc.pcr(16).is_some());
 }
 
-#[allow(dead_code)]
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[test]
+fn the_caching_verifier_gives_the_same_outcomes_and_still_catches_tampering() {
+    let verifier = Verifier::new();
+    for round in 0..2 {
+        for e in real_documents() {
+            let doc = verifier
+                .verify(&e.bytes, &policy_at(&e))
+                .unwrap_or_else(|r| panic!("round {round} {}: {}", e.file, r.error));
+            assert_eq!(doc.module_id(), e.module_id);
+            // Time is never cached.
+            let late = u64::try_from(e.leaf_not_after_s + 1).unwrap() * 1000;
+            let err = verifier
+                .verify(&e.bytes, &Policy::new(late).allow_debug(true))
+                .unwrap_err();
+            assert!(matches!(err.error, VerifyError::CertificateTime { .. }));
+        }
+    }
+    // With the whole chain memoised, a modified intermediate is new bytes: it is checked, and refused.
+    let e = production_document();
+    let claims = UnverifiedDocument::parse(&e.bytes)
+        .unwrap()
+        .unverified_claims()
+        .clone();
+    let at = find(&e.bytes, &claims.cabundle[2]).unwrap() + claims.cabundle[2].len() - 1;
+    let mut m = e.bytes.clone();
+    m[at] ^= 1;
+    let err = verifier.verify(&m, &policy_at(&e)).unwrap_err();
+    assert!(
+        matches!(err.error, VerifyError::Certificate { position: 2, .. }),
+        "{}",
+        err.error
+    );
+    // And the COSE signature is never memoised.
+    let e = negative_document();
+    assert_eq!(
+        verifier.verify(&e.bytes, &policy_at(&e)).unwrap_err().error,
+        VerifyError::BadSignature
+    );
 }

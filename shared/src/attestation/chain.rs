@@ -95,6 +95,7 @@ pub(crate) fn check_link(
     parent: &X509Certificate<'_>,
     child: &X509Certificate<'_>,
     cas_below: Option<usize>,
+    cache: Option<&LinkCache>,
 ) -> Result<(), CertError> {
     if child.issuer().as_raw() != parent.subject().as_raw() {
         return Err(CertError::IssuerMismatch);
@@ -104,10 +105,57 @@ pub(crate) fn check_link(
     if sig.unused_bits != 0 {
         return Err(CertError::BadSignature);
     }
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P384_SHA384_ASN1, key)
-        .verify(child.tbs_certificate.as_ref(), &sig.data)
-        .map_err(|_| CertError::BadSignature)?;
+    let cache_key = cache.map(|_| LinkCache::key(parent.as_raw(), child.as_raw()));
+    let cached = matches!((cache, &cache_key), (Some(c), Some(k)) if c.contains(k));
+    if !cached {
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P384_SHA384_ASN1, key)
+            .verify(child.tbs_certificate.as_ref(), &sig.data)
+            .map_err(|_| CertError::BadSignature)?;
+        if let (Some(c), Some(k)) = (cache, cache_key) {
+            c.insert(k);
+        }
+    }
     check_profile(child, cas_below)
+}
+
+/// Memo of certificate signatures already checked: "these exact child bytes carry a valid signature by
+/// the key in these exact issuer bytes". That fact is a pure function of the two DER encodings, so
+/// remembering it changes no outcome; names, profile and validity are still checked every time. Bounded:
+/// cleared when full. A client verifying documents from the same enclave shares the root, regional,
+/// zonal and instance certificates (and often the leaf) between documents, so warm verification costs one
+/// ECDSA P-384 verification (the COSE signature) instead of five.
+#[derive(Debug, Default)]
+pub(crate) struct LinkCache {
+    seen: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+}
+
+impl LinkCache {
+    const MAX_ENTRIES: usize = 1024;
+
+    fn key(parent: &[u8], child: &[u8]) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"veil-attestation-link-v1\0");
+        ctx.update(&(parent.len() as u64).to_be_bytes());
+        ctx.update(parent);
+        ctx.update(child);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    fn contains(&self, key: &[u8; 32]) -> bool {
+        // A poisoned lock is a miss: fail towards doing the work, never towards skipping it.
+        self.seen.lock().map(|s| s.contains(key)).unwrap_or(false)
+    }
+
+    fn insert(&self, key: [u8; 32]) {
+        if let Ok(mut s) = self.seen.lock() {
+            if s.len() >= Self::MAX_ENTRIES {
+                s.clear();
+            }
+            s.insert(key);
+        }
+    }
 }
 
 /// Version, algorithms, key type and extensions of one certificate.

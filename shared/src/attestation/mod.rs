@@ -49,5 +49,5 @@ pub use document::{
 pub use error::{CertError, DecodeError, PolicyError, VerifyError};
 pub use verify::{
     AWS_ROOT_G1_SHA256, Check, CheckStatus, Policy, Rejected, Report, TrustAnchor,
-    VerifiedDocument, verify,
+    VerifiedDocument, Verifier, verify,
 };

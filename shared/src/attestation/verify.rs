@@ -51,7 +51,7 @@ impl TrustAnchor {
     pub fn from_der(der: &[u8]) -> Result<Self, PolicyError> {
         let cert = chain::parse(der).map_err(|e| PolicyError::Root(e.to_string()))?;
         chain::check_profile(&cert, Some(0)).map_err(|e| PolicyError::Root(e.to_string()))?;
-        chain::check_link(&cert, &cert, Some(0))
+        chain::check_link(&cert, &cert, Some(0), None)
             .map_err(|e| PolicyError::Root(format!("not validly self-signed: {e}")))?;
         let sha256: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, der)
             .as_ref()
@@ -311,8 +311,38 @@ pub struct Rejected {
 /// Decodes and verifies `bytes` (a COSE_Sign1 attestation document) under `policy`.
 #[allow(clippy::result_large_err)] // returned once per verification; boxing buys nothing here
 pub fn verify(bytes: &[u8], policy: &Policy) -> Result<VerifiedDocument, Rejected> {
+    verify_with(bytes, policy, None)
+}
+
+/// A verifier that remembers which certificate signatures it has already checked (see `LinkCache` in
+/// `chain.rs`): for clients that verify many documents from the same enclaves. Outcomes are identical to
+/// [`verify`]; only the repeated ECDSA work on the shared root → regional → zonal → instance chain is
+/// saved. Share one between threads freely (`Sync`).
+#[derive(Debug, Default)]
+pub struct Verifier {
+    cache: chain::LinkCache,
+}
+
+impl Verifier {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Same as [`verify`], with the signature memo.
+    #[allow(clippy::result_large_err)]
+    pub fn verify(&self, bytes: &[u8], policy: &Policy) -> Result<VerifiedDocument, Rejected> {
+        verify_with(bytes, policy, Some(&self.cache))
+    }
+}
+
+#[allow(clippy::result_large_err)]
+fn verify_with(
+    bytes: &[u8],
+    policy: &Policy,
+    cache: Option<&chain::LinkCache>,
+) -> Result<VerifiedDocument, Rejected> {
     match UnverifiedDocument::parse(bytes) {
-        Ok(doc) => doc.verify(policy),
+        Ok(doc) => doc.verify_inner(policy, cache),
         Err(e) => {
             let mut run = Run::new(policy);
             run.fail("decode", e.to_string(), VerifyError::Decode(e));
@@ -394,6 +424,15 @@ impl UnverifiedDocument {
     /// Verifies this decoded document under `policy`.
     #[allow(clippy::result_large_err)]
     pub fn verify(self, policy: &Policy) -> Result<VerifiedDocument, Rejected> {
+        self.verify_inner(policy, None)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn verify_inner(
+        self,
+        policy: &Policy,
+        cache: Option<&chain::LinkCache>,
+    ) -> Result<VerifiedDocument, Rejected> {
         let mut run = Run::new(policy);
         run.pass(
             "decode",
@@ -470,7 +509,7 @@ impl UnverifiedDocument {
                 } else {
                     Some(count - 2 - i)
                 };
-                if let Err(reason) = chain::check_link(parent, child, cas_below) {
+                if let Err(reason) = chain::check_link(parent, child, cas_below, cache) {
                     run.fail_with(
                         "chain",
                         VerifyError::Certificate {
