@@ -493,3 +493,233 @@ fn size_recommends_memory_from_the_eif_and_the_models() {
         stderr(&o)
     );
 }
+
+// ---------------------------------------------------------------- the operator scripts
+//
+// Docker and nitro-cli cannot run on these machines, so the scripts' own logic (argument checks,
+// sizing, allocator checks, the PCR cross-check) is exercised with stand-ins for those two tools
+// and the real `veil` binary.
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("scripts")
+        .join(name)
+}
+
+/// PATH with the stub dir first, then the directory of the `veil` under test, then the system.
+fn stub_path(stubs: &Path) -> String {
+    let veil_dir = Path::new(env!("CARGO_BIN_EXE_veil")).parent().unwrap();
+    format!(
+        "{}:{}:/usr/local/bin:/usr/bin:/bin",
+        stubs.display(),
+        veil_dir.display()
+    )
+}
+
+fn write_exe(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Stand-ins: `docker` accepts anything; `nitro-cli build-enclave` builds the fixture EIF with
+/// `veil eif build` and prints its measurements, edited by the sed expression in $LIE.
+fn make_stubs(f: &Fixture) -> PathBuf {
+    let stubs = f.path("stubs");
+    std::fs::create_dir_all(&stubs).unwrap();
+    write_exe(&stubs.join("docker"), "#!/usr/bin/env bash\nexit 0\n");
+    write_exe(
+        &stubs.join("nitro-cli"),
+        &format!(
+            r#"#!/usr/bin/env bash
+set -euo pipefail
+[ "$1" = build-enclave ] || exit 2
+out=""
+while [ $# -gt 0 ]; do case "$1" in --output-file) out="$2"; shift 2 ;; *) shift ;; esac; done
+echo "Start building the Enclave Image..." >&2
+veil eif build --kernel {dir}/bzImage --cmdline "{CMDLINE}" --ramdisk {dir}/init.cpio --ramdisk {dir}/app.cpio --output "$out" 2>/dev/null | sed "${{LIE:-}}"
+"#,
+            dir = f.dir.path().display()
+        ),
+    );
+    stubs
+}
+
+fn run_script(
+    f: &Fixture,
+    stubs: &Path,
+    name: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Output {
+    let mut cmd = Command::new("bash");
+    cmd.arg(script(name))
+        .args(args)
+        .env("PATH", stub_path(stubs))
+        .current_dir(f.dir.path());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn build_eif_script_saves_measurements_and_cross_checks_them_with_veil() {
+    let f = Fixture::new();
+    let stubs = make_stubs(&f);
+    let out_dir = f.path("out");
+    let out_dir_s = out_dir.to_str().unwrap();
+    let o = run_script(
+        &f,
+        &stubs,
+        "build-eif.sh",
+        &["--allow-dirty", "--output-dir", out_dir_s, "--tag", "t"],
+        &[],
+    );
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("veil eif pcrs agrees with nitro-cli"),
+        "{}",
+        stderr(&o)
+    );
+    let saved = std::fs::read_to_string(out_dir.join("veil-enclave.measurements.json")).unwrap();
+    assert_eq!(saved, nitro_json(None));
+    assert!(out_dir.join("veil-enclave.eif").exists());
+
+    // A nitro-cli whose PCR0 disagrees with the EIF must stop the release.
+    let o = run_script(
+        &f,
+        &stubs,
+        "build-eif.sh",
+        &["--allow-dirty", "--output-dir", out_dir_s, "--tag", "t"],
+        &[("LIE", "s/\"PCR0\": \"2f/\"PCR0\": \"00/")],
+    );
+    assert!(!o.status.success(), "a PCR mismatch must fail");
+    assert!(stderr(&o).contains("disagree"), "{}", stderr(&o));
+
+    let o = run_script(
+        &f,
+        &stubs,
+        "build-eif.sh",
+        &["--allow-dirty", "--signing-key", "key.pem"],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--signing-key and --signing-cert go together"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn run_enclave_script_sizes_checks_the_allocator_and_warns_about_debug_mode() {
+    let f = Fixture::new();
+    let stubs = make_stubs(&f);
+    ok(&f.build("enclave.eif", &[]));
+    std::fs::write(f.path("minilm.onnx"), vec![0u8; 23 << 20]).unwrap();
+    let alloc = f.path("allocator.yaml");
+    let alloc_s = alloc.to_str().unwrap();
+
+    // Enough reserved: the dry run prints the nitro-cli command with the computed memory
+    // (EIF < 1 MiB -> 1 MiB; 2*1 + 23*(2+2) + 512 = 606 -> 768).
+    std::fs::write(&alloc, "---\nmemory_mib: 4096\ncpu_count: 2\n").unwrap();
+    let o = run_script(
+        &f,
+        &stubs,
+        "run-enclave.sh",
+        &[
+            "--eif",
+            "enclave.eif",
+            "--model",
+            "minilm=minilm.onnx",
+            "--dry-run",
+        ],
+        &[("VEIL_ALLOCATOR_YAML", alloc_s)],
+    );
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    assert_eq!(
+        stdout(&o).trim(),
+        "nitro-cli run-enclave --eif-path enclave.eif --cpu-count 2 --memory 768 --enclave-cid 16 --enclave-name veil"
+    );
+
+    // Too little reserved: refused with the fix spelled out.
+    std::fs::write(&alloc, "---\nmemory_mib: 512\ncpu_count: 2\n").unwrap();
+    let o = run_script(
+        &f,
+        &stubs,
+        "run-enclave.sh",
+        &[
+            "--eif",
+            "enclave.eif",
+            "--model",
+            "minilm=minilm.onnx",
+            "--dry-run",
+        ],
+        &[("VEIL_ALLOCATOR_YAML", alloc_s)],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("allocator reserves 512 MiB") && stderr(&o).contains("memory_mib: 768"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Debug mode says what it gives away, and adds --debug-mode.
+    std::fs::write(&alloc, "---\nmemory_mib: 4096\ncpu_count: 2\n").unwrap();
+    let o = run_script(
+        &f,
+        &stubs,
+        "run-enclave.sh",
+        &[
+            "--eif",
+            "enclave.eif",
+            "--memory",
+            "1024",
+            "--debug",
+            "--dry-run",
+        ],
+        &[("VEIL_ALLOCATOR_YAML", alloc_s)],
+    );
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    assert!(
+        stdout(&o)
+            .trim()
+            .ends_with("--memory 1024 --enclave-cid 16 --enclave-name veil --debug-mode"),
+        "{}",
+        stdout(&o)
+    );
+    for needle in [
+        "DEBUG MODE",
+        "console is readable",
+        "all-zero PCRs",
+        "--allow-debug",
+    ] {
+        assert!(
+            stderr(&o).contains(needle),
+            "debug warning lacks {needle:?}: {}",
+            stderr(&o)
+        );
+    }
+
+    // A console without debug mode is refused.
+    let o = run_script(
+        &f,
+        &stubs,
+        "run-enclave.sh",
+        &["--eif", "enclave.eif", "--memory", "1024", "--console"],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--console needs --debug"),
+        "{}",
+        stderr(&o)
+    );
+}
