@@ -1,0 +1,738 @@
+//! The mock NSM: real COSE_Sign1 ES384 attestation documents, shaped like AWS's, for off-hardware runs.
+//!
+//! Shape: the nine payload fields in AWS's order; `cabundle` = [root, regional, zonal, instance], all
+//! ECDSA P-384 / SHA-384 CAs with critical basic constraints (path lengths 2, 1, 0 below the root) and
+//! key usage; a leaf (not a CA, digitalSignature) that lives three hours and is renewed half an hour before
+//! it expires, as the NSM does; PCRs 0..=15 of 48 bytes; a `module_id` like `i-mock…-enc…`; timestamps in
+//! milliseconds from the wall clock (the real NSM uses its own clock too).
+//!
+//! Trust: the root's subject says MOCK; its key lives in `mock-root.key.pem` (mode 0600) next to
+//! `mock-root.pem`. Verifiers trust it only when given that file explicitly (`--root`); the default AWS
+//! root refuses these documents on the `root` check.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SerialNumber,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
+use zeroize::Zeroize;
+
+use super::{Nsm, NsmError, check_len};
+
+/// File name of the mock root certificate (PEM) in the directory given to [`MockNsm::load_or_create`].
+pub const MOCK_ROOT_PEM_FILE: &str = "mock-root.pem";
+/// File name of the mock root's private key (PKCS#8 PEM, mode 0600).
+pub const MOCK_ROOT_KEY_FILE: &str = "mock-root.key.pem";
+
+const ROOT_SUBJECT_CN: &str = "MOCK aws.nitro-enclaves root - NOT AWS, NOT FOR PRODUCTION";
+const MOCK_ORG: &str = "Veil MOCK NSM (not Amazon)";
+const REGION: &str = "mock-region-1";
+const LEAF_LIFETIME: Duration = Duration::from_secs(3 * 3600);
+/// Renew the leaf when less than this is left (so that a document stays valid for a while after issue).
+const LEAF_RENEW_BEFORE: Duration = Duration::from_secs(30 * 60);
+const CA_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+const ROOT_LIFETIME: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
+/// Certificates start a little in the past, to tolerate clock skew between mock NSM and verifier.
+const BACKDATE: Duration = Duration::from_secs(60);
+const PCR_LEN: usize = 48;
+const PCR_COUNT: u16 = 16;
+
+/// The PCRs a [`MockNsm`] reports: 0..=15, each 48 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MockPcrs {
+    values: BTreeMap<u16, [u8; PCR_LEN]>,
+    /// Indexes set explicitly (PCR4 is derived from the mock instance id unless set here).
+    overridden: std::collections::BTreeSet<u16>,
+}
+
+impl MockPcrs {
+    /// PCR0, PCR1 and PCR2 derived from the bytes of the running executable, so that a code change
+    /// changes them, as it would change a real image's measurements. Others are zero (PCR4: see
+    /// [`MockNsm`]).
+    pub fn from_current_exe() -> Result<Self, NsmError> {
+        let path = std::env::current_exe().map_err(|source| NsmError::MockRootFile {
+            path: "current_exe".into(),
+            source,
+        })?;
+        let mut file = std::fs::File::open(&path).map_err(|source| NsmError::MockRootFile {
+            path: path.clone(),
+            source,
+        })?;
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA384);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(|source| NsmError::MockRootFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                break;
+            }
+            ctx.update(buf.get(..n).unwrap_or_default());
+        }
+        Ok(Self::from_image_digest(ctx.finish().as_ref()))
+    }
+
+    /// PCR0..=2 from the SHA-384 of an image: PCRn = SHA-384(48 zero bytes ‖ SHA-384("veil-mock-pcr" ‖ n ‖
+    /// image digest)), the same extend-once shape as real PCRs.
+    pub fn from_image_digest(image_sha384: &[u8]) -> Self {
+        let mut values = BTreeMap::new();
+        for i in 0..PCR_COUNT {
+            values.insert(i, [0u8; PCR_LEN]);
+        }
+        for n in 0u8..=2 {
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA384);
+            ctx.update(b"veil-mock-pcr");
+            ctx.update(&[n]);
+            ctx.update(image_sha384);
+            values.insert(u16::from(n), extend_once(ctx.finish().as_ref()));
+        }
+        MockPcrs {
+            values,
+            overridden: Default::default(),
+        }
+    }
+
+    /// Sets PCR `index` (0..=15) to `value`. Setting PCR0, 1 and 2 to zero makes a debug-mode document.
+    pub fn with(mut self, index: u16, value: [u8; PCR_LEN]) -> Result<Self, NsmError> {
+        if index >= PCR_COUNT {
+            return Err(NsmError::PcrIndex(index));
+        }
+        self.values.insert(index, value);
+        self.overridden.insert(index);
+        Ok(self)
+    }
+
+    /// The value of PCR `index`.
+    pub fn get(&self, index: u16) -> Option<&[u8; PCR_LEN]> {
+        self.values.get(&index)
+    }
+}
+
+/// SHA-384(48 zero bytes ‖ data): one PCR extend from the reset value.
+fn extend_once(data: &[u8]) -> [u8; PCR_LEN] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA384);
+    ctx.update(&[0u8; PCR_LEN]);
+    ctx.update(data);
+    let mut out = [0u8; PCR_LEN];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// The current leaf: its certificate and signing key.
+struct Leaf {
+    der: Vec<u8>,
+    key: EcdsaKeyPair,
+    not_after: SystemTime,
+}
+
+/// The off-hardware NSM. See the module documentation.
+pub struct MockNsm {
+    root_pem_path: PathBuf,
+    /// root, regional, zonal, instance (DER).
+    cabundle: Vec<Vec<u8>>,
+    instance: Issuer<'static, KeyPair>,
+    instance_cn: String,
+    leaf: Mutex<Leaf>,
+    pcrs: MockPcrs,
+    module_id: String,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for MockNsm {
+    // Keys stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockNsm")
+            .field("module_id", &self.module_id)
+            .field("instance", &self.instance_cn)
+            .field("root", &self.root_pem_path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn mock(e: impl std::fmt::Display) -> NsmError {
+    NsmError::Mock(e.to_string())
+}
+
+fn random_hex(rng: &SystemRandom, bytes: usize) -> Result<String, NsmError> {
+    let mut b = vec![0u8; bytes];
+    rng.fill(&mut b).map_err(|_| NsmError::Random)?;
+    Ok(hex::encode(b))
+}
+
+fn serial(rng: &SystemRandom) -> Result<SerialNumber, NsmError> {
+    let mut b = [0u8; 16];
+    rng.fill(&mut b).map_err(|_| NsmError::Random)?;
+    b[0] &= 0x7f; // positive
+    b[0] |= 0x01; // and no leading zero byte to strip
+    Ok(SerialNumber::from_slice(&b))
+}
+
+fn dn(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CountryName, "US");
+    dn.push(DnType::OrganizationName, MOCK_ORG);
+    dn.push(DnType::OrganizationalUnitName, "MOCK");
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+fn ca_params(
+    cn: &str,
+    path_len: Option<u8>,
+    from: SystemTime,
+    lifetime: Duration,
+) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(cn);
+    p.is_ca = IsCa::Ca(match path_len {
+        Some(n) => BasicConstraints::Constrained(n),
+        None => BasicConstraints::Unconstrained,
+    });
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+    ];
+    p.not_before = (from - BACKDATE).into();
+    p.not_after = (from + lifetime).into();
+    p
+}
+
+fn new_key() -> Result<KeyPair, NsmError> {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).map_err(mock)
+}
+
+fn read(path: &Path) -> Result<String, NsmError> {
+    std::fs::read_to_string(path).map_err(|source| NsmError::MockRootFile {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes `contents` to `path` atomically (temporary file, then rename), with `mode` on Unix.
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), NsmError> {
+    let err = |source| NsmError::MockRootFile {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut f = options.open(&tmp).map_err(err)?;
+    f.write_all(contents).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+impl MockNsm {
+    /// Loads the mock root from `dir` (`mock-root.pem` and `mock-root.key.pem`), or creates both if the
+    /// certificate does not exist; then builds a fresh chain (regional, zonal, instance, leaf) for this
+    /// process. Checks itself before returning: a document it makes must verify under its root.
+    pub fn load_or_create(dir: &Path, pcrs: MockPcrs) -> Result<MockNsm, NsmError> {
+        let rng = SystemRandom::new();
+        let now = SystemTime::now();
+        let pem_path = dir.join(MOCK_ROOT_PEM_FILE);
+        let key_path = dir.join(MOCK_ROOT_KEY_FILE);
+        let (root, root_pem) = if pem_path.exists() {
+            let key = KeyPair::from_pem(&read(&key_path)?)
+                .map_err(|e| mock(format!("{}: {e}", key_path.display())))?;
+            let pem = read(&pem_path)?;
+            // The issuer is rebuilt from the same parameters (rcgen encodes names deterministically); the
+            // self-check below proves that the files and the rebuilt issuer agree.
+            (
+                Issuer::new(ca_params(ROOT_SUBJECT_CN, None, now, ROOT_LIFETIME), key),
+                pem,
+            )
+        } else {
+            std::fs::create_dir_all(dir).map_err(|source| NsmError::MockRootFile {
+                path: dir.to_owned(),
+                source,
+            })?;
+            let key = new_key()?;
+            let mut params = ca_params(ROOT_SUBJECT_CN, None, now, ROOT_LIFETIME);
+            params.serial_number = Some(serial(&rng)?);
+            let cert = params.self_signed(&key).map_err(mock)?;
+            let mut key_pem = key.serialize_pem();
+            write_file(&key_path, key_pem.as_bytes(), 0o600)?;
+            key_pem.zeroize();
+            let pem = cert.pem();
+            write_file(&pem_path, pem.as_bytes(), 0o644)?;
+            (Issuer::new(params, key), pem)
+        };
+        let root_der = veil_shared::attestation::TrustAnchor::from_pem(root_pem.as_bytes())
+            .map_err(|e| mock(format!("{}: {e}", pem_path.display())))?
+            .der()
+            .to_vec();
+
+        let instance_id = format!("i-mock{}", &random_hex(&rng, 7)?[..13]);
+        let module_id = format!("{instance_id}-enc{}", random_hex(&rng, 8)?);
+        let mut chain = vec![root_der];
+        let issue = |cn: String,
+                     path_len: u8,
+                     parent: &Issuer<'_, KeyPair>|
+         -> Result<(Issuer<'static, KeyPair>, Vec<u8>), NsmError> {
+            let key = new_key()?;
+            let mut params = ca_params(&cn, Some(path_len), now, CA_LIFETIME);
+            params.serial_number = Some(serial(&rng)?);
+            let cert = params.signed_by(&key, parent).map_err(mock)?;
+            Ok((Issuer::new(params, key), cert.der().to_vec()))
+        };
+        let (regional, der) = issue(
+            format!("{}.{REGION}.MOCK.aws.nitro-enclaves", random_hex(&rng, 8)?),
+            2,
+            &root,
+        )?;
+        chain.push(der);
+        let (zonal, der) = issue(
+            format!(
+                "{}.zonal.{REGION}.MOCK.aws.nitro-enclaves",
+                random_hex(&rng, 8)?
+            ),
+            1,
+            &regional,
+        )?;
+        chain.push(der);
+        let instance_cn = format!("{instance_id}.{REGION}.MOCK.aws.nitro-enclaves");
+        let (instance, der) = issue(instance_cn.clone(), 0, &zonal)?;
+        chain.push(der);
+
+        let mut pcrs = pcrs;
+        if !pcrs.overridden.contains(&4) {
+            pcrs.values.insert(4, extend_once(instance_id.as_bytes()));
+        }
+        let leaf = Self::issue_leaf(&instance, &module_id, &rng, now)?;
+        let nsm = MockNsm {
+            root_pem_path: pem_path.clone(),
+            cabundle: chain,
+            instance,
+            instance_cn,
+            leaf: Mutex::new(leaf),
+            pcrs,
+            module_id,
+            rng,
+        };
+        nsm.self_check(&root_pem, now)?;
+        Ok(nsm)
+    }
+
+    fn issue_leaf(
+        instance: &Issuer<'_, KeyPair>,
+        module_id: &str,
+        rng: &SystemRandom,
+        now: SystemTime,
+    ) -> Result<Leaf, NsmError> {
+        let key = new_key()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(&format!("{module_id}.{REGION}.MOCK.aws"));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::ContentCommitment,
+        ];
+        params.not_before = (now - BACKDATE).into();
+        let not_after = now + LEAF_LIFETIME;
+        params.not_after = not_after.into();
+        params.serial_number = Some(serial(rng)?);
+        let cert = params.signed_by(&key, instance).map_err(mock)?;
+        let mut pkcs8 = key.serialize_der();
+        let signing =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &pkcs8, rng).map_err(mock);
+        pkcs8.zeroize();
+        Ok(Leaf {
+            der: cert.der().to_vec(),
+            key: signing?,
+            not_after,
+        })
+    }
+
+    fn self_check(&self, root_pem: &str, now: SystemTime) -> Result<(), NsmError> {
+        use veil_shared::attestation::{Policy, TrustAnchor, verify};
+        let doc = self.attestation(None, Some(b"self-check"), None)?;
+        let root = TrustAnchor::from_pem(root_pem.as_bytes()).map_err(mock)?;
+        let at = now.duration_since(UNIX_EPOCH).map_err(mock)?.as_millis() as u64;
+        verify(&doc, &Policy::new(at).with_root(root).allow_debug(true)).map(|_| ()).map_err(|r| {
+            mock(format!(
+                "the mock root in {} does not work ({}); delete {MOCK_ROOT_PEM_FILE} and {MOCK_ROOT_KEY_FILE} to make a new one",
+                self.root_pem_path.display(),
+                r.error
+            ))
+        })
+    }
+
+    /// Path of the mock root certificate that verifiers must be given.
+    pub fn root_pem_path(&self) -> &Path {
+        &self.root_pem_path
+    }
+
+    /// The mock module id (`i-mock…-enc…`).
+    pub fn module_id(&self) -> &str {
+        &self.module_id
+    }
+
+    /// The PCRs this mock reports.
+    pub fn pcrs(&self) -> &MockPcrs {
+        &self.pcrs
+    }
+
+    fn payload(
+        &self,
+        leaf_der: &[u8],
+        timestamp_ms: u64,
+        user_data: Option<&[u8]>,
+        nonce: Option<&[u8]>,
+        public_key: Option<&[u8]>,
+    ) -> Vec<u8> {
+        let mut p = Vec::with_capacity(8192);
+        head(&mut p, 5, 9);
+        text(&mut p, "module_id");
+        text(&mut p, &self.module_id);
+        text(&mut p, "digest");
+        text(&mut p, "SHA384");
+        text(&mut p, "timestamp");
+        head(&mut p, 0, timestamp_ms);
+        text(&mut p, "pcrs");
+        head(&mut p, 5, self.pcrs.values.len() as u64);
+        for (i, v) in &self.pcrs.values {
+            head(&mut p, 0, u64::from(*i));
+            bytes(&mut p, v);
+        }
+        text(&mut p, "certificate");
+        bytes(&mut p, leaf_der);
+        text(&mut p, "cabundle");
+        head(&mut p, 4, self.cabundle.len() as u64);
+        for c in &self.cabundle {
+            bytes(&mut p, c);
+        }
+        for (k, v) in [
+            ("public_key", public_key),
+            ("user_data", user_data),
+            ("nonce", nonce),
+        ] {
+            text(&mut p, k);
+            match v {
+                Some(b) => bytes(&mut p, b),
+                None => p.push(0xf6),
+            }
+        }
+        p
+    }
+}
+
+/// Protected header `{1: -35}` (alg ES384), as AWS encodes it.
+const PROTECTED: [u8; 4] = [0xa1, 0x01, 0x38, 0x22];
+
+fn head(out: &mut Vec<u8>, major: u8, arg: u64) {
+    let m = major << 5;
+    if arg < 24 {
+        out.push(m | arg as u8);
+    } else if arg <= 0xff {
+        out.extend_from_slice(&[m | 24, arg as u8]);
+    } else if arg <= 0xffff {
+        out.push(m | 25);
+        out.extend_from_slice(&(arg as u16).to_be_bytes());
+    } else if arg <= 0xffff_ffff {
+        out.push(m | 26);
+        out.extend_from_slice(&(arg as u32).to_be_bytes());
+    } else {
+        out.push(m | 27);
+        out.extend_from_slice(&arg.to_be_bytes());
+    }
+}
+fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+    head(out, 2, b.len() as u64);
+    out.extend_from_slice(b);
+}
+fn text(out: &mut Vec<u8>, s: &str) {
+    head(out, 3, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+impl Nsm for MockNsm {
+    fn attestation(
+        &self,
+        user_data: Option<&[u8]>,
+        nonce: Option<&[u8]>,
+        public_key: Option<&[u8]>,
+    ) -> Result<Vec<u8>, NsmError> {
+        check_len("user_data", user_data)?;
+        check_len("nonce", nonce)?;
+        check_len("public_key", public_key)?;
+        let now = SystemTime::now();
+        let timestamp_ms = now.duration_since(UNIX_EPOCH).map_err(mock)?.as_millis() as u64;
+        let mut leaf = self.leaf.lock().map_err(|_| mock("leaf lock poisoned"))?;
+        if now + LEAF_RENEW_BEFORE >= leaf.not_after {
+            *leaf = Self::issue_leaf(&self.instance, &self.module_id, &self.rng, now)?;
+        }
+        let payload = self.payload(&leaf.der, timestamp_ms, user_data, nonce, public_key);
+        // Sig_structure = ["Signature1", protected, h'', payload]
+        let mut tbs = Vec::with_capacity(payload.len() + 32);
+        head(&mut tbs, 4, 4);
+        text(&mut tbs, "Signature1");
+        bytes(&mut tbs, &PROTECTED);
+        bytes(&mut tbs, &[]);
+        bytes(&mut tbs, &payload);
+        let sig = leaf
+            .key
+            .sign(&self.rng, &tbs)
+            .map_err(|_| mock("ES384 signing failed"))?;
+        drop(leaf);
+        let mut doc = Vec::with_capacity(payload.len() + 128);
+        head(&mut doc, 4, 4);
+        bytes(&mut doc, &PROTECTED);
+        head(&mut doc, 5, 0);
+        bytes(&mut doc, &payload);
+        bytes(&mut doc, sig.as_ref());
+        Ok(doc)
+    }
+
+    fn random(&self, buf: &mut [u8]) -> Result<(), NsmError> {
+        // Off hardware, the kernel RNG stands in for the NSM's; never anything from the parent.
+        self.rng.fill(buf).map_err(|_| NsmError::Random)
+    }
+
+    fn describe_pcr(&self, index: u16) -> Result<Vec<u8>, NsmError> {
+        if index > 31 {
+            return Err(NsmError::PcrIndex(index));
+        }
+        Ok(self
+            .pcrs
+            .values
+            .get(&index)
+            .map(|v| v.to_vec())
+            .unwrap_or_else(|| vec![0; PCR_LEN]))
+    }
+
+    fn is_mock(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use veil_shared::attestation::{Policy, TrustAnchor, UnverifiedDocument, VerifyError, verify};
+
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+
+    fn nsm(dir: &Path) -> MockNsm {
+        MockNsm::load_or_create(dir, MockPcrs::from_image_digest(&[7; 48])).unwrap()
+    }
+
+    #[test]
+    fn documents_verify_only_under_the_named_mock_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let nsm = nsm(dir.path());
+        assert!(nsm.is_mock());
+        let doc = nsm
+            .attestation(Some(b"commitment"), Some(&[1; 32]), Some(b"spki"))
+            .unwrap();
+        let root =
+            TrustAnchor::from_pem(&std::fs::read(dir.path().join(MOCK_ROOT_PEM_FILE)).unwrap())
+                .unwrap();
+        assert!(!root.is_aws_root_g1());
+        assert!(root.name().contains("MOCK"));
+        let pcr0 = nsm.pcrs().get(0).unwrap();
+        let policy = Policy::new(now_ms())
+            .with_root(root)
+            .expect_pcr(0, pcr0)
+            .unwrap()
+            .expect_nonce(&[1; 32])
+            .unwrap();
+        let v = verify(&doc, &policy).unwrap_or_else(|r| panic!("{}: {:#?}", r.error, r.report));
+        assert_eq!(v.user_data(), Some(&b"commitment"[..]));
+        assert_eq!(v.public_key(), Some(&b"spki"[..]));
+        assert_eq!(v.module_id(), nsm.module_id());
+        assert_eq!(v.certificates().len(), 5);
+        assert!(!v.is_debug());
+        // The default policy trusts only AWS's root: the mock document is refused on the root check.
+        let err = verify(&doc, &Policy::new(now_ms())).unwrap_err();
+        assert!(
+            matches!(err.error, VerifyError::UntrustedRoot { .. }),
+            "{}",
+            err.error
+        );
+        assert_eq!(err.report.first_failure().unwrap().name, "root");
+    }
+
+    #[test]
+    fn the_root_is_created_once_with_a_private_key_file_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = nsm(dir.path());
+        let pem1 = std::fs::read(dir.path().join(MOCK_ROOT_PEM_FILE)).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(MOCK_ROOT_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let b = nsm(dir.path());
+        assert_eq!(
+            std::fs::read(dir.path().join(MOCK_ROOT_PEM_FILE)).unwrap(),
+            pem1
+        );
+        // Each instance has its own chain below the shared root.
+        assert_ne!(a.module_id(), b.module_id());
+        let root = TrustAnchor::from_pem(&pem1).unwrap();
+        for n in [&a, &b] {
+            verify(
+                &n.attestation(None, None, None).unwrap(),
+                &Policy::new(now_ms()).with_root(root.clone()),
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_mismatched_root_key_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        nsm(dir.path());
+        // Replace the key with another: the self-check must refuse to start.
+        let other = new_key().unwrap();
+        write_file(
+            &dir.path().join(MOCK_ROOT_KEY_FILE),
+            other.serialize_pem().as_bytes(),
+            0o600,
+        )
+        .unwrap();
+        let err =
+            MockNsm::load_or_create(dir.path(), MockPcrs::from_image_digest(&[7; 48])).unwrap_err();
+        assert!(err.to_string().contains("does not work"), "{err}");
+    }
+
+    #[test]
+    fn pcrs_follow_the_image_and_overrides_and_debug_is_zero() {
+        let a = MockPcrs::from_image_digest(&[1; 48]);
+        let b = MockPcrs::from_image_digest(&[2; 48]);
+        assert_ne!(a.get(0), b.get(0));
+        assert_ne!(a.get(0), a.get(1));
+        let exe = MockPcrs::from_current_exe().unwrap();
+        assert_ne!(exe.get(0), Some(&[0; 48]));
+        assert!(
+            MockPcrs::from_image_digest(&[1; 48])
+                .with(16, [0; 48])
+                .is_err()
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let debug = a
+            .with(0, [0; 48])
+            .unwrap()
+            .with(1, [0; 48])
+            .unwrap()
+            .with(2, [0; 48])
+            .unwrap()
+            .with(4, [9; 48])
+            .unwrap();
+        let nsm = MockNsm::load_or_create(dir.path(), debug).unwrap();
+        assert_eq!(nsm.describe_pcr(4).unwrap(), vec![9; 48]);
+        assert!(nsm.describe_pcr(32).is_err());
+        let doc = nsm.attestation(None, None, None).unwrap();
+        let root = TrustAnchor::from_pem(&std::fs::read(nsm.root_pem_path()).unwrap()).unwrap();
+        let err = verify(&doc, &Policy::new(now_ms()).with_root(root.clone())).unwrap_err();
+        assert_eq!(err.error, VerifyError::DebugMode);
+        assert!(
+            verify(
+                &doc,
+                &Policy::new(now_ms()).with_root(root).allow_debug(true)
+            )
+            .unwrap()
+            .is_debug()
+        );
+    }
+
+    #[test]
+    fn documents_are_shaped_like_aws_and_the_leaf_lives_three_hours() {
+        let dir = tempfile::tempdir().unwrap();
+        let nsm = nsm(dir.path());
+        let doc = nsm.attestation(None, None, None).unwrap();
+        assert_eq!(&doc[..6], &[0x84, 0x44, 0xa1, 0x01, 0x38, 0x22]);
+        let parsed = UnverifiedDocument::parse(&doc).unwrap();
+        let claims = parsed.unverified_claims();
+        assert_eq!(claims.cabundle.len(), 4);
+        assert_eq!(claims.pcrs.len(), 16);
+        assert!(claims.module_id.starts_with("i-mock") && claims.module_id.contains("-enc"));
+        assert_eq!(
+            claims.pcrs.get(&4).unwrap().as_slice(),
+            &extend_once(claims.module_id.split("-enc").next().unwrap().as_bytes())
+        );
+        let certs = parsed.certificates();
+        let leaf = certs.last().unwrap().as_ref().unwrap();
+        let life = leaf.not_after - leaf.not_before;
+        assert!((3 * 3600..=3 * 3600 + 120).contains(&life), "{life}");
+        assert!(certs[0].as_ref().unwrap().subject.contains("MOCK"));
+        // After the leaf's life, verification fails on validity (the verifier is given the time).
+        let late = now_ms() + 4 * 3600 * 1000;
+        let root = TrustAnchor::from_pem(&std::fs::read(nsm.root_pem_path()).unwrap()).unwrap();
+        let err = verify(&doc, &Policy::new(late).with_root(root)).unwrap_err();
+        assert!(
+            matches!(err.error, VerifyError::CertificateTime { ref which, .. } if which == "leaf"),
+            "{}",
+            err.error
+        );
+    }
+
+    #[test]
+    fn oversized_inputs_are_refused_and_random_fills() {
+        let dir = tempfile::tempdir().unwrap();
+        let nsm = nsm(dir.path());
+        let big = vec![0u8; 1025];
+        assert!(matches!(
+            nsm.attestation(Some(&big), None, None),
+            Err(NsmError::TooLarge {
+                field: "user_data",
+                ..
+            })
+        ));
+        assert!(matches!(
+            nsm.attestation(None, None, Some(&big)),
+            Err(NsmError::TooLarge {
+                field: "public_key",
+                ..
+            })
+        ));
+        let max = vec![0u8; 1024];
+        nsm.attestation(Some(&max), Some(&max), Some(&max)).unwrap();
+        let mut a = [0u8; 64];
+        let mut b = [0u8; 64];
+        nsm.random(&mut a).unwrap();
+        nsm.random(&mut b).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn hardware_nsm_is_unavailable_off_hardware() {
+        if !Path::new("/dev/nsm").exists() {
+            assert!(matches!(
+                super::super::HardwareNsm::open(),
+                Err(NsmError::Unavailable)
+            ));
+        }
+    }
+}
