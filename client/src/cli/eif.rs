@@ -4,9 +4,11 @@
 //! All parsing and hashing lives in the pure `veil-eif` crate; this module only opens files,
 //! chooses output formats and turns library errors into messages that name the file.
 //!
-//! Exit codes: 0 success; 1 the EIF or an input could not be read or is invalid; 2 bad usage
-//! (from clap); 3 the EIF's signature section does not verify (the PCRs are still printed, since
-//! an auditor may need them to say *what* was signed wrongly).
+//! Exit codes follow the CLI's shared ones ([`super::EXIT_OK`] and friends): 0 success;
+//! [`super::EXIT_FAILED`] (1) when an EIF's signature section does not verify (the PCRs are still
+//! printed, since an auditor needs them to say *what* was signed wrongly); errors (an unreadable,
+//! truncated or corrupted EIF, a bad input file) are returned to `main`, which exits with
+//! [`super::EXIT_USAGE`] (2).
 
 use std::fs::File;
 use std::io::{BufReader, Write};
@@ -22,25 +24,33 @@ use veil_eif::{
     recommend_memory, rfc3339_utc,
 };
 
-/// Exit code when the signature section of an EIF does not verify.
-const EXIT_BAD_SIGNATURE: u8 = 3;
+/// Exit code when the signature section of an EIF does not verify: a failed verification.
+const EXIT_BAD_SIGNATURE: u8 = super::EXIT_FAILED;
 
-/// Measure, describe and build Enclave Image Files (EIF).
-///
-/// An enclave's identity is its PCRs: SHA-384 measurements of the image that the Nitro hypervisor
-/// puts in every attestation document, and that KMS key policies and clients pin. These commands
-/// compute them from an EIF exactly as nitro-cli does, in pure Rust:
-///
-///   PCR0  kernel + cmdline + all ramdisks      (the whole image)
-///   PCR1  kernel + cmdline + first ramdisk     (AWS's boot code)
-///   PCR2  the other ramdisks                   (the application)
-///   PCR8  the signing certificate              (signed images only)
-///
-/// each as SHA-384(48 zero bytes || SHA-384(the data concatenated)).
+/// What `veil eif --help` teaches under the list of subcommands. Set explicitly on the enum
+/// (rather than as its doc comment) because the parent command's doc comment wins for `about`.
+const EIF_AFTER_HELP: &str = "\
+An enclave's identity is its PCRs: SHA-384 measurements of the image that the Nitro hypervisor
+puts in every attestation document, and that KMS key policies and clients pin. These commands
+compute them from an EIF exactly as nitro-cli does, in pure Rust, without Docker:
+
+  PCR0  kernel + cmdline + all ramdisks      (the whole image)
+  PCR1  kernel + cmdline + first ramdisk     (AWS's boot code)
+  PCR2  the other ramdisks                   (the application)
+  PCR8  the signing certificate              (signed images only)
+
+each as SHA-384(48 zero bytes || SHA-384(the data concatenated)).
+
+Examples:
+  veil eif pcrs enclave.eif > measurements.json
+  veil eif describe enclave.eif
+  veil eif size enclave.eif --model minilm=/var/lib/veil/models/minilm.onnx --cpus 4";
+
+/// Measure, describe, size and build Enclave Image Files (EIF); see [`EIF_AFTER_HELP`].
 #[derive(Debug, Subcommand)]
-#[command(verbatim_doc_comment)]
+#[command(after_help = EIF_AFTER_HELP)]
 pub enum EifCommand {
-    /// Print the PCRs of an EIF as nitro-cli's measurements JSON.
+    /// Print the PCRs of an EIF as nitro-cli's measurements JSON
     ///
     /// The output is what `nitro-cli build-enclave` prints for the same image, byte for byte:
     /// {"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": ..., "PCR1": ..., "PCR2": ...}}
@@ -55,7 +65,7 @@ pub enum EifCommand {
     #[command(verbatim_doc_comment)]
     Pcrs(PcrsArgs),
 
-    /// Show an EIF's header, sections, command line, metadata, signature and PCRs.
+    /// Show an EIF's header, sections, command line, metadata, signature and PCRs
     ///
     /// For each section: its type, offset, size and SHA-384, which tells you *which part* of two
     /// images differs when their PCRs do. For signed images: the certificate's subject, issuer
@@ -65,7 +75,7 @@ pub enum EifCommand {
     #[command(verbatim_doc_comment)]
     Describe(DescribeArgs),
 
-    /// Build an EIF from a kernel, a command line and ramdisks, reproducibly, without Docker.
+    /// Build an EIF from a kernel, a command line and ramdisks, reproducibly, without Docker
     ///
     /// The output depends only on the inputs: no clock (the metadata's build time comes from
     /// SOURCE_DATE_EPOCH, or the Unix epoch), no host names, no file names. Build twice, or on
@@ -83,7 +93,7 @@ pub enum EifCommand {
     #[command(verbatim_doc_comment)]
     Build(Box<BuildArgs>),
 
-    /// Recommend enclave memory and vCPUs for an EIF and the models it will serve.
+    /// Recommend enclave memory and vCPUs for an EIF and the models it will serve
     ///
     /// Enclaves have no disk: the unpacked image and every loaded model live in the memory given
     /// to `nitro-cli run-enclave --memory`. The estimate, in MiB, rounded up to 256:
