@@ -14,12 +14,29 @@
 //! any allocation, arithmetic on offsets is checked, nothing panics, and every error says which
 //! section, which offset and what was expected ([`EifError`]).
 //!
-//! - [`format`]: the byte layout (header, sections, CRC).
+//! - [`format`](mod@format): the byte layout (header, sections, CRC).
 //! - [`measure`]: how PCRs are computed, and why exactly that way.
 //! - [`read_eif`]: check and measure an existing image ([`EifInfo`]).
 //! - [`EifBuilder`]: build a reproducible image from a kernel, a cmdline and ramdisks.
 //! - [`Signer`]: sign an image with a P-384 key and certificate (PCR8).
 //! - [`sizing`]: how much enclave memory an image and its models need.
+//!
+//! ```
+//! use veil_eif::{EifBuilder, Pcr, read_eif_bytes};
+//!
+//! let (kernel, init, app) = (b"kernel".to_vec(), b"init".to_vec(), b"app".to_vec());
+//! let mut eif = Vec::new();
+//! let built = EifBuilder::new(&kernel, "console=ttyS0")?
+//!     .ramdisk(&init)
+//!     .ramdisk(&app)
+//!     .write_to(&mut eif)?;
+//! let read = read_eif_bytes(&eif)?;
+//! assert_eq!(read.measurements, built.measurements);
+//! // PCR2 measures the ramdisks after the first: here just `app`.
+//! assert_eq!(read.measurements.pcr2, Pcr::of_blob(b"app"));
+//! println!("{}", read.measurements.to_nitro_json_pretty());
+//! # Ok::<(), veil_eif::EifError>(())
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
