@@ -119,6 +119,11 @@ impl Client {
         self.call(Method::GET, &path, Bytes::new()).await
     }
 
+    /// POSTs a body to any path of the server and returns the answer (for tools and benchmarks).
+    pub async fn post(&self, path: &str, body: &[u8]) -> Result<Vec<u8>, ClientError> {
+        self.call(Method::POST, path, Bytes::copy_from_slice(body)).await
+    }
+
     /// Fetches a plain GET path (e.g. `/healthz`, `/metrics`) and returns the body.
     pub async fn get(&self, path: &str) -> Result<Vec<u8>, ClientError> {
         self.call(Method::GET, path, Bytes::new()).await

@@ -8,7 +8,10 @@ use anyhow::Context;
 use clap::Parser;
 use veil_enclave::host::HostClient;
 use veil_enclave::model::{Model, SessionOptions};
-use veil_enclave::server::{self, Enclave, Limits};
+use veil_enclave::nsm::{HardwareNsm, MockNsm, MockPcrs, Nsm};
+use veil_enclave::server::{self, AttestFn, Enclave, Limits};
+use veil_shared::attestation::{MAX_MODELS, ModelDigest, UserDataCommitment};
+use veil_shared::proto::{ErrorKind, ErrorReply};
 use veil_shared::transport::{Address, Listener};
 
 /// The Veil enclave: serves confidential inference from inside an AWS Nitro Enclave.
@@ -34,6 +37,17 @@ struct Args {
     /// A model to fetch from the parent and serve, by name (repeat, or comma-separate in VEIL_MODELS).
     #[arg(long = "model", env = "VEIL_MODELS", value_delimiter = ',', required = true, value_parser = model_name)]
     models: Vec<String>,
+    /// The NSM: `hardware` (/dev/nsm, inside a Nitro Enclave) or `mock` (off hardware: documents chain to
+    /// a generated MOCK root that no real verifier or KMS key policy trusts).
+    #[arg(long, env = "VEIL_NSM", default_value = "hardware", value_parser = ["hardware", "mock"])]
+    nsm: String,
+    /// With `--nsm mock`: directory of the mock root (mock-root.pem, mock-root.key.pem; created if absent).
+    #[arg(long, env = "VEIL_MOCK_ROOT_DIR", required_if_eq("nsm", "mock"))]
+    mock_root_dir: Option<PathBuf>,
+    /// With `--nsm mock`: set a mock PCR, as N=HEX (96 hex digits; repeatable). Default: PCR0-2 derived
+    /// from this binary's bytes.
+    #[arg(long = "mock-pcr", value_parser = pcr_arg)]
+    mock_pcrs: Vec<(u16, [u8; 48])>,
     /// Path of libonnxruntime.so (1.31.x).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     ort_dylib: Option<PathBuf>,
@@ -69,6 +83,14 @@ fn model_name(s: &str) -> Result<String, String> {
         && s.len() <= veil_shared::proto::MAX_MODEL_NAME
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
     if ok { Ok(s.to_owned()) } else { Err("model names are 1-128 characters of A-Z a-z 0-9 _ - .".into()) }
+}
+
+fn pcr_arg(s: &str) -> Result<(u16, [u8; 48]), String> {
+    let (n, h) = s.split_once('=').ok_or("expected N=HEX")?;
+    let n: u16 = n.parse().map_err(|_| format!("PCR index {n:?} is not a number"))?;
+    let bytes = hex::decode(h).map_err(|e| format!("PCR{n}: {e}"))?;
+    let v: [u8; 48] = bytes.try_into().map_err(|_| format!("PCR{n}: expected 48 bytes (96 hex digits)"))?;
+    Ok((n, v))
 }
 
 fn frame_size(s: &str) -> Result<usize, String> {
@@ -123,13 +145,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .map_err(|e| anyhow::anyhow!("could not start ONNX Runtime: {e}"))?;
 
+    anyhow::ensure!(
+        args.models.len() <= MAX_MODELS,
+        "at most {} models per enclave (the attestation commitment lists each one's digest)",
+        MAX_MODELS
+    );
+    let nsm = open_nsm(&args)?;
+    let config_sha384 = config_digest(&args);
+    tracing::info!(config_sha384 = %hex::encode(config_sha384), "runtime configuration digest");
+    let attest: AttestFn = {
+        let nsm = Arc::clone(&nsm);
+        Box::new(move |nonce: &[u8], models: &[(String, [u8; 48])]| {
+            let commitment = UserDataCommitment {
+                x25519: None,
+                recipient_rsa_spki_sha384: None,
+                models: models.iter().map(|(name, sha384)| ModelDigest { name: name.clone(), sha384: *sha384 }).collect(),
+                config_sha384,
+            };
+            let user_data = commitment
+                .encode()
+                .map_err(|e| ErrorReply::new(ErrorKind::Internal, format!("cannot encode the commitment: {e}")))?;
+            nsm.attestation(Some(&user_data), Some(nonce), None)
+                .map_err(|e| ErrorReply::new(ErrorKind::Internal, format!("the NSM failed: {e}")))
+        })
+    };
     let limits = Limits { max_frame: args.max_frame_bytes, ..Limits::default() };
-    let enclave = Arc::new(Enclave::new(args.models.clone(), None, limits));
+    let enclave = Arc::new(Enclave::new(args.models.clone(), Some(attest), limits));
     let listener = Listener::bind(&args.listen).await.with_context(|| format!("could not listen on {}", args.listen))?;
     let bound = listener.local_address()?;
     tracing::info!(listen = %bound, models = ?args.models, "veil-enclave listening");
     if let Some(path) = &args.ready_file {
-        write_ready_file(path, &serde_json::json!({ "listen": bound.to_string() }))?;
+        write_ready_file(path, &serde_json::json!({ "listen": bound.to_string(), "nsm": args.nsm }))?;
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -172,6 +218,52 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     Ok(())
+}
+
+/// Opens the NSM the arguments name. Fails closed: `hardware` without /dev/nsm is an error, never a
+/// silent fall-back to the mock.
+fn open_nsm(args: &Args) -> anyhow::Result<Arc<dyn Nsm>> {
+    if args.nsm == "mock" {
+        let dir = args.mock_root_dir.as_ref().context("--nsm mock needs --mock-root-dir")?;
+        let mut pcrs = MockPcrs::from_current_exe()?;
+        for (n, v) in &args.mock_pcrs {
+            pcrs = pcrs.with(*n, *v)?;
+        }
+        let nsm = MockNsm::load_or_create(dir, pcrs)?;
+        tracing::warn!(
+            mock_root = %nsm.root_pem_path().display(),
+            module_id = nsm.module_id(),
+            "MOCK NSM: attestation documents chain to a mock root; for development only"
+        );
+        Ok(Arc::new(nsm))
+    } else {
+        Ok(Arc::new(HardwareNsm::open()?))
+    }
+}
+
+/// SHA-384 of the runtime configuration that shapes what the enclave does with a request: the models it
+/// serves, its limits, its threading, its NSM kind and its version. Addresses are left out (they differ
+/// per deployment and the parent controls the network anyway). The canonical form is a JSON object
+/// with sorted keys, as written below; docs/PROTOCOL.md lists the fields.
+fn config_digest(args: &Args) -> [u8; 48] {
+    let mut models = args.models.clone();
+    models.sort();
+    // serde_json's map is ordered by key, so this serialization is canonical.
+    let config = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "protocol": veil_shared::proto::PROTOCOL_VERSION,
+        "models": models,
+        "nsm": args.nsm,
+        "intra_op_threads": args.intra_op_threads,
+        "sessions": args.sessions,
+        "max_frame_bytes": args.max_frame_bytes,
+        "max_model_bytes": args.max_model_bytes,
+    });
+    let bytes = serde_json::to_vec(&config).unwrap_or_default();
+    let d = ring::digest::digest(&ring::digest::SHA384, &bytes);
+    let mut out = [0u8; 48];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 fn write_ready_file(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Result<()> {

@@ -19,8 +19,9 @@ use veil_shared::transport::{Listener, ReadFrameError, Stream, read_frame, write
 
 use crate::model::Model;
 
-/// Makes an attestation document for a client's nonce (wired to the NSM by the binary).
-pub type AttestFn = Box<dyn Fn(&[u8]) -> Result<Vec<u8>, ErrorReply> + Send + Sync>;
+/// Makes an attestation document for a client's nonce, committing to the loaded models (name, SHA-384),
+/// sorted by name. Wired to the NSM by the binary.
+pub type AttestFn = Box<dyn Fn(&[u8], &[(String, [u8; 48])]) -> Result<Vec<u8>, ErrorReply> + Send + Sync>;
 
 /// Longest nonce accepted in an attestation request (the NSM takes at most 512 bytes; 64 is plenty).
 pub const MAX_NONCE: usize = 64;
@@ -112,8 +113,12 @@ impl Enclave {
                         format!("nonce must be 1 to {MAX_NONCE} bytes, got {}", nonce.len()),
                     ));
                 }
+                if !self.is_ready() {
+                    // The document commits to every model's digest, so it waits until all are loaded.
+                    return EnclaveResponse::Error(ErrorReply::new(ErrorKind::Unavailable, "models are still loading"));
+                }
                 match &self.attest {
-                    Some(f) => match f(&nonce) {
+                    Some(f) => match f(&nonce, &self.model_digests()) {
                         Ok(doc) => EnclaveResponse::Attestation { document: ByteBuf::from(doc) },
                         Err(e) => EnclaveResponse::Error(e),
                     },

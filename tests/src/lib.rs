@@ -161,7 +161,17 @@ impl Stack {
         let ready = wait_file(&dir.path().join("parent.ready"), &mut parent, "veil-parent", &parent_log)?;
         let url = ready["url"].as_str().context("parent ready file has no url")?.to_owned();
 
-        let mut enclave_args = vec!["--listen".to_owned(), enclave_addr.clone(), "--parent".to_owned(), host_addr.clone()];
+        let mock_root_dir = dir.path().join("mock-nsm");
+        let mut enclave_args = vec![
+            "--listen".to_owned(),
+            enclave_addr.clone(),
+            "--parent".to_owned(),
+            host_addr.clone(),
+            "--nsm".to_owned(),
+            "mock".to_owned(),
+            "--mock-root-dir".to_owned(),
+            mock_root_dir.display().to_string(),
+        ];
         for m in &options.models {
             enclave_args.push("--model".into());
             enclave_args.push(m.clone());
@@ -226,6 +236,11 @@ impl Stack {
     /// The parent's log so far.
     pub fn parent_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("parent.log")).unwrap_or_default()
+    }
+
+    /// The mock NSM's root certificate (PEM), written by the enclave at start.
+    pub fn mock_root_pem(&self) -> PathBuf {
+        self.dir.path().join("mock-nsm").join("mock-root.pem")
     }
 
     /// Models served.

@@ -211,11 +211,17 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
         parent_argv.push("--model".into());
         parent_argv.push(format!("{name}={}", path.display()));
     }
+    let mock_dir = state.join("mock-nsm");
+    let mock_root = mock_dir.join("mock-root.pem");
     let mut enclave_argv = vec![
         "--listen".to_owned(),
         enclave_addr.clone(),
         "--parent".to_owned(),
         host_addr.clone(),
+        "--nsm".to_owned(),
+        "mock".to_owned(),
+        "--mock-root-dir".to_owned(),
+        mock_dir.display().to_string(),
         "--intra-op-threads".to_owned(),
         args.intra_op_threads.to_string(),
     ];
@@ -243,6 +249,7 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
             "enclave": enclave_addr,
             "host_services": host_addr,
             "nsm": "mock",
+            "mock_root": mock_root.display().to_string(),
             "state_dir": state.display().to_string(),
             "logs": {"parent": logs.join("parent.log").display().to_string(), "enclave": logs.join("enclave.log").display().to_string()},
             "pids": {"parent": procs[0].child.id(), "enclave": procs[1].child.id()},
@@ -256,9 +263,11 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
             let names: Vec<&str> = models.iter().map(|(n, _)| n.as_str()).collect();
             let first = names.iter().find(|n| **n == "breast_cancer").unwrap_or(&names[0]);
             eprintln!(
-                "\nVeil dev stack is up (off hardware: mock NSM, not for production).\n  API:      {url}\n  models:   {}\n  enclave:  {enclave_addr}\n  logs:     {}\n\nTry:\n  veil metadata --url {url} {first}\n  veil infer --url {url} --model {first} --input FILE.json\n\nCtrl-C stops everything.",
+                "\nVeil dev stack is up (off hardware: mock NSM, not for production).\n  API:      {url}\n  models:   {}\n  enclave:  {enclave_addr}\n  mock NSM root: {}\n  logs:     {}\n\nTry:\n  veil metadata --url {url} {first}\n  veil infer --url {url} --model {first} --input FILE.json\n  veil attest verify --url {url} --root {}\n\nCtrl-C stops everything.",
                 names.join(", "),
-                logs.display()
+                mock_root.display(),
+                logs.display(),
+                mock_root.display()
             );
         }
         anyhow::Ok(())

@@ -1,0 +1,252 @@
+//! Latency and throughput: in-process ONNX Runtime against the full Veil path, side by side in one run.
+//!
+//! For each model (iris; MiniLM-L6 int8 at sequence 128, batch 1) it measures, at concurrency 1 and 16:
+//!
+//! - `ort`: ONNX Runtime in this process, on prebuilt tensors (the floor: no JSON, no sockets);
+//! - `inproc`: Veil's own request handling in this process (v2 JSON parsed and checked, ONNX Runtime,
+//!   JSON answer), without sockets: the protocol's share of the cost;
+//! - `veil`: client → parent (HTTP on loopback) → enclave (Unix socket standing in for vsock), the real
+//!   release binaries, Open Inference Protocol JSON both ways;
+//! - `python`: a plain, unencrypted Python onnxruntime HTTP server speaking the same JSON
+//!   (bench/python_baseline_server.py), when `VEIL_BENCH_PYTHON` names a Python that has onnxruntime.
+//!
+//! It prints a table with p50/p99 latency, throughput and the ratios, and writes JSON to
+//! `target/bench/latency.json`. Run it with scripts/bench.sh (which builds the release binaries and the
+//! Python environment first), or `cargo bench -p veil-tests --bench latency` after
+//! `cargo build --release --workspace --bins`. `--quick` shortens every run.
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use ort::session::{Session, SessionInputValue};
+use ort::value::Tensor;
+use serde_json::{Value, json};
+use veil_tests::{Stack, StackOptions, Transport, references};
+
+struct Pool {
+    idle: Mutex<Vec<Session>>,
+    ready: Condvar,
+}
+
+impl Pool {
+    fn run(&self, request: &Value) {
+        let mut session = {
+            let mut idle = self.idle.lock().unwrap();
+            loop {
+                if let Some(s) = idle.pop() {
+                    break s;
+                }
+                idle = self.ready.wait(idle).unwrap();
+            }
+        };
+        let feeds = feeds(request);
+        let outputs = session.run(feeds).expect("ort run");
+        assert!(outputs.len() > 0);
+        drop(outputs);
+        self.idle.lock().unwrap().push(session);
+        self.ready.notify_one();
+    }
+}
+
+/// Tensors for ONNX Runtime from a v2 request (FP32 and INT64 inputs: what the sample models take).
+fn feeds(request: &Value) -> Vec<(String, SessionInputValue<'static>)> {
+    request["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let shape: Vec<i64> = i["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
+            let data = i["data"].as_array().unwrap();
+            let value: SessionInputValue<'static> = match i["datatype"].as_str().unwrap() {
+                "FP32" => Tensor::from_array((shape, data.iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<f32>>()))
+                    .unwrap()
+                    .into(),
+                "INT64" => Tensor::from_array((shape, data.iter().map(|x| x.as_i64().unwrap()).collect::<Vec<i64>>()))
+                    .unwrap()
+                    .into(),
+                other => panic!("bench supports FP32 and INT64 inputs, not {other}"),
+            };
+            (i["name"].as_str().unwrap().to_owned(), value)
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Measurement {
+    p50_us: f64,
+    p99_us: f64,
+    mean_us: f64,
+    requests: usize,
+    throughput_rps: f64,
+}
+
+fn summarize(mut lat: Vec<Duration>, elapsed: Duration) -> Measurement {
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e6;
+    let mean = lat.iter().map(|d| d.as_secs_f64()).sum::<f64>() / lat.len() as f64 * 1e6;
+    Measurement { p50_us: pct(0.50), p99_us: pct(0.99), mean_us: mean, requests: lat.len(), throughput_rps: lat.len() as f64 / elapsed.as_secs_f64() }
+}
+
+/// Runs `f` from `concurrency` threads, `per_thread` times each after `warmup` calls, and summarizes.
+fn measure<F: Fn() + Sync>(concurrency: usize, warmup: usize, per_thread: usize, f: F) -> Measurement {
+    for _ in 0..warmup {
+        f();
+    }
+    let start = Instant::now();
+    let lat: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..concurrency)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut v = Vec::with_capacity(per_thread);
+                    for _ in 0..per_thread {
+                        let t = Instant::now();
+                        f();
+                        v.push(t.elapsed());
+                    }
+                    v
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    summarize(lat, start.elapsed())
+}
+
+/// An HTTP target measured through the real client library (hyper, keep-alive, one runtime per thread).
+fn http_target(base: &str, path: String, body: Vec<u8>) -> impl Fn() + Sync {
+    let base = base.to_owned();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let client = veil_client::Client::new(&base).unwrap();
+    let rt = Arc::new(rt);
+    move || {
+        let out = rt.block_on(client.post(&path, &body)).expect("http request");
+        assert!(!out.is_empty());
+    }
+}
+
+struct PythonServer(std::process::Child, String);
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_python(python: &str, model: &str) -> Option<PythonServer> {
+    use std::io::BufRead;
+    let script = veil_tests::repo_root().join("bench/python_baseline_server.py");
+    let mut child = std::process::Command::new(python)
+        .arg(script)
+        .args(["--model", veil_tests::model_path(model).ok()?.to_str()?, "--name", model, "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take()?).read_line(&mut line).ok()?;
+    let url = line.trim().strip_prefix("listening on ")?.to_owned();
+    Some(PythonServer(child, url))
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let scale = if quick { 0.2 } else { 1.0 };
+    let ort_dylib = veil_tests::ort_dylib().expect("ONNX Runtime");
+    let env = ort::init_from(&ort_dylib).expect("load ONNX Runtime").with_name("bench").build().expect("ort env");
+    let sessions = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let python = std::env::var("VEIL_BENCH_PYTHON").ok();
+
+    let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris", "minilm"])).expect("start the Veil stack (build release binaries first)");
+    let mut results: BTreeMap<String, Value> = BTreeMap::new();
+    let mut rows = Vec::new();
+
+    // (model, reference case, warmup, requests per thread at c=1, requests per thread at c=16)
+    let plan = [("iris", "batch3_synthetic", 300, 3000, 300), ("minilm", "seq128", 20, 200, 20)];
+    for (model, case_name, warmup, n1, n16) in plan {
+        let refs = references(model).unwrap();
+        let case = refs["cases"].as_array().unwrap().iter().find(|c| c["name"] == case_name).unwrap().clone();
+        let request = case["request"].clone();
+        let body = serde_json::to_vec(&request).unwrap();
+        let n1 = ((n1 as f64) * scale).max(20.0) as usize;
+        let n16 = ((n16 as f64) * scale).max(4.0) as usize;
+
+        let mut built = Vec::new();
+        for _ in 0..sessions {
+            let mut b = Session::builder(&env).unwrap().with_intra_threads(1).unwrap();
+            built.push(b.commit_from_file(veil_tests::model_path(model).unwrap()).unwrap());
+        }
+        let pool = Pool { idle: Mutex::new(built), ready: Condvar::new() };
+        let ort_call = || pool.run(&request);
+        // Veil's request handling in this process: JSON parse, checks against the model, ONNX Runtime,
+        // JSON answer. The difference to `ort` is the cost of the protocol; the rest is transport.
+        let model_bytes = std::fs::read(veil_tests::model_path(model).unwrap()).unwrap();
+        let opts = veil_enclave::model::SessionOptions { intra_op_threads: 1, sessions };
+        let inproc = Arc::new(veil_enclave::model::Model::load(&env, model, &model_bytes, [0; 48], opts).unwrap());
+        let inproc_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let inproc_call = || {
+            let out = inproc_rt.block_on(inproc.infer(body.clone())).expect("in-process infer");
+            assert!(!out.is_empty());
+        };
+        let veil_call = http_target(&stack.url, format!("/v1/models/{model}/infer"), body.clone());
+        let py = python.as_deref().and_then(|p| start_python(p, model));
+        let py_call = py.as_ref().map(|s| http_target(&s.1, format!("/v2/models/{model}/infer"), body.clone()));
+
+        let mut per: BTreeMap<&str, BTreeMap<&str, Measurement>> = BTreeMap::new();
+        for (conc, n) in [(1usize, n1), (16usize, n16)] {
+            let key = if conc == 1 { "c1" } else { "c16" };
+            eprintln!("{model}: concurrency {conc}, {} requests per target...", conc * n);
+            per.entry("ort").or_default().insert(key, measure(conc, warmup, n, ort_call));
+            per.entry("inproc").or_default().insert(key, measure(conc, warmup, n, inproc_call));
+            per.entry("veil").or_default().insert(key, measure(conc, warmup, n, &veil_call));
+            if let Some(call) = &py_call {
+                per.entry("python").or_default().insert(key, measure(conc, warmup, n, call));
+            }
+        }
+        let ort1 = per["ort"]["c1"].clone();
+        let veil1 = per["veil"]["c1"].clone();
+        let summary = json!({
+            "veil_over_ort_p50": veil1.p50_us / ort1.p50_us,
+            "veil_added_p50_us": veil1.p50_us - ort1.p50_us,
+            "veil_over_ort_throughput_c16": per["veil"]["c16"].throughput_rps / per["ort"]["c16"].throughput_rps,
+            "veil_over_python_throughput_c16": per.get("python").map(|p| per["veil"]["c16"].throughput_rps / p["c16"].throughput_rps),
+            "veil_over_python_throughput_c1": per.get("python").map(|p| per["veil"]["c1"].throughput_rps / p["c1"].throughput_rps),
+        });
+        for (target, m) in &per {
+            rows.push(format!(
+                "| {model:<6} | {target:<6} | {:>10.1} | {:>10.1} | {:>11.0} | {:>10.1} | {:>10.1} | {:>11.0} |",
+                m["c1"].p50_us, m["c1"].p99_us, m["c1"].throughput_rps, m["c16"].p50_us, m["c16"].p99_us, m["c16"].throughput_rps
+            ));
+        }
+        rows.push(format!(
+            "| {model:<6} | ratios | veil/ort p50 = {:.3} (+{:.0} µs); veil/ort rps@16 = {:.3}{} |",
+            summary["veil_over_ort_p50"].as_f64().unwrap(),
+            summary["veil_added_p50_us"].as_f64().unwrap(),
+            summary["veil_over_ort_throughput_c16"].as_f64().unwrap(),
+            summary["veil_over_python_throughput_c16"]
+                .as_f64()
+                .map(|r| format!("; veil/python rps@16 = {r:.2}, rps@1 = {:.2}", summary["veil_over_python_throughput_c1"].as_f64().unwrap_or(0.0)))
+                .unwrap_or_default()
+        ));
+        results.insert(model.to_owned(), json!({ "case": case_name, "targets": per, "summary": summary }));
+    }
+
+    println!("\n| model  | target | c1 p50 µs  | c1 p99 µs  | c1 req/s    | c16 p50 µs | c16 p99 µs | c16 req/s   |");
+    println!("|--------|--------|------------|------------|-------------|------------|------------|-------------|");
+    for r in &rows {
+        println!("{r}");
+    }
+    let out = json!({
+        "bench": "latency",
+        "quick": quick,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "sessions_per_model": sessions,
+        "intra_op_threads": 1,
+        "path": "client (hyper, keep-alive) -> veil-parent (HTTP, loopback TCP) -> veil-enclave (Unix socket)",
+        "models": results,
+    });
+    let dir = veil_tests::repo_root().join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("latency.json"), serde_json::to_vec_pretty(&out).unwrap()).unwrap();
+    println!("\nwrote {}", dir.join("latency.json").display());
+}
