@@ -454,3 +454,23 @@ fn url_mode_sends_the_nonce_and_verifies_the_answer() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("bad nonce"), "{}", text(&o));
 }
+
+#[test]
+fn commitment_expectations_fail_on_documents_without_a_veil_commitment() {
+    let v = production();
+    let o = veil(&[
+        "attest",
+        "verify",
+        &v.path,
+        "--at",
+        &at(&v),
+        "--expect-model",
+        &format!("iris={}", "11".repeat(48)),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("FAIL  commitment"), "{}", text(&o));
+    let o = veil(&["attest", "verify", &v.path, "--expect-model", "iris=1111"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = veil(&["attest", "verify", &v.path, "--expect-config", "11"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}

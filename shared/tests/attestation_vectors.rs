@@ -462,7 +462,8 @@ fn the_report_serializes_to_json_with_named_checks() {
             "debug_mode",
             "pcr0",
             "nonce",
-            "freshness"
+            "freshness",
+            "commitment"
         ]
     );
     assert_eq!(json["checks"][4]["status"], "failed");
@@ -523,4 +524,38 @@ fn the_caching_verifier_gives_the_same_outcomes_and_still_catches_tampering() {
         verifier.verify(&e.bytes, &policy_at(&e)).unwrap_err().error,
         VerifyError::BadSignature
     );
+}
+
+#[test]
+fn commitment_expectations_refuse_user_data_that_is_not_a_commitment() {
+    // Real third-party documents carry their own user_data formats (or none): asking for a Veil model
+    // must fail on the commitment check, with the reason.
+    let e = real_documents()
+        .into_iter()
+        .find(|e| e.user_data.as_ref().is_some_and(|u| u.len() > 10) && !e.debug)
+        .unwrap();
+    let err = verify(
+        &e.bytes,
+        &policy_at(&e).expect_model("iris", &[0; 48]).unwrap(),
+    )
+    .unwrap_err();
+    match &err.error {
+        VerifyError::Commitment(reason) => {
+            assert!(reason.contains("not a Veil commitment"), "{reason}")
+        }
+        other => panic!("{other}"),
+    }
+    let e = production_document();
+    assert!(e.user_data.is_none());
+    let err = verify(
+        &e.bytes,
+        &policy_at(&e).expect_config_sha384(&[1; 48]).unwrap(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.error,
+        VerifyError::Commitment("the document has no user_data".into())
+    );
+    assert!(Policy::new(0).expect_model("iris", &[0; 47]).is_err());
+    assert!(Policy::new(0).expect_model("", &[0; 48]).is_err());
 }

@@ -55,7 +55,8 @@ pub enum AttestCommand {
 const VERIFY_EXAMPLES: &str = "\
 Examples:
   # A live server, with PCRs from the release's nitro-cli measurements (nonce generated for you):
-  veil attest verify --url http://10.0.0.5:8080 --measurements measurements.json
+  veil attest verify --url http://10.0.0.5:8080 --measurements measurements.json \\
+      --expect-model iris=<SHA-384 of the decrypted model>
 
   # A saved document, at the time it was made (documents' leaf certificates live about 3 hours):
   veil attest verify doc.cbor --at document --expect-pcr 0=f4d48b81...8b
@@ -106,6 +107,15 @@ pub struct VerifyArgs {
     /// `veil eif pcrs`: {"Measurements": {"HashAlgorithm": ..., "PCR0": HEX, "PCR1": ..., "PCR2": ...}}.
     #[arg(long, value_name = "FILE")]
     pub measurements: Option<PathBuf>,
+
+    /// Require the user_data commitment to name model NAME with this SHA-384 (96 hex digits), as
+    /// `veil metadata` and the release notes print it. Repeatable.
+    #[arg(long = "expect-model", value_name = "NAME=SHA384")]
+    pub expect_model: Vec<String>,
+
+    /// Require the user_data commitment's runtime configuration digest (SHA-384, hex).
+    #[arg(long = "expect-config", value_name = "SHA384")]
+    pub expect_config: Option<String>,
 
     /// Verify at this time instead of now: RFC 3339, @UNIX_SECONDS, or `document`.
     #[arg(long, value_name = "TIME")]
@@ -477,6 +487,33 @@ fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
         expected.insert(i, v);
     }
+    let mut models = Vec::new();
+    for s in &args.expect_model {
+        let (name, digest) = s
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--expect-model {s:?}: expected NAME=SHA384HEX"))?;
+        let digest = hex::decode(digest.trim())
+            .map_err(|e| anyhow!("--expect-model {s:?}: the digest is not hex: {e}"))?;
+        if digest.len() != 48 {
+            bail!(
+                "--expect-model {s:?}: the digest is {} bytes; SHA-384 is 48 bytes (96 hex digits)",
+                digest.len()
+            );
+        }
+        models.push((name.trim().to_owned(), digest));
+    }
+    let config = args
+        .expect_config
+        .as_deref()
+        .map(|h| match hex::decode(h.trim()) {
+            Ok(d) if d.len() == 48 => Ok(d),
+            Ok(d) => Err(anyhow!(
+                "--expect-config: {} bytes; SHA-384 is 48 bytes (96 hex digits)",
+                d.len()
+            )),
+            Err(e) => Err(anyhow!("--expect-config {h:?} is not hex: {e}")),
+        })
+        .transpose()?;
     let at = args.at.as_deref().map(parse_at).transpose()?;
     let max_age = args.max_age.as_deref().map(parse_duration).transpose()?;
     let root = match &args.root {
@@ -522,6 +559,16 @@ fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(d) = max_age {
         policy = policy.with_max_age(d);
+    }
+    for (name, digest) in &models {
+        policy = policy
+            .expect_model(name, digest)
+            .map_err(|e| anyhow!("--expect-model: {e}"))?;
+    }
+    if let Some(c) = &config {
+        policy = policy
+            .expect_config_sha384(c)
+            .map_err(|e| anyhow!("--expect-config: {e}"))?;
     }
 
     let outcome = verify(&bytes, &policy);

@@ -727,6 +727,49 @@ mod tests {
     }
 
     #[test]
+    fn a_commitment_in_user_data_is_checked_by_the_verifier() {
+        use veil_shared::attestation::{ModelDigest, UserDataCommitment};
+        let dir = tempfile::tempdir().unwrap();
+        let nsm = nsm(dir.path());
+        let commitment = UserDataCommitment {
+            x25519: Some([5; 32]),
+            recipient_rsa_spki_sha384: Some(UserDataCommitment::sha384(b"spki")),
+            models: vec![ModelDigest {
+                name: "iris".into(),
+                sha384: [1; 48],
+            }],
+            config_sha384: [2; 48],
+        };
+        let doc = nsm
+            .attestation(Some(&commitment.encode().unwrap()), Some(b"n"), None)
+            .unwrap();
+        let root = TrustAnchor::from_pem(&std::fs::read(nsm.root_pem_path()).unwrap()).unwrap();
+        let base = Policy::new(now_ms()).with_root(root);
+        let ok = base
+            .clone()
+            .expect_model("iris", &[1; 48])
+            .unwrap()
+            .expect_config_sha384(&[2; 48])
+            .unwrap();
+        let v = verify(&doc, &ok).unwrap();
+        assert_eq!(v.commitment().unwrap(), commitment);
+        let wrong = base.clone().expect_model("iris", &[9; 48]).unwrap();
+        let err = verify(&doc, &wrong).unwrap_err();
+        assert!(
+            matches!(&err.error, VerifyError::Commitment(r) if r.contains("model \"iris\": expected SHA-384 0909")),
+            "{}",
+            err.error
+        );
+        let missing = base.expect_model("minilm", &[1; 48]).unwrap();
+        let err = verify(&doc, &missing).unwrap_err();
+        assert!(
+            matches!(&err.error, VerifyError::Commitment(r) if r.contains("not in the commitment")),
+            "{}",
+            err.error
+        );
+    }
+
+    #[test]
     fn hardware_nsm_is_unavailable_off_hardware() {
         if !Path::new("/dev/nsm").exists() {
             assert!(matches!(

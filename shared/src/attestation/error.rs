@@ -145,6 +145,9 @@ pub enum VerifyError {
         "freshness: document is dated {ahead_ms} ms after the verification time (more than {skew_ms} ms of skew)"
     )]
     FromTheFuture { ahead_ms: u64, skew_ms: u64 },
+    /// `user_data` is not a Veil commitment, or does not commit to what the caller expects.
+    #[error("user_data commitment: {0}")]
+    Commitment(String),
 }
 
 /// Problems with a caller-supplied input (a root certificate, an expected PCR).
@@ -157,4 +160,6 @@ pub enum PolicyError {
     Pcr { index: u16, reason: String },
     #[error("expected nonce is {0} bytes, more than 1024")]
     Nonce(usize),
+    #[error("expected model: {0}")]
+    Model(String),
 }

@@ -12,9 +12,10 @@
 //!    (`cabundle[0]` is the trusted root, by SHA-256 and bytes), `chain` (each certificate ECDSA
 //!    P-384/SHA-384 signed by the one above, names, basic constraints, key usage), `validity` (every
 //!    certificate at the given time), `signature` (COSE ES384 with the leaf key), `debug_mode`, `pcrN` for
-//!    each expected PCR, `nonce`, `freshness`. Only if all pass does it build a [`VerifiedDocument`], whose
-//!    accessors give the PCRs, module id, timestamp, public key, user data and nonce. Either way there is a
-//!    [`Report`] (serde-serializable) naming each check.
+//!    each expected PCR, `nonce`, `freshness`, `commitment` (the `user_data` commitment, when the
+//!    policy expects models or a configuration digest). Only if all pass does it build a
+//!    [`VerifiedDocument`], whose accessors give the PCRs, module id, timestamp, public key, user data
+//!    and nonce. Either way there is a [`Report`] (serde-serializable) naming each check.
 //!
 //! ```no_run
 //! use veil_shared::attestation::{verify, Policy};

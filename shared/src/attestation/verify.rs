@@ -115,6 +115,8 @@ pub struct Policy {
     max_age_ms: Option<u64>,
     max_future_skew_ms: u64,
     allow_debug: bool,
+    expected_models: BTreeMap<String, [u8; 48]>,
+    expected_config: Option<[u8; 48]>,
 }
 
 impl Policy {
@@ -132,6 +134,8 @@ impl Policy {
             max_age_ms: None,
             max_future_skew_ms: 60_000,
             allow_debug: false,
+            expected_models: BTreeMap::new(),
+            expected_config: None,
         }
     }
 
@@ -182,6 +186,36 @@ impl Policy {
         self
     }
 
+    /// Requires `user_data` to be a Veil commitment ([`super::UserDataCommitment`]) naming model `name`
+    /// with SHA-384 `sha384`. Repeatable, one per model.
+    pub fn expect_model(mut self, name: &str, sha384: &[u8]) -> Result<Self, PolicyError> {
+        let digest: [u8; 48] = sha384.try_into().map_err(|_| {
+            PolicyError::Model(format!(
+                "{name:?}: digest is {} bytes, not 48 (SHA-384)",
+                sha384.len()
+            ))
+        })?;
+        if name.is_empty() || name.len() > super::MAX_MODEL_NAME_LEN {
+            return Err(PolicyError::Model(format!(
+                "{name:?}: a model name is 1 to 64 bytes"
+            )));
+        }
+        self.expected_models.insert(name.to_owned(), digest);
+        Ok(self)
+    }
+
+    /// Requires `user_data` to be a Veil commitment whose runtime configuration digest is `sha384`.
+    pub fn expect_config_sha384(mut self, sha384: &[u8]) -> Result<Self, PolicyError> {
+        let digest: [u8; 48] = sha384.try_into().map_err(|_| {
+            PolicyError::Model(format!(
+                "config digest is {} bytes, not 48 (SHA-384)",
+                sha384.len()
+            ))
+        })?;
+        self.expected_config = Some(digest);
+        Ok(self)
+    }
+
     /// Accepts documents of enclaves run in debug mode (PCR0/1/2 zero). Their memory is readable by the
     /// parent, so nothing confidential should go to them: for development only.
     pub fn allow_debug(mut self, allow: bool) -> Self {
@@ -214,7 +248,7 @@ pub enum CheckStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
     /// Stable name: `decode`, `root`, `chain`, `validity`, `signature`, `debug_mode`, `pcrN`, `nonce`,
-    /// `freshness`.
+    /// `freshness`, `commitment`.
     pub name: String,
     pub status: CheckStatus,
     /// What was checked and found, for people.
@@ -294,6 +328,13 @@ impl VerifiedDocument {
     pub fn claims(&self) -> &Claims {
         &self.claims
     }
+    /// `user_data` decoded as a Veil commitment, if it is one.
+    pub fn commitment(&self) -> Option<super::UserDataCommitment> {
+        self.claims
+            .user_data
+            .as_deref()
+            .and_then(|u| super::UserDataCommitment::decode(u).ok())
+    }
     pub fn report(&self) -> &Report {
         &self.report
     }
@@ -354,6 +395,7 @@ fn verify_with(
             }
             run.skip("nonce", "the document could not be decoded");
             run.skip("freshness", "the document could not be decoded");
+            run.skip("commitment", "the document could not be decoded");
             Err(run.into_rejected())
         }
     }
@@ -411,6 +453,48 @@ impl Run {
             report: Box::new(self.report),
         }
     }
+}
+
+fn check_commitment(user_data: Option<&[u8]>, policy: &Policy) -> Result<String, String> {
+    let ud = user_data.ok_or("the document has no user_data")?;
+    let c = super::UserDataCommitment::decode(ud)
+        .map_err(|e| format!("user_data is not a Veil commitment: {e}"))?;
+    for (name, digest) in &policy.expected_models {
+        match c.models.iter().find(|m| &m.name == name) {
+            Some(m) if &m.sha384 == digest => {}
+            Some(m) => {
+                return Err(format!(
+                    "model {name:?}: expected SHA-384 {}, got {}",
+                    hex::encode(digest),
+                    hex::encode(m.sha384)
+                ));
+            }
+            None => {
+                let loaded: Vec<&str> = c.models.iter().map(|m| m.name.as_str()).collect();
+                return Err(format!(
+                    "model {name:?} is not in the commitment (loaded: {loaded:?})"
+                ));
+            }
+        }
+    }
+    if let Some(expected) = &policy.expected_config
+        && &c.config_sha384 != expected
+    {
+        return Err(format!(
+            "configuration: expected SHA-384 {}, got {}",
+            hex::encode(expected),
+            hex::encode(c.config_sha384)
+        ));
+    }
+    Ok(format!(
+        "user_data commits to {} model(s){}",
+        c.models.len(),
+        if policy.expected_config.is_some() {
+            " and the expected configuration"
+        } else {
+            ""
+        }
+    ))
 }
 
 fn is_debug(claims: &Claims) -> bool {
@@ -703,6 +787,19 @@ impl UnverifiedDocument {
                         );
                     }
                 }
+            }
+        }
+
+        // commitment
+        if policy.expected_models.is_empty() && policy.expected_config.is_none() {
+            run.skip(
+                "commitment",
+                "no expected model or configuration digest given",
+            );
+        } else {
+            match check_commitment(claims.user_data.as_deref(), policy) {
+                Ok(detail) => run.pass("commitment", detail),
+                Err(reason) => run.fail_with("commitment", VerifyError::Commitment(reason)),
             }
         }
 
