@@ -69,6 +69,9 @@ struct Args {
     /// Write a JSON file with the bound address once listening (for scripts and tests).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Async worker threads (socket I/O; inference runs on a separate blocking pool). Default: one per core.
+    #[arg(long, env = "VEIL_ENCLAVE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    worker_threads: Option<u16>,
     /// Log format on stderr.
     #[arg(long, env = "VEIL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -105,7 +108,11 @@ fn frame_size(s: &str) -> Result<usize, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(&args.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.worker_threads {
+        builder.worker_threads(n.into());
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("veil-enclave: cannot start the async runtime: {e}");

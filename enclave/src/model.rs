@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynMapValueType, DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
 use serde_json::{Map, Value, json};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use veil_shared::proto::{ErrorKind, ErrorReply};
 use veil_shared::v2::{self, Datatype, InferenceResponse, ModelMetadata, Tensor, TensorData, TensorMetadata};
 
@@ -56,7 +56,7 @@ pub struct Model {
     /// Idle sessions. `permits` counts them, so a request waits (asynchronously) for a free session
     /// before it takes a blocking thread.
     sessions: Mutex<Vec<Session>>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Model {
@@ -196,7 +196,7 @@ impl Model {
             inputs,
             outputs,
             metadata_json,
-            permits: Semaphore::new(count),
+            permits: Arc::new(Semaphore::new(count)),
             sessions: Mutex::new(sessions),
         })
     }
@@ -216,11 +216,17 @@ impl Model {
         &self.metadata_json
     }
 
+    /// Waits (asynchronously, holding no thread) until a session is free. Whoever holds the permit may call
+    /// [`Model::infer_blocking`] and is sure to find an idle session.
+    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, ErrorReply> {
+        Arc::clone(&self.permits).acquire_owned().await.map_err(|_| internal("model is shutting down"))
+    }
+
     /// Runs one v2 request (JSON) and returns the v2 response (JSON).
     ///
     /// Waits for a free session without blocking the runtime, then runs ONNX Runtime on the blocking pool.
     pub async fn infer(self: &Arc<Self>, body: Vec<u8>) -> Result<Vec<u8>, ErrorReply> {
-        let permit = self.permits.acquire().await.map_err(|_| internal("model is shutting down"))?;
+        let permit = self.acquire().await?;
         let model = Arc::clone(self);
         let result = tokio::task::spawn_blocking(move || {
             let mut body = body;

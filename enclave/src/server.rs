@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde_bytes::ByteBuf;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
+use zeroize::Zeroize;
 use veil_shared::proto::{self, EnclaveRequest, EnclaveResponse, ErrorKind, ErrorReply};
 use veil_shared::transport::{Listener, ReadFrameError, Stream, read_frame, write_frame};
 
@@ -128,7 +129,7 @@ impl Enclave {
         }
     }
 
-    fn lookup(&self, name: &str) -> Result<Arc<Model>, ErrorReply> {
+    pub(crate) fn lookup(&self, name: &str) -> Result<Arc<Model>, ErrorReply> {
         if let Some(m) = self.model(name) {
             return Ok(m);
         }
@@ -173,19 +174,19 @@ pub async fn serve(listener: Listener, enclave: Arc<Enclave>, mut shutdown: watc
     }
 }
 
+/// The write half of a connection, shared by the tasks that answer on it.
+type Writer = Arc<tokio::sync::Mutex<tokio::io::WriteHalf<Stream>>>;
+
 /// Serves one connection until the peer closes it or sends something that cannot be parsed.
+///
+/// Answers are written by whoever computed them, under the writer's lock: an inference answer straight
+/// from the blocking thread that ran the model, so a request costs one thread hand-off each way and no
+/// extra hop through a writer task. This is safe because answering tasks are never cancelled: a frame
+/// is always written whole.
 pub async fn serve_connection(stream: Stream, peer: &str, enclave: Arc<Enclave>) {
     let limits = enclave.limits;
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.max_in_flight.max(1));
-    let writer_task = tokio::spawn(async move {
-        while let Some(bytes) = rx.recv().await {
-            if let Err(e) = write_frame(&mut writer, &bytes, limits.max_frame).await {
-                tracing::debug!(error = %e, "write failed; closing");
-                break;
-            }
-        }
-    });
+    let (mut reader, writer) = tokio::io::split(stream);
+    let writer: Writer = Arc::new(tokio::sync::Mutex::new(writer));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
     loop {
         let payload = match read_frame(&mut reader, limits.max_frame).await {
@@ -194,7 +195,7 @@ pub async fn serve_connection(stream: Stream, peer: &str, enclave: Arc<Enclave>)
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "closing connection: bad frame");
                 let reply = ErrorReply::new(ErrorKind::Protocol, format!("bad frame: {e}"));
-                send(&tx, 0, &EnclaveResponse::Error(reply), limits.max_frame).await;
+                send(&writer, 0, &EnclaveResponse::Error(reply), limits.max_frame).await;
                 break;
             }
         };
@@ -203,27 +204,71 @@ pub async fn serve_connection(stream: Stream, peer: &str, enclave: Arc<Enclave>)
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "closing connection: undecodable message");
                 let id = proto::peek_id(&payload).unwrap_or(0);
-                send(&tx, id, &EnclaveResponse::Error(ErrorReply::new(ErrorKind::Protocol, e.to_string())), limits.max_frame)
-                    .await;
+                let reply = EnclaveResponse::Error(ErrorReply::new(ErrorKind::Protocol, e.to_string()));
+                send(&writer, id, &reply, limits.max_frame).await;
                 break;
             }
         };
+        // Stop reading when too many answers are pending: back-pressure on the parent.
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { break };
-        let tx = tx.clone();
-        let enclave = Arc::clone(&enclave);
-        tokio::spawn(async move {
-            let response = enclave.handle(request.body).await;
-            send(&tx, request.id, &response, limits.max_frame).await;
-            drop(permit);
-        });
+        let writer = Arc::clone(&writer);
+        let id = request.id;
+        match request.body {
+            EnclaveRequest::Infer { model, body } => {
+                let model = match enclave.lookup(&model) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tokio::spawn(async move {
+                            send(&writer, id, &EnclaveResponse::Error(e), limits.max_frame).await;
+                            drop(permit);
+                        });
+                        continue;
+                    }
+                };
+                tokio::spawn(async move {
+                    let session = match model.acquire().await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            send(&writer, id, &EnclaveResponse::Error(e), limits.max_frame).await;
+                            return;
+                        }
+                    };
+                    let runtime = tokio::runtime::Handle::current();
+                    // Off the async runtime: ONNX Runtime runs on the blocking pool, and the answer is
+                    // written from there.
+                    tokio::task::spawn_blocking(move || {
+                        let mut body = body.into_vec();
+                        let result = model.infer_blocking(&body);
+                        body.zeroize();
+                        drop(session);
+                        let response = match result {
+                            Ok(out) => EnclaveResponse::Infer { body: ByteBuf::from(out) },
+                            Err(e) => EnclaveResponse::Error(e),
+                        };
+                        runtime.block_on(send(&writer, id, &response, limits.max_frame));
+                        if let EnclaveResponse::Infer { body } = response {
+                            body.into_vec().zeroize();
+                        }
+                        drop(permit);
+                    });
+                });
+            }
+            other => {
+                let enclave = Arc::clone(&enclave);
+                tokio::spawn(async move {
+                    let response = enclave.handle(other).await;
+                    send(&writer, id, &response, limits.max_frame).await;
+                    drop(permit);
+                });
+            }
+        }
     }
-    drop(tx);
-    // Answers still being computed are sent before the writer stops.
-    let _ = writer_task.await;
+    // Answers still being computed hold the writer; they finish on their own and the socket closes when
+    // the last one drops it.
     tracing::debug!(%peer, "connection closed");
 }
 
-async fn send(tx: &mpsc::Sender<Vec<u8>>, id: u64, response: &EnclaveResponse, max_frame: usize) {
+async fn send(writer: &Writer, id: u64, response: &EnclaveResponse, max_frame: usize) {
     let bytes = match proto::encode(id, response) {
         Ok(b) if b.len() <= max_frame => b,
         Ok(b) => {
@@ -241,5 +286,13 @@ async fn send(tx: &mpsc::Sender<Vec<u8>>, id: u64, response: &EnclaveResponse, m
             return;
         }
     };
-    let _ = tx.send(bytes).await;
+    let mut bytes = bytes;
+    {
+        let mut w = writer.lock().await;
+        if let Err(e) = write_frame(&mut *w, &bytes, max_frame).await {
+            tracing::debug!(error = %e, "write failed; the peer is gone");
+        }
+    }
+    // The answer may hold inference outputs: leave no copy behind.
+    bytes.zeroize();
 }

@@ -124,6 +124,36 @@ fn http_target(base: &str, path: String, body: Vec<u8>) -> impl Fn() + Sync {
     }
 }
 
+/// GETs a path (the HTTP floor: no body, no enclave).
+fn http_get_target(base: &str, path: &'static str) -> impl Fn() + Sync {
+    let rt = Arc::new(tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap());
+    let client = veil_client::Client::new(base).unwrap();
+    move || {
+        rt.block_on(client.get(path)).expect("http get");
+    }
+}
+
+/// Sends inference frames straight to the enclave's Unix socket, one connection per thread.
+fn enclave_target(addr: &str, model: &str, body: Vec<u8>) -> impl Fn() + Sync {
+    use std::io::{Read, Write};
+    let path = addr.trim_start_matches("unix://").to_owned();
+    let model = model.to_owned();
+    let conns: Mutex<Vec<std::os::unix::net::UnixStream>> = Mutex::new(Vec::new());
+    move || {
+        let mut s = conns.lock().unwrap().pop().unwrap_or_else(|| std::os::unix::net::UnixStream::connect(&path).unwrap());
+        let req = veil_shared::proto::EnclaveRequest::Infer { model: model.clone(), body: serde_bytes::ByteBuf::from(body.clone()) };
+        let payload = veil_shared::proto::encode(1, &req).unwrap();
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        s.write_all(&frame).unwrap();
+        let mut h = [0u8; 4];
+        s.read_exact(&mut h).unwrap();
+        let mut answer = vec![0u8; u32::from_be_bytes(h) as usize];
+        s.read_exact(&mut answer).unwrap();
+        conns.lock().unwrap().push(s);
+    }
+}
+
 struct PythonServer(std::process::Child, String);
 
 impl Drop for PythonServer {
@@ -150,7 +180,10 @@ fn start_python(python: &str, model: &str) -> Option<PythonServer> {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--only MODEL` measures one model (for quick comparisons while tuning).
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let scale = if quick { 0.2 } else { 1.0 };
     let ort_dylib = veil_tests::ort_dylib().expect("ONNX Runtime");
     let env = ort::init_from(&ort_dylib).expect("load ONNX Runtime").with_name("bench").build().expect("ort env");
@@ -164,6 +197,9 @@ fn main() {
     // (model, reference case, warmup, requests per thread at c=1, requests per thread at c=16)
     let plan = [("iris", "batch3_synthetic", 300, 3000, 300), ("minilm", "seq128", 20, 200, 20)];
     for (model, case_name, warmup, n1, n16) in plan {
+        if only.as_deref().is_some_and(|o| o != model) {
+            continue;
+        }
         let refs = references(model).unwrap();
         let case = refs["cases"].as_array().unwrap().iter().find(|c| c["name"] == case_name).unwrap().clone();
         let request = case["request"].clone();
@@ -189,6 +225,10 @@ fn main() {
             assert!(!out.is_empty());
         };
         let veil_call = http_target(&stack.url, format!("/v1/models/{model}/infer"), body.clone());
+        // Breakdown of the path: the enclave alone (frames straight to its socket, no parent, no HTTP), and
+        // the HTTP floor (client and parent only: GET /healthz never reaches the enclave).
+        let enclave_call = enclave_target(&stack.enclave_addr, model, body.clone());
+        let floor_call = http_get_target(&stack.url, "/healthz");
         let py = python.as_deref().and_then(|p| start_python(p, model));
         let py_call = py.as_ref().map(|s| http_target(&s.1, format!("/v2/models/{model}/infer"), body.clone()));
 
@@ -199,6 +239,10 @@ fn main() {
             per.entry("ort").or_default().insert(key, measure(conc, warmup, n, ort_call));
             per.entry("inproc").or_default().insert(key, measure(conc, warmup, n, inproc_call));
             per.entry("veil").or_default().insert(key, measure(conc, warmup, n, &veil_call));
+            if conc == 1 {
+                per.entry("enclave").or_default().insert(key, measure(conc, warmup, n, &enclave_call));
+                per.entry("http0").or_default().insert(key, measure(conc, warmup, n, &floor_call));
+            }
             if let Some(call) = &py_call {
                 per.entry("python").or_default().insert(key, measure(conc, warmup, n, call));
             }
@@ -213,6 +257,13 @@ fn main() {
             "veil_over_python_throughput_c1": per.get("python").map(|p| per["veil"]["c1"].throughput_rps / p["c1"].throughput_rps),
         });
         for (target, m) in &per {
+            if !m.contains_key("c16") {
+                rows.push(format!(
+                    "| {model:<6} | {target:<6} | {:>10.1} | {:>10.1} | {:>11.0} |          - |          - |           - |",
+                    m["c1"].p50_us, m["c1"].p99_us, m["c1"].throughput_rps
+                ));
+                continue;
+            }
             rows.push(format!(
                 "| {model:<6} | {target:<6} | {:>10.1} | {:>10.1} | {:>11.0} | {:>10.1} | {:>10.1} | {:>11.0} |",
                 m["c1"].p50_us, m["c1"].p99_us, m["c1"].throughput_rps, m["c16"].p50_us, m["c16"].p99_us, m["c16"].throughput_rps
