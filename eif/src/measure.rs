@@ -31,6 +31,10 @@
 //!
 //! The Nitro hypervisor measures the same bytes when it boots the image, so these values are the
 //! ones that appear in the enclave's attestation documents and in KMS key-policy conditions.
+//!
+//! `tests/data/` pins all of this to AWS's own implementation: EIFs built (and signed) by
+//! `aws-nitro-enclaves-image-format`'s `EifBuilder`, with the PCRs it reported. This crate reads
+//! them with the same PCRs and rebuilds the unsigned one byte for byte.
 
 use std::fmt;
 

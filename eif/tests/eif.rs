@@ -690,3 +690,99 @@ fn undecodable_signature_sections_are_errors_with_the_offset() {
         "{e}"
     );
 }
+
+// ---------------------------------------------------------------- vectors made by AWS's own code
+
+/// Measurements as nitro-cli prints them, from a vector file.
+fn vector_measurements(name: &str) -> serde_json::Value {
+    let path = format!(
+        "{}/tests/data/{name}.measurements.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn vector(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+const VECTOR_CMDLINE: &str = "reboot=k panic=30 pci=off nomodules console=ttyS0";
+
+#[test]
+fn reads_an_unsigned_eif_built_by_aws_with_awss_pcrs() {
+    let info = read_eif_bytes(&vector("aws-unsigned.eif")).unwrap();
+    assert_eq!(
+        info.measurements.to_nitro_json(),
+        vector_measurements("aws-unsigned")
+    );
+    assert_eq!(info.version, 4);
+    assert_eq!(info.cmdline, VECTOR_CMDLINE);
+    assert_eq!(info.default_mem, 1 << 30);
+    assert_eq!(info.default_cpus, 2);
+    let meta = info.metadata.unwrap();
+    assert_eq!(
+        meta["BuildMetadata"]["BuildTime"],
+        "2023-11-14T22:13:20+00:00"
+    );
+    assert!(info.signature.is_none());
+}
+
+#[test]
+fn reads_a_signed_eif_built_by_aws_with_pcr8_and_a_valid_signature() {
+    let info = read_eif_bytes(&vector("aws-signed.eif")).unwrap();
+    assert_eq!(
+        info.measurements.to_nitro_json(),
+        vector_measurements("aws-signed")
+    );
+    let sig = info.signature.unwrap();
+    assert_eq!(sig.check, SignatureCheck::Valid);
+    assert!(
+        sig.subject.contains("Veil CLI test signer"),
+        "{}",
+        sig.subject
+    );
+}
+
+#[test]
+fn builder_reproduces_awss_unsigned_eif_byte_for_byte() {
+    let (kernel, init, app) = (vector("kernel"), vector("init.cpio"), vector("app.cpio"));
+    let id = EifIdentity {
+        image_name: "veil-enclave".into(),
+        image_version: "1.0".into(),
+        build: BuildInfo {
+            build_time: "2023-11-14T22:13:20+00:00".into(),
+            build_tool: "veil eif build".into(),
+            build_tool_version: "0.1.0".into(),
+            operating_system: "Linux".into(),
+            kernel_version: "unknown".into(),
+        },
+        docker_info: serde_json::Value::Null,
+        custom: serde_json::Value::Null,
+    };
+    let mut mine = Vec::new();
+    EifBuilder::new(&kernel, VECTOR_CMDLINE)
+        .unwrap()
+        .ramdisk(&init)
+        .ramdisk(&app)
+        .metadata(&id)
+        .unwrap()
+        .write_to(&mut mine)
+        .unwrap();
+    assert!(
+        mine == vector("aws-unsigned.eif"),
+        "veil-eif's EIF differs from AWS's for the same inputs"
+    );
+}
+
+#[test]
+fn the_aws_vectors_pcrs_match_the_independent_formula() {
+    let (kernel, init, app) = (vector("kernel"), vector("init.cpio"), vector("app.cpio"));
+    let m = vector_measurements("aws-unsigned");
+    let cat = [&kernel[..], VECTOR_CMDLINE.as_bytes(), &init, &app].concat();
+    assert_eq!(m["Measurements"]["PCR0"], ref_pcr(&cat));
+    assert_eq!(
+        m["Measurements"]["PCR1"],
+        ref_pcr(&[&kernel[..], VECTOR_CMDLINE.as_bytes(), &init].concat())
+    );
+    assert_eq!(m["Measurements"]["PCR2"], ref_pcr(&app));
+}
