@@ -627,6 +627,17 @@ fn cose_structure_is_checked() {
             ..
         })
     ));
+    // An indefinite-length outer array is the same COSE_Sign1 (the signature covers only the protected
+    // header and the payload); a missing break byte is not.
+    let mut indefinite = doc.clone();
+    indefinite[0] = 0x9f;
+    indefinite.push(0xff);
+    verify(&indefinite, &policy()).unwrap();
+    indefinite.pop();
+    assert!(matches!(
+        verify(&indefinite, &policy()).unwrap_err().error,
+        VerifyError::Decode(DecodeError::Cbor { .. })
+    ));
     // Non-empty unprotected headers are ignored (they are not signed), and the document still verifies.
     let mut unprot = vec![0x84];
     unprot.extend_from_slice(&doc[1..6]);
