@@ -726,3 +726,56 @@ fn run_enclave_script_sizes_checks_the_allocator_and_warns_about_debug_mode() {
         stderr(&o)
     );
 }
+
+#[test]
+fn build_options_change_metadata_and_header_but_never_the_pcrs() {
+    let f = Fixture::new();
+    std::fs::write(
+        f.path("custom.json"),
+        br#"{"git": "abc123", "reviewed": true}"#,
+    )
+    .unwrap();
+    let o = f.build(
+        "custom.eif",
+        &[
+            "--metadata",
+            "custom.json",
+            "--arch",
+            "aarch64",
+            "--memory-mib",
+            "4096",
+            "--cpus",
+            "4",
+        ],
+    );
+    assert_eq!(stdout(ok(&o)), nitro_json(None));
+    let v: serde_json::Value = serde_json::from_str(&stdout(ok(&f.veil(&[
+        "eif",
+        "describe",
+        "custom.eif",
+        "--json",
+    ]))))
+    .unwrap();
+    assert_eq!(v["metadata"]["CustomMetadata"]["git"], "abc123");
+    assert_eq!(v["arch"], "aarch64");
+    assert_eq!(v["default_mem"], 4096u64 << 20);
+    assert_eq!(v["default_cpus"], 4);
+
+    let o = f.build("bare.eif", &["--no-metadata"]);
+    assert_eq!(stdout(ok(&o)), nitro_json(None));
+    let v: serde_json::Value = serde_json::from_str(&stdout(ok(
+        &f.veil(&["eif", "describe", "bare.eif", "--json"])
+    )))
+    .unwrap();
+    assert!(v["metadata"].is_null());
+    assert_eq!(v["sections"].as_array().unwrap().len(), 4);
+
+    std::fs::write(f.path("broken.json"), b"{not json").unwrap();
+    let o = f.build("x.eif", &["--metadata", "broken.json"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--metadata broken.json is not valid JSON"),
+        "{}",
+        stderr(&o)
+    );
+}
