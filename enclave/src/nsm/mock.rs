@@ -226,8 +226,15 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), NsmError> {
         source,
     };
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // A stale temporary file would keep its old permissions: remove it, then create afresh (create_new
+    // refuses to follow a symlink planted in its place).
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
