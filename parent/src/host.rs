@@ -96,3 +96,43 @@ async fn read_chunk(path: &PathBuf, offset: u64, len: usize) -> std::io::Result<
 fn clip(s: &str) -> String {
     s.chars().take(64).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &std::path::Path) -> ModelFiles {
+        std::fs::write(dir.join("m.onnx"), b"0123456789").unwrap();
+        Arc::new(HashMap::from([("m".to_owned(), dir.join("m.onnx")), ("gone".to_owned(), dir.join("gone.onnx"))]))
+    }
+
+    fn error_of(r: HostResponse) -> ErrorReply {
+        match r {
+            HostResponse::Error(e) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_only_named_files_in_bounded_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = files(dir.path());
+        assert_eq!(answer(&files, HostRequest::ModelInfo { name: "m".into() }).await, HostResponse::ModelInfo { size: 10 });
+        assert_eq!(
+            answer(&files, HostRequest::ModelChunk { name: "m".into(), offset: 2, len: 3 }).await,
+            HostResponse::ModelChunk { data: ByteBuf::from(b"234".to_vec()) }
+        );
+        // A path is not a name.
+        let e = error_of(answer(&files, HostRequest::ModelInfo { name: "../../etc/passwd".into() }).await);
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        let e = error_of(answer(&files, HostRequest::ModelChunk { name: "m".into(), offset: 0, len: 0 }).await);
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        let e = error_of(answer(&files, HostRequest::ModelChunk { name: "m".into(), offset: 0, len: MAX_MODEL_CHUNK + 1 }).await);
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        // Past the end, or a file that went away: an error, not a short chunk.
+        let e = error_of(answer(&files, HostRequest::ModelChunk { name: "m".into(), offset: 8, len: 5 }).await);
+        assert_eq!(e.kind, ErrorKind::Internal);
+        let e = error_of(answer(&files, HostRequest::ModelInfo { name: "gone".into() }).await);
+        assert_eq!(e.kind, ErrorKind::Internal);
+    }
+}

@@ -77,10 +77,16 @@ fn model_file(s: &str) -> Result<(String, PathBuf), String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(&args.log_format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.worker_threads {
-        builder.worker_threads(n.into());
-    }
+    // One worker: a current-thread runtime, where waking a task never crosses threads.
+    let mut builder = match args.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.into());
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

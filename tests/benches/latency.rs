@@ -112,24 +112,38 @@ fn measure<F: Fn() + Sync>(concurrency: usize, warmup: usize, per_thread: usize,
     summarize(lat, start.elapsed())
 }
 
-/// An HTTP target measured through the real client library (hyper, keep-alive, one runtime per thread).
+thread_local! {
+    /// Each load thread drives its own current-thread runtime and client (hyper, keep-alive): the
+    /// connection task runs on the calling thread, so the client adds no thread hand-off of its own.
+    static CLIENTS: std::cell::RefCell<BTreeMap<String, (tokio::runtime::Runtime, veil_client::Client)>> =
+        const { std::cell::RefCell::new(BTreeMap::new()) };
+}
+
+fn with_client<T>(base: &str, f: impl FnOnce(&tokio::runtime::Runtime, &veil_client::Client) -> T) -> T {
+    CLIENTS.with(|c| {
+        let mut map = c.borrow_mut();
+        let (rt, client) = map.entry(base.to_owned()).or_insert_with(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            (rt, veil_client::Client::new(base).unwrap())
+        });
+        f(rt, client)
+    })
+}
+
+/// An HTTP target measured through the real client library.
 fn http_target(base: &str, path: String, body: Vec<u8>) -> impl Fn() + Sync {
     let base = base.to_owned();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let client = veil_client::Client::new(&base).unwrap();
-    let rt = Arc::new(rt);
     move || {
-        let out = rt.block_on(client.post(&path, &body)).expect("http request");
+        let out = with_client(&base, |rt, client| rt.block_on(client.post(&path, &body))).expect("http request");
         assert!(!out.is_empty());
     }
 }
 
 /// GETs a path (the HTTP floor: no body, no enclave).
 fn http_get_target(base: &str, path: &'static str) -> impl Fn() + Sync {
-    let rt = Arc::new(tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap());
-    let client = veil_client::Client::new(base).unwrap();
+    let base = base.to_owned();
     move || {
-        rt.block_on(client.get(path)).expect("http get");
+        with_client(&base, |rt, client| rt.block_on(client.get(path))).expect("http get");
     }
 }
 

@@ -1,0 +1,79 @@
+//! `veil dev`: the whole stack from one command, its JSON endpoints, and a clean stop on SIGTERM.
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use veil_tests::{compare_outputs, http_raw, references};
+
+fn alive(pid: u64) -> bool {
+    // A zombie counts as gone: it has exited.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+#[test]
+fn veil_dev_serves_prints_endpoints_and_stops_on_sigterm() {
+    let state = tempfile::tempdir().unwrap();
+    let mut child = Command::new(veil_tests::bin("veil").unwrap())
+        .args(["dev", "--port", "0", "--json", "--state-dir"])
+        .arg(state.path())
+        .env("ORT_DYLIB_PATH", veil_tests::ort_dylib().unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let endpoints: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+
+    // The endpoints scripts need: the URL, each model with its file, the mock root.
+    let url = endpoints["url"].as_str().unwrap();
+    let models = endpoints["models"].as_array().unwrap();
+    for name in ["breast_cancer", "iris", "minilm"] {
+        let m = models.iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("{name} missing: {endpoints}"));
+        assert!(std::path::Path::new(m["file"].as_str().unwrap()).is_file());
+    }
+    assert!(std::path::Path::new(endpoints["mock_root"].as_str().unwrap()).is_file());
+    assert_eq!(endpoints["nsm"], "mock");
+
+    // It serves.
+    let refs = references("breast_cancer").unwrap();
+    let case = &refs["cases"][0];
+    let (status, body) =
+        http_raw(url, "POST", "/v1/models/breast_cancer/infer", &serde_json::to_vec(&case["request"]).unwrap()).unwrap();
+    assert_eq!(status, 200);
+    compare_outputs(&serde_json::from_slice(&body).unwrap(), case).unwrap();
+
+    // SIGTERM stops veil dev and both children.
+    let pids = [endpoints["pids"]["parent"].as_u64().unwrap(), endpoints["pids"]["enclave"].as_u64().unwrap()];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "veil dev did not stop within 15 s");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "veil dev exited with {status}");
+    for pid in pids {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(pid) {
+            assert!(Instant::now() < deadline, "child {pid} still running after veil dev stopped");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert!(http_raw(url, "GET", "/healthz", b"").is_err(), "the parent still answers");
+}
+
+#[test]
+fn veil_dev_without_models_says_what_to_do() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(veil_tests::bin("veil").unwrap())
+        .args(["dev", "--port", "0", "--models-dir"])
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no models to serve") && stderr.contains("scripts/setup.sh"), "{stderr}");
+}
