@@ -33,8 +33,13 @@ pub fn ort_dylib() -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-/// Path of a sample model (`iris`, `minilm`, `breast_cancer`).
+/// Path of a sample model: `iris`, `minilm`, `breast_cancer` from the set-up cache, or a test model
+/// committed in the repository (`models/NAME/NAME.onnx`, e.g. `datatypes`).
 pub fn model_path(name: &str) -> anyhow::Result<PathBuf> {
+    let in_repo = repo_root().join("models").join(name).join(format!("{name}.onnx"));
+    if name == "datatypes" {
+        return Ok(in_repo);
+    }
     let dir = std::env::var_os("VEIL_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("models"));
     let p = dir.join(format!("{name}.onnx"));
     anyhow::ensure!(p.is_file(), "model {} not found: run scripts/setup.sh", p.display());

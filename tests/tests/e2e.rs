@@ -276,3 +276,38 @@ fn the_parent_relays_bodies_without_reading_them() {
     let _ = std::io::stdout().flush();
     let _ = std::io::stdin().read(&mut []);
 }
+
+#[test]
+fn every_carried_datatype_crosses_the_path_intact() {
+    // models/datatypes: f64*2, i32+1, not b, -f32, i64² (see its make_model.py).
+    let stack = Stack::start(StackOptions::new(Transport::Unix, &["datatypes"])).unwrap();
+    let request = json!({"inputs": [
+        {"name": "f64", "shape": [2], "datatype": "FP64", "data": [0.1, -2.5]},
+        {"name": "i32", "shape": [2], "datatype": "INT32", "data": [2147483646, -7]},
+        {"name": "b", "shape": [2], "datatype": "BOOL", "data": [true, false]},
+        {"name": "f32", "shape": [2], "datatype": "FP32", "data": [1.5, -0.25]},
+        {"name": "i64", "shape": [2], "datatype": "INT64", "data": [3, -3037000499i64]},
+    ]});
+    let (status, got) = infer(&stack, "datatypes", &serde_json::to_vec(&request).unwrap());
+    assert_eq!(status, 200, "{got}");
+    let out = |name: &str| got["outputs"].as_array().unwrap().iter().find(|o| o["name"] == name).unwrap().clone();
+    assert_eq!(out("f64_doubled"), json!({"name": "f64_doubled", "shape": [2], "datatype": "FP64", "data": [0.2, -5.0]}));
+    assert_eq!(out("i32_plus_one"), json!({"name": "i32_plus_one", "shape": [2], "datatype": "INT32", "data": [2147483647, -6]}));
+    assert_eq!(out("b_not"), json!({"name": "b_not", "shape": [2], "datatype": "BOOL", "data": [false, true]}));
+    assert_eq!(out("f32_negated"), json!({"name": "f32_negated", "shape": [2], "datatype": "FP32", "data": [-1.5, 0.25]}));
+    // Beyond 2^53: integers travel as integers, never through a float.
+    assert_eq!(out("i64_squared"), json!({"name": "i64_squared", "shape": [2], "datatype": "INT64", "data": [9, 9223372030926249001i64]}));
+
+    // INT32 out of range is the client's error, named.
+    let mut bad = request.clone();
+    bad["inputs"][1]["data"] = json!([2147483648i64, 0]);
+    let (status, got) = infer(&stack, "datatypes", &serde_json::to_vec(&bad).unwrap());
+    assert_eq!(status, 400);
+    assert!(got["error"].as_str().unwrap().contains("input \"i32\": element 0 is not INT32: out of range"), "{got}");
+    // A missing input names the ones the model takes.
+    let mut missing = request.clone();
+    missing["inputs"].as_array_mut().unwrap().remove(2);
+    let (status, got) = infer(&stack, "datatypes", &serde_json::to_vec(&missing).unwrap());
+    assert_eq!(status, 400);
+    assert!(got["error"].as_str().unwrap().contains("missing input \"b\"; model \"datatypes\" takes: f64, i32, b, f32, i64"), "{got}");
+}
