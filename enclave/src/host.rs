@@ -110,6 +110,8 @@ fn variant(r: &HostResponse) -> &'static str {
     match r {
         HostResponse::ModelInfo { .. } => "ModelInfo",
         HostResponse::ModelChunk { .. } => "ModelChunk",
+        HostResponse::Credentials { .. } => "Credentials",
+        HostResponse::RelayReady => "RelayReady",
         HostResponse::Error(_) => "Error",
     }
 }

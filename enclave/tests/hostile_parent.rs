@@ -41,6 +41,7 @@ async fn an_honest_parent_gives_the_bytes_and_their_digest() {
             HostRequest::ModelChunk { offset, len, .. } => {
                 HostResponse::ModelChunk { data: ByteBuf::from(vec![(*offset % 251) as u8; *len as usize]) }
             }
+            _ => HostResponse::RelayReady,
         },
         100,
     )
@@ -57,6 +58,7 @@ async fn short_chunks_are_refused() {
         |r| match r {
             HostRequest::ModelInfo { .. } => HostResponse::ModelInfo { size: 10 },
             HostRequest::ModelChunk { .. } => HostResponse::ModelChunk { data: ByteBuf::from(vec![1; 3]) },
+            _ => HostResponse::RelayReady,
         },
         100,
     )
@@ -71,6 +73,7 @@ async fn long_chunks_are_refused() {
         |r| match r {
             HostRequest::ModelInfo { .. } => HostResponse::ModelInfo { size: 10 },
             HostRequest::ModelChunk { .. } => HostResponse::ModelChunk { data: ByteBuf::from(vec![1; 11]) },
+            _ => HostResponse::RelayReady,
         },
         100,
     )

@@ -63,6 +63,9 @@ async fn serve_connection(mut stream: Stream, peer: &str, files: ModelFiles, max
 async fn answer(files: &ModelFiles, request: HostRequest) -> HostResponse {
     let fail = |kind, msg: String| HostResponse::Error(ErrorReply::new(kind, msg));
     match request {
+        HostRequest::Credentials | HostRequest::KmsRelay { .. } => {
+            fail(ErrorKind::Unavailable, "this parent does not relay KMS traffic (not configured)".into())
+        }
         HostRequest::ModelInfo { name } => match files.get(&name) {
             None => fail(ErrorKind::NotFound, format!("no model file named {:?} is configured", clip(&name))),
             Some(path) => match tokio::fs::metadata(path).await {

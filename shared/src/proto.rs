@@ -73,6 +73,13 @@ pub enum HostRequest {
     ModelInfo { name: String },
     /// A slice of a model file: at most [`MAX_MODEL_CHUNK`] bytes from `offset`.
     ModelChunk { name: String, offset: u64, len: u32 },
+    /// AWS credentials for the enclave's KMS calls (the instance role's, through IMDSv2 on EC2).
+    Credentials,
+    /// Turn this connection into a raw byte relay to `endpoint` (`host:port`, e.g.
+    /// `kms.eu-west-1.amazonaws.com:443`). After [`HostResponse::RelayReady`] the connection carries the
+    /// enclave's TLS bytes, which terminate inside the enclave; the parent only copies them, and refuses
+    /// endpoints that are not on its allow-list.
+    KmsRelay { endpoint: String },
 }
 
 /// What the parent answers to the enclave.
@@ -81,6 +88,10 @@ pub enum HostRequest {
 pub enum HostResponse {
     ModelInfo { size: u64 },
     ModelChunk { data: ByteBuf },
+    /// Temporary AWS credentials. `expiration` is Unix seconds, when known.
+    Credentials { access_key_id: String, secret_access_key: String, session_token: Option<String>, expiration: Option<u64> },
+    /// The relay is open: from the next byte on, the connection is a raw pipe to the endpoint.
+    RelayReady,
     Error(ErrorReply),
 }
 
