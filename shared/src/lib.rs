@@ -7,11 +7,13 @@
 //! - [`frame`]: length-prefixed frames with an explicit maximum, checked before anything is allocated.
 //! - [`proto`]: the versioned CBOR messages exchanged between parent and enclave.
 //! - [`v2`]: Open Inference Protocol (KServe v2) tensors as JSON.
+//! - [`envelope`]: the KMS envelope (AES-256-GCM under HKDF-derived keys) sealing requests and answers.
 //! - [`attestation`]: the fail-closed verifier of Nitro attestation documents.
 //! - [`transport`]: `vsock://`, `tcp://` and `unix://` addresses, listeners and dialers (the only I/O).
 #![forbid(unsafe_code)]
 
 pub mod attestation;
+pub mod envelope;
 pub mod frame;
 pub mod proto;
 pub mod transport;
