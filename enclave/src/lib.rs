@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod host;
+pub mod keys;
 pub mod model;
 pub mod nsm;
 pub mod server;

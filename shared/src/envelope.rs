@@ -9,19 +9,21 @@
 //! prk          = HKDF-SHA256-Extract(salt = "veil/v1 envelope", ikm = data key)
 //! request key  = HKDF-Expand(prk, "veil/v1 request"  ‖ request_id, 32)
 //! response key = HKDF-Expand(prk, "veil/v1 response" ‖ request_id, 32)
-//! aad          = "veil/v1" ‖ u8 direction ‖ u16 len ‖ model ‖ request_id (16) ‖ u16 len ‖ key_id
+//! aad          = "veil/v1" ‖ u8 direction ‖ u16 len ‖ model ‖ request_id (16) ‖ u16 len ‖ key_id ‖ u64 issued_at
 //! ciphertext   = AES-256-GCM(key, nonce (12, random), plaintext, aad)
 //! ```
 //!
 //! Every request has its own 16-byte random id and so its own keys: a nonce can never repeat under a key.
 //! The associated data binds the protocol version, the direction, the model name, the request id and the
 //! KMS key id, so a sealed request cannot be replayed against another model, turned into an answer, or
-//! moved under another key; the enclave also refuses a request id it has seen before for the same data key.
+//! moved under another key. `issued_at` (Unix seconds, set by the client) is bound too: the enclave refuses
+//! requests outside its replay window (a few minutes), and within it refuses any request id it has already
+//! seen for the same data key, so a recorded request cannot be played again.
 //! The KMS encryption context is bound by KMS itself into the encrypted data key.
 //!
 //! On the wire (the body of `POST /v1/models/{model}/infer`), CBOR:
 //! `{"v": 1, "key_id": tstr, "encrypted_data_key": bstr, "encryption_context": {tstr: tstr},
-//!   "request_id": bstr .size 16, "nonce": bstr .size 12, "ciphertext": bstr}`; the answer:
+//!   "request_id": bstr .size 16, "issued_at": uint, "nonce": bstr .size 12, "ciphertext": bstr}`; the answer:
 //! `{"v": 1, "request_id": bstr .size 16, "nonce": bstr .size 12, "ciphertext": bstr}`.
 use std::collections::BTreeMap;
 
@@ -56,6 +58,8 @@ pub struct SealedRequest {
     pub encrypted_data_key: ByteBuf,
     pub encryption_context: BTreeMap<String, String>,
     pub request_id: ByteBuf,
+    /// When the client sealed it, Unix seconds.
+    pub issued_at: u64,
     pub nonce: ByteBuf,
     pub ciphertext: ByteBuf,
 }
@@ -140,8 +144,8 @@ impl DataKey {
     }
 }
 
-fn aad(direction: Direction, model: &str, request_id: &[u8], key_id: &str) -> Vec<u8> {
-    let mut a = Vec::with_capacity(16 + model.len() + request_id.len() + key_id.len());
+fn aad(direction: Direction, model: &str, request_id: &[u8], key_id: &str, issued_at: u64) -> Vec<u8> {
+    let mut a = Vec::with_capacity(24 + model.len() + request_id.len() + key_id.len());
     a.extend_from_slice(b"veil/v1");
     a.push(direction as u8);
     a.extend_from_slice(&(model.len() as u16).to_be_bytes());
@@ -149,6 +153,7 @@ fn aad(direction: Direction, model: &str, request_id: &[u8], key_id: &str) -> Ve
     a.extend_from_slice(request_id);
     a.extend_from_slice(&(key_id.len() as u16).to_be_bytes());
     a.extend_from_slice(key_id.as_bytes());
+    a.extend_from_slice(&issued_at.to_be_bytes());
     a
 }
 
@@ -192,38 +197,48 @@ pub struct Sealer<'a> {
 }
 
 impl Sealer<'_> {
-    /// Seals a plaintext request for `model`. Returns the wire bytes and the request id (needed to open the
-    /// answer).
-    pub fn seal_request(&self, model: &str, plaintext: &[u8]) -> Result<(Vec<u8>, [u8; REQUEST_ID_LEN]), EnvelopeError> {
+    /// Seals a plaintext request for `model`, issued at `issued_at` (Unix seconds, now). Returns the wire
+    /// bytes and the request id and time (both needed to open the answer).
+    pub fn seal_request(&self, model: &str, plaintext: &[u8], issued_at: u64) -> Result<(Vec<u8>, RequestTag), EnvelopeError> {
         let request_id = random::<REQUEST_ID_LEN>()?;
         let key = self.key.aead(Direction::Request, &request_id)?;
-        let (nonce, ciphertext) = seal(&key, &aad(Direction::Request, model, &request_id, self.key_id), plaintext)?;
+        let (nonce, ciphertext) =
+            seal(&key, &aad(Direction::Request, model, &request_id, self.key_id, issued_at), plaintext)?;
         let sealed = SealedRequest {
             v: ENVELOPE_VERSION,
             key_id: self.key_id.to_owned(),
             encrypted_data_key: ByteBuf::from(self.encrypted_data_key.to_vec()),
             encryption_context: self.encryption_context.clone(),
             request_id: ByteBuf::from(request_id.to_vec()),
+            issued_at,
             nonce: ByteBuf::from(nonce.to_vec()),
             ciphertext: ByteBuf::from(ciphertext),
         };
         let mut out = Vec::new();
         ciborium::into_writer(&sealed, &mut out).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-        Ok((out, request_id))
+        Ok((out, RequestTag { request_id, issued_at }))
     }
 
-    /// Opens the enclave's answer to the request `request_id` for `model`.
-    pub fn open_response(&self, model: &str, request_id: &[u8; REQUEST_ID_LEN], body: &[u8]) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+    /// Opens the enclave's answer to the request `tag` names, for `model`.
+    pub fn open_response(&self, model: &str, tag: &RequestTag, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
         let sealed: SealedResponse = decode(body)?;
         if sealed.v != ENVELOPE_VERSION {
             return Err(EnvelopeError::Version(sealed.v));
         }
-        if sealed.request_id.as_slice() != request_id {
+        if sealed.request_id.as_slice() != tag.request_id {
             return Err(field("request_id", "the answer is for another request"));
         }
-        let key = self.key.aead(Direction::Response, request_id)?;
-        open(&key, &aad(Direction::Response, model, request_id, self.key_id), &sealed.nonce, &sealed.ciphertext)
+        let key = self.key.aead(Direction::Response, &tag.request_id)?;
+        let aad = aad(Direction::Response, model, &tag.request_id, self.key_id, tag.issued_at);
+        open(&key, &aad, &sealed.nonce, &sealed.ciphertext)
     }
+}
+
+/// What identifies a sealed request to its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestTag {
+    pub request_id: [u8; REQUEST_ID_LEN],
+    pub issued_at: u64,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, EnvelopeError> {
@@ -274,13 +289,15 @@ pub fn parse_request(body: &[u8]) -> Result<SealedRequest, EnvelopeError> {
 /// Opens a parsed request with the data key KMS released for it.
 pub fn open_request(key: &DataKey, model: &str, request: &SealedRequest) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
     let k = key.aead(Direction::Request, &request.request_id)?;
-    open(&k, &aad(Direction::Request, model, &request.request_id, &request.key_id), &request.nonce, &request.ciphertext)
+    let aad = aad(Direction::Request, model, &request.request_id, &request.key_id, request.issued_at);
+    open(&k, &aad, &request.nonce, &request.ciphertext)
 }
 
 /// Seals the enclave's answer to `request` for `model`.
 pub fn seal_response(key: &DataKey, model: &str, request: &SealedRequest, plaintext: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
     let k = key.aead(Direction::Response, &request.request_id)?;
-    let (nonce, ciphertext) = seal(&k, &aad(Direction::Response, model, &request.request_id, &request.key_id), plaintext)?;
+    let aad = aad(Direction::Response, model, &request.request_id, &request.key_id, request.issued_at);
+    let (nonce, ciphertext) = seal(&k, &aad, plaintext)?;
     let sealed = SealedResponse {
         v: ENVELOPE_VERSION,
         request_id: request.request_id.clone(),
@@ -310,7 +327,7 @@ mod tests {
     fn round_trip_both_ways() {
         let (key, ctx) = setup();
         let sealer = Sealer { key: &key, key_id: "k1", encrypted_data_key: b"blob", encryption_context: &ctx };
-        let (wire, id) = sealer.seal_request("iris", b"{\"inputs\":[]}").unwrap();
+        let (wire, id) = sealer.seal_request("iris", b"{\"inputs\":[]}", 1_700_000_000).unwrap();
         let parsed = parse_request(&wire).unwrap();
         assert_eq!(parsed.encryption_context, ctx);
         assert_eq!(&open_request(&key, "iris", &parsed).unwrap()[..], b"{\"inputs\":[]}");
@@ -324,9 +341,12 @@ mod tests {
     fn binding_to_model_key_id_and_direction() {
         let (key, ctx) = setup();
         let sealer = Sealer { key: &key, key_id: "k1", encrypted_data_key: b"blob", encryption_context: &ctx };
-        let (wire, id) = sealer.seal_request("iris", b"x").unwrap();
+        let (wire, id) = sealer.seal_request("iris", b"x", 1_700_000_000).unwrap();
         let parsed = parse_request(&wire).unwrap();
         assert_eq!(open_request(&key, "minilm", &parsed).unwrap_err(), EnvelopeError::Decrypt);
+        let mut other_time = parsed.clone();
+        other_time.issued_at += 1;
+        assert_eq!(open_request(&key, "iris", &other_time).unwrap_err(), EnvelopeError::Decrypt);
         let mut other_key_id = parsed.clone();
         other_key_id.key_id = "k2".into();
         assert_eq!(open_request(&key, "iris", &other_key_id).unwrap_err(), EnvelopeError::Decrypt);
@@ -343,7 +363,7 @@ mod tests {
     fn tampering_and_truncation_are_refused() {
         let (key, ctx) = setup();
         let sealer = Sealer { key: &key, key_id: "k1", encrypted_data_key: b"blob", encryption_context: &ctx };
-        let (wire, _) = sealer.seal_request("iris", b"hello world").unwrap();
+        let (wire, _) = sealer.seal_request("iris", b"hello world", 1_700_000_000).unwrap();
         let parsed = parse_request(&wire).unwrap();
         for i in 0..parsed.ciphertext.len() {
             let mut t = parsed.clone();
@@ -362,7 +382,7 @@ mod tests {
     fn fields_are_bounded_with_reasons() {
         let (key, ctx) = setup();
         let sealer = Sealer { key: &key, key_id: "k1", encrypted_data_key: b"blob", encryption_context: &ctx };
-        let (wire, _) = sealer.seal_request("iris", b"x").unwrap();
+        let (wire, _) = sealer.seal_request("iris", b"x", 1_700_000_000).unwrap();
         let base = parse_request(&wire).unwrap();
         let enc = |r: &SealedRequest| {
             let mut b = Vec::new();
