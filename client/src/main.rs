@@ -28,6 +28,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::attest::AttestCommand,
     },
+    /// KMS set-up: key policies that release data keys only to an attested enclave.
+    Kms {
+        #[command(subcommand)]
+        command: cli::kms::KmsCommand,
+    },
     /// Measure, describe and build Enclave Image Files (EIF).
     Eif {
         #[command(subcommand)]
@@ -43,6 +48,7 @@ fn main() -> ExitCode {
         Command::Dev(a) => cli::dev::run(a),
         Command::Attest { command } => cli::attest::run(command),
         Command::Eif { command } => cli::eif::run(command),
+        Command::Kms { command } => cli::kms::run(command),
     };
     match result {
         Ok(code) => code,

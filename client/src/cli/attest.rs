@@ -420,7 +420,7 @@ fn parse_expect_pcr(s: &str) -> anyhow::Result<(u16, Vec<u8>)> {
 }
 
 /// PCRs from nitro-cli's measurements JSON.
-fn read_measurements(path: &Path) -> anyhow::Result<BTreeMap<u16, Vec<u8>>> {
+pub(crate) fn read_measurements(path: &Path) -> anyhow::Result<BTreeMap<u16, Vec<u8>>> {
     let bytes = read_input(path)?;
     let json: serde_json::Value = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not JSON", path.display()))?;

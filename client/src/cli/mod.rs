@@ -7,6 +7,7 @@ pub mod attest;
 pub mod dev;
 pub mod eif;
 pub mod infer;
+pub mod kms;
 
 /// Everything worked.
 pub const EXIT_OK: u8 = 0;
