@@ -8,6 +8,7 @@
 //! - [`proto`]: the versioned CBOR messages exchanged between parent and enclave.
 //! - [`v2`]: Open Inference Protocol (KServe v2) tensors as JSON.
 //! - [`envelope`]: the KMS envelope (AES-256-GCM under HKDF-derived keys) sealing requests and answers.
+//! - [`model_envelope`]: encrypted model files, in independently authenticated chunks (streamed).
 //! - [`attestation`]: the fail-closed verifier of Nitro attestation documents.
 //! - [`transport`]: `vsock://`, `tcp://` and `unix://` addresses, listeners and dialers (the only I/O).
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@
 pub mod attestation;
 pub mod envelope;
 pub mod frame;
+pub mod model_envelope;
 pub mod proto;
 pub mod transport;
 pub mod v2;
