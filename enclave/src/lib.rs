@@ -10,4 +10,5 @@ pub mod host;
 pub mod keys;
 pub mod model;
 pub mod nsm;
+pub mod sealed;
 pub mod server;

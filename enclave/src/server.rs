@@ -19,6 +19,7 @@ use veil_shared::proto::{self, EnclaveRequest, EnclaveResponse, ErrorKind, Error
 use veil_shared::transport::{Listener, ReadFrameError, Stream, read_frame, write_frame};
 
 use crate::model::Model;
+use crate::sealed::Unsealer;
 
 /// Makes an attestation document for a client's nonce, committing to the loaded models (name, SHA-384),
 /// sorted by name. Wired to the NSM by the binary.
@@ -47,6 +48,8 @@ impl Default for Limits {
 /// What the listener serves from.
 pub struct Enclave {
     models: RwLock<HashMap<String, Arc<Model>>>,
+    /// With KMS configured: inference bodies must be sealed envelopes (see [`crate::sealed`]).
+    unsealer: Option<Arc<Unsealer>>,
     expected: Vec<String>,
     ready: AtomicBool,
     attest: Option<AttestFn>,
@@ -62,7 +65,19 @@ impl std::fmt::Debug for Enclave {
 impl Enclave {
     /// An enclave that will serve `expected` models once they are [`Enclave::add_model`]ed.
     pub fn new(expected: Vec<String>, attest: Option<AttestFn>, limits: Limits) -> Enclave {
-        Enclave { models: RwLock::new(HashMap::new()), expected, ready: AtomicBool::new(false), attest, limits }
+        Enclave { models: RwLock::new(HashMap::new()), unsealer: None, expected, ready: AtomicBool::new(false), attest, limits }
+    }
+
+    /// Requires sealed requests, opened with `unsealer` (the KMS envelope). Without it, bodies are plaintext
+    /// v2 JSON: development only.
+    pub fn with_unsealer(mut self, unsealer: Arc<Unsealer>) -> Enclave {
+        self.unsealer = Some(unsealer);
+        self
+    }
+
+    /// The envelope opener, when requests are sealed.
+    pub fn unsealer(&self) -> Option<&Arc<Unsealer>> {
+        self.unsealer.as_ref()
     }
 
     /// Adds a loaded model; the enclave is ready once every expected model is in.
@@ -225,7 +240,20 @@ pub async fn serve_connection(stream: Stream, peer: &str, enclave: Arc<Enclave>)
                         continue;
                     }
                 };
+                let unsealer = enclave.unsealer.clone();
                 tokio::spawn(async move {
+                    // Sealed requests are opened first (may ask KMS once per data key); failures here are
+                    // about the envelope and are answered in the clear.
+                    let opened = match &unsealer {
+                        Some(u) => match u.open(model.name(), &body).await {
+                            Ok(o) => Some(o),
+                            Err(e) => {
+                                send(&writer, id, &EnclaveResponse::Error(e), limits.max_frame).await;
+                                return;
+                            }
+                        },
+                        None => None,
+                    };
                     let session = match model.acquire().await {
                         Ok(s) => s,
                         Err(e) => {
@@ -238,13 +266,34 @@ pub async fn serve_connection(stream: Stream, peer: &str, enclave: Arc<Enclave>)
                     // written from there.
                     tokio::task::spawn_blocking(move || {
                         let mut body = body.into_vec();
-                        let result = model.infer_blocking(&body);
-                        body.zeroize();
-                        drop(session);
-                        let response = match result {
-                            Ok(out) => EnclaveResponse::Infer { body: ByteBuf::from(out) },
-                            Err(e) => EnclaveResponse::Error(e),
+                        let response = match &opened {
+                            Some(o) => {
+                                let result = model.infer_blocking(&o.plaintext);
+                                drop(session);
+                                // Answers and errors about the plaintext are sealed for the client alike.
+                                let sealed = match result {
+                                    Ok(mut out) => {
+                                        let s = o.seal(model.name(), &out);
+                                        out.zeroize();
+                                        s
+                                    }
+                                    Err(e) => o.seal_error(model.name(), &e),
+                                };
+                                match sealed {
+                                    Ok(b) => EnclaveResponse::Infer { body: ByteBuf::from(b) },
+                                    Err(e) => EnclaveResponse::Error(e),
+                                }
+                            }
+                            None => {
+                                let result = model.infer_blocking(&body);
+                                drop(session);
+                                match result {
+                                    Ok(out) => EnclaveResponse::Infer { body: ByteBuf::from(out) },
+                                    Err(e) => EnclaveResponse::Error(e),
+                                }
+                            }
                         };
+                        body.zeroize();
                         runtime.block_on(send(&writer, id, &response, limits.max_frame));
                         if let EnclaveResponse::Infer { body } = response {
                             body.into_vec().zeroize();
