@@ -9,6 +9,7 @@
 pub mod host;
 pub mod keys;
 pub mod model;
+pub mod model_file;
 pub mod nsm;
 pub mod sealed;
 pub mod server;
