@@ -8,6 +8,7 @@
 
 pub mod host;
 pub mod keys;
+pub mod kms;
 pub mod model;
 pub mod model_file;
 pub mod nsm;

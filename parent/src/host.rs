@@ -1,4 +1,5 @@
-//! Host services for the enclave: the model files it cannot read itself (it has no disk).
+//! Host services for the enclave: the model files it cannot read itself (it has no disk), and, when
+//! configured, the KMS byte relay and AWS credentials ([`crate::kms`]).
 //!
 //! Serves only the files named on the command line, by name; the enclave cannot ask for a path. Each
 //! connection is handled sequentially (the enclave asks one chunk at a time), and chunk sizes are bounded by
@@ -10,14 +11,27 @@ use std::sync::Arc;
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
-use veil_shared::proto::{self, ErrorKind, ErrorReply, HostRequest, HostResponse, MAX_MODEL_CHUNK};
+use veil_shared::proto::{self, ErrorKind, ErrorReply, HostRequest, HostResponse, MAX_MODEL_CHUNK, Message};
 use veil_shared::transport::{Listener, ReadFrameError, Stream, read_frame, write_frame};
+
+use crate::kms::KmsServices;
 
 /// The model files served, by name.
 pub type ModelFiles = Arc<HashMap<String, PathBuf>>;
 
-/// Accepts the enclave's host-service connections until `shutdown` turns true.
-pub async fn serve(listener: Listener, files: ModelFiles, max_frame: usize, mut shutdown: watch::Receiver<bool>) {
+/// Accepts the enclave's host-service connections until `shutdown` turns true (no KMS services).
+pub async fn serve(listener: Listener, files: ModelFiles, max_frame: usize, shutdown: watch::Receiver<bool>) {
+    serve_with_kms(listener, files, None, max_frame, shutdown).await
+}
+
+/// As [`serve`], with the KMS relay and credentials ([`crate::kms`]) when `kms` is given.
+pub async fn serve_with_kms(
+    listener: Listener,
+    files: ModelFiles,
+    kms: Option<Arc<KmsServices>>,
+    max_frame: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -26,7 +40,8 @@ pub async fn serve(listener: Listener, files: ModelFiles, max_frame: usize, mut 
         match accepted {
             Ok((stream, peer)) => {
                 let files = Arc::clone(&files);
-                tokio::spawn(async move { serve_connection(stream, &peer, files, max_frame).await });
+                let kms = kms.clone();
+                tokio::spawn(async move { serve_connection(stream, &peer, files, kms, max_frame).await });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "host services: accept failed; backing off");
@@ -36,7 +51,7 @@ pub async fn serve(listener: Listener, files: ModelFiles, max_frame: usize, mut 
     }
 }
 
-async fn serve_connection(mut stream: Stream, peer: &str, files: ModelFiles, max_frame: usize) {
+async fn serve_connection(mut stream: Stream, peer: &str, files: ModelFiles, kms: Option<Arc<KmsServices>>, max_frame: usize) {
     loop {
         let frame = match read_frame(&mut stream, max_frame).await {
             Ok(f) => f,
@@ -47,6 +62,15 @@ async fn serve_connection(mut stream: Stream, peer: &str, files: ModelFiles, max
             }
         };
         let (id, answer) = match proto::decode::<HostRequest>(&frame) {
+            // A relay takes the connection over: from RelayReady on it carries the enclave's TLS bytes.
+            Ok(Message { id, body: HostRequest::KmsRelay { endpoint }, .. }) => match &kms {
+                Some(kms) => return kms.relay(stream, peer, id, &endpoint, max_frame).await,
+                None => (id, not_configured()),
+            },
+            Ok(Message { id, body: HostRequest::Credentials, .. }) => match &kms {
+                Some(kms) => (id, kms.credentials_answer().await),
+                None => (id, not_configured()),
+            },
             Ok(msg) => (msg.id, answer(&files, msg.body).await),
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "host services: undecodable request; closing");
@@ -60,12 +84,15 @@ async fn serve_connection(mut stream: Stream, peer: &str, files: ModelFiles, max
     }
 }
 
+fn not_configured() -> HostResponse {
+    HostResponse::Error(ErrorReply::new(ErrorKind::Unavailable, "this parent does not relay KMS traffic (not configured)"))
+}
+
 async fn answer(files: &ModelFiles, request: HostRequest) -> HostResponse {
     let fail = |kind, msg: String| HostResponse::Error(ErrorReply::new(kind, msg));
     match request {
-        HostRequest::Credentials | HostRequest::KmsRelay { .. } => {
-            fail(ErrorKind::Unavailable, "this parent does not relay KMS traffic (not configured)".into())
-        }
+        // Routed to `crate::kms` by `serve_connection` when configured.
+        HostRequest::Credentials | HostRequest::KmsRelay { .. } => not_configured(),
         HostRequest::ModelInfo { name } => match files.get(&name) {
             None => fail(ErrorKind::NotFound, format!("no model file named {:?} is configured", clip(&name))),
             Some(path) => match tokio::fs::metadata(path).await {

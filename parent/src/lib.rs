@@ -8,5 +8,6 @@
 
 pub mod host;
 pub mod http;
+pub mod kms;
 pub mod link;
 pub mod metrics;
