@@ -1,0 +1,84 @@
+//! `veil-mock-kms`: the mock AWS KMS as a process (for `veil dev` and scripts). See `docs/MOCK_KMS.md`.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use veil_shared::attestation::TrustAnchor;
+use veil_shared::transport::Address;
+
+/// A mock AWS KMS for off-hardware runs: the real KMS JSON protocol over HTTPS, with key policies that
+/// check Nitro attestation (PCR) conditions. NOT AWS: it keeps its keys in a plain file. Trusted by nobody.
+///
+/// Point any KMS client at it with an endpoint URL and its CA:
+///
+///   AWS_CA_BUNDLE=STATE/ca.pem aws --endpoint-url https://127.0.0.1:PORT kms create-key
+///
+/// Any access key and secret are accepted (the SigV4 header must be present and well formed, for the
+/// region given here; the signature is not checked).
+#[derive(Debug, Parser)]
+#[command(name = "veil-mock-kms", version)]
+struct Args {
+    /// Where to listen: tcp://HOST:PORT (port 0 picks a free one; see --ready-file) or unix://PATH.
+    #[arg(long, default_value = "tcp://127.0.0.1:0", env = "VEIL_MOCK_KMS_LISTEN")]
+    listen: Address,
+    /// State directory: keys.json (the keys, 0600), ca.pem (trust this), server certificate and keys.
+    /// Created if missing; reuse it across restarts to keep keys and CA.
+    #[arg(long, env = "VEIL_MOCK_KMS_STATE_DIR")]
+    state_dir: PathBuf,
+    /// Root certificate (PEM) that Recipient attestation documents must chain to: the mock NSM's
+    /// mock-root.pem. Repeat to accept several.
+    #[arg(long = "attestation-root", required = true)]
+    attestation_roots: Vec<PathBuf>,
+    /// AWS region, used in key ARNs and required in the SigV4 credential scope.
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+    /// AWS account id used in key ARNs; its root is the caller that key policies see.
+    #[arg(long, default_value = "111122223333")]
+    account: String,
+    /// Extra DNS name or IP address for the server certificate (localhost and 127.0.0.1 are always in).
+    #[arg(long)]
+    hostname: Vec<String>,
+    /// Once listening, write {"endpoint", "ca_file", "region"} here (atomically).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut roots = Vec::new();
+    for path in &args.attestation_roots {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        roots.push(TrustAnchor::from_pem(&pem).with_context(|| format!("{} is not a usable root", path.display()))?);
+    }
+    let mut config = veil_mock_kms::Config::new(args.listen, &args.state_dir, roots.remove(0));
+    config.attestation_roots.extend(roots);
+    config.region = args.region;
+    config.account = args.account;
+    config.hostnames = args.hostname;
+    let handle = veil_mock_kms::MockKms::start(config).await?;
+    if let Some(path) = &args.ready_file {
+        let json = serde_json::to_vec_pretty(&handle.ready_json())?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{}", handle.ready_json());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+    handle.stop().await;
+    Ok(())
+}
