@@ -147,6 +147,10 @@ impl MockKms {
             return Err(StartError::Config("the region must be letters, digits and dashes".into()));
         }
         create_state_dir(&config.state_dir)?;
+        // Absolute, so that the ready file's `ca_file` means the same thing to every reader.
+        let state_dir = std::fs::canonicalize(&config.state_dir)
+            .map_err(|source| StartError::StateDir { path: config.state_dir.clone(), source })?;
+        let config = Config { state_dir, ..config };
         let store = store::KeyStore::open(&config.state_dir.join("keys.json"))?;
         let identity = tls::load_or_create(&config.state_dir, &config.hostnames)?;
         let listener = Listener::bind(&config.listen)

@@ -184,6 +184,29 @@ async fn recipient_gets_ciphertext_for_recipient_and_policy_pcrs_are_enforced() 
         "{message}"
     );
 
+    // A debug-mode enclave (PCR0..2 zero), same root: the PCR0 condition refuses it, by name.
+    let debug = veil_enclave::nsm::MockNsm::load_or_create(
+        &dir.path().join("nsm"),
+        veil_enclave::nsm::MockPcrs::from_image_digest(&[1; 48])
+            .with(0, [0; 48])
+            .unwrap()
+            .with(1, [0; 48])
+            .unwrap()
+            .with(2, [0; 48])
+            .unwrap(),
+    )
+    .unwrap();
+    let err = client
+        .decrypt()
+        .ciphertext_blob(blob.clone())
+        .recipient(recipient(attestation(&debug, &spki)))
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert_eq!(err.meta().code(), Some("AccessDeniedException"), "{err:?}");
+    assert!(err.meta().message().unwrap().contains("kms:RecipientAttestation:PCR0 does not match"), "{err:?}");
+
     // A document from another mock root (another "machine"): refused before any policy is read.
     client.put_key_policy().key_id(&key_id).policy_name("default").policy(nitro_policy(&pcr0)).send().await.unwrap();
     let stranger = nsm(dir.path(), "other-nsm", 1);
