@@ -45,6 +45,9 @@ pub struct Config {
     pub account: String,
     /// Extra DNS names or IP addresses for the server certificate (besides `localhost`, `127.0.0.1`).
     pub hostnames: Vec<String>,
+    /// `(access key id, secret access key)`: when set, SigV4 signatures are verified and other access keys
+    /// refused. When `None` (the default), any credentials are accepted, but the header must be well formed.
+    pub credentials: Option<(String, zeroize::Zeroizing<String>)>,
 }
 
 impl Config {
@@ -57,6 +60,7 @@ impl Config {
             region: "us-east-1".to_owned(),
             account: "111122223333".to_owned(),
             hostnames: Vec::new(),
+            credentials: None,
         }
     }
 }
@@ -170,6 +174,7 @@ impl MockKms {
             store: Mutex::new(store),
             roots: config.attestation_roots.clone(),
             verifier: Verifier::new(),
+            credentials: config.credentials.clone(),
         });
         let acceptor = tokio_rustls::TlsAcceptor::from(identity.config.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -281,12 +286,15 @@ async fn handle_inner(state: &server::State, req: Request<hyper::body::Incoming>
         Some("application/x-amz-json-1.1" | "application/x-amz-json-1.0") => {}
         _ => return Err(KmsError::validation("Content-Type must be application/x-amz-json-1.1")),
     }
-    server::check_authorization(header("authorization"), &state.region)?;
+    let sig = server::check_authorization(header("authorization"), &state.region)?;
     let body = Limited::new(body, MAX_BODY)
         .collect()
         .await
         .map_err(|_| KmsError::new_pub("SerializationException", format!("the body must be at most {MAX_BODY} bytes")))?
         .to_bytes();
+    if let Some((access_key, secret)) = &state.credentials {
+        server::verify_signature(&sig, &parts, &body, &state.region, access_key, secret)?;
+    }
     let request: serde_json::Value = if body.is_empty() {
         serde_json::json!({})
     } else {

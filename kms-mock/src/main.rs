@@ -15,8 +15,9 @@ use veil_shared::transport::Address;
 ///
 ///   AWS_CA_BUNDLE=STATE/ca.pem aws --endpoint-url https://127.0.0.1:PORT kms create-key
 ///
-/// Any access key and secret are accepted (the SigV4 header must be present and well formed, for the
-/// region given here; the signature is not checked).
+/// By default any access key and secret are accepted (the SigV4 header must be present and well formed,
+/// for the region given here; the signature is not checked). With --access-key and --secret-key (or
+/// VEIL_MOCK_KMS_SECRET_KEY), signatures are verified and other access keys refused.
 #[derive(Debug, Parser)]
 #[command(name = "veil-mock-kms", version)]
 struct Args {
@@ -40,6 +41,12 @@ struct Args {
     /// Extra DNS name or IP address for the server certificate (localhost and 127.0.0.1 are always in).
     #[arg(long)]
     hostname: Vec<String>,
+    /// Verify SigV4 signatures, and accept only this access key id (needs --secret-key).
+    #[arg(long, requires = "secret_key")]
+    access_key: Option<String>,
+    /// The secret access key that signatures must be made with (prefer the environment variable).
+    #[arg(long, env = "VEIL_MOCK_KMS_SECRET_KEY", hide_env_values = true, requires = "access_key")]
+    secret_key: Option<String>,
     /// Once listening, write {"endpoint", "ca_file", "region"} here (atomically).
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -65,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
     config.region = args.region;
     config.account = args.account;
     config.hostnames = args.hostname;
+    config.credentials = args.access_key.zip(args.secret_key.map(zeroize::Zeroizing::new));
     let handle = veil_mock_kms::MockKms::start(config).await?;
     if let Some(path) = &args.ready_file {
         let json = serde_json::to_vec_pretty(&handle.ready_json())?;

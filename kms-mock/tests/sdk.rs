@@ -302,3 +302,30 @@ async fn list_keys_paginates() {
     assert_eq!(pages, 3);
     assert_eq!(seen, created);
 }
+
+#[tokio::test]
+async fn signatures_are_verified_when_credentials_are_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let enclave = nsm(dir.path(), "nsm", 1);
+    let mut config =
+        veil_mock_kms::Config::new("tcp://127.0.0.1:0".parse().unwrap(), dir.path().join("kms"), root(&enclave));
+    config.credentials = Some(("AKIDVEIL".to_owned(), zeroize::Zeroizing::new("s3cret".to_owned())));
+    let kms = veil_mock_kms::MockKms::start(config).await.unwrap();
+
+    let good = sdk_client_with(&kms, "AKIDVEIL", "s3cret");
+    let key_id = good.create_key().send().await.unwrap().key_metadata().unwrap().key_id().to_owned();
+    let enc = good
+        .encrypt()
+        .key_id(&key_id)
+        .plaintext(Blob::new(b"x".to_vec()))
+        .encryption_context("a b", "c  d")
+        .send()
+        .await
+        .unwrap();
+    assert!(enc.ciphertext_blob().is_some());
+
+    let err = sdk_client_with(&kms, "AKIDVEIL", "wrong").list_keys().send().await.unwrap_err().into_service_error();
+    assert_eq!(err.meta().code(), Some("InvalidSignatureException"), "{err:?}");
+    let err = sdk_client_with(&kms, "AKIDOTHER", "s3cret").list_keys().send().await.unwrap_err().into_service_error();
+    assert_eq!(err.meta().code(), Some("UnrecognizedClientException"), "{err:?}");
+}

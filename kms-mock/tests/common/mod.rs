@@ -67,6 +67,11 @@ pub async fn start_kms(state_dir: PathBuf, root: TrustAnchor, listen: &str) -> H
 
 /// The real `aws-sdk-kms` client, TLS by rustls + ring, trusting only the mock's CA.
 pub fn sdk_client(handle: &Handle) -> aws_sdk_kms::Client {
+    sdk_client_with(handle, "AKIDMOCK", "mock-secret")
+}
+
+/// [`sdk_client`] with the given access key id and secret.
+pub fn sdk_client_with(handle: &Handle, access_key: &str, secret: &str) -> aws_sdk_kms::Client {
     use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
@@ -81,7 +86,7 @@ pub fn sdk_client(handle: &Handle) -> aws_sdk_kms::Client {
         .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
         .region(aws_sdk_kms::config::Region::new("us-east-1"))
         .endpoint_url(&handle.endpoint)
-        .credentials_provider(aws_sdk_kms::config::Credentials::new("AKIDMOCK", "mock-secret", None, None, "test"))
+        .credentials_provider(aws_sdk_kms::config::Credentials::new(access_key, secret, None, None, "test"))
         .http_client(http)
         .timeout_config(
             aws_sdk_kms::config::timeout::TimeoutConfig::builder()
