@@ -30,6 +30,9 @@ use veil_shared::transport::{Address, Listener};
 
 pub use server::{KmsError, MAX_ATTESTATION, MAX_BODY, MAX_CIPHERTEXT, MAX_PLAINTEXT};
 
+/// Most connections served at once; more are closed on accept (a hostile client cannot exhaust the process).
+pub const MAX_CONNECTIONS: usize = 512;
+
 /// How to run the mock.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -217,6 +220,11 @@ async fn serve(
                 continue;
             }
         };
+        while connections.try_join_next().is_some() {}
+        if connections.len() >= MAX_CONNECTIONS {
+            tracing::warn!(%peer, "too many connections; closing this one");
+            continue;
+        }
         let acceptor = acceptor.clone();
         let state = state.clone();
         connections.spawn(async move {
@@ -229,13 +237,14 @@ async fn serve(
                 Err(_) => return,
             };
             let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            // A client that stalls mid-headers is dropped after hyper's header timeout (30 s).
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
-        while connections.try_join_next().is_some() {}
     }
     connections.shutdown().await;
 }

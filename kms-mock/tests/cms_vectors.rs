@@ -51,3 +51,13 @@ fn aws_sdk_c_vectors_parse_with_the_same_parser() {
         assert_eq!(ed.encrypted_content.encrypted_content.as_ref().unwrap().as_bytes(), read("ciphertext_out"));
     }
 }
+
+/// The enclave's own unwrap (the code that opens real KMS answers in production) opens the mock's blobs.
+#[test]
+fn the_enclave_unwraps_mock_blobs() {
+    let der = std::fs::read(format!("{VECTORS}/edgebitio-enclaver-cms/recipient_private_key.pkcs8.der")).unwrap();
+    let enclave_key = veil_enclave::kms::RecipientKey::from_pkcs8_der(&der).unwrap();
+    let data_key = [0x5au8; 32];
+    let ber = veil_mock_kms::cms::ciphertext_for_recipient(enclave_key.public_key_spki_der(), &data_key).unwrap();
+    assert_eq!(veil_enclave::kms::cms::unwrap(&ber, &enclave_key).unwrap().as_slice(), &data_key);
+}
