@@ -30,6 +30,9 @@ pub enum ClientError {
     /// The server answered with an error status; `message` is its error text.
     #[error("server answered {status}: {message}")]
     Status { status: StatusCode, message: String },
+    /// KMS, or sealing and opening the envelope, failed.
+    #[error("{0}")]
+    Kms(String),
     /// The answer was larger than the client accepts.
     #[error("answer from {url} is larger than {MAX_RESPONSE_BYTES} bytes")]
     TooLarge { url: String },

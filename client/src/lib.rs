@@ -17,5 +17,6 @@
 
 pub mod cli;
 mod http;
+pub mod kms;
 
 pub use http::{Client, ClientError};

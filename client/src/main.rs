@@ -33,6 +33,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::kms::KmsCommand,
     },
+    /// Encrypt model files so that only an attested enclave can load them.
+    Model {
+        #[command(subcommand)]
+        command: cli::model::ModelCommand,
+    },
     /// Measure, describe and build Enclave Image Files (EIF).
     Eif {
         #[command(subcommand)]
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
         Command::Attest { command } => cli::attest::run(command),
         Command::Eif { command } => cli::eif::run(command),
         Command::Kms { command } => cli::kms::run(command),
+        Command::Model { command } => cli::model::run(command),
     };
     match result {
         Ok(code) => code,

@@ -7,7 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use veil_enclave::host::HostClient;
+use veil_enclave::keys::KeyCacheLimits;
+use veil_enclave::kms::{KmsClient, KmsConfig};
 use veil_enclave::model::{Model, SessionOptions};
+use veil_enclave::sealed::{BoxFuture, KeySource, Unsealer};
 use veil_enclave::nsm::{HardwareNsm, MockNsm, MockPcrs, Nsm};
 use veil_enclave::server::{self, AttestFn, Enclave, Limits};
 use veil_shared::attestation::{MAX_MODELS, ModelDigest, UserDataCommitment};
@@ -48,6 +51,13 @@ struct Args {
     /// from this binary's bytes.
     #[arg(long = "mock-pcr", value_parser = pcr_arg)]
     mock_pcrs: Vec<(u16, [u8; 48])>,
+    #[command(flatten)]
+    kms: KmsConfig,
+    /// DEVELOPMENT ONLY: accept plaintext v2 JSON bodies instead of KMS-sealed envelopes (when no
+    /// --kms-region is given). The parent then sees every request and answer. Recorded in the configuration
+    /// digest of every attestation document, so clients and auditors can see it.
+    #[arg(long)]
+    insecure_plaintext: bool,
     /// Path of libonnxruntime.so (1.31.x).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     ort_dylib: Option<PathBuf>,
@@ -102,6 +112,26 @@ fn frame_size(s: &str) -> Result<usize, String> {
         Ok(n)
     } else {
         Err(format!("must be from 1024 to {}", veil_shared::frame::LIMIT_MAX_FRAME))
+    }
+}
+
+/// KMS `Decrypt` with `Recipient`, as the enclave's source of data keys.
+#[derive(Debug)]
+struct KmsKeys(Arc<KmsClient>);
+
+impl KeySource for KmsKeys {
+    fn data_key<'a>(
+        &'a self,
+        key_id: &'a str,
+        encrypted_data_key: &'a [u8],
+        encryption_context: &'a std::collections::BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<zeroize::Zeroizing<Vec<u8>>, ErrorReply>> {
+        Box::pin(async move {
+            self.0
+                .decrypt_data_key(encrypted_data_key, encryption_context, Some(key_id))
+                .await
+                .map_err(|e| ErrorReply::new(e.kind(), e.to_string()))
+        })
     }
 }
 
@@ -164,6 +194,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         MAX_MODELS
     );
     let nsm = open_nsm(&args)?;
+    let kms = match &args.kms.region {
+        Some(_) => Some(Arc::new(KmsClient::new(&args.kms, args.parent.clone(), Arc::clone(&nsm)).await?)),
+        None if args.insecure_plaintext => {
+            tracing::warn!("INSECURE PLAINTEXT MODE: requests and answers cross the parent unencrypted; development only");
+            None
+        }
+        None => anyhow::bail!(
+            "no KMS configured: pass --kms-region (and --kms-endpoint off the regional default) so requests are \
+             sealed; --insecure-plaintext accepts plaintext for development only"
+        ),
+    };
+    if args.insecure_plaintext && kms.is_some() {
+        anyhow::bail!("--insecure-plaintext and --kms-region exclude each other");
+    }
+    let recipient_sha384 = kms.as_ref().map(|k| UserDataCommitment::sha384(k.recipient_public_key()));
     let config_sha384 = config_digest(&args);
     tracing::info!(config_sha384 = %hex::encode(config_sha384), "runtime configuration digest");
     let attest: AttestFn = {
@@ -171,7 +216,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Box::new(move |nonce: &[u8], models: &[(String, [u8; 48])]| {
             let commitment = UserDataCommitment {
                 x25519: None,
-                recipient_rsa_spki_sha384: None,
+                recipient_rsa_spki_sha384: recipient_sha384,
                 models: models.iter().map(|(name, sha384)| ModelDigest { name: name.clone(), sha384: *sha384 }).collect(),
                 config_sha384,
             };
@@ -183,7 +228,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })
     };
     let limits = Limits { max_frame: args.max_frame_bytes, ..Limits::default() };
-    let enclave = Arc::new(Enclave::new(args.models.clone(), Some(attest), limits));
+    let keys: Option<Arc<dyn KeySource>> = kms.clone().map(|k| Arc::new(KmsKeys(k)) as Arc<dyn KeySource>);
+    let kms_timeout = Duration::from_secs(args.kms.timeout_secs + 5);
+    let mut enclave = Enclave::new(args.models.clone(), Some(attest), limits);
+    if let Some(keys) = &keys {
+        enclave = enclave.with_unsealer(Arc::new(Unsealer::new(Arc::clone(keys), KeyCacheLimits::default(), kms_timeout)));
+    }
+    let enclave = Arc::new(enclave);
     let listener = Listener::bind(&args.listen).await.with_context(|| format!("could not listen on {}", args.listen))?;
     let bound = listener.local_address()?;
     tracing::info!(listen = %bound, models = ?args.models, "veil-enclave listening");
@@ -200,7 +251,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let mut host = HostClient::connect(&parent, max_frame, patience).await?;
             for name in models {
-                let fetched = host.fetch_model(&name, max_model).await?;
+                let mut fetched = host.fetch_model(&name, max_model).await?;
+                if veil_enclave::model_file::is_encrypted(&fetched.bytes) {
+                    let keys = keys.as_deref().ok_or_else(|| {
+                        anyhow::anyhow!("model {name:?} is encrypted, but no KMS is configured (--kms-region)")
+                    })?;
+                    fetched.sha384 = veil_enclave::model_file::decrypt_in_place(&mut fetched.bytes, keys, kms_timeout)
+                        .await
+                        .with_context(|| format!("model {name:?}"))?;
+                    tracing::info!(model = name, sha384 = %hex::encode(fetched.sha384), "model decrypted");
+                } else if keys.is_some() {
+                    tracing::warn!(model = name, "model file is not encrypted: the parent can read and swap it (encrypt it with `veil model encrypt`)");
+                }
                 let env = env.clone();
                 let model = tokio::task::spawn_blocking(move || {
                     Model::load(&env, &name, &fetched.bytes, fetched.sha384, options)
@@ -271,6 +333,9 @@ fn config_digest(args: &Args) -> [u8; 48] {
         "sessions": args.sessions,
         "max_frame_bytes": args.max_frame_bytes,
         "max_model_bytes": args.max_model_bytes,
+        "plaintext_requests": args.insecure_plaintext,
+        "kms_region": args.kms.region,
+        "kms_endpoint": args.kms.endpoint,
     });
     let bytes = serde_json::to_vec(&config).unwrap_or_default();
     let d = ring::digest::digest(&ring::digest::SHA384, &bytes);

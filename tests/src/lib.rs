@@ -177,6 +177,9 @@ impl Stack {
             "--mock-root-dir".to_owned(),
             mock_root_dir.display().to_string(),
         ];
+        if !options.enclave_args.iter().any(|a| a.starts_with("--kms")) {
+            enclave_args.push("--insecure-plaintext".to_owned());
+        }
         for m in &options.models {
             enclave_args.push("--model".into());
             enclave_args.push(m.clone());

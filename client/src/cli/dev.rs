@@ -222,6 +222,7 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
         "mock".to_owned(),
         "--mock-root-dir".to_owned(),
         mock_dir.display().to_string(),
+        "--insecure-plaintext".to_owned(),
         "--intra-op-threads".to_owned(),
         args.intra_op_threads.to_string(),
     ];

@@ -40,6 +40,52 @@ pub struct InferArgs {
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    #[command(flatten)]
+    pub kms: KmsArgs,
+}
+
+/// KMS envelope options: with `--kms-key-id`, the request is sealed so only an attested enclave opens it.
+#[derive(Debug, Clone, Args)]
+pub struct KmsArgs {
+    /// Seal the request under a data key of this KMS key (id, ARN or alias). Without it the request goes
+    /// in plaintext, which only a development enclave accepts.
+    #[arg(long, env = "VEIL_KMS_KEY_ID")]
+    pub kms_key_id: Option<String>,
+    /// KMS region (default: AWS_REGION).
+    #[arg(long, env = "VEIL_KMS_REGION")]
+    pub kms_region: Option<String>,
+    /// KMS endpoint URL, to override the regional one (e.g. the mock KMS of `veil dev`).
+    #[arg(long, env = "VEIL_KMS_ENDPOINT")]
+    pub kms_endpoint: Option<String>,
+    /// A CA certificate (PEM) to trust for the KMS endpoint (the mock KMS's; real KMS needs none).
+    #[arg(long, env = "VEIL_KMS_CA")]
+    pub kms_ca: Option<PathBuf>,
+    /// KMS encryption context pair KEY=VALUE, bound into the data key (repeatable).
+    #[arg(long = "context", value_parser = context_pair)]
+    pub context: Vec<(String, String)>,
+}
+
+fn context_pair(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or("expected KEY=VALUE")?;
+    if k.is_empty() {
+        return Err("empty context key".into());
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+impl KmsArgs {
+    /// A KMS session, when a key id is given.
+    pub async fn session(&self) -> Result<Option<crate::kms::Session>, String> {
+        let Some(key_id) = &self.kms_key_id else { return Ok(None) };
+        let ca_pem = match &self.kms_ca {
+            Some(p) => Some(std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?),
+            None => None,
+        };
+        let config = crate::kms::KmsConfig { region: self.kms_region.clone(), endpoint_url: self.kms_endpoint.clone(), ca_pem };
+        let kms = crate::kms::kms_client(&config).await.map_err(|e| e.to_string())?;
+        let context = self.context.iter().cloned().collect();
+        Ok(Some(crate::kms::Session::new(kms, key_id, context, crate::kms::SessionLimits::default())))
+    }
 }
 
 /// Print a model's metadata: its inputs and outputs, names, datatypes and shapes.
@@ -105,13 +151,24 @@ pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c.with_timeout(Duration::from_secs(args.timeout)),
         Err(e) => return Ok(report(&e)),
     };
-    let answer = runtime()?.block_on(client.infer(&args.model, &body));
+    let rt = runtime()?;
+    let answer = rt.block_on(async {
+        match args.kms.session().await {
+            Ok(Some(mut session)) => Ok(client.infer_sealed(&mut session, &args.model, &body).await.map(|z| z.to_vec())),
+            Ok(None) => Ok(client.infer(&args.model, &body).await),
+            Err(m) => Err(m),
+        }
+    });
     match answer {
-        Ok(response) => {
+        Ok(Ok(response)) => {
             print_json(&response, args.pretty)?;
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => Ok(report(&e)),
+        Ok(Err(e)) => Ok(report(&e)),
+        Err(m) => {
+            eprintln!("veil: {m}");
+            Ok(ExitCode::from(EXIT_USAGE))
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod dev;
 pub mod eif;
 pub mod infer;
 pub mod kms;
+pub mod model;
 
 /// Everything worked.
 pub const EXIT_OK: u8 = 0;
