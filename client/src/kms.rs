@@ -23,6 +23,9 @@ pub struct KmsConfig {
     pub endpoint_url: Option<String>,
     /// Extra CA certificate (PEM) to trust for the endpoint, e.g. the mock KMS's. Real KMS needs none.
     pub ca_pem: Option<Vec<u8>>,
+    /// Fixed credentials (access key, secret), e.g. for the mock KMS; otherwise the usual AWS chain
+    /// (environment, profile, instance role).
+    pub static_credentials: Option<(String, String)>,
 }
 
 /// Why a KMS call failed.
@@ -52,6 +55,9 @@ pub async fn kms_client(config: &KmsConfig) -> Result<aws_sdk_kms::Client, KmsEr
         .tls_context(tls_context)
         .build_https();
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
+    if let Some((access, secret)) = &config.static_credentials {
+        loader = loader.credentials_provider(aws_sdk_kms::config::Credentials::new(access, secret, None, None, "veil-static"));
+    }
     if let Some(region) = &config.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
     }
@@ -185,4 +191,55 @@ impl Client {
         }
         Ok(plain)
     }
+}
+
+/// Encrypts a model file under a fresh data key of `key_id` (streamed, chunk by chunk), writing `output`
+/// atomically. `progress` prints a line every 10% for large files.
+pub async fn encrypt_model_file(
+    kms: &aws_sdk_kms::Client,
+    key_id: &str,
+    context: BTreeMap<String, String>,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    chunk_size: u32,
+    progress: bool,
+) -> Result<u64, KmsError> {
+    use std::io::{Read, Write};
+    use veil_shared::model_envelope::ModelSealer;
+    let io = |what: &str, p: &std::path::Path, e: std::io::Error| KmsError::Config(format!("{what} {}: {e}", p.display()));
+    let file = std::fs::File::open(input).map_err(|e| io("cannot read", input, e))?;
+    let len = file.metadata().map_err(|e| io("cannot read", input, e))?.len();
+    let mut req = kms.generate_data_key().key_id(key_id).key_spec(DataKeySpec::Aes256);
+    for (k, v) in &context {
+        req = req.encryption_context(k, v);
+    }
+    let out = req.send().await.map_err(|e| KmsError::GenerateDataKey(aws_sdk_kms::error::DisplayErrorContext(e).to_string()))?;
+    let plaintext = Zeroizing::new(out.plaintext().ok_or(KmsError::Incomplete("Plaintext"))?.as_ref().to_vec());
+    let encrypted = out.ciphertext_blob().map(Blob::as_ref).ok_or(KmsError::Incomplete("CiphertextBlob"))?.to_vec();
+    let (mut sealer, start) = ModelSealer::new(&plaintext, key_id, &encrypted, context, len, chunk_size)?;
+    drop(plaintext);
+    let tmp = output.with_extension("partial");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| io("cannot create", &tmp, e))?);
+    let werr = |e: std::io::Error| KmsError::Config(format!("writing {}: {e}", tmp.display()));
+    w.write_all(&start).map_err(werr)?;
+    let mut r = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut chunk = Zeroizing::new(vec![0u8; chunk_size as usize]);
+    let (mut done, mut next_report) = (0u64, len / 10);
+    loop {
+        let want = (len - done).min(u64::from(chunk_size)) as usize;
+        r.read_exact(&mut chunk[..want]).map_err(|e| io("the model changed while reading", input, e))?;
+        w.write_all(&sealer.seal_chunk(&chunk[..want])?).map_err(werr)?;
+        done += want as u64;
+        if progress && len > (64 << 20) && done >= next_report {
+            eprintln!("veil: encrypted {} of {} MiB", done >> 20, len >> 20);
+            next_report += len / 10;
+        }
+        if done >= len {
+            break;
+        }
+    }
+    w.flush().map_err(werr)?;
+    w.into_inner().map_err(|e| werr(e.into_error()))?.sync_all().map_err(werr)?;
+    std::fs::rename(&tmp, output).map_err(|e| io("cannot write", output, e))?;
+    Ok(len)
 }

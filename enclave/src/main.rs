@@ -38,7 +38,7 @@ struct Args {
     #[arg(long, env = "VEIL_PARENT_ADDR", default_value = "vsock://3:5001")]
     parent: Address,
     /// A model to fetch from the parent and serve, by name (repeat, or comma-separate in VEIL_MODELS).
-    #[arg(long = "model", env = "VEIL_MODELS", value_delimiter = ',', required = true, value_parser = model_name)]
+    #[arg(long = "model", env = "VEIL_MODELS", value_delimiter = ',', required_unless_present = "mock_measurements", value_parser = model_name)]
     models: Vec<String>,
     /// The NSM: `hardware` (/dev/nsm, inside a Nitro Enclave) or `mock` (off hardware: documents chain to
     /// a generated MOCK root that no real verifier or KMS key policy trusts).
@@ -51,6 +51,10 @@ struct Args {
     /// from this binary's bytes.
     #[arg(long = "mock-pcr", value_parser = pcr_arg)]
     mock_pcrs: Vec<(u16, [u8; 48])>,
+    /// With `--nsm mock`: create the mock root if needed, print this binary's mock PCRs as nitro-cli's
+    /// measurements JSON (for `veil kms policy`), and exit.
+    #[arg(long, requires = "mock_root_dir")]
+    mock_measurements: bool,
     #[command(flatten)]
     kms: KmsConfig,
     /// DEVELOPMENT ONLY: accept plaintext v2 JSON bodies instead of KMS-sealed envelopes (when no
@@ -177,6 +181,17 @@ fn init_tracing(format: &str) {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.mock_measurements {
+        anyhow::ensure!(args.nsm == "mock", "--mock-measurements needs --nsm mock");
+        let nsm = open_nsm(&args)?;
+        let mut m = serde_json::Map::new();
+        m.insert("HashAlgorithm".into(), serde_json::json!("Sha384 { ... }"));
+        for i in [0u16, 1, 2] {
+            m.insert(format!("PCR{i}"), serde_json::json!(hex::encode(nsm.describe_pcr(i)?)));
+        }
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "Measurements": m }))?);
+        return Ok(());
+    }
     let dylib = args.ort_dylib.clone().context(
         "ONNX Runtime is not configured: set ORT_DYLIB_PATH or --ort-dylib to libonnxruntime.so.1.31.1 \
          (scripts/setup.sh fetches it)",

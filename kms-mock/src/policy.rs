@@ -95,6 +95,8 @@ enum Operator {
     StringEqualsIgnoreCase,
     StringNotEquals,
     StringNotEqualsIgnoreCase,
+    /// `Null`: value "true" matches when the key is absent, "false" when it is present.
+    Null,
 }
 
 /// Why a policy document was refused when stored.
@@ -237,6 +239,7 @@ impl Statement {
                     "StringEqualsIgnoreCase" => Operator::StringEqualsIgnoreCase,
                     "StringNotEquals" => Operator::StringNotEquals,
                     "StringNotEqualsIgnoreCase" => Operator::StringNotEqualsIgnoreCase,
+                    "Null" if !if_exists => Operator::Null,
                     _ => return Err(malformed(format!("unsupported condition operator {op_name:?}"))),
                 };
                 let keys = keys.as_object().ok_or_else(|| malformed(format!("{op_name} must be an object")))?;
@@ -266,6 +269,10 @@ impl Statement {
 
 impl Condition {
     fn matches(&self, ctx: &RequestContext) -> bool {
+        if self.operator == Operator::Null {
+            let absent = ctx.get(&self.key).is_none();
+            return self.values.iter().any(|v| v.eq_ignore_ascii_case(if absent { "true" } else { "false" }));
+        }
         let Some(actual) = ctx.get(&self.key) else {
             return self.if_exists
                 || matches!(self.operator, Operator::StringNotEquals | Operator::StringNotEqualsIgnoreCase);
@@ -280,6 +287,8 @@ impl Condition {
             Operator::StringEqualsIgnoreCase => any_equal(true),
             Operator::StringNotEquals => !any_equal(false),
             Operator::StringNotEqualsIgnoreCase => !any_equal(true),
+            // Answered before the key lookup; kept here so the match stays exhaustive.
+            Operator::Null => false,
         }
     }
 
@@ -440,5 +449,27 @@ mod tests {
         assert!(glob_matches("kms:?ncrypt", "kms:encrypt"));
         assert!(!glob_matches("kms:generate*", "kms:decrypt"));
         assert!(!glob_matches("kms:decrypt", "kms:decrypt2"));
+    }
+}
+
+#[cfg(test)]
+mod null_operator_tests {
+    use super::*;
+
+    #[test]
+    fn null_denies_decrypt_without_attestation_and_only_then() {
+        let policy = KeyPolicy::parse(
+            &serde_json::json!({"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"}, "Action": "kms:*", "Resource": "*"},
+                {"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*",
+                 "Condition": {"Null": {"kms:RecipientAttestation:ImageSha384": "true"}}}
+            ]})
+            .to_string(),
+        )
+        .unwrap();
+        let plain = RequestContext::default();
+        let err = policy.evaluate("111122223333", "kms:Decrypt", &plain).unwrap_err();
+        assert!(err.0.to_lowercase().contains("deny"), "{err}");
+        policy.evaluate("111122223333", "kms:GenerateDataKey", &plain).unwrap();
     }
 }

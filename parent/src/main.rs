@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use veil_parent::http::{AppState, HttpListener, router};
+use veil_parent::kms::{KmsRelayArgs, KmsRelayConfig, KmsServices};
 use veil_parent::link::EnclaveLink;
 use veil_parent::metrics::Metrics;
 use veil_shared::transport::{Address, Listener};
@@ -52,6 +53,8 @@ struct Args {
     /// Milliseconds to wait when dialing the enclave before 503.
     #[arg(long, default_value_t = 1000)]
     connect_timeout_ms: u64,
+    #[command(flatten)]
+    kms: KmsRelayArgs,
     /// Write a JSON file with the bound addresses once listening (for scripts and tests).
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -133,7 +136,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let host_listener =
         Listener::bind(&args.host_listen).await.with_context(|| format!("could not listen on {}", args.host_listen))?;
     let host_bound = host_listener.local_address()?;
-    let host_task = tokio::spawn(veil_parent::host::serve(host_listener, Arc::new(files), args.max_frame_bytes, stop_rx));
+    let kms = if args.kms.kms_endpoints.is_empty() {
+        None
+    } else {
+        let config = KmsRelayConfig::from_args(&args.kms)?;
+        tracing::info!(endpoints = ?config.endpoints, credentials = ?config.credentials, "KMS relay enabled");
+        Some(Arc::new(KmsServices::new(config)))
+    };
+    let host_task =
+        tokio::spawn(veil_parent::host::serve_with_kms(host_listener, Arc::new(files), kms, args.max_frame_bytes, stop_rx));
 
     let state = Arc::new(AppState {
         link: EnclaveLink::new(

@@ -34,17 +34,41 @@ fn veil_dev_serves_prints_endpoints_and_stops_on_sigterm() {
     }
     assert!(std::path::Path::new(endpoints["mock_root"].as_str().unwrap()).is_file());
     assert_eq!(endpoints["nsm"], "mock");
+    // The KMS side: a mock KMS, a key, its policy from the enclave's measurements, encrypted models.
+    let kms = &endpoints["kms"];
+    assert!(kms["endpoint"].as_str().unwrap().starts_with("https://127.0.0.1:"));
+    assert!(std::path::Path::new(kms["ca_file"].as_str().unwrap()).is_file());
+    let policy: serde_json::Value = serde_json::from_slice(&std::fs::read(kms["policy_file"].as_str().unwrap()).unwrap()).unwrap();
+    assert!(policy.to_string().contains("kms:RecipientAttestation:ImageSha384"));
+    for m in models {
+        assert!(m["file"].as_str().unwrap().ends_with(".onnx.veil"), "{m}");
+    }
 
-    // It serves.
+    // It serves a sealed request from the real client, with the environment it printed.
     let refs = references("breast_cancer").unwrap();
     let case = &refs["cases"][0];
+    let input = state.path().join("req.json");
+    std::fs::write(&input, serde_json::to_vec(&case["request"]).unwrap()).unwrap();
+    let mut cmd = Command::new(veil_tests::bin("veil").unwrap());
+    cmd.args(["infer", "--url", url, "--model", "breast_cancer", "--input"]).arg(&input);
+    for (k, v) in endpoints["env"].as_object().unwrap() {
+        cmd.env(k, v.as_str().unwrap());
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    compare_outputs(&serde_json::from_slice(&out.stdout).unwrap(), case).unwrap();
+    // A plaintext request is refused: the enclave accepts only sealed envelopes.
     let (status, body) =
         http_raw(url, "POST", "/v1/models/breast_cancer/infer", &serde_json::to_vec(&case["request"]).unwrap()).unwrap();
-    assert_eq!(status, 200);
-    compare_outputs(&serde_json::from_slice(&body).unwrap(), case).unwrap();
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("malformed envelope"));
 
     // SIGTERM stops veil dev and both children.
-    let pids = [endpoints["pids"]["parent"].as_u64().unwrap(), endpoints["pids"]["enclave"].as_u64().unwrap()];
+    let pids = [
+        endpoints["pids"]["parent"].as_u64().unwrap(),
+        endpoints["pids"]["enclave"].as_u64().unwrap(),
+        endpoints["pids"]["kms"].as_u64().unwrap(),
+    ];
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {

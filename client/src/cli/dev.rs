@@ -56,6 +56,129 @@ pub struct DevArgs {
     /// Seconds to wait for the stack to become ready.
     #[arg(long, default_value_t = 180)]
     pub ready_timeout: u64,
+    /// Skip KMS: plaintext requests through the parent (development of the inference path only).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+}
+
+/// Credentials the dev stack's parent and clients use with the mock KMS (it checks their shape, not the
+/// secret: see docs/MOCK_KMS.md).
+pub const DEV_ACCESS_KEY: &str = "AKIAVEILDEVSTACK0000";
+pub const DEV_SECRET_KEY: &str = "veil-dev-stack-mock-kms-secret";
+/// The dev stack's AWS account and the roles its key policy names.
+const DEV_ACCOUNT: &str = "111122223333";
+
+/// What `veil dev` set up in the mock KMS.
+struct DevKms {
+    endpoint: String,
+    host_port: String,
+    ca_file: PathBuf,
+    region: String,
+    key_id: String,
+    policy_file: PathBuf,
+    measurements_file: PathBuf,
+}
+
+/// Starts the mock KMS, makes a key whose policy releases data keys only to this enclave binary's (mock)
+/// PCRs, and encrypts the models under it: the same steps an operator takes with real KMS.
+async fn setup_kms(
+    args: &DevArgs,
+    state: &Path,
+    logs: &Path,
+    mock_dir: &Path,
+    models: &mut [(String, PathBuf)],
+    procs: &mut Vec<Proc>,
+    say: &dyn Fn(&str),
+) -> anyhow::Result<DevKms> {
+    // 1. The enclave's measurements (mock PCRs derive from the veil-enclave binary) and the mock root.
+    let out = tokio::process::Command::new(find_bin(args, "veil-enclave")?)
+        .args(["--nsm", "mock", "--mock-measurements", "--mock-root-dir"])
+        .arg(mock_dir)
+        .stderr(Stdio::null())
+        .output()
+        .await?;
+    anyhow::ensure!(out.status.success(), "veil-enclave --mock-measurements failed");
+    let measurements_file = state.join("measurements.json");
+    std::fs::write(&measurements_file, &out.stdout)?;
+
+    // 2. The mock KMS, trusting the mock root for recipient attestation documents.
+    let ready = state.join("kms.ready.json");
+    let _ = std::fs::remove_file(&ready);
+    let argv = vec![
+        "--listen".to_owned(),
+        "tcp://127.0.0.1:0".to_owned(),
+        "--state-dir".to_owned(),
+        state.join("kms").display().to_string(),
+        "--attestation-root".to_owned(),
+        mock_dir.join("mock-root.pem").display().to_string(),
+        "--ready-file".to_owned(),
+        ready.display().to_string(),
+    ];
+    procs.push(Proc::spawn("veil-mock-kms", &find_bin(args, "veil-mock-kms")?, &argv, logs.join("kms.log"), &[])?);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let info: serde_json::Value = loop {
+        if let Ok(b) = std::fs::read(&ready) {
+            break serde_json::from_slice(&b)?;
+        }
+        if let Some(p) = procs.last_mut()
+            && let Some(status) = p.child.try_wait()?
+        {
+            bail!("veil-mock-kms exited ({status}):\n{}", p.log_tail());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the mock KMS did not start within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let endpoint = info["endpoint"].as_str().context("mock KMS ready file: no endpoint")?.to_owned();
+    let ca_file = PathBuf::from(info["ca_file"].as_str().context("mock KMS ready file: no ca_file")?);
+    let region = info["region"].as_str().unwrap_or("us-east-1").to_owned();
+    let host_port = endpoint.trim_start_matches("https://").to_owned();
+
+    // 3. A key, and its policy from the measurements (`veil kms policy`).
+    let kms = crate::kms::kms_client(&crate::kms::KmsConfig {
+        region: Some(region.clone()),
+        endpoint_url: Some(endpoint.clone()),
+        ca_pem: Some(std::fs::read(&ca_file)?),
+        static_credentials: Some((DEV_ACCESS_KEY.into(), DEV_SECRET_KEY.into())),
+    })
+    .await?;
+    let created = kms
+        .create_key()
+        .description("veil dev: data keys for requests and models")
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("mock KMS CreateKey: {}", aws_sdk_kms::error::DisplayErrorContext(e)))?;
+    let key_id = created.key_metadata().map(|m| m.key_id().to_owned()).context("CreateKey returned no key id")?;
+    let policy = super::kms::build_policy(&super::kms::PolicyArgs {
+        measurements: measurements_file.clone(),
+        also: vec![],
+        account: DEV_ACCOUNT.into(),
+        enclave_role: format!("arn:aws:iam::{DEV_ACCOUNT}:role/veil-dev-parent"),
+        clients: vec![format!("arn:aws:iam::{DEV_ACCOUNT}:role/veil-dev-client")],
+        admin: None,
+        pcrs: vec![],
+        allow_debug: false,
+        output: None,
+    })?;
+    let policy_file = state.join("key-policy.json");
+    std::fs::write(&policy_file, serde_json::to_vec_pretty(&policy)?)?;
+    kms.put_key_policy()
+        .key_id(&key_id)
+        .policy_name("default")
+        .policy(policy.to_string())
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("mock KMS PutKeyPolicy: {}", aws_sdk_kms::error::DisplayErrorContext(e)))?;
+
+    // 4. The models, encrypted at rest: only an enclave that KMS trusts can load them.
+    let dir = state.join("models");
+    std::fs::create_dir_all(&dir)?;
+    for (name, path) in models.iter_mut() {
+        let out = dir.join(format!("{name}.onnx.veil"));
+        crate::kms::encrypt_model_file(&kms, &key_id, Default::default(), path, &out, veil_shared::model_envelope::DEFAULT_CHUNK, false).await?;
+        *path = out;
+    }
+    say(&format!("veil dev: mock KMS at {endpoint}, key {key_id}; models encrypted under it"));
+    Ok(DevKms { endpoint, host_port, ca_file, region, key_id, policy_file, measurements_file })
 }
 
 fn cache_dir() -> PathBuf {
@@ -197,6 +320,28 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
     let parent_ready = state.join("parent.ready.json");
     let _ = std::fs::remove_file(&parent_ready);
 
+    let mock_dir = state.join("mock-nsm");
+    let mock_root = mock_dir.join("mock-root.pem");
+    let say = |msg: &str| {
+        if !args.json {
+            eprintln!("{msg}");
+        }
+    };
+    let mut models = models;
+    let mut procs: Vec<Proc> = Vec::new();
+    let kms = if args.insecure_plaintext {
+        None
+    } else {
+        match setup_kms(&args, &state, &logs, &mock_dir, &mut models, &mut procs, &say).await {
+            Ok(k) => Some(k),
+            Err(e) => {
+                for p in &mut procs {
+                    p.stop().await;
+                }
+                return Err(e);
+            }
+        }
+    };
     let mut parent_argv = vec![
         "--listen".to_owned(),
         format!("tcp://127.0.0.1:{}", args.port),
@@ -211,8 +356,6 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
         parent_argv.push("--model".into());
         parent_argv.push(format!("{name}={}", path.display()));
     }
-    let mock_dir = state.join("mock-nsm");
-    let mock_root = mock_dir.join("mock-root.pem");
     let mut enclave_argv = vec![
         "--listen".to_owned(),
         enclave_addr.clone(),
@@ -222,7 +365,6 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
         "mock".to_owned(),
         "--mock-root-dir".to_owned(),
         mock_dir.display().to_string(),
-        "--insecure-plaintext".to_owned(),
         "--intra-op-threads".to_owned(),
         args.intra_op_threads.to_string(),
     ];
@@ -230,17 +372,26 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
         enclave_argv.push("--model".into());
         enclave_argv.push(name.clone());
     }
-
-    let say = |msg: &str| {
-        if !args.json {
-            eprintln!("{msg}");
+    match &kms {
+        Some(k) => {
+            parent_argv.extend(["--kms-endpoint".into(), k.host_port.clone(), "--credentials".into(), "env".into()]);
+            enclave_argv.extend([
+                "--kms-region".into(),
+                k.region.clone(),
+                "--kms-endpoint".into(),
+                k.host_port.clone(),
+                "--kms-ca".into(),
+                k.ca_file.display().to_string(),
+            ]);
         }
-    };
+        None => enclave_argv.push("--insecure-plaintext".into()),
+    }
+
     say(&format!("veil dev: starting parent and enclave ({} models); logs in {}", models.len(), logs.display()));
-    let mut procs = vec![
-        Proc::spawn("veil-parent", &parent_bin, &parent_argv, logs.join("parent.log"), &[])?,
-        Proc::spawn("veil-enclave", &enclave_bin, &enclave_argv, logs.join("enclave.log"), &[("ORT_DYLIB_PATH", dylib.as_path())])?,
-    ];
+    let creds = [("AWS_ACCESS_KEY_ID", Path::new(DEV_ACCESS_KEY)), ("AWS_SECRET_ACCESS_KEY", Path::new(DEV_SECRET_KEY))];
+    procs.push(Proc::spawn("veil-parent", &parent_bin, &parent_argv, logs.join("parent.log"), &creds)?);
+    procs.push(Proc::spawn("veil-enclave", &enclave_bin, &enclave_argv, logs.join("enclave.log"), &[("ORT_DYLIB_PATH", dylib.as_path())])?);
+    let (parent_i, enclave_i) = (procs.len() - 2, procs.len() - 1);
 
     let outcome = async {
         let url = wait_ready(&args, &parent_ready, &mut procs, &say).await?;
@@ -253,7 +404,25 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
             "mock_root": mock_root.display().to_string(),
             "state_dir": state.display().to_string(),
             "logs": {"parent": logs.join("parent.log").display().to_string(), "enclave": logs.join("enclave.log").display().to_string()},
-            "pids": {"parent": procs[0].child.id(), "enclave": procs[1].child.id()},
+            "pids": {"parent": procs[parent_i].child.id(), "enclave": procs[enclave_i].child.id(),
+                     "kms": kms.as_ref().and_then(|_| procs.first().and_then(|p| p.child.id()))},
+            "kms": kms.as_ref().map(|k| serde_json::json!({
+                "endpoint": k.endpoint,
+                "region": k.region,
+                "key_id": k.key_id,
+                "ca_file": k.ca_file.display().to_string(),
+                "policy_file": k.policy_file.display().to_string(),
+                "measurements_file": k.measurements_file.display().to_string(),
+                "state_dir": state.join("kms").display().to_string(),
+            })),
+            "env": kms.as_ref().map(|k| serde_json::json!({
+                "AWS_ACCESS_KEY_ID": DEV_ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": DEV_SECRET_KEY,
+                "VEIL_KMS_KEY_ID": k.key_id,
+                "VEIL_KMS_ENDPOINT": k.endpoint,
+                "VEIL_KMS_CA": k.ca_file.display().to_string(),
+                "VEIL_KMS_REGION": k.region,
+            })),
         });
         if args.json {
             let mut out = std::io::stdout().lock();
@@ -263,6 +432,17 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
         } else {
             let names: Vec<&str> = models.iter().map(|(n, _)| n.as_str()).collect();
             let first = names.iter().find(|n| **n == "breast_cancer").unwrap_or(&names[0]);
+            if let Some(k) = &kms {
+                eprintln!(
+                    "\nKMS (mock): {}  key {}\nFor clients, in this shell:\n  export AWS_ACCESS_KEY_ID={DEV_ACCESS_KEY} AWS_SECRET_ACCESS_KEY={DEV_SECRET_KEY} \\\n    VEIL_KMS_KEY_ID={} VEIL_KMS_ENDPOINT={} VEIL_KMS_CA={} VEIL_KMS_REGION={}",
+                    k.endpoint,
+                    k.key_id,
+                    k.key_id,
+                    k.endpoint,
+                    k.ca_file.display(),
+                    k.region
+                );
+            }
             eprintln!(
                 "\nVeil dev stack is up (off hardware: mock NSM, not for production).\n  API:      {url}\n  models:   {}\n  enclave:  {enclave_addr}\n  mock NSM root: {}\n  logs:     {}\n\nTry:\n  veil metadata --url {url} {first}\n  veil infer --url {url} --model {first} --input FILE.json\n  veil attest verify --url {url} --root {}\n\nCtrl-C stops everything.",
                 names.join(", "),
@@ -283,11 +463,19 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
 
     // Serve until a signal, or until a child dies.
     let died = {
-        let (first, rest) = procs.split_at_mut(1);
+        let watch = async {
+            loop {
+                for (i, p) in procs.iter_mut().enumerate() {
+                    if let Ok(Some(status)) = p.child.try_wait() {
+                        return (i, Ok(status));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
         tokio::select! {
             _ = shutdown_signal() => None,
-            r = first[0].child.wait() => Some((0, r)),
-            r = rest[0].child.wait() => Some((1, r)),
+            d = watch => Some(d),
         }
     };
     let code = match died {

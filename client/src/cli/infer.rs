@@ -81,7 +81,12 @@ impl KmsArgs {
             Some(p) => Some(std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?),
             None => None,
         };
-        let config = crate::kms::KmsConfig { region: self.kms_region.clone(), endpoint_url: self.kms_endpoint.clone(), ca_pem };
+        let config = crate::kms::KmsConfig {
+            region: self.kms_region.clone(),
+            endpoint_url: self.kms_endpoint.clone(),
+            ca_pem,
+            static_credentials: None,
+        };
         let kms = crate::kms::kms_client(&config).await.map_err(|e| e.to_string())?;
         let context = self.context.iter().cloned().collect();
         Ok(Some(crate::kms::Session::new(kms, key_id, context, crate::kms::SessionLimits::default())))
