@@ -2,8 +2,10 @@
 # The off-hardware demo, end to end, on a fresh machine:
 #   1. set-up: ONNX Runtime and the sample models (scripts/setup.sh)
 #   2. build the release binaries
-#   3. `veil dev`: enclave (mock NSM) + parent, on real sockets
-#   4. a client asks the breast-cancer model about one patient, and prints the answer
+#   3. `veil dev`: mock KMS (a key whose policy releases data keys only to this enclave's PCRs, the
+#      models encrypted under it), enclave (mock NSM), parent, on real sockets
+#   4. a client seals one patient's measurements under a KMS data key, sends them through the parent,
+#      and opens the enclave's sealed answer; the client verifies the enclave's attestation too
 #   5. everything stops
 #
 #   scripts/demo.sh            # run it
@@ -54,9 +56,13 @@ for _ in $(seq 1 600); do
 done
 [ -s "$endpoints" ] || { echo "demo.sh: veil dev did not become ready" >&2; exit 1; }
 url=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' "$endpoints")
+mock_root=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["mock_root"])' "$endpoints")
+# The client's KMS settings (mock KMS endpoint, its CA, the key, dev credentials), as veil dev printed them.
+eval "$(python3 -c 'import json,shlex,sys; print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in json.load(open(sys.argv[1]))["env"].items()))' "$endpoints")"
 python3 -m json.tool "$endpoints" >&2
 
-say "4/5 a client sends one patient's measurements (examples/breast_cancer.json) to the enclave"
+say "4/5 the client checks the enclave, then sends one patient's measurements (examples/breast_cancer.json), sealed"
+"$veil" attest verify --url "$url" --root "$mock_root" --max-age 5m >&2
 "$veil" metadata --url "$url" breast_cancer >&2
 answer=$("$veil" infer --url "$url" --model breast_cancer --input examples/breast_cancer.json --pretty)
 echo "$answer"
