@@ -110,7 +110,11 @@ impl Enclave {
     /// Answers one request.
     pub async fn handle(&self, request: EnclaveRequest) -> EnclaveResponse {
         match request {
-            EnclaveRequest::Status => EnclaveResponse::Status { ready: self.is_ready(), models: self.expected.clone() },
+            EnclaveRequest::Status => EnclaveResponse::Status {
+                ready: self.is_ready(),
+                models: self.expected.clone(),
+                kms_calls: self.unsealer.as_ref().map(|u| u.kms_calls()).unwrap_or(0),
+            },
             EnclaveRequest::ModelMetadata { model } => match self.lookup(&model) {
                 Ok(m) => EnclaveResponse::ModelMetadata { body: ByteBuf::from(m.metadata_json().to_vec()) },
                 Err(e) => EnclaveResponse::Error(e),

@@ -206,10 +206,10 @@ async fn healthz() -> Response {
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let timeout = state.request_timeout.min(Duration::from_secs(2));
     match state.link.call(&EnclaveRequest::Status, timeout).await {
-        Ok(EnclaveResponse::Status { ready: true, models }) => {
-            Json(serde_json::json!({ "ready": true, "models": models })).into_response()
+        Ok(EnclaveResponse::Status { ready: true, models, kms_calls }) => {
+            Json(serde_json::json!({ "ready": true, "models": models, "kms_calls": kms_calls })).into_response()
         }
-        Ok(EnclaveResponse::Status { ready: false, models }) => (
+        Ok(EnclaveResponse::Status { ready: false, models, .. }) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "ready": false, "reason": "the enclave is loading its models", "models": models })),
         )

@@ -59,8 +59,13 @@ pub enum EnclaveResponse {
     ModelMetadata { body: ByteBuf },
     /// An attestation document (COSE_Sign1, CBOR).
     Attestation { document: ByteBuf },
-    /// Readiness and the models served.
-    Status { ready: bool, models: Vec<String> },
+    /// Readiness, the models served, and how many data keys the enclave has asked KMS for.
+    Status {
+        ready: bool,
+        models: Vec<String>,
+        #[serde(default)]
+        kms_calls: u64,
+    },
     /// The request failed.
     Error(ErrorReply),
 }

@@ -89,6 +89,10 @@ pub struct Stack {
     enclave: Option<Child>,
     models: Vec<String>,
     enclave_args: Vec<String>,
+    /// The mock KMS set-up, for `kms` stacks.
+    pub kms: Option<KmsInfo>,
+    kms_child: Option<Child>,
+    recording: Recording,
 }
 
 /// Options for [`Stack::start`].
@@ -100,6 +104,12 @@ pub struct StackOptions {
     pub enclave_args: Vec<String>,
     /// Start the enclave too (false: a parent whose enclave is down).
     pub start_enclave: bool,
+    /// The confidential set-up: a mock KMS, a key whose policy releases data keys only to this enclave
+    /// binary's (mock) PCRs, sealed requests only. Without it the enclave runs `--insecure-plaintext`.
+    pub kms: bool,
+    /// Put recording proxies on both of the parent's links with the enclave (client traffic and host
+    /// services, which carry the KMS relay): see [`Stack::recorded`].
+    pub record: bool,
 }
 
 impl StackOptions {
@@ -110,8 +120,143 @@ impl StackOptions {
             parent_args: vec![],
             enclave_args: vec![],
             start_enclave: true,
+            kms: false,
+            record: false,
         }
     }
+
+    /// The confidential set-up (see [`StackOptions::kms`]).
+    pub fn with_kms(mut self) -> Self {
+        self.kms = true;
+        self
+    }
+}
+
+/// What a KMS stack set up in the mock KMS.
+#[derive(Debug, Clone)]
+pub struct KmsInfo {
+    pub endpoint: String,
+    pub host_port: String,
+    pub ca_file: PathBuf,
+    pub region: String,
+    pub key_id: String,
+    pub state_dir: PathBuf,
+    pub measurements_file: PathBuf,
+    pub attestation_root: PathBuf,
+    pub log: PathBuf,
+}
+
+/// Credentials of the test stacks (the mock KMS checks their shape, not the secret).
+pub const TEST_ACCESS_KEY: &str = "AKIAVEILTESTSTACK000";
+pub const TEST_SECRET_KEY: &str = "veil-test-secret";
+
+impl KmsInfo {
+    /// A KMS client configuration for this mock KMS.
+    pub fn client_config(&self) -> veil_client::kms::KmsConfig {
+        veil_client::kms::KmsConfig {
+            region: Some(self.region.clone()),
+            endpoint_url: Some(self.endpoint.clone()),
+            ca_pem: std::fs::read(&self.ca_file).ok(),
+            static_credentials: Some((TEST_ACCESS_KEY.into(), TEST_SECRET_KEY.into())),
+        }
+    }
+
+    /// An SDK client for this mock KMS.
+    pub async fn client(&self) -> anyhow::Result<aws_sdk_kms::Client> {
+        Ok(veil_client::kms::kms_client(&self.client_config()).await?)
+    }
+
+    /// Puts a key policy from `measurements` (nitro-cli JSON) on the key.
+    pub async fn put_policy_from(&self, measurements: &Path) -> anyhow::Result<()> {
+        let policy = veil_client::cli::kms::build_policy(&veil_client::cli::kms::PolicyArgs {
+            measurements: measurements.to_path_buf(),
+            also: vec![],
+            account: "111122223333".into(),
+            enclave_role: "arn:aws:iam::111122223333:role/veil-test-parent".into(),
+            clients: vec!["arn:aws:iam::111122223333:role/veil-test-client".into()],
+            admin: None,
+            pcrs: vec![],
+            allow_debug: false,
+            output: None,
+        })?;
+        self.client()
+            .await?
+            .put_key_policy()
+            .key_id(&self.key_id)
+            .policy_name("default")
+            .policy(policy.to_string())
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("PutKeyPolicy: {}", aws_sdk_kms::error::DisplayErrorContext(e)))?;
+        Ok(())
+    }
+
+    /// Starts the mock KMS process (again) on its endpoint's port and state dir.
+    pub fn spawn(&self) -> anyhow::Result<Child> {
+        let ready = self.state_dir.with_extension("ready.json");
+        let _ = std::fs::remove_file(&ready);
+        let args = vec![
+            "--listen".to_owned(),
+            format!("tcp://{}", self.host_port),
+            "--state-dir".to_owned(),
+            self.state_dir.display().to_string(),
+            "--attestation-root".to_owned(),
+            self.attestation_root.display().to_string(),
+            "--ready-file".to_owned(),
+            ready.display().to_string(),
+        ];
+        let mut child = spawn(&bin("veil-mock-kms")?, &args, &self.log, &[])?;
+        wait_file(&ready, &mut child, "veil-mock-kms", &self.log)?;
+        Ok(child)
+    }
+}
+
+/// Bytes seen by a recording proxy, both directions.
+pub type Recording = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// A Unix-socket proxy from `listen` to `target` that appends every byte it forwards to a recording.
+fn recording_proxy(listen: PathBuf, target: String, recording: Recording) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let listener = std::os::unix::net::UnixListener::bind(&listen)?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(client) = conn else { return };
+            let target = target.clone();
+            let recording = recording.clone();
+            std::thread::spawn(move || {
+                let upstream = match target.strip_prefix("unix://") {
+                    Some(p) => std::os::unix::net::UnixStream::connect(p),
+                    None => return,
+                };
+                let Ok(upstream) = upstream else { return };
+                let pipe = |mut from: std::os::unix::net::UnixStream, mut to: std::os::unix::net::UnixStream, rec: Recording| {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if let Ok(mut r) = rec.lock() {
+                            r.extend_from_slice(&buf[..n]);
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                };
+                let (c2, u2) = match (client.try_clone(), upstream.try_clone()) {
+                    (Ok(c), Ok(u)) => (c, u),
+                    _ => return,
+                };
+                let r2 = recording.clone();
+                let t = std::thread::spawn(move || pipe(c2, u2, r2));
+                pipe(upstream, client, recording);
+                let _ = t.join();
+            });
+        }
+    });
+    Ok(())
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released: fine on a quiet loopback).
@@ -146,11 +291,26 @@ impl Stack {
                 format!("unix://{}", dir.path().join("host.sock").display()),
             ),
         };
+        let recording: Recording = Default::default();
+        // With recording, the parent dials the enclave through a proxy, and the enclave dials the parent's
+        // host services through another: every byte the parent exchanges with the enclave is recorded.
+        let (parent_enclave_addr, enclave_host_addr) = if options.record {
+            anyhow::ensure!(options.transport == Transport::Unix, "recording proxies are Unix-socket only");
+            let to_enclave = dir.path().join("rec-enclave.sock");
+            let to_host = dir.path().join("rec-host.sock");
+            recording_proxy(to_enclave.clone(), enclave_addr.clone(), recording.clone())?;
+            recording_proxy(to_host.clone(), host_addr.clone(), recording.clone())?;
+            (format!("unix://{}", to_enclave.display()), format!("unix://{}", to_host.display()))
+        } else {
+            (enclave_addr.clone(), host_addr.clone())
+        };
+        let mock_root_dir = dir.path().join("mock-nsm");
+        let (kms, kms_child) = if options.kms { Self::start_kms(dir.path(), &mock_root_dir).map(|(i, c)| (Some(i), Some(c)))? } else { (None, None) };
         let mut parent_args = vec![
             "--listen".to_owned(),
             "tcp://127.0.0.1:0".to_owned(),
             "--enclave".to_owned(),
-            enclave_addr.clone(),
+            parent_enclave_addr,
             "--host-listen".to_owned(),
             host_addr.clone(),
             "--ready-file".to_owned(),
@@ -160,25 +320,38 @@ impl Stack {
             parent_args.push("--model".into());
             parent_args.push(format!("{m}={}", model_path(m)?.display()));
         }
+        if let Some(k) = &kms {
+            parent_args.extend(["--kms-endpoint".into(), k.host_port.clone(), "--credentials".into(), "env".into()]);
+        }
         parent_args.extend(options.parent_args.iter().cloned());
         let parent_log = dir.path().join("parent.log");
-        let mut parent = spawn(&bin("veil-parent")?, &parent_args, &parent_log, &[])?;
+        let creds = [("AWS_ACCESS_KEY_ID", Path::new(TEST_ACCESS_KEY)), ("AWS_SECRET_ACCESS_KEY", Path::new(TEST_SECRET_KEY))];
+        let mut parent = spawn(&bin("veil-parent")?, &parent_args, &parent_log, &creds)?;
         let ready = wait_file(&dir.path().join("parent.ready"), &mut parent, "veil-parent", &parent_log)?;
         let url = ready["url"].as_str().context("parent ready file has no url")?.to_owned();
 
-        let mock_root_dir = dir.path().join("mock-nsm");
         let mut enclave_args = vec![
             "--listen".to_owned(),
             enclave_addr.clone(),
             "--parent".to_owned(),
-            host_addr.clone(),
+            enclave_host_addr,
             "--nsm".to_owned(),
             "mock".to_owned(),
             "--mock-root-dir".to_owned(),
             mock_root_dir.display().to_string(),
         ];
-        if !options.enclave_args.iter().any(|a| a.starts_with("--kms")) {
-            enclave_args.push("--insecure-plaintext".to_owned());
+        match &kms {
+            Some(k) => enclave_args.extend([
+                "--kms-region".into(),
+                k.region.clone(),
+                "--kms-endpoint".into(),
+                k.host_port.clone(),
+                "--kms-ca".into(),
+                k.ca_file.display().to_string(),
+                "--kms-timeout-secs".into(),
+                "5".into(),
+            ]),
+            None => enclave_args.push("--insecure-plaintext".to_owned()),
         }
         for m in &options.models {
             enclave_args.push("--model".into());
@@ -194,11 +367,76 @@ impl Stack {
             enclave: None,
             models: options.models.clone(),
             enclave_args,
+            kms,
+            kms_child,
+            recording,
         };
         if options.start_enclave {
             stack.start_enclave()?;
         }
         Ok(stack)
+    }
+
+    fn start_kms(dir: &Path, mock_root_dir: &Path) -> anyhow::Result<(KmsInfo, Child)> {
+        let out = Command::new(bin("veil-enclave")?)
+            .args(["--nsm", "mock", "--mock-measurements", "--mock-root-dir"])
+            .arg(mock_root_dir)
+            .stderr(Stdio::null())
+            .output()?;
+        anyhow::ensure!(out.status.success(), "veil-enclave --mock-measurements failed");
+        let measurements_file = dir.join("measurements.json");
+        std::fs::write(&measurements_file, &out.stdout)?;
+        let mut info = KmsInfo {
+            endpoint: String::new(),
+            host_port: format!("127.0.0.1:{}", free_port()?),
+            ca_file: dir.join("kms").join("ca.pem"),
+            region: "us-east-1".into(),
+            key_id: String::new(),
+            state_dir: dir.join("kms"),
+            measurements_file: measurements_file.clone(),
+            attestation_root: mock_root_dir.join("mock-root.pem"),
+            log: dir.join("kms.log"),
+        };
+        info.endpoint = format!("https://{}", info.host_port);
+        let child = info.spawn()?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        info.key_id = rt.block_on(async {
+            let kms = info.client().await?;
+            let created = kms
+                .create_key()
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("CreateKey: {}", aws_sdk_kms::error::DisplayErrorContext(e)))?;
+            anyhow::Ok(created.key_metadata().map(|m| m.key_id().to_owned()).context("no key id")?)
+        })?;
+        rt.block_on(info.put_policy_from(&measurements_file))?;
+        Ok((info, child))
+    }
+
+    /// Kills the mock KMS (as an outage would).
+    pub fn kill_kms(&mut self) {
+        if let Some(mut c) = self.kms_child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts the mock KMS on the same port and state.
+    pub fn restart_kms(&mut self) -> anyhow::Result<()> {
+        let info = self.kms.clone().context("not a KMS stack")?;
+        self.kms_child = Some(info.spawn()?);
+        Ok(())
+    }
+
+    /// Every byte the recording proxies forwarded so far (both links, both directions).
+    pub fn recorded(&self) -> Vec<u8> {
+        self.recording.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// A client session under this stack's KMS key.
+    pub async fn session(&self, context: std::collections::BTreeMap<String, String>) -> anyhow::Result<veil_client::kms::Session> {
+        let k = self.kms.as_ref().context("not a KMS stack")?;
+        Ok(veil_client::kms::Session::new(k.client().await?, &k.key_id, context, veil_client::kms::SessionLimits::default()))
     }
 
     /// Starts (or restarts) the enclave and waits until the parent reports it ready.
@@ -259,7 +497,7 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for c in [self.enclave.as_mut(), self.parent.as_mut()].into_iter().flatten() {
+        for c in [self.enclave.as_mut(), self.parent.as_mut(), self.kms_child.as_mut()].into_iter().flatten() {
             let _ = c.kill();
             let _ = c.wait();
         }
