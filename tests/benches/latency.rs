@@ -5,6 +5,8 @@
 //! - `ort`: ONNX Runtime in this process, on prebuilt tensors (the floor: no JSON, no sockets);
 //! - `inproc`: Veil's own request handling in this process (v2 JSON parsed and checked, ONNX Runtime,
 //!   JSON answer), without sockets: the protocol's share of the cost;
+//! - `sealed`: the same path with the KMS envelope (the enclave's data key cached after the first request
+//!   of each client session): AES-256-GCM both ways, CBOR envelopes, replay checks;
 //! - `veil`: client → parent (HTTP on loopback) → enclave (Unix socket standing in for vsock), the real
 //!   release binaries, Open Inference Protocol JSON both ways;
 //! - `python`: a plain, unencrypted Python onnxruntime HTTP server speaking the same JSON
@@ -139,6 +141,30 @@ fn http_target(base: &str, path: String, body: Vec<u8>) -> impl Fn() + Sync {
     }
 }
 
+thread_local! {
+    /// Each load thread keeps its own KMS session (data key) per stack: as real clients do.
+    static SESSIONS: std::cell::RefCell<BTreeMap<String, veil_client::kms::Session>> = const { std::cell::RefCell::new(BTreeMap::new()) };
+}
+
+/// Sealed requests through the KMS stack (veil_client's session: GenerateDataKey once, then AES-GCM).
+fn sealed_target<'a>(stack: &'a Stack, model: &'a str, body: Vec<u8>) -> impl Fn() + Sync + 'a {
+    move || {
+        let out = with_client(&stack.url, |rt, client| {
+            rt.block_on(async {
+                let mut session = match SESSIONS.with(|s| s.borrow_mut().remove(&stack.url)) {
+                    Some(s) => s,
+                    None => stack.session(BTreeMap::new()).await.expect("session"),
+                };
+                let out = client.infer_sealed(&mut session, model, &body).await;
+                SESSIONS.with(|s| s.borrow_mut().insert(stack.url.clone(), session));
+                out
+            })
+        })
+        .expect("sealed request");
+        assert!(!out.is_empty());
+    }
+}
+
 /// GETs a path (the HTTP floor: no body, no enclave).
 fn http_get_target(base: &str, path: &'static str) -> impl Fn() + Sync {
     let base = base.to_owned();
@@ -205,6 +231,14 @@ fn main() {
     let python = std::env::var("VEIL_BENCH_PYTHON").ok();
 
     let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris", "minilm"])).expect("start the Veil stack (build release binaries first)");
+    // The confidential stack: mock KMS, sealed requests; data keys cached in the enclave after the first.
+    let sealed_stack = Stack::start(StackOptions::new(Transport::Unix, &["iris", "minilm"]).with_kms()).expect("start the KMS stack");
+    let kms_calls = || -> u64 {
+        let (_, body) = veil_tests::http_get(&sealed_stack.url, "/readyz").unwrap();
+        serde_json::from_slice::<Value>(&body).unwrap()["kms_calls"].as_u64().unwrap()
+    };
+    let mut sealed_requests = 0u64;
+    let kms_before = kms_calls();
     let mut results: BTreeMap<String, Value> = BTreeMap::new();
     let mut rows = Vec::new();
 
@@ -239,6 +273,12 @@ fn main() {
             assert!(!out.is_empty());
         };
         let veil_call = http_target(&stack.url, format!("/v1/models/{model}/infer"), body.clone());
+        let sealed_call = sealed_target(&sealed_stack, model, body.clone());
+        let sealed_count = std::sync::atomic::AtomicU64::new(0);
+        let sealed_counted = || {
+            sealed_call();
+            sealed_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
         // Breakdown of the path: the enclave alone (frames straight to its socket, no parent, no HTTP), and
         // the HTTP floor (client and parent only: GET /healthz never reaches the enclave).
         let enclave_call = enclave_target(&stack.enclave_addr, model, body.clone());
@@ -253,6 +293,7 @@ fn main() {
             per.entry("ort").or_default().insert(key, measure(conc, warmup, n, ort_call));
             per.entry("inproc").or_default().insert(key, measure(conc, warmup, n, inproc_call));
             per.entry("veil").or_default().insert(key, measure(conc, warmup, n, &veil_call));
+            per.entry("sealed").or_default().insert(key, measure(conc, warmup, n, &sealed_counted));
             if conc == 1 {
                 per.entry("enclave").or_default().insert(key, measure(conc, warmup, n, &enclave_call));
                 per.entry("http0").or_default().insert(key, measure(conc, warmup, n, &floor_call));
@@ -263,7 +304,11 @@ fn main() {
         }
         let ort1 = per["ort"]["c1"].clone();
         let veil1 = per["veil"]["c1"].clone();
+        sealed_requests += sealed_count.load(std::sync::atomic::Ordering::Relaxed);
         let summary = json!({
+            "sealed_over_ort_p50": per["sealed"]["c1"].p50_us / per["ort"]["c1"].p50_us,
+            "sealed_added_p50_us": per["sealed"]["c1"].p50_us - per["ort"]["c1"].p50_us,
+            "sealed_over_veil_p50": per["sealed"]["c1"].p50_us / per["veil"]["c1"].p50_us,
             "veil_over_ort_p50": veil1.p50_us / ort1.p50_us,
             "veil_added_p50_us": veil1.p50_us - ort1.p50_us,
             "veil_over_ort_throughput_c16": per["veil"]["c16"].throughput_rps / per["ort"]["c16"].throughput_rps,
@@ -296,6 +341,8 @@ fn main() {
         results.insert(model.to_owned(), json!({ "case": case_name, "targets": per, "summary": summary }));
     }
 
+    let kms_per_1000 = (kms_calls() - kms_before) as f64 * 1000.0 / sealed_requests.max(1) as f64;
+    rows.push(format!("| all    | sealed | KMS calls per 1,000 sealed requests: {kms_per_1000:.3} ({sealed_requests} requests) |"));
     println!("\n| model  | target | c1 p50 µs  | c1 p99 µs  | c1 req/s    | c16 p50 µs | c16 p99 µs | c16 req/s   |");
     println!("|--------|--------|------------|------------|-------------|------------|------------|-------------|");
     for r in &rows {
@@ -309,6 +356,8 @@ fn main() {
         "intra_op_threads": 1,
         "path": "client (hyper, keep-alive) -> veil-parent (HTTP, loopback TCP) -> veil-enclave (Unix socket)",
         "models": results,
+        "sealed_requests": sealed_requests,
+        "kms_calls_per_1000_sealed_requests": kms_per_1000,
     });
     let dir = veil_tests::repo_root().join("target/bench");
     std::fs::create_dir_all(&dir).unwrap();
