@@ -293,7 +293,7 @@ fn main() {
             per.entry("ort").or_default().insert(key, measure(conc, warmup, n, ort_call));
             per.entry("inproc").or_default().insert(key, measure(conc, warmup, n, inproc_call));
             per.entry("veil").or_default().insert(key, measure(conc, warmup, n, &veil_call));
-            per.entry("sealed").or_default().insert(key, measure(conc, warmup, n, &sealed_counted));
+            per.entry("sealed").or_default().insert(key, measure(conc, warmup, n, sealed_counted));
             if conc == 1 {
                 per.entry("enclave").or_default().insert(key, measure(conc, warmup, n, &enclave_call));
                 per.entry("http0").or_default().insert(key, measure(conc, warmup, n, &floor_call));
