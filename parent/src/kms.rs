@@ -33,6 +33,10 @@ pub enum CredentialsSource {
     Env,
     /// None: the enclave's credential requests are refused.
     None,
+    /// Fixed credentials given in code ([`KmsServices::with_static_credentials`]), for tests and embedding;
+    /// not offered on the command line, where a secret would show in the process list.
+    #[value(skip)]
+    Static,
 }
 
 /// The parent's KMS flags (flattened into `veil-parent`'s arguments).
@@ -123,6 +127,7 @@ pub struct KmsServices {
     config: KmsRelayConfig,
     relays: Arc<tokio::sync::Semaphore>,
     cached: tokio::sync::Mutex<Option<Creds>>,
+    fixed: Option<Creds>,
 }
 
 #[derive(Clone)]
@@ -152,7 +157,29 @@ pub enum CredentialsError {
 
 impl KmsServices {
     pub fn new(config: KmsRelayConfig) -> Self {
-        Self { config, relays: Arc::new(tokio::sync::Semaphore::new(MAX_RELAYS)), cached: tokio::sync::Mutex::new(None) }
+        Self {
+            config,
+            relays: Arc::new(tokio::sync::Semaphore::new(MAX_RELAYS)),
+            cached: tokio::sync::Mutex::new(None),
+            fixed: None,
+        }
+    }
+
+    /// As [`KmsServices::new`], serving these fixed credentials (no expiry) whatever `--credentials` said.
+    pub fn with_static_credentials(
+        mut config: KmsRelayConfig,
+        access_key_id: String,
+        secret_access_key: String,
+        session_token: Option<String>,
+    ) -> Self {
+        config.credentials = CredentialsSource::Static;
+        let fixed = Creds {
+            access_key_id,
+            secret_access_key: Zeroizing::new(secret_access_key),
+            session_token: session_token.map(Zeroizing::new),
+            expiration: None,
+        };
+        Self { fixed: Some(fixed), ..Self::new(config) }
     }
 
     /// The validated configuration.
@@ -187,6 +214,7 @@ impl KmsServices {
         }
         let creds = match self.config.credentials {
             CredentialsSource::None => return Err(CredentialsError::NotConfigured),
+            CredentialsSource::Static => self.fixed.clone().ok_or(CredentialsError::NotConfigured)?,
             // The environment is read every time: cheap, and a changed variable takes effect.
             CredentialsSource::Env => from_env()?,
             CredentialsSource::Imds => {
