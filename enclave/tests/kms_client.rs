@@ -414,3 +414,29 @@ async fn configuration_is_checked() {
     let e = c.decrypt_data_key(&vec![0u8; 7000], &BTreeMap::new(), None).await.unwrap_err();
     assert!(matches!(e, KmsError::BadRequest(_)), "{e}");
 }
+
+#[tokio::test]
+async fn a_parent_without_credentials_gives_a_clear_error_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = fake_kms(dir.path(), vec![success()]).await;
+    // A parent that refuses credentials (as `--credentials none` does).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: Address = format!("tcp://{}", listener.local_addr().unwrap()).parse().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let frame = read_frame(&mut s, 1 << 16).await.unwrap();
+            let msg = proto::decode::<HostRequest>(&frame).unwrap();
+            let e = HostResponse::Error(ErrorReply::new(ErrorKind::Unavailable, "this parent serves no AWS credentials"));
+            write_frame(&mut s, &proto::encode(msg.id, &e).unwrap(), 1 << 16).await.unwrap();
+        }
+    });
+    let client = KmsClient::with_recipient_key(&config(&kms, 3, 10), addr, mock_nsm(dir.path()), edgebit_key()).unwrap();
+    let started = Instant::now();
+    let err = client.decrypt_data_key(b"blob", &context(), None).await.unwrap_err();
+    assert!(matches!(err, KmsError::Credentials), "{err:?}");
+    assert_eq!(err.to_string(), "no usable AWS credentials for KMS (from the parent's host services)");
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(kms.requests.lock().unwrap().is_empty(), "no unsigned request is sent");
+}

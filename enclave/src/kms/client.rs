@@ -298,6 +298,16 @@ fn tls_config(extra_ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientCo
 /// Maps the SDK's error onto [`KmsError`]. The detail goes to the log (it names codes and statuses, never
 /// secrets); the client sees the short, fixed wording.
 fn map_sdk_error(e: SdkError<DecryptError, aws_sdk_kms::config::http::HttpResponse>) -> KmsError {
+    // Identity resolution (our parent credentials provider) fails before anything is sent; the SDK wraps
+    // that error, so look for it down the source chain.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if err.is::<CredentialsError>() {
+            tracing::warn!(error = %aws_smithy_types::error::display::DisplayErrorContext(&e), "no credentials for KMS");
+            return KmsError::Credentials;
+        }
+        source = err.source();
+    }
     match &e {
         SdkError::ServiceError(service) => {
             let err = service.err();
@@ -326,9 +336,8 @@ fn map_sdk_error(e: SdkError<DecryptError, aws_sdk_kms::config::http::HttpRespon
             }
         }
         SdkError::ConstructionFailure(_) => {
-            tracing::warn!(error = ?e, "KMS request could not be built");
-            // Credentials errors surface here (identity resolution happens before sending).
-            KmsError::Credentials
+            tracing::warn!(error = %aws_smithy_types::error::display::DisplayErrorContext(&e), "KMS request could not be built");
+            KmsError::Answer("the KMS request could not be built".into())
         }
         _ => {
             tracing::warn!(error = %aws_smithy_types::error::display::DisplayErrorContext(&e), "KMS unreachable");
