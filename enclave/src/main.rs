@@ -57,11 +57,6 @@ struct Args {
     mock_measurements: bool,
     #[command(flatten)]
     kms: KmsConfig,
-    /// DEVELOPMENT ONLY: accept plaintext v2 JSON bodies instead of KMS-sealed envelopes (when no
-    /// --kms-region is given). The parent then sees every request and answer. Recorded in the configuration
-    /// digest of every attestation document, so clients and auditors can see it.
-    #[arg(long)]
-    insecure_plaintext: bool,
     /// Path of libonnxruntime.so (1.31.x).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     ort_dylib: Option<PathBuf>,
@@ -209,20 +204,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         MAX_MODELS
     );
     let nsm = open_nsm(&args)?;
-    let kms = match &args.kms.region {
-        Some(_) => Some(Arc::new(KmsClient::new(&args.kms, args.parent.clone(), Arc::clone(&nsm)).await?)),
-        None if args.insecure_plaintext => {
-            tracing::warn!("INSECURE PLAINTEXT MODE: requests and answers cross the parent unencrypted; development only");
-            None
-        }
-        None => anyhow::bail!(
-            "no KMS configured: pass --kms-region (and --kms-endpoint off the regional default) so requests are \
-             sealed; --insecure-plaintext accepts plaintext for development only"
-        ),
-    };
-    if args.insecure_plaintext && kms.is_some() {
-        anyhow::bail!("--insecure-plaintext and --kms-region exclude each other");
-    }
+    // Requests are only ever accepted sealed: without KMS there is no way to open them, so no start.
+    anyhow::ensure!(
+        args.kms.region.is_some(),
+        "no KMS configured: pass --kms-region (and --kms-endpoint when not the regional default); the enclave \
+         accepts only requests sealed under KMS data keys"
+    );
+    let kms = Some(Arc::new(KmsClient::new(&args.kms, args.parent.clone(), Arc::clone(&nsm)).await?));
     let recipient_sha384 = kms.as_ref().map(|k| UserDataCommitment::sha384(k.recipient_public_key()));
     let config_sha384 = config_digest(&args);
     tracing::info!(config_sha384 = %hex::encode(config_sha384), "runtime configuration digest");
@@ -348,7 +336,6 @@ fn config_digest(args: &Args) -> [u8; 48] {
         "sessions": args.sessions,
         "max_frame_bytes": args.max_frame_bytes,
         "max_model_bytes": args.max_model_bytes,
-        "plaintext_requests": args.insecure_plaintext,
         "kms_region": args.kms.region,
         "kms_endpoint": args.kms.endpoint,
     });

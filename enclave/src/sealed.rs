@@ -70,11 +70,15 @@ pub struct Unsealer {
     source: Arc<dyn KeySource>,
     kms_timeout: Duration,
     kms_calls: AtomicU64,
+    /// One gate per data key being fetched: requests that arrive together with a new data key wait for
+    /// the first one's KMS call instead of each making their own (one KMS call per data key, even under
+    /// a burst).
+    inflight: std::sync::Mutex<std::collections::HashMap<CacheId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Unsealer {
     pub fn new(source: Arc<dyn KeySource>, limits: KeyCacheLimits, kms_timeout: Duration) -> Unsealer {
-        Unsealer { cache: KeyCache::new(limits), source, kms_timeout, kms_calls: AtomicU64::new(0) }
+        Unsealer { cache: KeyCache::new(limits), source, kms_timeout, kms_calls: AtomicU64::new(0), inflight: Default::default() }
     }
 
     /// How many times KMS was asked for a data key.
@@ -93,18 +97,43 @@ impl Unsealer {
         let id = CacheId::new(&request.key_id, &request.encrypted_data_key, &request.encryption_context);
         let key = match self.cache.use_key(&id, &request_id, Instant::now()).map_err(key_use)? {
             Some(k) => k,
-            None => {
-                self.kms_calls.fetch_add(1, Ordering::Relaxed);
-                let fetch = self.source.data_key(&request.key_id, &request.encrypted_data_key, &request.encryption_context);
-                let plain = tokio::time::timeout(self.kms_timeout, fetch).await.map_err(|_| {
-                    ErrorReply::new(ErrorKind::Unavailable, format!("KMS did not answer within {:?}; try again", self.kms_timeout))
-                })??;
-                let key = DataKey::new(&plain).map_err(|e| ErrorReply::new(ErrorKind::Internal, format!("KMS returned an unusable data key: {e}")))?;
-                self.cache.insert(id, key, &request_id, Instant::now()).map_err(key_use)?
-            }
+            None => self.fetch(&id, &request_id, &request).await?,
         };
         let plaintext = envelope::open_request(&key, model, &request).map_err(|e| bad(e.to_string()))?;
         Ok(Opened { plaintext, key, request })
+    }
+}
+
+impl Unsealer {
+    /// Gets a data key from KMS, once per key however many requests wait for it.
+    async fn fetch(&self, id: &CacheId, request_id: &[u8; envelope::REQUEST_ID_LEN], request: &SealedRequest) -> Result<Arc<DataKey>, ErrorReply> {
+        let gate = {
+            let mut m = self.inflight.lock().map_err(|_| ErrorReply::new(ErrorKind::Internal, "key gate poisoned"))?;
+            Arc::clone(m.entry(*id).or_default())
+        };
+        let result = async {
+            let _turn = gate.lock().await;
+            // Whoever held the gate before us may have fetched the key meanwhile.
+            if let Some(k) = self.cache.use_key(id, request_id, Instant::now()).map_err(key_use)? {
+                return Ok(k);
+            }
+            self.kms_calls.fetch_add(1, Ordering::Relaxed);
+            let fetch = self.source.data_key(&request.key_id, &request.encrypted_data_key, &request.encryption_context);
+            let plain = tokio::time::timeout(self.kms_timeout, fetch).await.map_err(|_| {
+                ErrorReply::new(ErrorKind::Unavailable, format!("KMS did not answer within {:?}; try again", self.kms_timeout))
+            })??;
+            let key = DataKey::new(&plain)
+                .map_err(|e| ErrorReply::new(ErrorKind::Internal, format!("KMS returned an unusable data key: {e}")))?;
+            self.cache.insert(*id, key, request_id, Instant::now()).map_err(key_use)
+        }
+        .await;
+        if let Ok(mut m) = self.inflight.lock() {
+            // The last one out removes the gate (the map holds one reference, `gate` another).
+            if Arc::strong_count(&gate) <= 2 {
+                m.remove(id);
+            }
+        }
+        result
     }
 }
 
@@ -132,6 +161,8 @@ mod tests {
         fn data_key<'a>(&'a self, _: &'a str, edk: &'a [u8], ctx: &'a BTreeMap<String, String>) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, ErrorReply>> {
             Box::pin(async move {
                 *self.calls.lock().unwrap() += 1;
+                // Slow enough that a burst of requests all arrive while the first call is out.
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 if edk == b"blob" && ctx.get("tenant").map(String::as_str) == Some("a") {
                     Ok(Zeroizing::new(vec![3u8; 32]))
                 } else {
@@ -164,6 +195,28 @@ mod tests {
         }
         assert_eq!(*kms.calls.lock().unwrap(), 1);
         assert_eq!(unsealer.kms_calls(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_under_a_new_data_key_makes_one_kms_call() {
+        let kms = Arc::new(FakeKms { calls: Mutex::new(0) });
+        let unsealer = Arc::new(Unsealer::new(kms.clone(), KeyCacheLimits::default(), Duration::from_secs(1)));
+        let key = DataKey::new(&[3u8; 32]).unwrap();
+        let ctx = BTreeMap::from([("tenant".to_owned(), "a".to_owned())]);
+        let sealer = Sealer { key: &key, key_id: "k", encrypted_data_key: b"blob", encryption_context: &ctx };
+        let wires: Vec<Vec<u8>> = (0..64).map(|i| sealer.seal_request("m", format!("{i}").as_bytes(), now()).unwrap().0).collect();
+        let tasks: Vec<_> = wires
+            .into_iter()
+            .map(|w| {
+                let u = Arc::clone(&unsealer);
+                tokio::spawn(async move { u.open("m", &w).await.map(|o| o.plaintext.to_vec()) })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(*kms.calls.lock().unwrap(), 1);
+        assert!(unsealer.inflight.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -68,8 +68,8 @@ impl Enclave {
         Enclave { models: RwLock::new(HashMap::new()), unsealer: None, expected, ready: AtomicBool::new(false), attest, limits }
     }
 
-    /// Requires sealed requests, opened with `unsealer` (the KMS envelope). Without it, bodies are plaintext
-    /// v2 JSON: development only.
+    /// Opens sealed requests with `unsealer` (the KMS envelope). Without one, inference requests are refused:
+    /// there is no plaintext path.
     pub fn with_unsealer(mut self, unsealer: Arc<Unsealer>) -> Enclave {
         self.unsealer = Some(unsealer);
         self
@@ -248,15 +248,17 @@ pub async fn serve_connection(stream: Stream, peer: &str, enclave: Arc<Enclave>)
                 tokio::spawn(async move {
                     // Sealed requests are opened first (may ask KMS once per data key); failures here are
                     // about the envelope and are answered in the clear.
-                    let opened = match &unsealer {
-                        Some(u) => match u.open(model.name(), &body).await {
-                            Ok(o) => Some(o),
-                            Err(e) => {
-                                send(&writer, id, &EnclaveResponse::Error(e), limits.max_frame).await;
-                                return;
-                            }
-                        },
-                        None => None,
+                    let Some(unsealer) = unsealer else {
+                        let e = ErrorReply::new(ErrorKind::Unavailable, "this enclave has no KMS configured: it cannot open requests");
+                        send(&writer, id, &EnclaveResponse::Error(e), limits.max_frame).await;
+                        return;
+                    };
+                    let opened = match unsealer.open(model.name(), &body).await {
+                        Ok(o) => o,
+                        Err(e) => {
+                            send(&writer, id, &EnclaveResponse::Error(e), limits.max_frame).await;
+                            return;
+                        }
                     };
                     let session = match model.acquire().await {
                         Ok(s) => s,
@@ -270,32 +272,21 @@ pub async fn serve_connection(stream: Stream, peer: &str, enclave: Arc<Enclave>)
                     // written from there.
                     tokio::task::spawn_blocking(move || {
                         let mut body = body.into_vec();
-                        let response = match &opened {
-                            Some(o) => {
-                                let result = model.infer_blocking(&o.plaintext);
-                                drop(session);
-                                // Answers and errors about the plaintext are sealed for the client alike.
-                                let sealed = match result {
-                                    Ok(mut out) => {
-                                        let s = o.seal(model.name(), &out);
-                                        out.zeroize();
-                                        s
-                                    }
-                                    Err(e) => o.seal_error(model.name(), &e),
-                                };
-                                match sealed {
-                                    Ok(b) => EnclaveResponse::Infer { body: ByteBuf::from(b) },
-                                    Err(e) => EnclaveResponse::Error(e),
-                                }
+                        let result = model.infer_blocking(&opened.plaintext);
+                        drop(session);
+                        // Answers and errors about the plaintext are sealed for the client alike.
+                        let sealed = match result {
+                            Ok(mut out) => {
+                                let s = opened.seal(model.name(), &out);
+                                out.zeroize();
+                                s
                             }
-                            None => {
-                                let result = model.infer_blocking(&body);
-                                drop(session);
-                                match result {
-                                    Ok(out) => EnclaveResponse::Infer { body: ByteBuf::from(out) },
-                                    Err(e) => EnclaveResponse::Error(e),
-                                }
-                            }
+                            Err(e) => opened.seal_error(model.name(), &e),
+                        };
+                        drop(opened);
+                        let response = match sealed {
+                            Ok(b) => EnclaveResponse::Infer { body: ByteBuf::from(b) },
+                            Err(e) => EnclaveResponse::Error(e),
                         };
                         body.zeroize();
                         runtime.block_on(send(&writer, id, &response, limits.max_frame));

@@ -3,12 +3,13 @@
 //! For each model (iris; MiniLM-L6 int8 at sequence 128, batch 1) it measures, at concurrency 1 and 16:
 //!
 //! - `ort`: ONNX Runtime in this process, on prebuilt tensors (the floor: no JSON, no sockets);
+//! - `enclave`: sealed frames straight to the enclave's socket (no parent, no HTTP);
+//! - `http0`: `GET /healthz`, the HTTP floor (client and parent only);
 //! - `inproc`: Veil's own request handling in this process (v2 JSON parsed and checked, ONNX Runtime,
 //!   JSON answer), without sockets: the protocol's share of the cost;
-//! - `sealed`: the same path with the KMS envelope (the enclave's data key cached after the first request
-//!   of each client session): AES-256-GCM both ways, CBOR envelopes, replay checks;
 //! - `veil`: client → parent (HTTP on loopback) → enclave (Unix socket standing in for vsock), the real
-//!   release binaries, Open Inference Protocol JSON both ways;
+//!   release binaries, Open Inference Protocol JSON sealed in the KMS envelope both ways (the enclave's
+//!   data key cached after the first request of each client session; the mock KMS for the first);
 //! - `python`: a plain, unencrypted Python onnxruntime HTTP server speaking the same JSON
 //!   (bench/python_baseline_server.py), when `VEIL_BENCH_PYTHON` names a Python that has onnxruntime.
 //!
@@ -173,15 +174,16 @@ fn http_get_target(base: &str, path: &'static str) -> impl Fn() + Sync {
     }
 }
 
-/// Sends inference frames straight to the enclave's Unix socket, one connection per thread.
-fn enclave_target(addr: &str, model: &str, body: Vec<u8>) -> impl Fn() + Sync {
+/// Sends sealed inference frames straight to the enclave's Unix socket, one connection per thread: the
+/// enclave's share of the path (no parent, no HTTP). Sealing and opening are timed too, as in `veil`.
+fn enclave_target<'a>(stack: &'a Stack, model: &'a str, body: Vec<u8>) -> impl Fn() + Sync + 'a {
     use std::io::{Read, Write};
-    let path = addr.trim_start_matches("unix://").to_owned();
-    let model = model.to_owned();
+    let path = stack.enclave_addr.trim_start_matches("unix://").to_owned();
     let conns: Mutex<Vec<std::os::unix::net::UnixStream>> = Mutex::new(Vec::new());
     move || {
         let mut s = conns.lock().unwrap().pop().unwrap_or_else(|| std::os::unix::net::UnixStream::connect(&path).unwrap());
-        let req = veil_shared::proto::EnclaveRequest::Infer { model: model.clone(), body: serde_bytes::ByteBuf::from(body.clone()) };
+        let (wire, tag) = stack.seal(model, &body).unwrap();
+        let req = veil_shared::proto::EnclaveRequest::Infer { model: model.to_owned(), body: serde_bytes::ByteBuf::from(wire) };
         let payload = veil_shared::proto::encode(1, &req).unwrap();
         let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
         frame.extend_from_slice(&payload);
@@ -190,6 +192,13 @@ fn enclave_target(addr: &str, model: &str, body: Vec<u8>) -> impl Fn() + Sync {
         s.read_exact(&mut h).unwrap();
         let mut answer = vec![0u8; u32::from_be_bytes(h) as usize];
         s.read_exact(&mut answer).unwrap();
+        let msg: veil_shared::proto::Message<veil_shared::proto::EnclaveResponse> = veil_shared::proto::decode(&answer).unwrap();
+        match msg.body {
+            veil_shared::proto::EnclaveResponse::Infer { body } => {
+                stack.open(model, &tag, &body).unwrap();
+            }
+            other => panic!("{other:?}"),
+        }
         conns.lock().unwrap().push(s);
     }
 }
@@ -230,9 +239,9 @@ fn main() {
     let sessions = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let python = std::env::var("VEIL_BENCH_PYTHON").ok();
 
-    let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris", "minilm"])).expect("start the Veil stack (build release binaries first)");
     // The confidential stack: mock KMS, sealed requests; data keys cached in the enclave after the first.
-    let sealed_stack = Stack::start(StackOptions::new(Transport::Unix, &["iris", "minilm"]).with_kms()).expect("start the KMS stack");
+    let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris", "minilm"])).expect("start the Veil stack (build release binaries first)");
+    let sealed_stack = &stack;
     let kms_calls = || -> u64 {
         let (_, body) = veil_tests::http_get(&sealed_stack.url, "/readyz").unwrap();
         serde_json::from_slice::<Value>(&body).unwrap()["kms_calls"].as_u64().unwrap()
@@ -272,8 +281,7 @@ fn main() {
             let out = inproc_rt.block_on(inproc.infer(body.clone())).expect("in-process infer");
             assert!(!out.is_empty());
         };
-        let veil_call = http_target(&stack.url, format!("/v1/models/{model}/infer"), body.clone());
-        let sealed_call = sealed_target(&sealed_stack, model, body.clone());
+        let sealed_call = sealed_target(sealed_stack, model, body.clone());
         let sealed_count = std::sync::atomic::AtomicU64::new(0);
         let sealed_counted = || {
             sealed_call();
@@ -281,7 +289,7 @@ fn main() {
         };
         // Breakdown of the path: the enclave alone (frames straight to its socket, no parent, no HTTP), and
         // the HTTP floor (client and parent only: GET /healthz never reaches the enclave).
-        let enclave_call = enclave_target(&stack.enclave_addr, model, body.clone());
+        let enclave_call = enclave_target(&stack, model, body.clone());
         let floor_call = http_get_target(&stack.url, "/healthz");
         let py = python.as_deref().and_then(|p| start_python(p, model));
         let py_call = py.as_ref().map(|s| http_target(&s.1, format!("/v2/models/{model}/infer"), body.clone()));
@@ -292,8 +300,7 @@ fn main() {
             eprintln!("{model}: concurrency {conc}, {} requests per target...", conc * n);
             per.entry("ort").or_default().insert(key, measure(conc, warmup, n, ort_call));
             per.entry("inproc").or_default().insert(key, measure(conc, warmup, n, inproc_call));
-            per.entry("veil").or_default().insert(key, measure(conc, warmup, n, &veil_call));
-            per.entry("sealed").or_default().insert(key, measure(conc, warmup, n, sealed_counted));
+            per.entry("veil").or_default().insert(key, measure(conc, warmup, n, sealed_counted));
             if conc == 1 {
                 per.entry("enclave").or_default().insert(key, measure(conc, warmup, n, &enclave_call));
                 per.entry("http0").or_default().insert(key, measure(conc, warmup, n, &floor_call));
@@ -306,9 +313,6 @@ fn main() {
         let veil1 = per["veil"]["c1"].clone();
         sealed_requests += sealed_count.load(std::sync::atomic::Ordering::Relaxed);
         let summary = json!({
-            "sealed_over_ort_p50": per["sealed"]["c1"].p50_us / per["ort"]["c1"].p50_us,
-            "sealed_added_p50_us": per["sealed"]["c1"].p50_us - per["ort"]["c1"].p50_us,
-            "sealed_over_veil_p50": per["sealed"]["c1"].p50_us / per["veil"]["c1"].p50_us,
             "veil_over_ort_p50": veil1.p50_us / ort1.p50_us,
             "veil_added_p50_us": veil1.p50_us - ort1.p50_us,
             "veil_over_ort_throughput_c16": per["veil"]["c16"].throughput_rps / per["ort"]["c16"].throughput_rps,
@@ -342,7 +346,7 @@ fn main() {
     }
 
     let kms_per_1000 = (kms_calls() - kms_before) as f64 * 1000.0 / sealed_requests.max(1) as f64;
-    rows.push(format!("| all    | sealed | KMS calls per 1,000 sealed requests: {kms_per_1000:.3} ({sealed_requests} requests) |"));
+    rows.push(format!("| all    | veil   | KMS calls per 1,000 sealed requests: {kms_per_1000:.3} ({sealed_requests} requests, one session per load thread) |"));
     println!("\n| model  | target | c1 p50 µs  | c1 p99 µs  | c1 req/s    | c16 p50 µs | c16 p99 µs | c16 req/s   |");
     println!("|--------|--------|------------|------------|-------------|------------|------------|-------------|");
     for r in &rows {

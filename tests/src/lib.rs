@@ -93,6 +93,7 @@ pub struct Stack {
     pub kms: Option<KmsInfo>,
     kms_child: Option<Child>,
     recording: Recording,
+    data_key: std::sync::Mutex<Option<(Vec<u8>, Vec<u8>)>>,
 }
 
 /// Options for [`Stack::start`].
@@ -104,8 +105,8 @@ pub struct StackOptions {
     pub enclave_args: Vec<String>,
     /// Start the enclave too (false: a parent whose enclave is down).
     pub start_enclave: bool,
-    /// The confidential set-up: a mock KMS, a key whose policy releases data keys only to this enclave
-    /// binary's (mock) PCRs, sealed requests only. Without it the enclave runs `--insecure-plaintext`.
+    /// Kept for readability at call sites: every stack is confidential (a mock KMS, a key whose policy
+    /// releases data keys only to this enclave binary's mock PCRs, sealed requests only).
     pub kms: bool,
     /// Put recording proxies on both of the parent's links with the enclave (client traffic and host
     /// services, which carry the KMS relay): see [`Stack::recorded`].
@@ -120,7 +121,7 @@ impl StackOptions {
             parent_args: vec![],
             enclave_args: vec![],
             start_enclave: true,
-            kms: false,
+            kms: true,
             record: false,
         }
     }
@@ -305,7 +306,7 @@ impl Stack {
             (enclave_addr.clone(), host_addr.clone())
         };
         let mock_root_dir = dir.path().join("mock-nsm");
-        let (kms, kms_child) = if options.kms { Self::start_kms(dir.path(), &mock_root_dir).map(|(i, c)| (Some(i), Some(c)))? } else { (None, None) };
+        let (kms, kms_child) = Self::start_kms(dir.path(), &mock_root_dir).map(|(i, c)| (Some(i), Some(c)))?;
         let mut parent_args = vec![
             "--listen".to_owned(),
             "tcp://127.0.0.1:0".to_owned(),
@@ -340,8 +341,8 @@ impl Stack {
             "--mock-root-dir".to_owned(),
             mock_root_dir.display().to_string(),
         ];
-        match &kms {
-            Some(k) => enclave_args.extend([
+        if let Some(k) = &kms {
+            enclave_args.extend([
                 "--kms-region".into(),
                 k.region.clone(),
                 "--kms-endpoint".into(),
@@ -350,8 +351,7 @@ impl Stack {
                 k.ca_file.display().to_string(),
                 "--kms-timeout-secs".into(),
                 "5".into(),
-            ]),
-            None => enclave_args.push("--insecure-plaintext".to_owned()),
+            ]);
         }
         for m in &options.models {
             enclave_args.push("--model".into());
@@ -370,6 +370,7 @@ impl Stack {
             kms,
             kms_child,
             recording,
+            data_key: Default::default(),
         };
         if options.start_enclave {
             stack.start_enclave()?;
@@ -426,6 +427,89 @@ impl Stack {
         let info = self.kms.clone().context("not a KMS stack")?;
         self.kms_child = Some(info.spawn()?);
         Ok(())
+    }
+
+    /// A data key of this stack's KMS key (plaintext, blob), made on first use: the stack's own client.
+    fn stack_key(&self) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+        let mut slot = self.data_key.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        if let Some(k) = slot.as_ref() {
+            return Ok(k.clone());
+        }
+        let k = self.kms.as_ref().context("not a KMS stack")?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let pair = rt.block_on(async {
+            let out = k
+                .client()
+                .await?
+                .generate_data_key()
+                .key_id(&k.key_id)
+                .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("GenerateDataKey: {}", aws_sdk_kms::error::DisplayErrorContext(e)))?;
+            anyhow::Ok((
+                out.plaintext().context("no plaintext")?.as_ref().to_vec(),
+                out.ciphertext_blob().context("no blob")?.as_ref().to_vec(),
+            ))
+        })?;
+        *slot = Some(pair.clone());
+        Ok(pair)
+    }
+
+    /// Seals a v2 request for `model` under the stack's data key: the wire body and what opens the answer.
+    pub fn seal(&self, model: &str, plaintext: &[u8]) -> anyhow::Result<(Vec<u8>, veil_shared::envelope::RequestTag)> {
+        let (dk, blob) = self.stack_key()?;
+        let key = veil_shared::envelope::DataKey::new(&dk)?;
+        let k = self.kms.as_ref().context("not a KMS stack")?;
+        let ctx = std::collections::BTreeMap::new();
+        let sealer = veil_shared::envelope::Sealer { key: &key, key_id: &k.key_id, encrypted_data_key: &blob, encryption_context: &ctx };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        Ok(sealer.seal_request(model, plaintext, now)?)
+    }
+
+    /// Opens the enclave's sealed answer to a request made with [`Stack::seal`].
+    pub fn open(&self, model: &str, tag: &veil_shared::envelope::RequestTag, answer: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let (dk, blob) = self.stack_key()?;
+        let key = veil_shared::envelope::DataKey::new(&dk)?;
+        let k = self.kms.as_ref().context("not a KMS stack")?;
+        let ctx = std::collections::BTreeMap::new();
+        let sealer = veil_shared::envelope::Sealer { key: &key, key_id: &k.key_id, encrypted_data_key: &blob, encryption_context: &ctx };
+        Ok(sealer.open_response(model, tag, answer)?.to_vec())
+    }
+
+    /// Sends a v2 request sealed, over plain HTTP, and returns (HTTP status, JSON): the opened answer, or for
+    /// failures `{"error", "kind"}`, whether the parent answered them (envelope, routing) or the enclave
+    /// sealed them (about the request itself: reported here as 400, 404 or 500 by kind).
+    pub fn infer(&self, model: &str, plaintext: &[u8]) -> anyhow::Result<(u16, Value)> {
+        let (wire, tag) = self.seal(model, plaintext)?;
+        let (status, body) = http_raw(&self.url, "POST", &format!("/v1/models/{model}/infer"), &wire)?;
+        if status != 200 {
+            let v = serde_json::from_slice(&body).unwrap_or_else(|_| serde_json::json!({"raw": String::from_utf8_lossy(&body)}));
+            return Ok((status, v));
+        }
+        let opened: Value = serde_json::from_slice(&self.open(model, &tag, &body)?)?;
+        if let (Some(kind), None) = (opened.get("kind").and_then(|k| k.as_str()), opened.get("outputs")) {
+            let status = match kind {
+                "not_found" => 404,
+                "internal" => 500,
+                _ => 400,
+            };
+            return Ok((status, opened));
+        }
+        Ok((200, opened))
+    }
+
+    /// The environment `veil infer` needs to seal for this stack (KMS endpoint, CA, key, credentials).
+    pub fn client_env(&self) -> Vec<(String, String)> {
+        let Some(k) = &self.kms else { return Vec::new() };
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), TEST_ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), TEST_SECRET_KEY.into()),
+            ("VEIL_KMS_KEY_ID".into(), k.key_id.clone()),
+            ("VEIL_KMS_ENDPOINT".into(), k.endpoint.clone()),
+            ("VEIL_KMS_CA".into(), k.ca_file.display().to_string()),
+            ("VEIL_KMS_REGION".into(), k.region.clone()),
+        ]
     }
 
     /// Every byte the recording proxies forwarded so far (both links, both directions).

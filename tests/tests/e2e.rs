@@ -8,7 +8,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use veil_tests::{Stack, StackOptions, Transport, compare_outputs, http_get, http_raw, references};
 
+/// A sealed request through the stack (the enclave accepts nothing else), opened answer or error as JSON.
 fn infer(stack: &Stack, model: &str, body: &[u8]) -> (u16, Value) {
+    stack.infer(model, body).expect("request")
+}
+
+/// An unsealed body posted as it is (what a confused or hostile client might send).
+fn post_raw(stack: &Stack, model: &str, body: &[u8]) -> (u16, Value) {
     let (status, bytes) = http_raw(&stack.url, "POST", &format!("/v1/models/{model}/infer"), body).expect("request");
     let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
     (status, v)
@@ -54,6 +60,7 @@ fn the_client_cli_round_trips_a_request() {
     let out = std::process::Command::new(veil_tests::bin("veil").unwrap())
         .args(["infer", "--url", &stack.url, "--model", "breast_cancer", "--input"])
         .arg(&file)
+        .envs(stack.client_env())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -66,6 +73,7 @@ fn the_client_cli_round_trips_a_request() {
     let out = std::process::Command::new(veil_tests::bin("veil").unwrap())
         .args(["infer", "--url", &stack.url, "--model", "breast_cancer", "--input"])
         .arg(&bad)
+        .envs(stack.client_env())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -195,8 +203,9 @@ fn a_client_that_disconnects_mid_request_harms_nobody() {
     }
     // A whole slow request (MiniLM, 128 tokens), then gone before the answer.
     let minilm = references("minilm").unwrap();
-    let big = serde_json::to_vec(&minilm["cases"][2]["request"]).unwrap();
+    let plain = serde_json::to_vec(&minilm["cases"][2]["request"]).unwrap();
     for _ in 0..4 {
+        let (big, _) = stack.seal("minilm", &plain).unwrap();
         let mut s = std::net::TcpStream::connect(&hostport).unwrap();
         let head = format!("POST /v1/models/minilm/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", big.len());
         s.write_all(head.as_bytes()).unwrap();
@@ -227,19 +236,22 @@ fn metrics_count_requests_errors_and_latency() {
     for _ in 0..3 {
         assert_eq!(infer(&stack, "iris", &serde_json::to_vec(&refs["cases"][0]["request"]).unwrap()).0, 200);
     }
+    // About the request itself: sealed by the enclave, so the parent sees (and counts) a 200.
     assert_eq!(infer(&stack, "iris", b"{}").0, 400);
+    // About the envelope: in the clear, counted as such.
+    assert_eq!(post_raw(&stack, "iris", b"{}").0, 400);
     assert_eq!(infer(&stack, "some-other-model", b"{}").0, 404);
     let (status, body) = http_get(&stack.url, "/metrics").unwrap();
     assert_eq!(status, 200);
     let text = String::from_utf8(body).unwrap();
     for want in [
-        "veil_parent_requests_total{route=\"infer\",model=\"iris\",status=\"200\"} 3",
+        "veil_parent_requests_total{route=\"infer\",model=\"iris\",status=\"200\"} 4",
         "veil_parent_requests_total{route=\"infer\",model=\"iris\",status=\"400\"} 1",
         // Unknown model names never become label values (no cardinality blow-up from clients).
         "veil_parent_requests_total{route=\"infer\",model=\"other\",status=\"404\"} 1",
         "veil_parent_errors_total{route=\"infer\",kind=\"bad_request\"} 1",
         "veil_parent_errors_total{route=\"infer\",kind=\"not_found\"} 1",
-        "veil_parent_request_duration_seconds_count{route=\"infer\"} 5",
+        "veil_parent_request_duration_seconds_count{route=\"infer\"} 6",
         "veil_parent_in_flight_requests 0",
         "veil_parent_enclave_connections",
     ] {
@@ -267,12 +279,12 @@ fn attestation_nonce_is_checked_before_the_enclave_is_asked() {
 
 #[test]
 fn the_parent_relays_bodies_without_reading_them() {
-    // Whatever bytes the client sends reach the enclave unchanged: here a body that is not JSON at all
+    // Whatever bytes the client sends reach the enclave unchanged: here a body that is no envelope at all
     // comes back as the enclave's own parse error, which proves the parent did not look at it.
     let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris"])).unwrap();
-    let (status, got) = infer(&stack, "iris", &[0xde, 0xad, 0xbe, 0xef]);
+    let (status, got) = post_raw(&stack, "iris", &[0xde, 0xad, 0xbe, 0xef]);
     assert_eq!(status, 400);
-    assert!(got["error"].as_str().unwrap().contains("not a valid Open Inference Protocol"), "{got}");
+    assert!(got["error"].as_str().unwrap().contains("malformed envelope"), "{got}");
     let _ = std::io::stdout().flush();
     let _ = std::io::stdin().read(&mut []);
 }

@@ -43,11 +43,12 @@ fn assert_still_serving(stack: &Stack) {
     let refs = references("breast_cancer").unwrap();
     let case = &refs["cases"][0];
     let mut s = connect(stack);
-    let body = serde_json::to_vec(&case["request"]).unwrap();
+    let (body, tag) = stack.seal("breast_cancer", &serde_json::to_vec(&case["request"]).unwrap()).unwrap();
     send(&mut s, 1, &EnclaveRequest::Infer { model: "breast_cancer".into(), body: ByteBuf::from(body) });
     match recv(&mut s).unwrap().body {
         EnclaveResponse::Infer { body } => {
-            compare_outputs(&serde_json::from_slice(&body).unwrap(), case).unwrap();
+            let opened = stack.open("breast_cancer", &tag, &body).unwrap();
+            compare_outputs(&serde_json::from_slice(&opened).unwrap(), case).unwrap();
         }
         other => panic!("{other:?}"),
     }
@@ -125,9 +126,11 @@ fn many_requests_in_flight_on_one_connection() {
     let cases = refs["cases"].as_array().unwrap();
     let mut s = connect(&stack);
     let n = 64u64;
+    let mut tags = std::collections::HashMap::new();
     for id in 0..n {
         let case = &cases[(id as usize) % cases.len()];
-        let body = serde_json::to_vec(&case["request"]).unwrap();
+        let (body, tag) = stack.seal("breast_cancer", &serde_json::to_vec(&case["request"]).unwrap()).unwrap();
+        tags.insert(1000 + id, tag);
         send(&mut s, 1000 + id, &EnclaveRequest::Infer { model: "breast_cancer".into(), body: ByteBuf::from(body) });
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -135,7 +138,10 @@ fn many_requests_in_flight_on_one_connection() {
         let m = recv(&mut s).unwrap();
         let case = &cases[((m.id - 1000) as usize) % cases.len()];
         match m.body {
-            EnclaveResponse::Infer { body } => compare_outputs(&serde_json::from_slice(&body).unwrap(), case).unwrap(),
+            EnclaveResponse::Infer { body } => {
+                let opened = stack.open("breast_cancer", &tags[&m.id], &body).unwrap();
+                compare_outputs(&serde_json::from_slice(&opened).unwrap(), case).unwrap()
+            }
             other => panic!("{other:?}"),
         }
         assert!(seen.insert(m.id), "answered twice: {}", m.id);

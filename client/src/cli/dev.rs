@@ -56,9 +56,6 @@ pub struct DevArgs {
     /// Seconds to wait for the stack to become ready.
     #[arg(long, default_value_t = 180)]
     pub ready_timeout: u64,
-    /// Skip KMS: plaintext requests through the parent (development of the inference path only).
-    #[arg(long)]
-    pub insecure_plaintext: bool,
 }
 
 /// Credentials the dev stack's parent and clients use with the mock KMS (it checks their shape, not the
@@ -329,17 +326,13 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
     };
     let mut models = models;
     let mut procs: Vec<Proc> = Vec::new();
-    let kms = if args.insecure_plaintext {
-        None
-    } else {
-        match setup_kms(&args, &state, &logs, &mock_dir, &mut models, &mut procs, &say).await {
-            Ok(k) => Some(k),
-            Err(e) => {
-                for p in &mut procs {
-                    p.stop().await;
-                }
-                return Err(e);
+    let kms = match setup_kms(&args, &state, &logs, &mock_dir, &mut models, &mut procs, &say).await {
+        Ok(k) => Some(k),
+        Err(e) => {
+            for p in &mut procs {
+                p.stop().await;
             }
+            return Err(e);
         }
     };
     let mut parent_argv = vec![
@@ -372,19 +365,16 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
         enclave_argv.push("--model".into());
         enclave_argv.push(name.clone());
     }
-    match &kms {
-        Some(k) => {
-            parent_argv.extend(["--kms-endpoint".into(), k.host_port.clone(), "--credentials".into(), "env".into()]);
-            enclave_argv.extend([
-                "--kms-region".into(),
-                k.region.clone(),
-                "--kms-endpoint".into(),
-                k.host_port.clone(),
-                "--kms-ca".into(),
-                k.ca_file.display().to_string(),
-            ]);
-        }
-        None => enclave_argv.push("--insecure-plaintext".into()),
+    if let Some(k) = &kms {
+        parent_argv.extend(["--kms-endpoint".into(), k.host_port.clone(), "--credentials".into(), "env".into()]);
+        enclave_argv.extend([
+            "--kms-region".into(),
+            k.region.clone(),
+            "--kms-endpoint".into(),
+            k.host_port.clone(),
+            "--kms-ca".into(),
+            k.ca_file.display().to_string(),
+        ]);
     }
 
     say(&format!("veil dev: starting parent and enclave ({} models); logs in {}", models.len(), logs.display()));
