@@ -47,8 +47,8 @@ pub struct InferArgs {
 /// KMS envelope options: with `--kms-key-id`, the request is sealed so only an attested enclave opens it.
 #[derive(Debug, Clone, Args)]
 pub struct KmsArgs {
-    /// Seal the request under a data key of this KMS key (id, ARN or alias). Without it the request goes
-    /// in plaintext, which only a development enclave accepts.
+    /// Seal the request under a data key of this KMS key (id, ARN or alias). Required: a Veil enclave
+    /// accepts only sealed requests.
     #[arg(long, env = "VEIL_KMS_KEY_ID")]
     pub kms_key_id: Option<String>,
     /// KMS region (default: AWS_REGION).
@@ -156,6 +156,13 @@ pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c.with_timeout(Duration::from_secs(args.timeout)),
         Err(e) => return Ok(report(&e)),
     };
+    if args.kms.kms_key_id.is_none() {
+        eprintln!(
+            "veil: --kms-key-id (or VEIL_KMS_KEY_ID) is required: the enclave accepts only requests sealed under \
+             a KMS data key (`veil dev` prints the settings for its mock KMS)"
+        );
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
     let rt = runtime()?;
     let answer = rt.block_on(async {
         match args.kms.session().await {
