@@ -1,8 +1,8 @@
 //! The enclave's cache of data keys released by KMS: one KMS call per data key, not per request.
 //!
 //! A client keeps one data key for a session of many requests; the enclave asks KMS for it once and
-//! remembers it here, bounded in count and time, zeroized when it leaves (the envelope keys are derived in
-//! ring's HKDF state, which it wipes on drop; the raw data key never stays past [`DataKey::new`]).
+//! remembers it here, bounded in count and time; a key's bytes are zeroized when its entry leaves (expiry,
+//! eviction) and the last request using it ends ([`DataKey`] wipes itself on drop).
 //!
 //! Replay protection lives here too. Each request carries a random id and its issue time, both bound into
 //! its ciphertext. The enclave refuses requests issued outside its replay window, and within the window

@@ -109,10 +109,11 @@ impl KeyType for Len32 {
     }
 }
 
-/// Keys derived from one data key. Holding one means holding the data key: keep it inside the enclave or
-/// the client, and let it drop (the PRK is zeroized by ring on drop; the data key copy here is ours).
+/// One data key. Holding one means holding the data key: keep it inside the enclave or the client. The
+/// key bytes are zeroized when it drops; the per-request keys are derived on demand and live only for the
+/// call that needs them.
 pub struct DataKey {
-    prk: Prk,
+    key: Zeroizing<[u8; DATA_KEY_LEN]>,
 }
 
 impl std::fmt::Debug for DataKey {
@@ -127,7 +128,13 @@ impl DataKey {
         if data_key.len() != DATA_KEY_LEN {
             return Err(field("data key", format!("must be {DATA_KEY_LEN} bytes, got {}", data_key.len())));
         }
-        Ok(DataKey { prk: Salt::new(HKDF_SHA256, SALT).extract(data_key) })
+        let mut key = Zeroizing::new([0u8; DATA_KEY_LEN]);
+        key.copy_from_slice(data_key);
+        Ok(DataKey { key })
+    }
+
+    fn prk(&self) -> Prk {
+        Salt::new(HKDF_SHA256, SALT).extract(&self.key[..])
     }
 
     fn aead(&self, direction: Direction, request_id: &[u8]) -> Result<LessSafeKey, EnvelopeError> {
@@ -136,7 +143,8 @@ impl DataKey {
             Direction::Response => b"veil/v1 response",
         };
         let info = [label, request_id];
-        let okm = self.prk.expand(&info, Len32).map_err(|_| EnvelopeError::Decrypt)?;
+        let prk = self.prk();
+        let okm = prk.expand(&info, Len32).map_err(|_| EnvelopeError::Decrypt)?;
         let mut key = Zeroizing::new([0u8; 32]);
         okm.fill(&mut key[..]).map_err(|_| EnvelopeError::Decrypt)?;
         let unbound = UnboundKey::new(&AES_256_GCM, &key[..]).map_err(|_| EnvelopeError::Decrypt)?;
