@@ -434,7 +434,7 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             eprintln!(
-                "\nVeil dev stack is up (off hardware: mock NSM, not for production).\n  API:      {url}\n  models:   {}\n  enclave:  {enclave_addr}\n  mock NSM root: {}\n  logs:     {}\n\nTry:\n  veil metadata --url {url} {first}\n  veil infer --url {url} --model {first} --input FILE.json\n  veil attest verify --url {url} --root {}\n\nCtrl-C stops everything.",
+                "\nVeil dev stack is up (off hardware: mock NSM, not for production).\n  API:      {url}\n  models:   {}\n  enclave:  {enclave_addr}\n  mock NSM root: {}\n  logs:     {}\n\nTry:\n  veil metadata --url {url} {first}\n  veil infer --url {url} --model {first} --input examples/{first}.json\n  veil attest verify --url {url} --root {}\n\nCtrl-C stops everything.",
                 names.join(", "),
                 mock_root.display(),
                 logs.display(),
