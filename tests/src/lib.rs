@@ -194,11 +194,17 @@ impl KmsInfo {
 
     /// Starts the mock KMS process (again) on its endpoint's port and state dir.
     pub fn spawn(&self) -> anyhow::Result<Child> {
+        Ok(self.spawn_on(&self.host_port)?.0)
+    }
+
+    /// Starts the mock KMS listening on `host_port` (port 0: any free port); returns the process and the
+    /// endpoint it reports.
+    fn spawn_on(&self, host_port: &str) -> anyhow::Result<(Child, String)> {
         let ready = self.state_dir.with_extension("ready.json");
         let _ = std::fs::remove_file(&ready);
         let args = vec![
             "--listen".to_owned(),
-            format!("tcp://{}", self.host_port),
+            format!("tcp://{host_port}"),
             "--state-dir".to_owned(),
             self.state_dir.display().to_string(),
             "--attestation-root".to_owned(),
@@ -207,8 +213,9 @@ impl KmsInfo {
             ready.display().to_string(),
         ];
         let mut child = spawn(&bin("veil-mock-kms")?, &args, &self.log, &[])?;
-        wait_file(&ready, &mut child, "veil-mock-kms", &self.log)?;
-        Ok(child)
+        let info = wait_file(&ready, &mut child, "veil-mock-kms", &self.log)?;
+        let endpoint = info["endpoint"].as_str().context("mock KMS ready file: no endpoint")?.to_owned();
+        Ok((child, endpoint))
     }
 }
 
@@ -389,7 +396,7 @@ impl Stack {
         std::fs::write(&measurements_file, &out.stdout)?;
         let mut info = KmsInfo {
             endpoint: String::new(),
-            host_port: format!("127.0.0.1:{}", free_port()?),
+            host_port: String::new(),
             ca_file: dir.join("kms").join("ca.pem"),
             region: "us-east-1".into(),
             key_id: String::new(),
@@ -398,8 +405,10 @@ impl Stack {
             attestation_root: mock_root_dir.join("mock-root.pem"),
             log: dir.join("kms.log"),
         };
-        info.endpoint = format!("https://{}", info.host_port);
-        let child = info.spawn()?;
+        // Port 0: the mock KMS picks a free port and reports it; restarts reuse that port.
+        let (child, endpoint) = info.spawn_on("127.0.0.1:0")?;
+        info.host_port = endpoint.trim_start_matches("https://").to_owned();
+        info.endpoint = endpoint;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         info.key_id = rt.block_on(async {
             let kms = info.client().await?;
