@@ -179,7 +179,10 @@ impl Client {
         let (wire, call) = session.seal(model, body).await.map_err(|e| ClientError::Kms(e.to_string()))?;
         let answer = self.infer(model, &wire).await?;
         let plain = session.open(&call, &answer).map_err(|e| ClientError::Kms(format!("cannot open the answer: {e}")))?;
-        if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(&plain)
+        // The enclave's sealed errors are `{"error": ..., "kind": ...}` (keys in that order); answers start
+        // with `{"model_name"`. Looking at the first bytes spares parsing every (possibly large) answer.
+        if plain.starts_with(br#"{"error""#)
+            && let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(&plain)
             && let (Some(error), None) = (map.get("error").and_then(|e| e.as_str()), map.get("outputs"))
         {
             let status = match map.get("kind").and_then(|k| k.as_str()) {
