@@ -65,7 +65,7 @@ impl HostClient {
         let size = match self.call(&HostRequest::ModelInfo { name: name.to_owned() }).await? {
             HostResponse::ModelInfo { size } => size,
             HostResponse::Error(e) => anyhow::bail!("the parent cannot serve model {name:?}: {e}"),
-            other => anyhow::bail!("unexpected answer to ModelInfo: {}", variant(&other)),
+            other => anyhow::bail!("unexpected answer to ModelInfo: {}", other.name()),
         };
         anyhow::ensure!(size > 0, "the parent reports model {name:?} as empty");
         anyhow::ensure!(
@@ -83,7 +83,7 @@ impl HostClient {
             let data = match self.call(&HostRequest::ModelChunk { name: name.to_owned(), offset, len }).await? {
                 HostResponse::ModelChunk { data } => data,
                 HostResponse::Error(e) => anyhow::bail!("the parent failed to send model {name:?} at offset {offset}: {e}"),
-                other => anyhow::bail!("unexpected answer to ModelChunk: {}", variant(&other)),
+                other => anyhow::bail!("unexpected answer to ModelChunk: {}", other.name()),
             };
             anyhow::ensure!(
                 data.len() == len as usize,
@@ -106,12 +106,3 @@ impl HostClient {
     }
 }
 
-fn variant(r: &HostResponse) -> &'static str {
-    match r {
-        HostResponse::ModelInfo { .. } => "ModelInfo",
-        HostResponse::ModelChunk { .. } => "ModelChunk",
-        HostResponse::Credentials { .. } => "Credentials",
-        HostResponse::RelayReady => "RelayReady",
-        HostResponse::Error(_) => "Error",
-    }
-}

@@ -91,10 +91,7 @@ fn default_sessions() -> u16 {
 }
 
 fn model_name(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= veil_shared::proto::MAX_MODEL_NAME
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if ok { Ok(s.to_owned()) } else { Err("model names are 1-128 characters of A-Z a-z 0-9 _ - .".into()) }
+    if veil_shared::proto::is_valid_model_name(s) { Ok(s.to_owned()) } else { Err(veil_shared::proto::MODEL_NAME_RULE.into()) }
 }
 
 fn pcr_arg(s: &str) -> Result<(u16, [u8; 48]), String> {
@@ -136,43 +133,8 @@ impl KeySource for KmsKeys {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing(&args.log_format);
-    // One worker: a current-thread runtime, where waking a task never crosses threads.
-    let mut builder = match args.worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.into());
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = match builder.enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("veil-enclave: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("veil-enclave: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    let (format, threads) = (args.log_format.clone(), args.worker_threads);
+    veil_shared::process::run_daemon("veil-enclave", &format, "info,ort=warn", threads, || run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -286,12 +248,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Ok(Err(e)) => return Err(e.context("loading models failed")),
             Err(e) => anyhow::bail!("model loader crashed: {e}"),
         },
-        _ = shutdown_signal() => {
+        _ = veil_shared::process::shutdown_signal() => {
             tracing::info!("shutting down before models loaded");
             return Ok(());
         }
     }
-    shutdown_signal().await;
+    veil_shared::process::shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
@@ -353,14 +315,3 @@ fn write_ready_file(path: &std::path::Path, value: &serde_json::Value) -> anyhow
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}

@@ -68,53 +68,16 @@ struct Args {
 
 fn model_file(s: &str) -> Result<(String, PathBuf), String> {
     let (name, path) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected NAME=PATH"))?;
-    let ok = !name.is_empty()
-        && name.len() <= veil_shared::proto::MAX_MODEL_NAME
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if !ok {
-        return Err(format!("{name:?}: model names are 1-128 characters of A-Z a-z 0-9 _ - ."));
+    if !veil_shared::proto::is_valid_model_name(name) {
+        return Err(format!("{name:?}: {}", veil_shared::proto::MODEL_NAME_RULE));
     }
     Ok((name.to_owned(), PathBuf::from(path)))
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing(&args.log_format);
-    // One worker: a current-thread runtime, where waking a task never crosses threads.
-    let mut builder = match args.worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.into());
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = match builder.enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("veil-parent: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("veil-parent: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn init_tracing(format: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    let (format, threads) = (args.log_format.clone(), args.worker_threads);
+    veil_shared::process::run_daemon("veil-parent", &format, "info", threads, || run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -172,7 +135,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let app = router(state, args.max_body_bytes);
     axum::serve(HttpListener(http_listener), app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(veil_shared::process::shutdown_signal())
         .await
         .context("HTTP server failed")?;
     tracing::info!("shutting down");
@@ -181,14 +144,3 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}

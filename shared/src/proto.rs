@@ -24,6 +24,16 @@ pub const MAX_MODEL_CHUNK: u32 = 4 * 1024 * 1024;
 /// Longest model name accepted anywhere (names appear in URLs, logs and metrics labels).
 pub const MAX_MODEL_NAME: usize = 128;
 
+/// What a model name may be, said once for every command line that takes one.
+pub const MODEL_NAME_RULE: &str = "model names are 1-128 characters of A-Z a-z 0-9 _ - .";
+
+/// True for a valid model name (see [`MODEL_NAME_RULE`]).
+pub fn is_valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_MODEL_NAME
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 /// One message on either link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message<T> {
@@ -98,6 +108,19 @@ pub enum HostResponse {
     /// The relay is open: from the next byte on, the connection is a raw pipe to the endpoint.
     RelayReady,
     Error(ErrorReply),
+}
+
+impl HostResponse {
+    /// The answer's kind, for errors that say which answer came instead of the expected one.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HostResponse::ModelInfo { .. } => "ModelInfo",
+            HostResponse::ModelChunk { .. } => "ModelChunk",
+            HostResponse::Credentials { .. } => "Credentials",
+            HostResponse::RelayReady => "RelayReady",
+            HostResponse::Error(_) => "Error",
+        }
+    }
 }
 
 /// A failure, as it crosses the link: a kind for programs and a message for people.

@@ -464,7 +464,7 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
             }
         };
         tokio::select! {
-            _ = shutdown_signal() => None,
+            _ = veil_shared::process::shutdown_signal() => None,
             d = watch => Some(d),
         }
     };
@@ -526,14 +526,3 @@ async fn wait_ready(args: &DevArgs, parent_ready: &Path, procs: &mut [Proc], say
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}

@@ -54,16 +54,6 @@ async fn exchange(addr: &Address, request: &HostRequest) -> Result<(Stream, Host
     Ok((stream, msg.body))
 }
 
-fn name(r: &HostResponse) -> &'static str {
-    match r {
-        HostResponse::ModelInfo { .. } => "ModelInfo",
-        HostResponse::ModelChunk { .. } => "ModelChunk",
-        HostResponse::Credentials { .. } => "Credentials",
-        HostResponse::RelayReady => "RelayReady",
-        HostResponse::Error(_) => "Error",
-    }
-}
-
 /// Opens a raw relay to `endpoint` (`host:port`) through the parent, within `timeout`.
 pub(crate) async fn open_relay(addr: &Address, endpoint: &str, timeout: Duration) -> Result<Stream, ParentError> {
     let request = HostRequest::KmsRelay { endpoint: endpoint.to_owned() };
@@ -72,7 +62,7 @@ pub(crate) async fn open_relay(addr: &Address, endpoint: &str, timeout: Duration
     match answer {
         HostResponse::RelayReady => Ok(stream),
         HostResponse::Error(e) => Err(ParentError::Refused(clip(&e.message))),
-        other => Err(ParentError::Unexpected(name(&other), "RelayReady")),
+        other => Err(ParentError::Unexpected(other.name(), "RelayReady")),
     }
 }
 
@@ -101,7 +91,7 @@ pub(crate) async fn fetch_credentials(addr: &Address, timeout: Duration) -> Resu
             Ok(ParentCredentials { access_key_id, secret_access_key, session_token, expiration })
         }
         HostResponse::Error(e) => Err(ParentError::Refused(clip(&e.message))),
-        other => Err(ParentError::Unexpected(name(&other), "Credentials")),
+        other => Err(ParentError::Unexpected(other.name(), "Credentials")),
     }
 }
 
