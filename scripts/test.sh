@@ -22,6 +22,9 @@ bash scripts/setup.sh
 # shellcheck source=/dev/null
 source "${VEIL_CACHE:-$HOME/.cache/veil}/env.sh"
 
+step "format: cargo fmt --check"
+cargo fmt --all --check
+
 step "build"
 cargo build --workspace --bins --locked
 

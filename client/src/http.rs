@@ -188,9 +188,10 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// The text of an error body: the `error` field of a JSON body, else the body as (lossy) text.
 fn error_message(body: &[u8]) -> String {
     if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body)
-        && let Some(serde_json::Value::String(s)) = map.get("error") {
-            return s.clone();
-        }
+        && let Some(serde_json::Value::String(s)) = map.get("error")
+    {
+        return s.clone();
+    }
     let text = String::from_utf8_lossy(body);
     text.chars().take(2000).collect()
 }

@@ -49,14 +49,21 @@ pub async fn kms_client(config: &KmsConfig) -> Result<aws_sdk_kms::Client, KmsEr
     if let Some(pem) = &config.ca_pem {
         trust = trust.with_pem_certificate(pem.clone());
     }
-    let tls_context = TlsContext::builder().with_trust_store(trust).build().map_err(|e| KmsError::Config(e.to_string()))?;
+    let tls_context =
+        TlsContext::builder().with_trust_store(trust).build().map_err(|e| KmsError::Config(e.to_string()))?;
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
         .tls_context(tls_context)
         .build_https();
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
     if let Some((access, secret)) = &config.static_credentials {
-        loader = loader.credentials_provider(aws_sdk_kms::config::Credentials::new(access, secret, None, None, "veil-static"));
+        loader = loader.credentials_provider(aws_sdk_kms::config::Credentials::new(
+            access,
+            secret,
+            None,
+            None,
+            "veil-static",
+        ));
     }
     if let Some(region) = &config.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
@@ -114,7 +121,12 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     /// A session under KMS key `key_id`, binding `context` (the KMS encryption context) into every data key.
-    pub fn new(kms: aws_sdk_kms::Client, key_id: &str, context: BTreeMap<String, String>, limits: SessionLimits) -> Session {
+    pub fn new(
+        kms: aws_sdk_kms::Client,
+        key_id: &str,
+        context: BTreeMap<String, String>,
+        limits: SessionLimits,
+    ) -> Session {
         Session { kms, key_id: key_id.to_owned(), context, limits, grant: None, generated: 0 }
     }
 
@@ -133,9 +145,13 @@ impl Session {
             for (k, v) in &self.context {
                 req = req.encryption_context(k, v);
             }
-            let out = req.send().await.map_err(|e| KmsError::GenerateDataKey(aws_sdk_kms::error::DisplayErrorContext(e).to_string()))?;
+            let out = req
+                .send()
+                .await
+                .map_err(|e| KmsError::GenerateDataKey(aws_sdk_kms::error::DisplayErrorContext(e).to_string()))?;
             let plaintext = Zeroizing::new(out.plaintext().ok_or(KmsError::Incomplete("Plaintext"))?.as_ref().to_vec());
-            let encrypted = out.ciphertext_blob().map(Blob::as_ref).ok_or(KmsError::Incomplete("CiphertextBlob"))?.to_vec();
+            let encrypted =
+                out.ciphertext_blob().map(Blob::as_ref).ok_or(KmsError::Incomplete("CiphertextBlob"))?.to_vec();
             self.grant = Some(Grant { key: DataKey::new(&plaintext)?, encrypted, created: Instant::now(), used: 0 });
             self.generated += 1;
         }
@@ -149,7 +165,12 @@ impl Session {
         let grant = self.grant().await?;
         grant.used += 1;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let sealer = Sealer { key: &grant.key, key_id: &key_id, encrypted_data_key: &grant.encrypted, encryption_context: &context };
+        let sealer = Sealer {
+            key: &grant.key,
+            key_id: &key_id,
+            encrypted_data_key: &grant.encrypted,
+            encryption_context: &context,
+        };
         let (wire, tag) = sealer.seal_request(model, plaintext, now)?;
         Ok((wire, SealedCall { tag, model: model.to_owned() }))
     }
@@ -158,7 +179,12 @@ impl Session {
     /// must still be current (answers are opened before the next seal renews it; callers do so).
     pub fn open(&self, call: &SealedCall, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let grant = self.grant.as_ref().ok_or(KmsError::Incomplete("a data key"))?;
-        let sealer = Sealer { key: &grant.key, key_id: &self.key_id, encrypted_data_key: &grant.encrypted, encryption_context: &self.context };
+        let sealer = Sealer {
+            key: &grant.key,
+            key_id: &self.key_id,
+            encrypted_data_key: &grant.encrypted,
+            encryption_context: &self.context,
+        };
         Ok(sealer.open_response(&call.model, &call.tag, body)?)
     }
 }
@@ -175,10 +201,16 @@ impl Client {
     ///
     /// Errors about the request itself (it does not fit the model) come back sealed, are opened here, and
     /// are returned as [`ClientError::Status`] with status 400.
-    pub async fn infer_sealed(&self, session: &mut Session, model: &str, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+    pub async fn infer_sealed(
+        &self,
+        session: &mut Session,
+        model: &str,
+        body: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
         let (wire, call) = session.seal(model, body).await.map_err(|e| ClientError::Kms(e.to_string()))?;
         let answer = self.infer(model, &wire).await?;
-        let plain = session.open(&call, &answer).map_err(|e| ClientError::Kms(format!("cannot open the answer: {e}")))?;
+        let plain =
+            session.open(&call, &answer).map_err(|e| ClientError::Kms(format!("cannot open the answer: {e}")))?;
         // The enclave's sealed errors are `{"error": ..., "kind": ...}` (keys in that order); answers start
         // with `{"model_name"`. Looking at the first bytes spares parsing every (possibly large) answer.
         if plain.starts_with(br#"{"error""#)
@@ -209,14 +241,18 @@ pub async fn encrypt_model_file(
 ) -> Result<u64, KmsError> {
     use std::io::{Read, Write};
     use veil_shared::model_envelope::ModelSealer;
-    let io = |what: &str, p: &std::path::Path, e: std::io::Error| KmsError::Config(format!("{what} {}: {e}", p.display()));
+    let io =
+        |what: &str, p: &std::path::Path, e: std::io::Error| KmsError::Config(format!("{what} {}: {e}", p.display()));
     let file = std::fs::File::open(input).map_err(|e| io("cannot read", input, e))?;
     let len = file.metadata().map_err(|e| io("cannot read", input, e))?.len();
     let mut req = kms.generate_data_key().key_id(key_id).key_spec(DataKeySpec::Aes256);
     for (k, v) in &context {
         req = req.encryption_context(k, v);
     }
-    let out = req.send().await.map_err(|e| KmsError::GenerateDataKey(aws_sdk_kms::error::DisplayErrorContext(e).to_string()))?;
+    let out = req
+        .send()
+        .await
+        .map_err(|e| KmsError::GenerateDataKey(aws_sdk_kms::error::DisplayErrorContext(e).to_string()))?;
     let plaintext = Zeroizing::new(out.plaintext().ok_or(KmsError::Incomplete("Plaintext"))?.as_ref().to_vec());
     let encrypted = out.ciphertext_blob().map(Blob::as_ref).ok_or(KmsError::Incomplete("CiphertextBlob"))?.to_vec();
     let (mut sealer, start) = ModelSealer::new(&plaintext, key_id, &encrypted, context, len, chunk_size)?;

@@ -12,18 +12,11 @@ fn vectors() -> PathBuf {
 }
 
 fn veil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_veil"))
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_veil")).args(args).output().unwrap()
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 struct Vector {
@@ -43,11 +36,7 @@ fn manifest() -> Vec<Vector> {
         .unwrap()
         .iter()
         .map(|e| Vector {
-            path: vectors()
-                .join(e["file"].as_str().unwrap())
-                .to_str()
-                .unwrap()
-                .to_owned(),
+            path: vectors().join(e["file"].as_str().unwrap()).to_str().unwrap().to_owned(),
             timestamp_ms: e["timestamp_ms"].as_u64().unwrap(),
             debug: e["debug_mode"].as_bool().unwrap(),
             negative: e["note"].as_str().unwrap_or("").contains("NEGATIVE"),
@@ -68,13 +57,7 @@ fn at(v: &Vector) -> String {
 }
 
 fn production() -> Vector {
-    manifest()
-        .into_iter()
-        .find(|v| {
-            v.path
-                .ends_with("yawn-nitro-attest/tests/fixtures/attestation.cose")
-        })
-        .unwrap()
+    manifest().into_iter().find(|v| v.path.ends_with("yawn-nitro-attest/tests/fixtures/attestation.cose")).unwrap()
 }
 
 #[test]
@@ -115,11 +98,7 @@ fn at_document_uses_the_documents_timestamp_and_now_fails_on_validity() {
     // An RFC 3339 time just after the leaf expired (2025-01-06T19:07:05Z).
     let o = veil(&["attest", "verify", &v.path, "--at", "2025-01-06T19:07:06Z"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        text(&o).contains("certificate validity: leaf"),
-        "{}",
-        text(&o)
-    );
+    assert!(text(&o).contains("certificate validity: leaf"), "{}", text(&o));
 }
 
 #[test]
@@ -127,21 +106,9 @@ fn a_wrong_pcr_names_the_pcr_with_both_values() {
     let v = production();
     let wrong = "ab".repeat(48);
     let actual = &v.pcrs.iter().find(|(i, _)| i == "0").unwrap().1;
-    let o = veil(&[
-        "attest",
-        "verify",
-        &v.path,
-        "--at",
-        &at(&v),
-        "--expect-pcr",
-        &format!("0={wrong}"),
-    ]);
+    let o = veil(&["attest", "verify", &v.path, "--at", &at(&v), "--expect-pcr", &format!("0={wrong}")]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        text(&o).contains(&format!("PCR0: expected {wrong}, got {actual}")),
-        "{}",
-        text(&o)
-    );
+    assert!(text(&o).contains(&format!("PCR0: expected {wrong}, got {actual}")), "{}", text(&o));
 }
 
 #[test]
@@ -152,15 +119,7 @@ fn measurements_files_are_checked() {
     let good = serde_json::json!({"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": pcr("0"), "PCR1": pcr("1"), "PCR2": pcr("2")}});
     let path = dir.path().join("measurements.json");
     std::fs::write(&path, good.to_string()).unwrap();
-    let o = veil(&[
-        "attest",
-        "verify",
-        &v.path,
-        "--at",
-        &at(&v),
-        "--measurements",
-        path.to_str().unwrap(),
-    ]);
+    let o = veil(&["attest", "verify", &v.path, "--at", &at(&v), "--measurements", path.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     for i in ["pcr0", "pcr1", "pcr2"] {
         assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("PASS  {i}")));
@@ -168,81 +127,36 @@ fn measurements_files_are_checked() {
     let mut bad = good.clone();
     bad["Measurements"]["PCR2"] = serde_json::Value::String("00".repeat(48));
     std::fs::write(&path, bad.to_string()).unwrap();
-    let o = veil(&[
-        "attest",
-        "verify",
-        &v.path,
-        "--at",
-        &at(&v),
-        "--measurements",
-        path.to_str().unwrap(),
-    ]);
+    let o = veil(&["attest", "verify", &v.path, "--at", &at(&v), "--measurements", path.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("PCR2: expected 0000"), "{}", text(&o));
     // A measurements file that is not one: usage error.
     std::fs::write(&path, "{\"PCR0\": \"00\"}").unwrap();
-    let o = veil(&[
-        "attest",
-        "verify",
-        &v.path,
-        "--at",
-        &at(&v),
-        "--measurements",
-        path.to_str().unwrap(),
-    ]);
+    let o = veil(&["attest", "verify", &v.path, "--at", &at(&v), "--measurements", path.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("Measurements"), "{}", text(&o));
 }
 
 #[test]
 fn debug_documents_need_allow_debug() {
-    let v = manifest()
-        .into_iter()
-        .find(|v| v.debug && !v.negative)
-        .unwrap();
+    let v = manifest().into_iter().find(|v| v.debug && !v.negative).unwrap();
     let o = veil(&["attest", "verify", &v.path, "--at", &at(&v)]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("FAIL  debug_mode"), "{}", text(&o));
-    let o = veil(&[
-        "attest",
-        "verify",
-        &v.path,
-        "--at",
-        &at(&v),
-        "--allow-debug",
-    ]);
+    let o = veil(&["attest", "verify", &v.path, "--at", &at(&v), "--allow-debug"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
 #[test]
 fn the_negative_vector_fails_on_the_signature_and_a_wrong_nonce_fails() {
     let v = manifest().into_iter().find(|v| v.negative).unwrap();
-    let o = veil(&[
-        "attest",
-        "verify",
-        &v.path,
-        "--at",
-        &at(&v),
-        "--allow-debug",
-    ]);
+    let o = veil(&["attest", "verify", &v.path, "--at", &at(&v), "--allow-debug"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("FAIL  signature"), "{}", text(&o));
     let p = production();
-    let o = veil(&[
-        "attest",
-        "verify",
-        &p.path,
-        "--at",
-        &at(&p),
-        "--nonce",
-        "00112233",
-    ]);
+    let o = veil(&["attest", "verify", &p.path, "--at", &at(&p), "--nonce", "00112233"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        text(&o).contains("nonce: expected 00112233, got no nonce"),
-        "{}",
-        text(&o)
-    );
+    assert!(text(&o).contains("nonce: expected 00112233, got no nonce"), "{}", text(&o));
 }
 
 #[test]
@@ -270,10 +184,7 @@ fn json_reports_name_every_check() {
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(json["verified"], true);
     assert_eq!(json["document"]["module_id"], v.module_id.as_str());
-    assert_eq!(
-        json["document"]["certificates"].as_array().unwrap().len(),
-        5
-    );
+    assert_eq!(json["document"]["certificates"].as_array().unwrap().len(), 5);
 }
 
 #[test]
@@ -281,25 +192,14 @@ fn bad_input_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.txt");
     std::fs::write(&junk, "this is not an attestation document").unwrap();
-    let o = veil(&[
-        "attest",
-        "verify",
-        junk.to_str().unwrap(),
-        "--at",
-        "document",
-    ]);
+    let o = veil(&["attest", "verify", junk.to_str().unwrap(), "--at", "document"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("neither CBOR"), "{}", text(&o));
     let o = veil(&["attest", "verify", "/nonexistent/doc.cbor"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("cannot open /nonexistent/doc.cbor"));
     let v = production();
-    for bad in [
-        ["--expect-pcr", "0=zz"],
-        ["--at", "yesterday"],
-        ["--max-age", "5 parsecs"],
-        ["--nonce", "xyz"],
-    ] {
+    for bad in [["--expect-pcr", "0=zz"], ["--at", "yesterday"], ["--max-age", "5 parsecs"], ["--nonce", "xyz"]] {
         let o = veil(&["attest", "verify", &v.path, bad[0], bad[1]]);
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", text(&o));
     }
@@ -321,52 +221,24 @@ fn bad_input_is_a_usage_error() {
 fn a_foreign_root_is_used_only_when_named() {
     let v = production();
     let aws_pem = vectors().join("aws-root-g1/root.pem");
-    let o = veil(&[
-        "attest",
-        "verify",
-        &v.path,
-        "--at",
-        &at(&v),
-        "--root",
-        aws_pem.to_str().unwrap(),
-    ]);
+    let o = veil(&["attest", "verify", &v.path, "--at", &at(&v), "--root", aws_pem.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let o = veil(&[
-        "attest",
-        "verify",
-        &v.path,
-        "--at",
-        &at(&v),
-        "--root",
-        v.path.as_str(),
-    ]);
+    let o = veil(&["attest", "verify", &v.path, "--at", &at(&v), "--root", v.path.as_str()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
 #[test]
 fn show_prints_the_document_for_people() {
-    let v = manifest()
-        .into_iter()
-        .find(|v| v.path.ends_with("sample_attestation_doc_full.bin"))
-        .unwrap();
+    let v = manifest().into_iter().find(|v| v.path.ends_with("sample_attestation_doc_full.bin")).unwrap();
     let o = veil(&["attest", "show", &v.path]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("NOT VERIFIED"));
     assert!(out.contains(&v.module_id));
     assert!(out.contains("debug mode  YES"));
-    assert!(
-        out.contains("[0] root            C=US, O=Amazon, OU=AWS, CN=aws.nitro-enclaves"),
-        "{out}"
-    );
+    assert!(out.contains("[0] root            C=US, O=Amazon, OU=AWS, CN=aws.nitro-enclaves"), "{out}");
     assert!(out.contains("leaf"));
-    assert!(
-        out.contains(&format!(
-            "nonce       6 bytes: {}",
-            v.nonce.as_ref().unwrap()
-        )),
-        "{out}"
-    );
+    assert!(out.contains(&format!("nonce       6 bytes: {}", v.nonce.as_ref().unwrap())), "{out}");
     let o = veil(&["attest", "show", &v.path, "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(json["verified"], false);
@@ -376,17 +248,8 @@ fn show_prints_the_document_for_people() {
 
 #[test]
 fn an_unreachable_server_is_exit_3() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let o = veil(&[
-        "attest",
-        "verify",
-        "--url",
-        &format!("http://127.0.0.1:{port}"),
-    ]);
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let o = veil(&["attest", "verify", "--url", &format!("http://127.0.0.1:{port}")]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(text(&o).contains("Is the server running?"));
 }
@@ -410,7 +273,12 @@ fn serve_once(body: Vec<u8>, expect_nonce: String) -> (String, std::thread::Join
         let ok = head.starts_with(&format!("GET /v1/attestation?nonce={expect_nonce} "));
         let status = if ok { "200 OK" } else { "400 Bad Request" };
         let body = if ok { body } else { b"bad nonce".to_vec() };
-        write!(s, "HTTP/1.1 {status}\r\ncontent-type: application/cbor\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).unwrap();
+        write!(
+            s,
+            "HTTP/1.1 {status}\r\ncontent-type: application/cbor\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
         s.write_all(&body).unwrap();
         ok
     });
@@ -420,10 +288,7 @@ fn serve_once(body: Vec<u8>, expect_nonce: String) -> (String, std::thread::Join
 #[test]
 fn url_mode_sends_the_nonce_and_verifies_the_answer() {
     // A real document with a nonce, served as if fresh: the client must send exactly that nonce.
-    let v = manifest()
-        .into_iter()
-        .find(|v| v.path.ends_with("nitro-stag-attestation.txt"))
-        .unwrap();
+    let v = manifest().into_iter().find(|v| v.path.ends_with("nitro-stag-attestation.txt")).unwrap();
     let doc = std::fs::read(&v.path).unwrap(); // base64: the client detects the encoding of answers too
     let nonce = v.nonce.clone().unwrap_or_default();
     let with_nonce = manifest()
@@ -433,16 +298,7 @@ fn url_mode_sends_the_nonce_and_verifies_the_answer() {
     let doc2 = std::fs::read(&with_nonce.path).unwrap();
     let nonce2 = with_nonce.nonce.clone().unwrap();
     let (url, server) = serve_once(doc2, nonce2.clone());
-    let o = veil(&[
-        "attest",
-        "verify",
-        "--url",
-        &url,
-        "--nonce",
-        &nonce2,
-        "--at",
-        &at(&with_nonce),
-    ]);
+    let o = veil(&["attest", "verify", "--url", &url, "--nonce", &nonce2, "--at", &at(&with_nonce)]);
     assert!(server.join().unwrap(), "the client did not send the nonce");
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("PASS  nonce"));
@@ -458,15 +314,8 @@ fn url_mode_sends_the_nonce_and_verifies_the_answer() {
 #[test]
 fn commitment_expectations_fail_on_documents_without_a_veil_commitment() {
     let v = production();
-    let o = veil(&[
-        "attest",
-        "verify",
-        &v.path,
-        "--at",
-        &at(&v),
-        "--expect-model",
-        &format!("iris={}", "11".repeat(48)),
-    ]);
+    let o =
+        veil(&["attest", "verify", &v.path, "--at", &at(&v), "--expect-model", &format!("iris={}", "11".repeat(48))]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("FAIL  commitment"), "{}", text(&o));
     let o = veil(&["attest", "verify", &v.path, "--expect-model", "iris=1111"]);

@@ -59,21 +59,10 @@ impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
-        std::fs::write(
-            p.join("bzImage"),
-            (0..100_000u32)
-                .map(|i| ((i * 7 + 3) % 256) as u8)
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
+        std::fs::write(p.join("bzImage"), (0..100_000u32).map(|i| ((i * 7 + 3) % 256) as u8).collect::<Vec<_>>())
+            .unwrap();
         std::fs::write(p.join("init.cpio"), b"init-ramdisk\n".repeat(1000)).unwrap();
-        std::fs::write(
-            p.join("app.cpio"),
-            (0..70_000u64)
-                .map(|i| ((i * i) % 251) as u8)
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
+        std::fs::write(p.join("app.cpio"), (0..70_000u64).map(|i| ((i * i) % 251) as u8).collect::<Vec<_>>()).unwrap();
         std::fs::write(p.join("key.pem"), TEST_KEY).unwrap();
         std::fs::write(p.join("cert.pem"), TEST_CERT).unwrap();
         Self { dir }
@@ -119,13 +108,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 fn ok(o: &Output) -> &Output {
-    assert!(
-        o.status.success(),
-        "veil failed ({:?}):\nstdout: {}\nstderr: {}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
+    assert!(o.status.success(), "veil failed ({:?}):\nstdout: {}\nstderr: {}", o.status, stdout(o), stderr(o));
     o
 }
 
@@ -177,43 +160,24 @@ fn builds_are_byte_for_byte_reproducible_and_source_date_epoch_only_touches_meta
     assert_eq!(a, b, "two builds of the same inputs differ");
 
     let o = Command::new(env!("CARGO_BIN_EXE_veil"))
-        .args([
-            "eif",
-            "build",
-            "--kernel",
-            "bzImage",
-            "--cmdline",
-            CMDLINE,
-            "--ramdisk",
-            "init.cpio",
-        ])
+        .args(["eif", "build", "--kernel", "bzImage", "--cmdline", CMDLINE, "--ramdisk", "init.cpio"])
         .args(["--ramdisk", "app.cpio", "--output", "c.eif"])
         .current_dir(f.dir.path())
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .output()
         .unwrap();
-    assert_eq!(
-        stdout(ok(&o)),
-        nitro_json(None),
-        "metadata must not change the PCRs"
-    );
+    assert_eq!(stdout(ok(&o)), nitro_json(None), "metadata must not change the PCRs");
     let c = std::fs::read(f.path("c.eif")).unwrap();
     assert_ne!(a, c);
     let d = f.veil(&["eif", "describe", "c.eif", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(ok(&d))).unwrap();
-    assert_eq!(
-        v["metadata"]["BuildMetadata"]["BuildTime"],
-        "2023-11-14T22:13:20+00:00"
-    );
+    assert_eq!(v["metadata"]["BuildMetadata"]["BuildTime"], "2023-11-14T22:13:20+00:00");
 }
 
 #[test]
 fn describe_shows_sections_cmdline_and_pcrs() {
     let f = Fixture::new();
-    ok(&f.build(
-        "enclave.eif",
-        &["--name", "veil-test-image", "--image-version", "7.7"],
-    ));
+    ok(&f.build("enclave.eif", &["--name", "veil-test-image", "--image-version", "7.7"]));
     let text = stdout(ok(&f.veil(&["eif", "describe", "enclave.eif"])));
     for needle in [
         "format version 4",
@@ -229,29 +193,14 @@ fn describe_shows_sections_cmdline_and_pcrs() {
         "veil-test-image",
         "unsigned image",
     ] {
-        assert!(
-            text.contains(needle),
-            "describe output lacks {needle:?}:\n{text}"
-        );
+        assert!(text.contains(needle), "describe output lacks {needle:?}:\n{text}");
     }
 
-    let json: serde_json::Value = serde_json::from_str(&stdout(ok(&f.veil(&[
-        "eif",
-        "describe",
-        "enclave.eif",
-        "--json",
-    ]))))
-    .unwrap();
-    let kinds: Vec<_> = json["sections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["kind"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(
-        kinds,
-        ["kernel", "cmdline", "metadata", "ramdisk", "ramdisk"]
-    );
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(ok(&f.veil(&["eif", "describe", "enclave.eif", "--json"])))).unwrap();
+    let kinds: Vec<_> =
+        json["sections"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kinds, ["kernel", "cmdline", "metadata", "ramdisk", "ramdisk"]);
     assert_eq!(json["sections"][0]["offset"], 548);
     assert_eq!(json["sections"][0]["size"], 100_000);
     assert_eq!(json["Measurements"]["PCR1"], PCR1);
@@ -262,30 +211,18 @@ fn describe_shows_sections_cmdline_and_pcrs() {
 #[test]
 fn signed_build_adds_pcr8_of_the_certificate_and_verifies() {
     let f = Fixture::new();
-    let o = f.build(
-        "signed.eif",
-        &["--signing-key", "key.pem", "--signing-cert", "cert.pem"],
-    );
+    let o = f.build("signed.eif", &["--signing-key", "key.pem", "--signing-cert", "cert.pem"]);
     assert_eq!(stdout(ok(&o)), nitro_json(Some(PCR8)));
-    assert_eq!(
-        stdout(ok(&f.veil(&["eif", "pcrs", "signed.eif"]))),
-        nitro_json(Some(PCR8))
-    );
+    assert_eq!(stdout(ok(&f.veil(&["eif", "pcrs", "signed.eif"]))), nitro_json(Some(PCR8)));
     let text = stdout(ok(&f.veil(&["eif", "describe", "signed.eif"])));
     assert!(text.contains("Veil CLI test signer"), "{text}");
-    assert!(
-        text.contains("valid: the certificate's key signed this image's PCR0"),
-        "{text}"
-    );
+    assert!(text.contains("valid: the certificate's key signed this image's PCR0"), "{text}");
 }
 
 #[test]
 fn a_signature_for_another_image_is_flagged_as_a_failed_verification() {
     let f = Fixture::new();
-    ok(&f.build(
-        "signed.eif",
-        &["--signing-key", "key.pem", "--signing-cert", "cert.pem"],
-    ));
+    ok(&f.build("signed.eif", &["--signing-key", "key.pem", "--signing-cert", "cert.pem"]));
     let mut eif = std::fs::read(f.path("signed.eif")).unwrap();
     // Change one byte of the kernel (section 0's data starts at 548 + 12) and fix the CRC, so the
     // file is well-formed but its PCR0 is no longer the one that was signed.
@@ -307,11 +244,7 @@ fn fix_crc(eif: &mut [u8]) {
         }
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
         }
     }
     eif[544..548].copy_from_slice(&(!crc).to_be_bytes());
@@ -320,18 +253,8 @@ fn fix_crc(eif: &mut [u8]) {
 fn expect_failure(f: &Fixture, args: &[&str], needles: &[&str]) {
     let o = f.veil(args);
     // An unusable input file is the CLI's EXIT_USAGE (2), not a failed verification (1).
-    assert_eq!(
-        o.status.code(),
-        Some(2),
-        "{args:?} should fail with 2; stdout: {}\nstderr: {}",
-        stdout(&o),
-        stderr(&o)
-    );
-    assert!(
-        o.stdout.is_empty(),
-        "no PCRs may be printed for a bad EIF: {}",
-        stdout(&o)
-    );
+    assert_eq!(o.status.code(), Some(2), "{args:?} should fail with 2; stdout: {}\nstderr: {}", stdout(&o), stderr(&o));
+    assert!(o.stdout.is_empty(), "no PCRs may be printed for a bad EIF: {}", stdout(&o));
     let err = stderr(&o);
     for n in needles {
         assert!(err.contains(n), "stderr of {args:?} lacks {n:?}:\n{err}");
@@ -348,82 +271,39 @@ fn truncated_corrupted_and_foreign_files_give_clear_errors() {
     expect_failure(
         &f,
         &["eif", "pcrs", "short.eif"],
-        &[
-            "short.eif",
-            "truncated EIF",
-            "section 4 (ramdisk) data",
-            "needs 70000 bytes",
-        ],
+        &["short.eif", "truncated EIF", "section 4 (ramdisk) data", "needs 70000 bytes"],
     );
 
     std::fs::write(f.path("header-only.eif"), &eif[..300]).unwrap();
     expect_failure(
         &f,
         &["eif", "describe", "header-only.eif"],
-        &[
-            "truncated EIF",
-            "EIF header",
-            "needs 548 bytes",
-            "after 300",
-        ],
+        &["truncated EIF", "EIF header", "needs 548 bytes", "after 300"],
     );
 
     let mut bad = eif.clone();
     bad[548 + 12 + 5] ^= 1;
     std::fs::write(f.path("flipped.eif"), &bad).unwrap();
-    expect_failure(
-        &f,
-        &["eif", "pcrs", "flipped.eif"],
-        &["CRC32 mismatch", "corrupted or was modified"],
-    );
+    expect_failure(&f, &["eif", "pcrs", "flipped.eif"], &["CRC32 mismatch", "corrupted or was modified"]);
 
     std::fs::write(f.path("notes.txt"), b"hello, not an image").unwrap();
-    expect_failure(
-        &f,
-        &["eif", "pcrs", "notes.txt"],
-        &["not an EIF", "68656c6c"],
-    );
+    expect_failure(&f, &["eif", "pcrs", "notes.txt"], &["not an EIF", "68656c6c"]);
 
-    expect_failure(
-        &f,
-        &["eif", "pcrs", "missing.eif"],
-        &["cannot open missing.eif"],
-    );
+    expect_failure(&f, &["eif", "pcrs", "missing.eif"], &["cannot open missing.eif"]);
 }
 
 #[test]
 fn build_errors_name_the_input() {
     let f = Fixture::new();
-    let o = f.veil(&[
-        "eif",
-        "build",
-        "--kernel",
-        "nope",
-        "--cmdline",
-        "x",
-        "--ramdisk",
-        "init.cpio",
-        "--output",
-        "o.eif",
-    ]);
+    let o =
+        f.veil(&["eif", "build", "--kernel", "nope", "--cmdline", "x", "--ramdisk", "init.cpio", "--output", "o.eif"]);
     assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("cannot read the kernel nope"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("cannot read the kernel nope"), "{}", stderr(&o));
     assert!(!Path::new(&f.path("o.eif")).exists());
 
     // A certificate that does not belong to the key.
-    std::fs::write(
-        f.path("other.pem"),
-        TEST_KEY.replace("MIGkAgEBBDCCRBoC", "MIGkAgEBBDCCRBoD"),
-    )
-    .unwrap();
-    let o = f.build(
-        "o.eif",
-        &["--signing-key", "other.pem", "--signing-cert", "cert.pem"],
-    );
+    std::fs::write(f.path("other.pem"), TEST_KEY.replace("MIGkAgEBBDCCRBoC", "MIGkAgEBBDCCRBoD")).unwrap();
+    let o = f.build("o.eif", &["--signing-key", "other.pem", "--signing-cert", "cert.pem"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("cannot sign the EIF"), "{}", stderr(&o));
     assert!(!f.path("o.eif").exists(), "no output on failure");
@@ -442,10 +322,7 @@ fn help_teaches_what_the_pcrs_are() {
     assert!(text.contains("PCR0") && text.contains("PCR8"), "{text}");
     let o = f.veil(&["eif", "build", "--help"]);
     let text = stdout(ok(&o));
-    assert!(
-        text.contains("SOURCE_DATE_EPOCH") && text.contains("--ramdisk"),
-        "{text}"
-    );
+    assert!(text.contains("SOURCE_DATE_EPOCH") && text.contains("--ramdisk"), "{text}");
 }
 
 #[test]
@@ -456,45 +333,19 @@ fn size_recommends_memory_from_the_eif_and_the_models() {
     std::fs::write(f.path("big.eif"), vec![0u8; 30 << 20]).unwrap();
     std::fs::write(f.path("minilm.onnx"), vec![0u8; 23 << 20]).unwrap();
     // 2*30 + 23*(2+4) + 512 = 710 -> 768 MiB; nitro-cli's floor is 4*30 = 120.
-    let o = f.veil(&[
-        "eif",
-        "size",
-        "big.eif",
-        "--model",
-        "minilm=minilm.onnx",
-        "--cpus",
-        "4",
-        "--mib",
-    ]);
+    let o = f.veil(&["eif", "size", "big.eif", "--model", "minilm=minilm.onnx", "--cpus", "4", "--mib"]);
     assert_eq!(stdout(ok(&o)).trim(), "768");
-    let o = f.veil(&[
-        "eif",
-        "size",
-        "big.eif",
-        "--model",
-        "minilm.onnx",
-        "--cpus",
-        "4",
-        "--json",
-    ]);
+    let o = f.veil(&["eif", "size", "big.eif", "--model", "minilm.onnx", "--cpus", "4", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(ok(&o))).unwrap();
     assert_eq!(v["estimate_mib"], 710);
     assert_eq!(v["nitro_cli_minimum_mib"], 120);
     assert_eq!(v["sessions"], 4);
     let o = f.veil(&["eif", "size", "big.eif", "--cpus", "3"]);
-    assert!(
-        stdout(ok(&o)).contains("--cpu-count 3 --memory 768"),
-        "{}",
-        stdout(&o)
-    );
+    assert!(stdout(ok(&o)).contains("--cpu-count 3 --memory 768"), "{}", stdout(&o));
     assert!(stderr(&o).contains("odd"), "{}", stderr(&o));
     let o = f.veil(&["eif", "size", "big.eif", "--model", "gone.onnx"]);
     assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("cannot read the model gone.onnx"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("cannot read the model gone.onnx"), "{}", stderr(&o));
 }
 
 // ---------------------------------------------------------------- the operator scripts
@@ -504,20 +355,13 @@ fn size_recommends_memory_from_the_eif_and_the_models() {
 // and the real `veil` binary.
 
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("scripts")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("scripts").join(name)
 }
 
 /// PATH with the stub dir first, then the directory of the `veil` under test, then the system.
 fn stub_path(stubs: &Path) -> String {
     let veil_dir = Path::new(env!("CARGO_BIN_EXE_veil")).parent().unwrap();
-    format!(
-        "{}:{}:/usr/local/bin:/usr/bin:/bin",
-        stubs.display(),
-        veil_dir.display()
-    )
+    format!("{}:{}:/usr/local/bin:/usr/bin:/bin", stubs.display(), veil_dir.display())
 }
 
 fn write_exe(path: &Path, text: &str) {
@@ -549,18 +393,9 @@ veil eif build --kernel {dir}/bzImage --cmdline "{CMDLINE}" --ramdisk {dir}/init
     stubs
 }
 
-fn run_script(
-    f: &Fixture,
-    stubs: &Path,
-    name: &str,
-    args: &[&str],
-    envs: &[(&str, &str)],
-) -> Output {
+fn run_script(f: &Fixture, stubs: &Path, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new("bash");
-    cmd.arg(script(name))
-        .args(args)
-        .env("PATH", stub_path(stubs))
-        .current_dir(f.dir.path());
+    cmd.arg(script(name)).args(args).env("PATH", stub_path(stubs)).current_dir(f.dir.path());
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -573,24 +408,9 @@ fn build_eif_script_saves_measurements_and_cross_checks_them_with_veil() {
     let stubs = make_stubs(&f);
     let out_dir = f.path("out");
     let out_dir_s = out_dir.to_str().unwrap();
-    let o = run_script(
-        &f,
-        &stubs,
-        "build-eif.sh",
-        &["--allow-dirty", "--output-dir", out_dir_s, "--tag", "t"],
-        &[],
-    );
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        stdout(&o),
-        stderr(&o)
-    );
-    assert!(
-        stderr(&o).contains("veil eif pcrs agrees with nitro-cli"),
-        "{}",
-        stderr(&o)
-    );
+    let o = run_script(&f, &stubs, "build-eif.sh", &["--allow-dirty", "--output-dir", out_dir_s, "--tag", "t"], &[]);
+    assert!(o.status.success(), "stdout: {}\nstderr: {}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("veil eif pcrs agrees with nitro-cli"), "{}", stderr(&o));
     let saved = std::fs::read_to_string(out_dir.join("veil-enclave.measurements.json")).unwrap();
     assert_eq!(saved, nitro_json(None));
     assert!(out_dir.join("veil-enclave.eif").exists());
@@ -606,19 +426,9 @@ fn build_eif_script_saves_measurements_and_cross_checks_them_with_veil() {
     assert!(!o.status.success(), "a PCR mismatch must fail");
     assert!(stderr(&o).contains("disagree"), "{}", stderr(&o));
 
-    let o = run_script(
-        &f,
-        &stubs,
-        "build-eif.sh",
-        &["--allow-dirty", "--signing-key", "key.pem"],
-        &[],
-    );
+    let o = run_script(&f, &stubs, "build-eif.sh", &["--allow-dirty", "--signing-key", "key.pem"], &[]);
     assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("--signing-key and --signing-cert go together"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("--signing-key and --signing-cert go together"), "{}", stderr(&o));
 }
 
 #[test]
@@ -637,13 +447,7 @@ fn run_enclave_script_sizes_checks_the_allocator_and_warns_about_debug_mode() {
         &f,
         &stubs,
         "run-enclave.sh",
-        &[
-            "--eif",
-            "enclave.eif",
-            "--model",
-            "minilm=minilm.onnx",
-            "--dry-run",
-        ],
+        &["--eif", "enclave.eif", "--model", "minilm=minilm.onnx", "--dry-run"],
         &[("VEIL_ALLOCATOR_YAML", alloc_s)],
     );
     assert!(o.status.success(), "stderr: {}", stderr(&o));
@@ -658,13 +462,7 @@ fn run_enclave_script_sizes_checks_the_allocator_and_warns_about_debug_mode() {
         &f,
         &stubs,
         "run-enclave.sh",
-        &[
-            "--eif",
-            "enclave.eif",
-            "--model",
-            "minilm=minilm.onnx",
-            "--dry-run",
-        ],
+        &["--eif", "enclave.eif", "--model", "minilm=minilm.onnx", "--dry-run"],
         &[("VEIL_ALLOCATOR_YAML", alloc_s)],
     );
     assert!(!o.status.success());
@@ -680,82 +478,36 @@ fn run_enclave_script_sizes_checks_the_allocator_and_warns_about_debug_mode() {
         &f,
         &stubs,
         "run-enclave.sh",
-        &[
-            "--eif",
-            "enclave.eif",
-            "--memory",
-            "1024",
-            "--debug",
-            "--dry-run",
-        ],
+        &["--eif", "enclave.eif", "--memory", "1024", "--debug", "--dry-run"],
         &[("VEIL_ALLOCATOR_YAML", alloc_s)],
     );
     assert!(o.status.success(), "stderr: {}", stderr(&o));
     assert!(
-        stdout(&o)
-            .trim()
-            .ends_with("--memory 1024 --enclave-cid 16 --enclave-name veil --debug-mode"),
+        stdout(&o).trim().ends_with("--memory 1024 --enclave-cid 16 --enclave-name veil --debug-mode"),
         "{}",
         stdout(&o)
     );
-    for needle in [
-        "DEBUG MODE",
-        "console is readable",
-        "all-zero PCRs",
-        "--allow-debug",
-    ] {
-        assert!(
-            stderr(&o).contains(needle),
-            "debug warning lacks {needle:?}: {}",
-            stderr(&o)
-        );
+    for needle in ["DEBUG MODE", "console is readable", "all-zero PCRs", "--allow-debug"] {
+        assert!(stderr(&o).contains(needle), "debug warning lacks {needle:?}: {}", stderr(&o));
     }
 
     // A console without debug mode is refused.
-    let o = run_script(
-        &f,
-        &stubs,
-        "run-enclave.sh",
-        &["--eif", "enclave.eif", "--memory", "1024", "--console"],
-        &[],
-    );
+    let o = run_script(&f, &stubs, "run-enclave.sh", &["--eif", "enclave.eif", "--memory", "1024", "--console"], &[]);
     assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("--console needs --debug"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("--console needs --debug"), "{}", stderr(&o));
 }
 
 #[test]
 fn build_options_change_metadata_and_header_but_never_the_pcrs() {
     let f = Fixture::new();
-    std::fs::write(
-        f.path("custom.json"),
-        br#"{"git": "abc123", "reviewed": true}"#,
-    )
-    .unwrap();
+    std::fs::write(f.path("custom.json"), br#"{"git": "abc123", "reviewed": true}"#).unwrap();
     let o = f.build(
         "custom.eif",
-        &[
-            "--metadata",
-            "custom.json",
-            "--arch",
-            "aarch64",
-            "--memory-mib",
-            "4096",
-            "--cpus",
-            "4",
-        ],
+        &["--metadata", "custom.json", "--arch", "aarch64", "--memory-mib", "4096", "--cpus", "4"],
     );
     assert_eq!(stdout(ok(&o)), nitro_json(None));
-    let v: serde_json::Value = serde_json::from_str(&stdout(ok(&f.veil(&[
-        "eif",
-        "describe",
-        "custom.eif",
-        "--json",
-    ]))))
-    .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout(ok(&f.veil(&["eif", "describe", "custom.eif", "--json"])))).unwrap();
     assert_eq!(v["metadata"]["CustomMetadata"]["git"], "abc123");
     assert_eq!(v["arch"], "aarch64");
     assert_eq!(v["default_mem"], 4096u64 << 20);
@@ -763,19 +515,13 @@ fn build_options_change_metadata_and_header_but_never_the_pcrs() {
 
     let o = f.build("bare.eif", &["--no-metadata"]);
     assert_eq!(stdout(ok(&o)), nitro_json(None));
-    let v: serde_json::Value = serde_json::from_str(&stdout(ok(
-        &f.veil(&["eif", "describe", "bare.eif", "--json"])
-    )))
-    .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout(ok(&f.veil(&["eif", "describe", "bare.eif", "--json"])))).unwrap();
     assert!(v["metadata"].is_null());
     assert_eq!(v["sections"].as_array().unwrap().len(), 4);
 
     std::fs::write(f.path("broken.json"), b"{not json").unwrap();
     let o = f.build("x.eif", &["--metadata", "broken.json"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("--metadata broken.json is not valid JSON"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("--metadata broken.json is not valid JSON"), "{}", stderr(&o));
 }

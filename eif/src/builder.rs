@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use crate::error::EifError;
 use crate::format::{
-    Arch, CRC_FIELD_OFFSET, CURRENT_VERSION, Crc32, EIF_HEADER_LEN, EifHeader, FLAG_ARCH_ARM64,
-    MAX_SECTIONS, SECTION_HEADER_LEN, SectionKind, encode_section_header,
+    Arch, CRC_FIELD_OFFSET, CURRENT_VERSION, Crc32, EIF_HEADER_LEN, EifHeader, FLAG_ARCH_ARM64, MAX_SECTIONS,
+    SECTION_HEADER_LEN, SectionKind, encode_section_header,
 };
 use crate::measure::{Measurements, PcrHashers};
 use crate::signature::Signer;
@@ -77,12 +77,7 @@ pub fn rfc3339_utc(unix_secs: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}+00:00",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}+00:00", secs / 3600, (secs / 60) % 60, secs % 60)
 }
 
 /// Assembles an EIF from in-memory parts.
@@ -122,9 +117,7 @@ impl<'a> EifBuilder<'a> {
             return Err(EifError::InvalidInput("the kernel is empty".into()));
         }
         if cmdline.as_bytes().contains(&0) {
-            return Err(EifError::InvalidInput(
-                "the cmdline contains a NUL byte".into(),
-            ));
+            return Err(EifError::InvalidInput("the cmdline contains a NUL byte".into()));
         }
         if cmdline.len() as u64 > crate::reader::MAX_CMDLINE_LEN {
             return Err(EifError::InvalidInput(format!(
@@ -191,8 +184,7 @@ impl<'a> EifBuilder<'a> {
     pub fn write_to(self, mut out: impl Write) -> Result<BuildOutput, EifError> {
         if self.ramdisks.is_empty() {
             return Err(EifError::InvalidInput(
-                "no ramdisk: an EIF needs at least one (the init that starts the application)"
-                    .into(),
+                "no ramdisk: an EIF needs at least one (the init that starts the application)".into(),
             ));
         }
 
@@ -212,10 +204,8 @@ impl<'a> EifBuilder<'a> {
             None => None,
         };
 
-        let mut sections: Vec<(SectionKind, &[u8])> = vec![
-            (SectionKind::Kernel, self.kernel),
-            (SectionKind::Cmdline, self.cmdline),
-        ];
+        let mut sections: Vec<(SectionKind, &[u8])> =
+            vec![(SectionKind::Kernel, self.kernel), (SectionKind::Cmdline, self.cmdline)];
         if let Some(m) = &self.metadata {
             sections.push((SectionKind::Metadata, m));
         }
@@ -233,11 +223,7 @@ impl<'a> EifBuilder<'a> {
 
         let mut header = EifHeader {
             version: CURRENT_VERSION,
-            flags: if self.arch == Arch::Aarch64 {
-                FLAG_ARCH_ARM64
-            } else {
-                0
-            },
+            flags: if self.arch == Arch::Aarch64 { FLAG_ARCH_ARM64 } else { 0 },
             default_mem: self.default_mem,
             default_cpus: self.default_cpus,
             reserved: 0,
@@ -268,11 +254,7 @@ impl<'a> EifBuilder<'a> {
             out.write_all(data)?;
         }
         out.flush()?;
-        Ok(BuildOutput {
-            measurements,
-            size: offset,
-            crc32: header.crc32,
-        })
+        Ok(BuildOutput { measurements, size: offset, crc32: header.crc32 })
     }
 }
 
@@ -291,29 +273,15 @@ mod tests {
 
     #[test]
     fn refuses_unbootable_inputs() {
-        assert!(matches!(
-            EifBuilder::new(b"", "x"),
-            Err(EifError::InvalidInput(_))
-        ));
-        assert!(matches!(
-            EifBuilder::new(b"k", "a\0b"),
-            Err(EifError::InvalidInput(_))
-        ));
-        let err = EifBuilder::new(b"k", "c")
-            .expect("builder")
-            .write_to(Vec::new())
-            .expect_err("no ramdisk");
+        assert!(matches!(EifBuilder::new(b"", "x"), Err(EifError::InvalidInput(_))));
+        assert!(matches!(EifBuilder::new(b"k", "a\0b"), Err(EifError::InvalidInput(_))));
+        let err = EifBuilder::new(b"k", "c").expect("builder").write_to(Vec::new()).expect_err("no ramdisk");
         assert!(err.to_string().contains("no ramdisk"), "{err}");
         let rd = [1u8];
         let mut b = EifBuilder::new(b"k", "c").expect("builder");
         for _ in 0..31 {
             b = b.ramdisk(&rd);
         }
-        assert!(
-            b.write_to(Vec::new())
-                .expect_err("33 sections")
-                .to_string()
-                .contains("room for 32")
-        );
+        assert!(b.write_to(Vec::new()).expect_err("33 sections").to_string().contains("room for 32"));
     }
 }

@@ -29,10 +29,9 @@ impl<'a> Value<'a> {
     /// Looks up a text key in a map.
     pub(crate) fn get(&self, key: &str) -> Option<&Value<'a>> {
         match self {
-            Value::Map(entries) => entries
-                .iter()
-                .find(|(k, _)| matches!(k, Value::Text(t) if *t == key))
-                .map(|(_, v)| v),
+            Value::Map(entries) => {
+                entries.iter().find(|(k, _)| matches!(k, Value::Text(t) if *t == key)).map(|(_, v)| v)
+            }
             _ => None,
         }
     }
@@ -45,9 +44,7 @@ impl<'a> Value<'a> {
             Value::Array(items) => items
                 .iter()
                 .map(|v| match v {
-                    Value::Uint(n) => {
-                        u8::try_from(*n).map_err(|_| format!("array element {n} is not a byte"))
-                    }
+                    Value::Uint(n) => u8::try_from(*n).map_err(|_| format!("array element {n} is not a byte")),
                     other => Err(format!("array element {} is not a byte", other.kind())),
                 })
                 .collect(),
@@ -75,11 +72,7 @@ pub(crate) fn decode(input: &[u8]) -> Result<Value<'_>, String> {
     let mut d = Decoder { input, pos: 0 };
     let v = d.item(0)?;
     if d.pos != input.len() {
-        return Err(format!(
-            "{} bytes of trailing data after the CBOR item at offset {}",
-            input.len() - d.pos,
-            d.pos
-        ));
+        return Err(format!("{} bytes of trailing data after the CBOR item at offset {}", input.len() - d.pos, d.pos));
     }
     Ok(v)
 }
@@ -95,25 +88,15 @@ impl<'a> Decoder<'a> {
     }
 
     fn byte(&mut self) -> Result<u8, String> {
-        let b = *self
-            .input
-            .get(self.pos)
-            .ok_or_else(|| format!("CBOR ends early at offset {}", self.pos))?;
+        let b = *self.input.get(self.pos).ok_or_else(|| format!("CBOR ends early at offset {}", self.pos))?;
         self.pos += 1;
         Ok(b)
     }
 
     fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
-        let n_usize = usize::try_from(n)
-            .ok()
-            .filter(|n| *n <= self.remaining())
-            .ok_or_else(|| {
-                format!(
-                    "CBOR item at offset {} declares {n} bytes but only {} remain",
-                    self.pos,
-                    self.remaining()
-                )
-            })?;
+        let n_usize = usize::try_from(n).ok().filter(|n| *n <= self.remaining()).ok_or_else(|| {
+            format!("CBOR item at offset {} declares {n} bytes but only {} remain", self.pos, self.remaining())
+        })?;
         let out = &self.input[self.pos..self.pos + n_usize];
         self.pos += n_usize;
         Ok(out)
@@ -127,16 +110,10 @@ impl<'a> Decoder<'a> {
             26 => u64::from(u32::from_be_bytes(self.fixed()?)),
             27 => u64::from_be_bytes(self.fixed()?),
             31 => {
-                return Err(format!(
-                    "indefinite-length CBOR at offset {} is not accepted",
-                    self.pos
-                ));
+                return Err(format!("indefinite-length CBOR at offset {} is not accepted", self.pos));
             }
             _ => {
-                return Err(format!(
-                    "reserved CBOR additional info {info} at offset {}",
-                    self.pos
-                ));
+                return Err(format!("reserved CBOR additional info {info} at offset {}", self.pos));
             }
         })
     }
@@ -151,16 +128,13 @@ impl<'a> Decoder<'a> {
     /// Checks a declared element count against the remaining input (each element needs at least
     /// `min_bytes` bytes) before any allocation sized by it.
     fn count(&self, n: u64, min_bytes: usize) -> Result<usize, String> {
-        usize::try_from(n)
-            .ok()
-            .filter(|n| n.saturating_mul(min_bytes) <= self.remaining())
-            .ok_or_else(|| {
-                format!(
-                    "CBOR container at offset {} declares {n} elements but only {} bytes remain",
-                    self.pos,
-                    self.remaining()
-                )
-            })
+        usize::try_from(n).ok().filter(|n| n.saturating_mul(min_bytes) <= self.remaining()).ok_or_else(|| {
+            format!(
+                "CBOR container at offset {} declares {n} elements but only {} bytes remain",
+                self.pos,
+                self.remaining()
+            )
+        })
     }
 
     fn item(&mut self, depth: usize) -> Result<Value<'a>, String> {
@@ -175,9 +149,7 @@ impl<'a> Decoder<'a> {
             return match info {
                 0..=23 => Ok(Value::Simple(info)),
                 24 => Ok(Value::Simple(self.byte()?)),
-                _ => Err(format!(
-                    "CBOR floats and breaks are not accepted (offset {start})"
-                )),
+                _ => Err(format!("CBOR floats and breaks are not accepted (offset {start})")),
             };
         }
         let arg = self.argument(info)?;
@@ -280,22 +252,11 @@ mod tests {
         enc::text(&mut out, "signature");
         enc::bytes(&mut out, &[9; 300]);
         let v = decode(&out).expect("decodes");
-        let Value::Array(items) = v else {
-            panic!("not an array")
-        };
-        assert_eq!(
-            items[0].get("signing_certificate").map(|v| v.as_byte_vec()),
-            Some(Ok(vec![0, 23, 24, 255]))
-        );
-        assert_eq!(
-            items[0].get("signature").map(|v| v.as_byte_vec()),
-            Some(Ok(vec![9; 300]))
-        );
+        let Value::Array(items) = v else { panic!("not an array") };
+        assert_eq!(items[0].get("signing_certificate").map(|v| v.as_byte_vec()), Some(Ok(vec![0, 23, 24, 255])));
+        assert_eq!(items[0].get("signature").map(|v| v.as_byte_vec()), Some(Ok(vec![9; 300])));
         // serde_cbor's encoding of [0, 23, 24, 255]: array(4), 0x00, 0x17, 0x18 0x18, 0x18 0xff.
-        assert!(
-            out.windows(7)
-                .any(|w| w == [0x84, 0x00, 0x17, 0x18, 0x18, 0x18, 0xff])
-        );
+        assert!(out.windows(7).any(|w| w == [0x84, 0x00, 0x17, 0x18, 0x18, 0x18, 0xff]));
     }
 
     #[test]
@@ -313,23 +274,11 @@ mod tests {
 
     #[test]
     fn refuses_indefinite_lengths_deep_nesting_and_trailing_bytes() {
-        assert!(
-            decode(&[0x9f, 0xff])
-                .expect_err("indefinite")
-                .contains("indefinite")
-        );
+        assert!(decode(&[0x9f, 0xff]).expect_err("indefinite").contains("indefinite"));
         let deep = vec![0x81u8; 100];
         assert!(decode(&deep).expect_err("deep").contains("nested"));
-        assert!(
-            decode(&[0x01, 0x02])
-                .expect_err("trailing")
-                .contains("trailing")
-        );
-        assert!(
-            decode(&[0x62, 0xff, 0xfe])
-                .expect_err("utf8")
-                .contains("UTF-8")
-        );
+        assert!(decode(&[0x01, 0x02]).expect_err("trailing").contains("trailing"));
+        assert!(decode(&[0x62, 0xff, 0xfe]).expect_err("utf8").contains("UTF-8"));
     }
 
     #[test]

@@ -16,9 +16,7 @@ pub enum EifError {
     Io(#[from] std::io::Error),
 
     /// The first four bytes are not `.eif`.
-    #[error(
-        "not an EIF: the file starts with {found}, expected the magic bytes 2e656966 (\".eif\")"
-    )]
+    #[error("not an EIF: the file starts with {found}, expected the magic bytes 2e656966 (\".eif\")")]
     BadMagic {
         /// Hex of the bytes found (fewer than four when the file is that short).
         found: String,

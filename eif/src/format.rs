@@ -163,10 +163,7 @@ impl EifHeader {
     /// Encodes the header, magic included.
     pub(crate) fn encode(&self) -> [u8; EIF_HEADER_LEN] {
         let mut out = [0u8; EIF_HEADER_LEN];
-        let mut w = BeWriter {
-            buf: &mut out,
-            pos: 0,
-        };
+        let mut w = BeWriter { buf: &mut out, pos: 0 };
         w.bytes(&EIF_MAGIC);
         w.bytes(&self.version.to_be_bytes());
         w.bytes(&self.flags.to_be_bytes());
@@ -187,11 +184,7 @@ impl EifHeader {
 
     /// The CPU architecture the flags declare.
     pub fn arch(&self) -> Arch {
-        if self.flags & FLAG_ARCH_ARM64 != 0 {
-            Arch::Aarch64
-        } else {
-            Arch::X86_64
-        }
+        if self.flags & FLAG_ARCH_ARM64 != 0 { Arch::Aarch64 } else { Arch::X86_64 }
     }
 }
 
@@ -283,11 +276,7 @@ const CRC_TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
             k += 1;
         }
         table[i] = c;
@@ -351,10 +340,7 @@ mod tests {
     #[test]
     fn section_kinds_round_trip_and_reject_zero_and_six() {
         for code in 1..=5 {
-            assert_eq!(
-                SectionKind::from_code(code).map(SectionKind::code),
-                Some(code)
-            );
+            assert_eq!(SectionKind::from_code(code).map(SectionKind::code), Some(code));
         }
         assert_eq!(SectionKind::from_code(0), None);
         assert_eq!(SectionKind::from_code(6), None);

@@ -54,8 +54,7 @@ pub use error::EifError;
 pub use format::{Arch, SectionKind};
 pub use measure::{Measurements, NITRO_HASH_ALGORITHM, Pcr};
 pub use reader::{
-    EifInfo, MAX_CMDLINE_LEN, MAX_METADATA_LEN, MAX_SIGNATURE_LEN, SectionInfo, measure_eif,
-    read_eif, read_eif_bytes,
+    EifInfo, MAX_CMDLINE_LEN, MAX_METADATA_LEN, MAX_SIGNATURE_LEN, SectionInfo, measure_eif, read_eif, read_eif_bytes,
 };
 pub use signature::{SignatureCheck, SignatureInfo, Signer};
 pub use sizing::{Sizing, recommend_memory};

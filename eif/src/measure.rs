@@ -208,21 +208,13 @@ mod tests {
         h.ramdisk_data(b"init");
         let m = h.finish(None);
         assert_eq!(m.pcr2, Pcr::of_blob(b""));
-        assert_eq!(
-            m.pcr1, m.pcr0,
-            "one ramdisk: PCR0 and PCR1 cover the same bytes"
-        );
+        assert_eq!(m.pcr1, m.pcr0, "one ramdisk: PCR0 and PCR1 cover the same bytes");
         assert_eq!(m.pcr8, None);
     }
 
     #[test]
     fn nitro_json_has_nitro_clis_keys_in_order() {
-        let m = Measurements {
-            pcr0: Pcr([1; 48]),
-            pcr1: Pcr([2; 48]),
-            pcr2: Pcr([3; 48]),
-            pcr8: Some(Pcr([8; 48])),
-        };
+        let m = Measurements { pcr0: Pcr([1; 48]), pcr1: Pcr([2; 48]), pcr2: Pcr([3; 48]), pcr8: Some(Pcr([8; 48])) };
         let s = m.to_nitro_json_pretty();
         let expected = format!(
             "{{\n  \"Measurements\": {{\n    \"HashAlgorithm\": \"Sha384 {{ ... }}\",\n    \"PCR0\": \"{}\",\n    \"PCR1\": \"{}\",\n    \"PCR2\": \"{}\",\n    \"PCR8\": \"{}\"\n  }}\n}}",

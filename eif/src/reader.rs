@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use crate::error::EifError;
 use crate::format::{
-    Arch, CRC_FIELD_OFFSET, Crc32, EIF_HEADER_LEN, EIF_MAGIC, EifHeader, MAX_SECTIONS,
-    SECTION_HEADER_LEN, SectionKind, decode_section_header,
+    Arch, CRC_FIELD_OFFSET, Crc32, EIF_HEADER_LEN, EIF_MAGIC, EifHeader, MAX_SECTIONS, SECTION_HEADER_LEN, SectionKind,
+    decode_section_header,
 };
 use crate::measure::{Measurements, PcrHashers};
 use crate::signature::{self, SignatureInfo};
@@ -110,12 +110,7 @@ impl<R: Read> Input<R> {
         let offset = self.pos;
         let got = self.fill(buf)?;
         if got < buf.len() {
-            return Err(EifError::Truncated {
-                what: what(),
-                offset,
-                needed: buf.len() as u64,
-                available: got as u64,
-            });
+            return Err(EifError::Truncated { what: what(), offset, needed: buf.len() as u64, available: got as u64 });
         }
         self.crc.update(buf);
         Ok(())
@@ -136,18 +131,12 @@ struct Seen {
 /// magic, unknown version, truncation, a section table that disagrees with the sections, sections
 /// out of order, a CRC mismatch, trailing bytes, or an undecodable metadata or signature section.
 pub fn read_eif(reader: impl Read) -> Result<EifInfo, EifError> {
-    let mut input = Input {
-        inner: reader,
-        pos: 0,
-        crc: Crc32::new(),
-    };
+    let mut input = Input { inner: reader, pos: 0, crc: Crc32::new() };
 
     let mut hbuf = [0u8; EIF_HEADER_LEN];
     let got = input.fill(&mut hbuf)?;
     if got < 4 || hbuf[..4] != EIF_MAGIC {
-        return Err(EifError::BadMagic {
-            found: hex::encode(&hbuf[..got.min(4)]),
-        });
+        return Err(EifError::BadMagic { found: hex::encode(&hbuf[..got.min(4)]) });
     }
     if got < EIF_HEADER_LEN {
         return Err(EifError::Truncated {
@@ -166,13 +155,8 @@ pub fn read_eif(reader: impl Read) -> Result<EifInfo, EifError> {
     if n > MAX_SECTIONS {
         return Err(EifError::TooManySections(header.num_sections));
     }
-    if let Some(index) =
-        (n..MAX_SECTIONS).find(|&i| header.section_offsets[i] != 0 || header.section_sizes[i] != 0)
-    {
-        return Err(EifError::StraySectionTableEntry {
-            index,
-            num_sections: header.num_sections,
-        });
+    if let Some(index) = (n..MAX_SECTIONS).find(|&i| header.section_offsets[i] != 0 || header.section_sizes[i] != 0) {
+        return Err(EifError::StraySectionTableEntry { index, num_sections: header.num_sections });
     }
 
     let mut hashers = PcrHashers::new();
@@ -188,11 +172,7 @@ pub fn read_eif(reader: impl Read) -> Result<EifInfo, EifError> {
         let mut sbuf = [0u8; SECTION_HEADER_LEN];
         input.exact(&mut sbuf, || format!("section {index} header"))?;
         let (code, flags, size) = decode_section_header(&sbuf);
-        let kind = SectionKind::from_code(code).ok_or(EifError::UnknownSectionType {
-            index,
-            offset,
-            raw: code,
-        })?;
+        let kind = SectionKind::from_code(code).ok_or(EifError::UnknownSectionType { index, offset, raw: code })?;
         check_order(index, offset, kind, &mut seen)?;
         if header.section_offsets[index] != offset || header.section_sizes[index] != size {
             return Err(EifError::SectionTableMismatch {
@@ -216,13 +196,7 @@ pub fn read_eif(reader: impl Read) -> Result<EifInfo, EifError> {
             SectionKind::Kernel | SectionKind::Ramdisk => None,
         };
         if let Some(limit) = limit.filter(|l| size > *l) {
-            return Err(EifError::SectionTooLarge {
-                index,
-                kind,
-                offset,
-                size,
-                limit,
-            });
+            return Err(EifError::SectionTooLarge { index, kind, offset, size, limit });
         }
         if kind == SectionKind::Ramdisk {
             hashers.start_ramdisk();
@@ -237,19 +211,12 @@ pub fn read_eif(reader: impl Read) -> Result<EifInfo, EifError> {
         while left > 0 {
             let want = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
             let buf = &mut chunk[..want];
-            input
-                .exact(buf, || format!("section {index} ({kind}) data"))
-                .map_err(|e| match e {
-                    EifError::Truncated {
-                        what, available, ..
-                    } => EifError::Truncated {
-                        what,
-                        offset: data_offset,
-                        needed: size,
-                        available: size - left + available,
-                    },
-                    other => other,
-                })?;
+            input.exact(buf, || format!("section {index} ({kind}) data")).map_err(|e| match e {
+                EifError::Truncated { what, available, .. } => {
+                    EifError::Truncated { what, offset: data_offset, needed: size, available: size - left + available }
+                }
+                other => other,
+            })?;
             own.update(buf);
             match kind {
                 SectionKind::Kernel | SectionKind::Cmdline => hashers.boot_data(buf),
@@ -265,12 +232,11 @@ pub fn read_eif(reader: impl Read) -> Result<EifInfo, EifError> {
         match kind {
             SectionKind::Cmdline => cmdline = kept,
             SectionKind::Metadata => {
-                let v: serde_json::Value =
-                    serde_json::from_slice(&kept).map_err(|e| EifError::BadMetadata {
-                        index,
-                        offset,
-                        reason: e.to_string(),
-                    })?;
+                let v: serde_json::Value = serde_json::from_slice(&kept).map_err(|e| EifError::BadMetadata {
+                    index,
+                    offset,
+                    reason: e.to_string(),
+                })?;
                 if !v.is_object() {
                     return Err(EifError::BadMetadata {
                         index,
@@ -283,24 +249,14 @@ pub fn read_eif(reader: impl Read) -> Result<EifInfo, EifError> {
             SectionKind::Signature => signature_section = Some((index, offset, kept)),
             SectionKind::Kernel | SectionKind::Ramdisk => {}
         }
-        sections.push(SectionInfo {
-            index,
-            kind,
-            offset,
-            size,
-            flags,
-            sha384: hex::encode(own.finish()),
-        });
+        sections.push(SectionInfo { index, kind, offset, size, flags, sha384: hex::encode(own.finish()) });
     }
 
     // Nothing may follow the last section.
     let end = input.pos;
     let mut probe = [0u8; 1];
     if input.fill(&mut probe)? != 0 {
-        return Err(EifError::TrailingData {
-            offset: end,
-            num_sections: header.num_sections,
-        });
+        return Err(EifError::TrailingData { offset: end, num_sections: header.num_sections });
     }
     if sections.is_empty() || sections[0].kind != SectionKind::Kernel {
         return Err(EifError::MissingSection("kernel"));
@@ -314,22 +270,14 @@ pub fn read_eif(reader: impl Read) -> Result<EifInfo, EifError> {
     // Version 1 images predate the CRC.
     let computed = input.crc.finish();
     if header.version >= 2 && computed != header.crc32 {
-        return Err(EifError::CrcMismatch {
-            stored: header.crc32,
-            computed,
-        });
+        return Err(EifError::CrcMismatch { stored: header.crc32, computed });
     }
 
     let mut measurements = hashers.finish(None);
     let signature = match signature_section {
         Some((index, offset, bytes)) => {
-            let info = signature::parse_section(&bytes, &measurements.pcr0).map_err(|reason| {
-                EifError::BadSignatureSection {
-                    index,
-                    offset,
-                    reason,
-                }
-            })?;
+            let info = signature::parse_section(&bytes, &measurements.pcr0)
+                .map_err(|reason| EifError::BadSignatureSection { index, offset, reason })?;
             measurements.pcr8 = Some(info.pcr8);
             Some(info)
         }
@@ -354,27 +302,15 @@ pub fn read_eif(reader: impl Read) -> Result<EifInfo, EifError> {
 
 /// Enforces the layout nitro-cli writes: kernel, cmdline, then ramdisks (at least one) with at
 /// most one metadata section and at most one signature section among or after them.
-fn check_order(
-    index: usize,
-    offset: u64,
-    kind: SectionKind,
-    seen: &mut Seen,
-) -> Result<(), EifError> {
-    let unexpected = |expected| {
-        Err(EifError::UnexpectedSection {
-            index,
-            offset,
-            found: kind,
-            expected,
-        })
-    };
+fn check_order(index: usize, offset: u64, kind: SectionKind, seen: &mut Seen) -> Result<(), EifError> {
+    let unexpected = |expected| Err(EifError::UnexpectedSection { index, offset, found: kind, expected });
     match (index, kind) {
         (0, SectionKind::Kernel) | (1, SectionKind::Cmdline) => Ok(()),
         (0, _) => unexpected("the kernel (section 0 is always the kernel)"),
         (1, _) => unexpected("the cmdline (section 1 is always the cmdline)"),
-        (_, SectionKind::Kernel | SectionKind::Cmdline) => unexpected(
-            "a ramdisk, metadata or signature section (only one kernel and one cmdline are allowed)",
-        ),
+        (_, SectionKind::Kernel | SectionKind::Cmdline) => {
+            unexpected("a ramdisk, metadata or signature section (only one kernel and one cmdline are allowed)")
+        }
         (_, SectionKind::Ramdisk) if seen.signature => {
             unexpected("no more sections after the signature (it covers the ramdisks before it)")
         }
@@ -382,9 +318,7 @@ fn check_order(
             seen.ramdisks += 1;
             Ok(())
         }
-        (_, SectionKind::Metadata) if seen.metadata => {
-            unexpected("a ramdisk or signature (only one metadata section)")
-        }
+        (_, SectionKind::Metadata) if seen.metadata => unexpected("a ramdisk or signature (only one metadata section)"),
         (_, SectionKind::Metadata) => {
             seen.metadata = true;
             Ok(())

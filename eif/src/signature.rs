@@ -82,14 +82,9 @@ pub enum SignatureCheck {
 pub(crate) fn parse_section(section: &[u8], pcr0: &Pcr) -> Result<SignatureInfo, String> {
     let top = cbor::decode(section)?;
     let Value::Array(entries) = &top else {
-        return Err(format!(
-            "expected a CBOR array of PCR signatures, found {}",
-            top.kind()
-        ));
+        return Err(format!("expected a CBOR array of PCR signatures, found {}", top.kind()));
     };
-    let first = entries
-        .first()
-        .ok_or_else(|| "the list of PCR signatures is empty".to_string())?;
+    let first = entries.first().ok_or_else(|| "the list of PCR signatures is empty".to_string())?;
     let cert_pem = first
         .get("signing_certificate")
         .ok_or_else(|| "the first PCR signature has no \"signing_certificate\" field".to_string())?
@@ -102,8 +97,8 @@ pub(crate) fn parse_section(section: &[u8], pcr0: &Pcr) -> Result<SignatureInfo,
         .map_err(|e| format!("\"signature\": {e}"))?;
 
     let der = certificate_der_from_pem(&cert_pem)?;
-    let (_, cert) = X509Certificate::from_der(&der)
-        .map_err(|e| format!("the signing certificate is not valid X.509 DER: {e}"))?;
+    let (_, cert) =
+        X509Certificate::from_der(&der).map_err(|e| format!("the signing certificate is not valid X.509 DER: {e}"))?;
     let check = verify_cose(&cose, &cert, pcr0);
     let validity = cert.validity();
     Ok(SignatureInfo {
@@ -130,30 +125,22 @@ fn pem_block(pem: &[u8], labels: &[&str]) -> Result<(String, Vec<u8>), String> {
         let end = format!("-----END {label}-----");
         if let Some(start) = text.find(&begin) {
             let body_start = start + begin.len();
-            let body_len = text[body_start..]
-                .find(&end)
-                .ok_or_else(|| format!("PEM block \"{label}\" has no END line"))?;
-            let body: String = text[body_start..body_start + body_len]
-                .chars()
-                .filter(|c| !c.is_ascii_whitespace())
-                .collect();
+            let body_len =
+                text[body_start..].find(&end).ok_or_else(|| format!("PEM block \"{label}\" has no END line"))?;
+            let body: String =
+                text[body_start..body_start + body_len].chars().filter(|c| !c.is_ascii_whitespace()).collect();
             let der = base64::engine::general_purpose::STANDARD
                 .decode(body.as_bytes())
                 .map_err(|e| format!("PEM block \"{label}\" is not valid base64: {e}"))?;
             return Ok(((*label).to_string(), der));
         }
     }
-    Err(format!(
-        "no PEM block labelled {} found",
-        labels.join(" or ")
-    ))
+    Err(format!("no PEM block labelled {} found", labels.join(" or ")))
 }
 
 /// The DER of the first `CERTIFICATE` PEM block.
 pub(crate) fn certificate_der_from_pem(pem: &[u8]) -> Result<Vec<u8>, String> {
-    pem_block(pem, &["CERTIFICATE"])
-        .map(|(_, der)| der)
-        .map_err(|e| format!("signing certificate: {e}"))
+    pem_block(pem, &["CERTIFICATE"]).map(|(_, der)| der).map_err(|e| format!("signing certificate: {e}"))
 }
 
 fn der_to_pem(label: &str, der: &[u8]) -> String {
@@ -198,28 +185,13 @@ fn verify_cose(cose: &[u8], cert: &X509Certificate<'_>, pcr0: &Pcr) -> Signature
         v => v,
     };
     let Value::Array(parts) = inner else {
-        return invalid(format!(
-            "COSE_Sign1 must be an array, found {}",
-            inner.kind()
-        ));
+        return invalid(format!("COSE_Sign1 must be an array, found {}", inner.kind()));
     };
-    let [
-        Value::Bytes(protected),
-        _unprotected,
-        Value::Bytes(payload),
-        Value::Bytes(sig),
-    ] = parts.as_slice()
-    else {
-        return invalid(
-            "COSE_Sign1 must be [protected bstr, unprotected map, payload bstr, signature bstr]"
-                .into(),
-        );
+    let [Value::Bytes(protected), _unprotected, Value::Bytes(payload), Value::Bytes(sig)] = parts.as_slice() else {
+        return invalid("COSE_Sign1 must be [protected bstr, unprotected map, payload bstr, signature bstr]".into());
     };
     let alg = match cbor::decode(protected).ok().as_ref().and_then(|h| match h {
-        Value::Map(entries) => entries
-            .iter()
-            .find(|(k, _)| cbor_int(k) == Some(1))
-            .and_then(|(_, v)| cbor_int(v)),
+        Value::Map(entries) => entries.iter().find(|(k, _)| cbor_int(k) == Some(1)).and_then(|(_, v)| cbor_int(v)),
         _ => None,
     }) {
         Some(a) => a,
@@ -229,19 +201,14 @@ fn verify_cose(cose: &[u8], cert: &X509Certificate<'_>, pcr0: &Pcr) -> Signature
         COSE_ES384 => &rsig::ECDSA_P384_SHA384_FIXED,
         COSE_ES256 => &rsig::ECDSA_P256_SHA256_FIXED,
         COSE_ES512 => {
-            return SignatureCheck::Unsupported(
-                "ES512 (P-521) signatures cannot be checked by this tool".into(),
-            );
+            return SignatureCheck::Unsupported("ES512 (P-521) signatures cannot be checked by this tool".into());
         }
         other => return invalid(format!("unexpected COSE algorithm {other}")),
     };
     let spki = cert.public_key();
     let key = rsig::UnparsedPublicKey::new(verify_alg, spki.subject_public_key.data.as_ref());
     if key.verify(&sig_structure(protected, payload), sig).is_err() {
-        return invalid(
-            "the COSE_Sign1 signature does not verify with the signing certificate's public key"
-                .into(),
-        );
+        return invalid("the COSE_Sign1 signature does not verify with the signing certificate's public key".into());
     }
     // The signature is genuine; now check it signs *this* image's PCR0.
     let payload = match cbor::decode(payload) {
@@ -252,11 +219,9 @@ fn verify_cose(cose: &[u8], cert: &X509Certificate<'_>, pcr0: &Pcr) -> Signature
     let value = payload.get("register_value").map(Value::as_byte_vec);
     match (index, value) {
         (Some(0), Some(Ok(v))) if v == pcr0.0 => SignatureCheck::Valid,
-        (Some(0), Some(Ok(v))) => invalid(format!(
-            "the signature is for PCR0 {} but this image's PCR0 is {}",
-            hex::encode(v),
-            pcr0.to_hex()
-        )),
+        (Some(0), Some(Ok(v))) => {
+            invalid(format!("the signature is for PCR0 {} but this image's PCR0 is {}", hex::encode(v), pcr0.to_hex()))
+        }
         (Some(i), _) => invalid(format!("the signature is for PCR{i}, expected PCR0")),
         _ => invalid("the signed payload is not {register_index, register_value}".into()),
     }
@@ -277,9 +242,7 @@ pub struct Signer {
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        f.debug_struct("Signer")
-            .field("pcr8", &Pcr::of_blob(&self.cert_der))
-            .finish_non_exhaustive()
+        f.debug_struct("Signer").field("pcr8", &Pcr::of_blob(&self.cert_der)).finish_non_exhaustive()
     }
 }
 
@@ -317,13 +280,9 @@ impl Signer {
     /// (PEM), and checks that they belong together.
     pub fn from_pem(key_pem: &[u8], cert_pem: &[u8]) -> Result<Self, crate::EifError> {
         let err = crate::EifError::Signing;
-        let (label, key_der) = pem_block(key_pem, &["EC PRIVATE KEY", "PRIVATE KEY"])
-            .map_err(|e| err(format!("private key: {e}")))?;
-        let pkcs8 = if label == "EC PRIVATE KEY" {
-            sec1_to_pkcs8(&key_der)
-        } else {
-            key_der
-        };
+        let (label, key_der) =
+            pem_block(key_pem, &["EC PRIVATE KEY", "PRIVATE KEY"]).map_err(|e| err(format!("private key: {e}")))?;
+        let pkcs8 = if label == "EC PRIVATE KEY" { sec1_to_pkcs8(&key_der) } else { key_der };
         let rng = ring::rand::SystemRandom::new();
         let key = rsig::EcdsaKeyPair::from_pkcs8(&rsig::ECDSA_P384_SHA384_FIXED_SIGNING, &pkcs8, &rng).map_err(
             |e| {
@@ -342,11 +301,7 @@ impl Signer {
         }
         // Store the certificate as canonical PEM of exactly the DER we measure.
         let cert_pem = der_to_pem("CERTIFICATE", &cert_der).into_bytes();
-        Ok(Self {
-            key,
-            cert_pem,
-            cert_der,
-        })
+        Ok(Self { key, cert_pem, cert_der })
     }
 
     /// PCR8 for images signed with this certificate.
@@ -409,8 +364,8 @@ mod tests {
         assert_eq!(
             &p8[..28],
             &[
-                0x30, 0x81, 0xb6, 0x02, 0x01, 0x00, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce,
-                0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22, 0x04, 0x81, 0x9e, 0x30
+                0x30, 0x81, 0xb6, 0x02, 0x01, 0x00, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+                0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22, 0x04, 0x81, 0x9e, 0x30
             ]
         );
     }
@@ -419,10 +374,8 @@ mod tests {
     fn pem_errors_name_what_is_missing() {
         let e = certificate_der_from_pem(b"hello").expect_err("no block");
         assert!(e.contains("CERTIFICATE"), "{e}");
-        let e = certificate_der_from_pem(
-            b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----",
-        )
-        .expect_err("bad base64");
+        let e = certificate_der_from_pem(b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----")
+            .expect_err("bad base64");
         assert!(e.contains("base64"), "{e}");
     }
 }

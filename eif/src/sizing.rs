@@ -56,9 +56,7 @@ fn mib_ceil(bytes: u64) -> u64 {
 /// overflowing on absurd inputs.
 pub fn recommend_memory(eif_bytes: u64, model_bytes: &[u64], cpus: u64, sessions: u64) -> Sizing {
     let eif_mib = mib_ceil(eif_bytes);
-    let models_mib = model_bytes
-        .iter()
-        .fold(0u64, |acc, b| acc.saturating_add(mib_ceil(*b)));
+    let models_mib = model_bytes.iter().fold(0u64, |acc, b| acc.saturating_add(mib_ceil(*b)));
     let floor = eif_mib.saturating_mul(NITRO_CLI_EIF_FACTOR);
     let estimate = eif_mib
         .saturating_mul(2)
@@ -66,15 +64,7 @@ pub fn recommend_memory(eif_bytes: u64, model_bytes: &[u64], cpus: u64, sessions
         .saturating_add(BASE_OVERHEAD_MIB);
     let wanted = floor.max(estimate);
     let memory_mib = wanted.div_ceil(ROUND_MIB).saturating_mul(ROUND_MIB);
-    Sizing {
-        memory_mib,
-        nitro_cli_minimum_mib: floor,
-        eif_mib,
-        models_mib,
-        sessions,
-        cpus,
-        estimate_mib: estimate,
-    }
+    Sizing { memory_mib, nitro_cli_minimum_mib: floor, eif_mib, models_mib, sessions, cpus, estimate_mib: estimate }
 }
 
 #[cfg(test)]

@@ -5,8 +5,7 @@
 
 use ring::digest::{SHA384, digest};
 use veil_eif::{
-    BuildInfo, EifBuilder, EifError, EifIdentity, SectionKind, SignatureCheck, Signer, read_eif,
-    read_eif_bytes,
+    BuildInfo, EifBuilder, EifError, EifIdentity, SectionKind, SignatureCheck, Signer, read_eif, read_eif_bytes,
 };
 
 // ---------------------------------------------------------------- independent reference code
@@ -80,9 +79,7 @@ fn fix_crc(eif: &mut [u8]) {
 const KERNEL: &[u8] = b"synthetic bzImage \x00\x01\x02 kernel bytes";
 const CMDLINE: &str = "reboot=k panic=30 pci=off nomodules console=ttyS0 random.trust_cpu=on";
 fn ramdisk(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
 fn identity() -> EifIdentity {
@@ -109,33 +106,17 @@ fn pcrs_of_a_hand_written_eif_match_the_independent_formula() {
     let rd1 = ramdisk(2, 777);
     let rd2 = ramdisk(3, 5);
     let meta = br#"{"ImageName":"x"}"#;
-    let eif = ref_eif(&[
-        (1, KERNEL),
-        (2, CMDLINE.as_bytes()),
-        (5, meta),
-        (3, &rd0),
-        (3, &rd1),
-        (3, &rd2),
-    ]);
+    let eif = ref_eif(&[(1, KERNEL), (2, CMDLINE.as_bytes()), (5, meta), (3, &rd0), (3, &rd1), (3, &rd2)]);
 
     let info = read_eif_bytes(&eif).unwrap();
     let m = info.measurements;
     let cat = |parts: &[&[u8]]| parts.concat();
-    assert_eq!(
-        m.pcr0.to_hex(),
-        ref_pcr(&cat(&[KERNEL, CMDLINE.as_bytes(), &rd0, &rd1, &rd2]))
-    );
-    assert_eq!(
-        m.pcr1.to_hex(),
-        ref_pcr(&cat(&[KERNEL, CMDLINE.as_bytes(), &rd0]))
-    );
+    assert_eq!(m.pcr0.to_hex(), ref_pcr(&cat(&[KERNEL, CMDLINE.as_bytes(), &rd0, &rd1, &rd2])));
+    assert_eq!(m.pcr1.to_hex(), ref_pcr(&cat(&[KERNEL, CMDLINE.as_bytes(), &rd0])));
     assert_eq!(m.pcr2.to_hex(), ref_pcr(&cat(&[&rd1, &rd2])));
     assert_eq!(m.pcr8, None);
     // The metadata is not measured: PCR0 is not the hash with it included.
-    assert_ne!(
-        m.pcr0.to_hex(),
-        ref_pcr(&cat(&[KERNEL, CMDLINE.as_bytes(), meta, &rd0, &rd1, &rd2]))
-    );
+    assert_ne!(m.pcr0.to_hex(), ref_pcr(&cat(&[KERNEL, CMDLINE.as_bytes(), meta, &rd0, &rd1, &rd2])));
     // And one hash over the concatenation, not one extend per section.
     let mut chained = [0u8; 48].to_vec();
     for part in [KERNEL, CMDLINE.as_bytes(), &rd0[..], &rd1[..], &rd2[..]] {
@@ -150,10 +131,7 @@ fn pcrs_of_a_hand_written_eif_match_the_independent_formula() {
     assert_eq!(info.total_size, eif.len() as u64);
     let kinds: Vec<_> = info.sections.iter().map(|s| s.kind).collect();
     use SectionKind::*;
-    assert_eq!(
-        kinds,
-        [Kernel, Cmdline, Metadata, Ramdisk, Ramdisk, Ramdisk]
-    );
+    assert_eq!(kinds, [Kernel, Cmdline, Metadata, Ramdisk, Ramdisk, Ramdisk]);
     assert_eq!(
         info.sections[3].offset,
         548 + 12 + KERNEL.len() as u64 + 12 + CMDLINE.len() as u64 + 12 + meta.len() as u64
@@ -175,10 +153,7 @@ fn single_ramdisk_gives_pcr2_of_nothing_and_pcr1_equal_to_pcr0() {
 fn pcr0_to_2_do_not_depend_on_metadata_or_header_defaults() {
     let rd0 = ramdisk(1, 100);
     let rd1 = ramdisk(2, 100);
-    let a = EifBuilder::new(KERNEL, CMDLINE)
-        .unwrap()
-        .ramdisk(&rd0)
-        .ramdisk(&rd1);
+    let a = EifBuilder::new(KERNEL, CMDLINE).unwrap().ramdisk(&rd0).ramdisk(&rd1);
     let b = EifBuilder::new(KERNEL, CMDLINE)
         .unwrap()
         .ramdisk(&rd0)
@@ -210,26 +185,11 @@ fn builder_writes_exactly_the_reference_layout() {
         .unwrap()
         .write_to(&mut built)
         .unwrap();
-    let reference = ref_eif(&[
-        (1, KERNEL),
-        (2, CMDLINE.as_bytes()),
-        (5, &meta),
-        (3, &rd0),
-        (3, &rd1),
-    ]);
-    assert_eq!(
-        built, reference,
-        "builder output differs from the hand-written EIF"
-    );
+    let reference = ref_eif(&[(1, KERNEL), (2, CMDLINE.as_bytes()), (5, &meta), (3, &rd0), (3, &rd1)]);
+    assert_eq!(built, reference, "builder output differs from the hand-written EIF");
     assert_eq!(out.size, built.len() as u64);
-    assert_eq!(
-        out.crc32,
-        u32::from_be_bytes(built[544..548].try_into().unwrap())
-    );
-    assert_eq!(
-        out.measurements,
-        read_eif_bytes(&built).unwrap().measurements
-    );
+    assert_eq!(out.crc32, u32::from_be_bytes(built[544..548].try_into().unwrap()));
+    assert_eq!(out.measurements, read_eif_bytes(&built).unwrap().measurements);
     // The metadata JSON has nitro-cli's field names.
     let text = String::from_utf8(meta).unwrap();
     for key in [
@@ -249,13 +209,7 @@ fn builds_are_byte_for_byte_reproducible() {
     let rd = ramdisk(5, 4096);
     let build = || {
         let mut v = Vec::new();
-        EifBuilder::new(KERNEL, CMDLINE)
-            .unwrap()
-            .ramdisk(&rd)
-            .metadata(&identity())
-            .unwrap()
-            .write_to(&mut v)
-            .unwrap();
+        EifBuilder::new(KERNEL, CMDLINE).unwrap().ramdisk(&rd).metadata(&identity()).unwrap().write_to(&mut v).unwrap();
         v
     };
     assert_eq!(build(), build());
@@ -265,12 +219,7 @@ fn builds_are_byte_for_byte_reproducible() {
 fn aarch64_flag_is_written_and_read() {
     let rd = ramdisk(5, 10);
     let mut v = Vec::new();
-    EifBuilder::new(KERNEL, CMDLINE)
-        .unwrap()
-        .ramdisk(&rd)
-        .arch(veil_eif::Arch::Aarch64)
-        .write_to(&mut v)
-        .unwrap();
+    EifBuilder::new(KERNEL, CMDLINE).unwrap().ramdisk(&rd).arch(veil_eif::Arch::Aarch64).write_to(&mut v).unwrap();
     assert_eq!(&v[6..8], &[0, 1]);
     assert_eq!(read_eif_bytes(&v).unwrap().arch, veil_eif::Arch::Aarch64);
 }
@@ -278,12 +227,7 @@ fn aarch64_flag_is_written_and_read() {
 // ---------------------------------------------------------------- hostile and damaged input
 
 fn small_eif() -> Vec<u8> {
-    ref_eif(&[
-        (1, KERNEL),
-        (2, CMDLINE.as_bytes()),
-        (3, &ramdisk(1, 64)),
-        (3, &ramdisk(2, 64)),
-    ])
+    ref_eif(&[(1, KERNEL), (2, CMDLINE.as_bytes()), (3, &ramdisk(1, 64)), (3, &ramdisk(2, 64))])
 }
 
 #[test]
@@ -293,12 +237,7 @@ fn every_truncation_is_a_clear_error() {
         let err = read_eif_bytes(&eif[..len]).expect_err("truncated must fail");
         match err {
             EifError::BadMagic { .. } => assert!(len < 4, "len {len}: {err}"),
-            EifError::Truncated {
-                ref what,
-                offset,
-                needed,
-                available,
-            } => {
+            EifError::Truncated { ref what, offset, needed, available } => {
                 assert!(available < needed, "len {len}: {err}");
                 assert!(offset <= len as u64, "len {len}: {err}");
                 assert!(!what.is_empty());
@@ -321,18 +260,11 @@ fn truncation_message_names_the_section_and_offsets() {
 #[test]
 fn a_flipped_byte_in_any_section_is_a_crc_mismatch() {
     let eif = small_eif();
-    for pos in [
-        548 + 12 + 3,
-        eif.len() - 1,
-        548 + 2, /* a section header's flags field */
-    ] {
+    for pos in [548 + 12 + 3, eif.len() - 1, 548 + 2 /* a section header's flags field */] {
         let mut bad = eif.clone();
         bad[pos] ^= 0x40;
         let err = read_eif_bytes(&bad).unwrap_err();
-        assert!(
-            matches!(err, EifError::CrcMismatch { .. }),
-            "pos {pos}: {err}"
-        );
+        assert!(matches!(err, EifError::CrcMismatch { .. }), "pos {pos}: {err}");
         assert!(err.to_string().contains("corrupted or was modified"));
     }
 }
@@ -363,10 +295,7 @@ fn header_and_layout_violations_are_named() {
     };
     // Magic.
     let e = with(&|v| v[0] = b'x');
-    assert!(
-        matches!(e, EifError::BadMagic { ref found } if found == "78656966"),
-        "{e}"
-    );
+    assert!(matches!(e, EifError::BadMagic { ref found } if found == "78656966"), "{e}");
     // Version.
     let e = with(&|v| v[5] = 9);
     assert!(matches!(e, EifError::UnsupportedVersion(9)), "{e}");
@@ -375,69 +304,23 @@ fn header_and_layout_violations_are_named() {
     assert!(matches!(e, EifError::TooManySections(0xffff)), "{e}");
     // Fewer sections declared than present: table entry 3 is non-zero.
     let e = with(&|v| v[26..28].copy_from_slice(&3u16.to_be_bytes()));
-    assert!(
-        matches!(e, EifError::StraySectionTableEntry { index: 3, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, EifError::StraySectionTableEntry { index: 3, .. }), "{e}");
     // Table says a different offset for section 1.
     let e = with(&|v| v[28 + 8..28 + 16].copy_from_slice(&999u64.to_be_bytes()));
-    assert!(
-        matches!(
-            e,
-            EifError::SectionTableMismatch {
-                index: 1,
-                declared_offset: 999,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, EifError::SectionTableMismatch { index: 1, declared_offset: 999, .. }), "{e}");
     assert!(e.to_string().contains("section 1 (cmdline)"), "{e}");
     // Unknown section type in section 2's header.
     let s2 = 548 + 12 + KERNEL.len() + 12 + CMDLINE.len();
     let e = with(&|v| v[s2..s2 + 2].copy_from_slice(&7u16.to_be_bytes()));
-    assert!(
-        matches!(
-            e,
-            EifError::UnknownSectionType {
-                index: 2,
-                raw: 7,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, EifError::UnknownSectionType { index: 2, raw: 7, .. }), "{e}");
     let e = with(&|v| v[s2..s2 + 2].copy_from_slice(&0u16.to_be_bytes()));
-    assert!(
-        matches!(
-            e,
-            EifError::UnknownSectionType {
-                index: 2,
-                raw: 0,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, EifError::UnknownSectionType { index: 2, raw: 0, .. }), "{e}");
     // A second kernel.
     let e = with(&|v| v[s2..s2 + 2].copy_from_slice(&1u16.to_be_bytes()));
-    assert!(
-        matches!(
-            e,
-            EifError::UnexpectedSection {
-                index: 2,
-                found: SectionKind::Kernel,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, EifError::UnexpectedSection { index: 2, found: SectionKind::Kernel, .. }), "{e}");
     // Trailing bytes.
     let e = with(&|v| v.extend_from_slice(b"extra"));
-    assert!(
-        matches!(e, EifError::TrailingData { offset, .. } if offset == eif.len() as u64),
-        "{e}"
-    );
+    assert!(matches!(e, EifError::TrailingData { offset, .. } if offset == eif.len() as u64), "{e}");
 }
 
 #[test]
@@ -450,17 +333,7 @@ fn hostile_sizes_do_not_allocate_and_are_reported() {
     v[28 + 32 * 8 + 8..28 + 32 * 8 + 16].copy_from_slice(&huge.to_be_bytes()); // table agrees
     fix_crc(&mut v);
     let e = read_eif_bytes(&v).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            EifError::SectionTooLarge {
-                index: 1,
-                kind: SectionKind::Cmdline,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, EifError::SectionTooLarge { index: 1, kind: SectionKind::Cmdline, .. }), "{e}");
 
     // A ramdisk claiming u64::MAX - 10 bytes: streamed, so it is simply truncated (no allocation),
     // or refused as overflowing; never a panic or an OOM.
@@ -479,10 +352,7 @@ fn hostile_sizes_do_not_allocate_and_are_reported() {
     v[28 + 32 * 8 + 16..28 + 32 * 8 + 24].copy_from_slice(&big.to_be_bytes());
     fix_crc(&mut v);
     let e = read_eif_bytes(&v).unwrap_err();
-    assert!(
-        matches!(e, EifError::Truncated { needed, .. } if needed == big),
-        "{e}"
-    );
+    assert!(matches!(e, EifError::Truncated { needed, .. } if needed == big), "{e}");
 }
 
 #[test]
@@ -521,10 +391,7 @@ fn streams_from_a_reader_in_small_pieces() {
         }
     }
     let eif = small_eif();
-    assert_eq!(
-        read_eif(Trickle(&eif)).unwrap().measurements,
-        read_eif_bytes(&eif).unwrap().measurements
-    );
+    assert_eq!(read_eif(Trickle(&eif)).unwrap().measurements, read_eif_bytes(&eif).unwrap().measurements);
 }
 
 // ---------------------------------------------------------------- signing and PCR8
@@ -532,9 +399,7 @@ fn streams_from_a_reader_in_small_pieces() {
 fn test_signer() -> (Signer, rcgen::KeyPair, rcgen::Certificate) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["veil-eif-test".into()]).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Veil EIF test signer");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "Veil EIF test signer");
     let cert = params.self_signed(&key).unwrap();
     let signer = Signer::from_pem(key.serialize_pem().as_bytes(), cert.pem().as_bytes()).unwrap();
     (signer, key, cert)
@@ -561,31 +426,14 @@ fn signed_eif_has_pcr8_of_the_certificate_and_a_valid_signature() {
     assert_eq!(out.measurements, info.measurements);
     // PCR0-2 are the same as unsigned.
     let mut u = Vec::new();
-    let unsigned = EifBuilder::new(KERNEL, CMDLINE)
-        .unwrap()
-        .ramdisk(&rd0)
-        .ramdisk(&rd1)
-        .write_to(&mut u)
-        .unwrap();
+    let unsigned = EifBuilder::new(KERNEL, CMDLINE).unwrap().ramdisk(&rd0).ramdisk(&rd1).write_to(&mut u).unwrap();
     assert_eq!(
-        (
-            unsigned.measurements.pcr0,
-            unsigned.measurements.pcr1,
-            unsigned.measurements.pcr2
-        ),
-        (
-            info.measurements.pcr0,
-            info.measurements.pcr1,
-            info.measurements.pcr2
-        )
+        (unsigned.measurements.pcr0, unsigned.measurements.pcr1, unsigned.measurements.pcr2),
+        (info.measurements.pcr0, info.measurements.pcr1, info.measurements.pcr2)
     );
     let sig = info.signature.unwrap();
     assert_eq!(sig.check, SignatureCheck::Valid);
-    assert!(
-        sig.subject.contains("Veil EIF test signer"),
-        "{}",
-        sig.subject
-    );
+    assert!(sig.subject.contains("Veil EIF test signer"), "{}", sig.subject);
     assert_eq!(info.sections.last().unwrap().kind, SectionKind::Signature);
     let json = info.measurements.to_nitro_json();
     assert_eq!(json["Measurements"]["PCR8"], expected_pcr8);
@@ -598,22 +446,12 @@ fn signature_over_another_pcr0_is_reported_invalid() {
     let (signer, _, _) = test_signer();
     let rd0 = ramdisk(1, 50);
     let mut a = Vec::new();
-    EifBuilder::new(KERNEL, CMDLINE)
-        .unwrap()
-        .ramdisk(&rd0)
-        .sign(&signer)
-        .write_to(&mut a)
-        .unwrap();
+    EifBuilder::new(KERNEL, CMDLINE).unwrap().ramdisk(&rd0).sign(&signer).write_to(&mut a).unwrap();
     let info = read_eif_bytes(&a).unwrap();
     let sig_sec = info.sections.last().unwrap();
     let sig_bytes = a[(sig_sec.offset + 12) as usize..].to_vec();
     let other = ramdisk(7, 50);
-    let forged = ref_eif(&[
-        (1, KERNEL),
-        (2, CMDLINE.as_bytes()),
-        (3, &other),
-        (4, &sig_bytes),
-    ]);
+    let forged = ref_eif(&[(1, KERNEL), (2, CMDLINE.as_bytes()), (3, &other), (4, &sig_bytes)]);
     let finfo = read_eif_bytes(&forged).unwrap();
     match finfo.signature.unwrap().check {
         SignatureCheck::Invalid(why) => assert!(why.contains("signature is for PCR0"), "{why}"),
@@ -627,10 +465,7 @@ fn signature_over_another_pcr0_is_reported_invalid() {
     bad[last] = if bad[last] == 0x00 { 0x01 } else { 0x00 };
     fix_crc(&mut bad);
     match read_eif_bytes(&bad) {
-        Ok(i) => assert!(matches!(
-            i.signature.unwrap().check,
-            SignatureCheck::Invalid(_)
-        )),
+        Ok(i) => assert!(matches!(i.signature.unwrap().check, SignatureCheck::Invalid(_))),
         Err(e) => assert!(matches!(e, EifError::BadSignatureSection { .. }), "{e}"),
     }
 }
@@ -648,11 +483,7 @@ fn sec1_keys_work_and_mismatched_keys_are_refused() {
         let alg_len = usize::from(p8[i + 1]);
         i += 2 + alg_len;
         assert_eq!(p8[i], 0x04);
-        let (len, hdr) = if p8[i + 1] & 0x80 != 0 {
-            (usize::from(p8[i + 2]), 3)
-        } else {
-            (usize::from(p8[i + 1]), 2)
-        };
+        let (len, hdr) = if p8[i + 1] & 0x80 != 0 { (usize::from(p8[i + 2]), 3) } else { (usize::from(p8[i + 1]), 2) };
         p8[i + hdr..i + hdr + len].to_vec()
     };
     use base64::Engine as _;
@@ -662,8 +493,7 @@ fn sec1_keys_work_and_mismatched_keys_are_refused() {
     assert_eq!(signer.pcr8().to_hex(), ref_pcr(cert.der()));
 
     let (_, other_key, _) = test_signer();
-    let err =
-        Signer::from_pem(other_key.serialize_pem().as_bytes(), cert.pem().as_bytes()).unwrap_err();
+    let err = Signer::from_pem(other_key.serialize_pem().as_bytes(), cert.pem().as_bytes()).unwrap_err();
     assert!(err.to_string().contains("does not match"), "{err}");
 
     let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -674,31 +504,17 @@ fn sec1_keys_work_and_mismatched_keys_are_refused() {
 #[test]
 fn undecodable_signature_sections_are_errors_with_the_offset() {
     let rd = ramdisk(1, 10);
-    let eif = ref_eif(&[
-        (1, KERNEL),
-        (2, CMDLINE.as_bytes()),
-        (3, &rd),
-        (4, b"\x9f not cbor"),
-    ]);
+    let eif = ref_eif(&[(1, KERNEL), (2, CMDLINE.as_bytes()), (3, &rd), (4, b"\x9f not cbor")]);
     let e = read_eif_bytes(&eif).unwrap_err();
-    assert!(
-        matches!(e, EifError::BadSignatureSection { index: 3, .. }),
-        "{e}"
-    );
-    assert!(
-        e.to_string().contains("section 3 (signature) at offset"),
-        "{e}"
-    );
+    assert!(matches!(e, EifError::BadSignatureSection { index: 3, .. }), "{e}");
+    assert!(e.to_string().contains("section 3 (signature) at offset"), "{e}");
 }
 
 // ---------------------------------------------------------------- vectors made by AWS's own code
 
 /// Measurements as nitro-cli prints them, from a vector file.
 fn vector_measurements(name: &str) -> serde_json::Value {
-    let path = format!(
-        "{}/tests/data/{name}.measurements.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/tests/data/{name}.measurements.json", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
@@ -711,36 +527,23 @@ const VECTOR_CMDLINE: &str = "reboot=k panic=30 pci=off nomodules console=ttyS0"
 #[test]
 fn reads_an_unsigned_eif_built_by_aws_with_awss_pcrs() {
     let info = read_eif_bytes(&vector("aws-unsigned.eif")).unwrap();
-    assert_eq!(
-        info.measurements.to_nitro_json(),
-        vector_measurements("aws-unsigned")
-    );
+    assert_eq!(info.measurements.to_nitro_json(), vector_measurements("aws-unsigned"));
     assert_eq!(info.version, 4);
     assert_eq!(info.cmdline, VECTOR_CMDLINE);
     assert_eq!(info.default_mem, 1 << 30);
     assert_eq!(info.default_cpus, 2);
     let meta = info.metadata.unwrap();
-    assert_eq!(
-        meta["BuildMetadata"]["BuildTime"],
-        "2023-11-14T22:13:20+00:00"
-    );
+    assert_eq!(meta["BuildMetadata"]["BuildTime"], "2023-11-14T22:13:20+00:00");
     assert!(info.signature.is_none());
 }
 
 #[test]
 fn reads_a_signed_eif_built_by_aws_with_pcr8_and_a_valid_signature() {
     let info = read_eif_bytes(&vector("aws-signed.eif")).unwrap();
-    assert_eq!(
-        info.measurements.to_nitro_json(),
-        vector_measurements("aws-signed")
-    );
+    assert_eq!(info.measurements.to_nitro_json(), vector_measurements("aws-signed"));
     let sig = info.signature.unwrap();
     assert_eq!(sig.check, SignatureCheck::Valid);
-    assert!(
-        sig.subject.contains("Veil CLI test signer"),
-        "{}",
-        sig.subject
-    );
+    assert!(sig.subject.contains("Veil CLI test signer"), "{}", sig.subject);
 }
 
 #[test]
@@ -768,10 +571,7 @@ fn builder_reproduces_awss_unsigned_eif_byte_for_byte() {
         .unwrap()
         .write_to(&mut mine)
         .unwrap();
-    assert!(
-        mine == vector("aws-unsigned.eif"),
-        "veil-eif's EIF differs from AWS's for the same inputs"
-    );
+    assert!(mine == vector("aws-unsigned.eif"), "veil-eif's EIF differs from AWS's for the same inputs");
 }
 
 #[test]
@@ -780,9 +580,6 @@ fn the_aws_vectors_pcrs_match_the_independent_formula() {
     let m = vector_measurements("aws-unsigned");
     let cat = [&kernel[..], VECTOR_CMDLINE.as_bytes(), &init, &app].concat();
     assert_eq!(m["Measurements"]["PCR0"], ref_pcr(&cat));
-    assert_eq!(
-        m["Measurements"]["PCR1"],
-        ref_pcr(&[&kernel[..], VECTOR_CMDLINE.as_bytes(), &init].concat())
-    );
+    assert_eq!(m["Measurements"]["PCR1"], ref_pcr(&[&kernel[..], VECTOR_CMDLINE.as_bytes(), &init].concat()));
     assert_eq!(m["Measurements"]["PCR2"], ref_pcr(&app));
 }

@@ -19,7 +19,10 @@ pub struct FetchedModel {
 
 impl std::fmt::Debug for FetchedModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FetchedModel").field("len", &self.bytes.len()).field("sha384", &hex::encode(self.sha384)).finish()
+        f.debug_struct("FetchedModel")
+            .field("len", &self.bytes.len())
+            .field("sha384", &hex::encode(self.sha384))
+            .finish()
     }
 }
 
@@ -44,7 +47,9 @@ impl HostClient {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
-                Err(e) => anyhow::bail!("could not reach the parent's host services at {addr} within {patience:?}: {e}"),
+                Err(e) => {
+                    anyhow::bail!("could not reach the parent's host services at {addr} within {patience:?}: {e}")
+                }
             }
         }
     }
@@ -82,7 +87,9 @@ impl HostClient {
             let len = (size - offset).min(u64::from(MAX_MODEL_CHUNK)) as u32;
             let data = match self.call(&HostRequest::ModelChunk { name: name.to_owned(), offset, len }).await? {
                 HostResponse::ModelChunk { data } => data,
-                HostResponse::Error(e) => anyhow::bail!("the parent failed to send model {name:?} at offset {offset}: {e}"),
+                HostResponse::Error(e) => {
+                    anyhow::bail!("the parent failed to send model {name:?} at offset {offset}: {e}")
+                }
                 other => anyhow::bail!("unexpected answer to ModelChunk: {}", other.name()),
             };
             anyhow::ensure!(
@@ -105,4 +112,3 @@ impl HostClient {
         Ok(FetchedModel { bytes, sha384 })
     }
 }
-

@@ -68,7 +68,9 @@ impl CacheId {
 pub enum KeyUseError {
     #[error("this request id was already used: replayed request refused")]
     Replay,
-    #[error("the request was issued {0}s away from the enclave's clock, outside the replay window; check the client's clock")]
+    #[error(
+        "the request was issued {0}s away from the enclave's clock, outside the replay window; check the client's clock"
+    )]
     OutsideWindow(u64),
     #[error("this data key has sealed its maximum number of requests; start a new session (a new data key)")]
     Exhausted,
@@ -110,7 +112,12 @@ impl KeyCache {
     }
 
     /// The cached key for `id`, recording `request_id` as used; `Ok(None)` when KMS must be asked.
-    pub fn use_key(&self, id: &CacheId, request_id: &[u8; REQUEST_ID_LEN], now: Instant) -> Result<Option<Arc<DataKey>>, KeyUseError> {
+    pub fn use_key(
+        &self,
+        id: &CacheId,
+        request_id: &[u8; REQUEST_ID_LEN],
+        now: Instant,
+    ) -> Result<Option<Arc<DataKey>>, KeyUseError> {
         let mut entries = self.entries.lock().map_err(|_| KeyUseError::Full)?;
         let Some(entry) = entries.get_mut(id) else { return Ok(None) };
         if now.duration_since(entry.created) > self.limits.ttl {
@@ -129,7 +136,13 @@ impl KeyCache {
 
     /// Stores a key KMS just released, with its first request id. If another request stored the same key
     /// meanwhile, that one is kept and this request id is recorded on it.
-    pub fn insert(&self, id: CacheId, key: DataKey, request_id: &[u8; REQUEST_ID_LEN], now: Instant) -> Result<Arc<DataKey>, KeyUseError> {
+    pub fn insert(
+        &self,
+        id: CacheId,
+        key: DataKey,
+        request_id: &[u8; REQUEST_ID_LEN],
+        now: Instant,
+    ) -> Result<Arc<DataKey>, KeyUseError> {
         let mut entries = self.entries.lock().map_err(|_| KeyUseError::Full)?;
         if let Some(entry) = entries.get_mut(&id) {
             if !entry.seen.insert(*request_id) {
@@ -211,7 +224,12 @@ mod tests {
 
     #[test]
     fn keys_expire_and_full_caches_fail_closed() {
-        let limits = KeyCacheLimits { capacity: 2, ttl: Duration::from_secs(60), replay_window: Duration::from_secs(10), max_requests_per_key: 3 };
+        let limits = KeyCacheLimits {
+            capacity: 2,
+            ttl: Duration::from_secs(60),
+            replay_window: Duration::from_secs(10),
+            max_requests_per_key: 3,
+        };
         let cache = KeyCache::new(limits);
         let t = Instant::now();
         cache.insert(id(1), key(), &[1; 16], t).unwrap();

@@ -10,8 +10,8 @@ use veil_enclave::host::HostClient;
 use veil_enclave::keys::KeyCacheLimits;
 use veil_enclave::kms::{KmsClient, KmsConfig};
 use veil_enclave::model::{Model, SessionOptions};
-use veil_enclave::sealed::{BoxFuture, KeySource, Unsealer};
 use veil_enclave::nsm::{HardwareNsm, MockNsm, MockPcrs, Nsm};
+use veil_enclave::sealed::{BoxFuture, KeySource, Unsealer};
 use veil_enclave::server::{self, AttestFn, Enclave, Limits};
 use veil_shared::attestation::{MAX_MODELS, ModelDigest, UserDataCommitment};
 use veil_shared::proto::{ErrorKind, ErrorReply};
@@ -22,14 +22,17 @@ use veil_shared::transport::{Address, Listener};
 /// It listens for the parent's relayed client traffic, fetches its models from the parent's host
 /// services at boot (an enclave has no disk and no network), and runs them in ONNX Runtime.
 #[derive(Debug, Parser)]
-#[command(version, after_help = "\
+#[command(
+    version,
+    after_help = "\
 Examples:
   On Nitro hardware (the defaults):
     veil-enclave --model breast_cancer
   Off hardware, next to `veil-parent --host-listen unix:///tmp/veil/host.sock`:
     veil-enclave --listen unix:///tmp/veil/enclave.sock --parent unix:///tmp/veil/host.sock --model iris
 
-ONNX Runtime is loaded at run time from ORT_DYLIB_PATH (scripts/setup.sh fetches libonnxruntime.so.1.31.1).")]
+ONNX Runtime is loaded at run time from ORT_DYLIB_PATH (scripts/setup.sh fetches libonnxruntime.so.1.31.1)."
+)]
 struct Args {
     /// Where to listen for the parent (vsock://any:PORT on hardware; tcp:// or unix:// off hardware).
     #[arg(long, env = "VEIL_ENCLAVE_LISTEN", default_value = "vsock://any:5000")]
@@ -91,7 +94,11 @@ fn default_sessions() -> u16 {
 }
 
 fn model_name(s: &str) -> Result<String, String> {
-    if veil_shared::proto::is_valid_model_name(s) { Ok(s.to_owned()) } else { Err(veil_shared::proto::MODEL_NAME_RULE.into()) }
+    if veil_shared::proto::is_valid_model_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(veil_shared::proto::MODEL_NAME_RULE.into())
+    }
 }
 
 fn pcr_arg(s: &str) -> Result<(u16, [u8; 48]), String> {
@@ -182,7 +189,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let commitment = UserDataCommitment {
                 x25519: None,
                 recipient_rsa_spki_sha384: recipient_sha384,
-                models: models.iter().map(|(name, sha384)| ModelDigest { name: name.clone(), sha384: *sha384 }).collect(),
+                models: models
+                    .iter()
+                    .map(|(name, sha384)| ModelDigest { name: name.clone(), sha384: *sha384 })
+                    .collect(),
                 config_sha384,
             };
             let user_data = commitment
@@ -197,10 +207,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let kms_timeout = Duration::from_secs(args.kms.timeout_secs + 5);
     let mut enclave = Enclave::new(args.models.clone(), Some(attest), limits);
     if let Some(keys) = &keys {
-        enclave = enclave.with_unsealer(Arc::new(Unsealer::new(Arc::clone(keys), KeyCacheLimits::default(), kms_timeout)));
+        enclave =
+            enclave.with_unsealer(Arc::new(Unsealer::new(Arc::clone(keys), KeyCacheLimits::default(), kms_timeout)));
     }
     let enclave = Arc::new(enclave);
-    let listener = Listener::bind(&args.listen).await.with_context(|| format!("could not listen on {}", args.listen))?;
+    let listener =
+        Listener::bind(&args.listen).await.with_context(|| format!("could not listen on {}", args.listen))?;
     let bound = listener.local_address()?;
     tracing::info!(listen = %bound, models = ?args.models, "veil-enclave listening");
     if let Some(path) = &args.ready_file {
@@ -212,7 +224,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let enclave = Arc::clone(&enclave);
         let options = SessionOptions { intra_op_threads: args.intra_op_threads.into(), sessions: args.sessions.into() };
         let patience = Duration::from_secs(args.parent_patience_secs);
-        let (parent, models, max_frame, max_model) = (args.parent.clone(), args.models.clone(), args.max_frame_bytes, args.max_model_bytes);
+        let (parent, models, max_frame, max_model) =
+            (args.parent.clone(), args.models.clone(), args.max_frame_bytes, args.max_model_bytes);
         tokio::spawn(async move {
             let mut host = HostClient::connect(&parent, max_frame, patience).await?;
             for name in models {
@@ -226,7 +239,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         .with_context(|| format!("model {name:?}"))?;
                     tracing::info!(model = name, sha384 = %hex::encode(fetched.sha384), "model decrypted");
                 } else if keys.is_some() {
-                    tracing::warn!(model = name, "model file is not encrypted: the parent can read and swap it (encrypt it with `veil model encrypt`)");
+                    tracing::warn!(
+                        model = name,
+                        "model file is not encrypted: the parent can read and swap it (encrypt it with `veil model encrypt`)"
+                    );
                 }
                 let env = env.clone();
                 let model = tokio::task::spawn_blocking(move || {
@@ -314,4 +330,3 @@ fn write_ready_file(path: &std::path::Path, value: &serde_json::Value) -> anyhow
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
-

@@ -123,7 +123,10 @@ impl Model {
             match outlet.dtype() {
                 ValueType::Tensor { ty, shape, .. } => {
                     let datatype = datatype_of(*ty).ok_or_else(|| {
-                        anyhow::anyhow!("model {name:?}: input {:?} has element type {ty:?}, which Veil does not carry", outlet.name())
+                        anyhow::anyhow!(
+                            "model {name:?}: input {:?} has element type {ty:?}, which Veil does not carry",
+                            outlet.name()
+                        )
                     })?;
                     inputs.push(InputSpec { name: outlet.name().to_owned(), datatype, shape: shape.to_vec() });
                 }
@@ -155,13 +158,21 @@ impl Model {
             platform: "onnxruntime_onnx".to_owned(),
             inputs: inputs
                 .iter()
-                .map(|i| TensorMetadata { name: i.name.clone(), datatype: i.datatype.to_string(), shape: i.shape.clone() })
+                .map(|i| TensorMetadata {
+                    name: i.name.clone(),
+                    datatype: i.datatype.to_string(),
+                    shape: i.shape.clone(),
+                })
                 .collect(),
             outputs: outputs
                 .iter()
                 .filter_map(|o| match &o.kind {
-                    OutputKind::Tensor(dt) => Some(TensorMetadata { name: o.name.clone(), datatype: dt.to_string(), shape: o.shape.clone() }),
-                    OutputKind::ZipMap => Some(TensorMetadata { name: o.name.clone(), datatype: "FP32".into(), shape: o.shape.clone() }),
+                    OutputKind::Tensor(dt) => {
+                        Some(TensorMetadata { name: o.name.clone(), datatype: dt.to_string(), shape: o.shape.clone() })
+                    }
+                    OutputKind::ZipMap => {
+                        Some(TensorMetadata { name: o.name.clone(), datatype: "FP32".into(), shape: o.shape.clone() })
+                    }
                     OutputKind::Unsupported(_) => None,
                 })
                 .collect(),
@@ -323,7 +334,8 @@ impl Model {
         })();
         self.return_session(session);
         let outputs = result?;
-        let response = InferenceResponse { model_name: self.name.clone(), model_version: None, id: request.id, outputs };
+        let response =
+            InferenceResponse { model_name: self.name.clone(), model_version: None, id: request.id, outputs };
         serde_json::to_vec(&response).map_err(|e| internal(format!("could not encode the response: {e}")))
     }
 
@@ -411,7 +423,10 @@ fn from_ort(spec: &OutputSpec, value: &DynValue) -> Result<Tensor, ErrorReply> {
                 match &keys {
                     None => keys = Some(row_keys),
                     Some(k) if *k != row_keys => {
-                        return Err(internal(format!("output {:?}: row {r} has other class keys than row 0", spec.name)));
+                        return Err(internal(format!(
+                            "output {:?}: row {r} has other class keys than row 0",
+                            spec.name
+                        )));
                     }
                     Some(_) => {}
                 }

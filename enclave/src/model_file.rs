@@ -13,8 +13,13 @@ pub fn is_encrypted(bytes: &[u8]) -> bool {
 }
 
 /// Decrypts an encrypted model in place and returns the SHA-384 of the plaintext model.
-pub async fn decrypt_in_place(bytes: &mut Zeroizing<Vec<u8>>, keys: &dyn KeySource, timeout: Duration) -> anyhow::Result<[u8; 48]> {
-    let (header, start) = model_envelope::read_header(bytes)?.ok_or_else(|| anyhow::anyhow!("encrypted model: header truncated"))?;
+pub async fn decrypt_in_place(
+    bytes: &mut Zeroizing<Vec<u8>>,
+    keys: &dyn KeySource,
+    timeout: Duration,
+) -> anyhow::Result<[u8; 48]> {
+    let (header, start) =
+        model_envelope::read_header(bytes)?.ok_or_else(|| anyhow::anyhow!("encrypted model: header truncated"))?;
     anyhow::ensure!(
         header.file_len(start - model_envelope::MAGIC.len() - 4) == bytes.len() as u64,
         "encrypted model: the file is {} bytes, its header says {}",
@@ -32,9 +37,14 @@ pub async fn decrypt_in_place(bytes: &mut Zeroizing<Vec<u8>>, keys: &dyn KeySour
     while let Some(n) = opener.next_chunk_len() {
         let end = read + n;
         anyhow::ensure!(end <= bytes.len(), "encrypted model: truncated at chunk starting at byte {read}");
-        let plain_len = opener.open_chunk(&mut bytes[read..end]).map_err(|_| {
-            anyhow::anyhow!("encrypted model: chunk at byte {read} does not decrypt (tampered, reordered or another key)")
-        })?.len();
+        let plain_len = opener
+            .open_chunk(&mut bytes[read..end])
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "encrypted model: chunk at byte {read} does not decrypt (tampered, reordered or another key)"
+                )
+            })?
+            .len();
         bytes.copy_within(read..read + plain_len, write);
         write += plain_len;
         read = end;
@@ -58,7 +68,12 @@ mod tests {
     #[derive(Debug)]
     struct OneKey;
     impl KeySource for OneKey {
-        fn data_key<'a>(&'a self, _: &'a str, edk: &'a [u8], _: &'a BTreeMap<String, String>) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, ErrorReply>> {
+        fn data_key<'a>(
+            &'a self,
+            _: &'a str,
+            edk: &'a [u8],
+            _: &'a BTreeMap<String, String>,
+        ) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, ErrorReply>> {
             Box::pin(async move {
                 if edk == b"edk" {
                     Ok(Zeroizing::new(vec![4u8; 32]))

@@ -78,7 +78,13 @@ pub struct Unsealer {
 
 impl Unsealer {
     pub fn new(source: Arc<dyn KeySource>, limits: KeyCacheLimits, kms_timeout: Duration) -> Unsealer {
-        Unsealer { cache: KeyCache::new(limits), source, kms_timeout, kms_calls: AtomicU64::new(0), inflight: Default::default() }
+        Unsealer {
+            cache: KeyCache::new(limits),
+            source,
+            kms_timeout,
+            kms_calls: AtomicU64::new(0),
+            inflight: Default::default(),
+        }
     }
 
     /// How many times KMS was asked for a data key.
@@ -106,7 +112,12 @@ impl Unsealer {
 
 impl Unsealer {
     /// Gets a data key from KMS, once per key however many requests wait for it.
-    async fn fetch(&self, id: &CacheId, request_id: &[u8; envelope::REQUEST_ID_LEN], request: &SealedRequest) -> Result<Arc<DataKey>, ErrorReply> {
+    async fn fetch(
+        &self,
+        id: &CacheId,
+        request_id: &[u8; envelope::REQUEST_ID_LEN],
+        request: &SealedRequest,
+    ) -> Result<Arc<DataKey>, ErrorReply> {
         let gate = {
             let mut m = self.inflight.lock().map_err(|_| ErrorReply::new(ErrorKind::Internal, "key gate poisoned"))?;
             Arc::clone(m.entry(*id).or_default())
@@ -120,7 +131,10 @@ impl Unsealer {
             self.kms_calls.fetch_add(1, Ordering::Relaxed);
             let fetch = self.source.data_key(&request.key_id, &request.encrypted_data_key, &request.encryption_context);
             let plain = tokio::time::timeout(self.kms_timeout, fetch).await.map_err(|_| {
-                ErrorReply::new(ErrorKind::Unavailable, format!("KMS did not answer within {:?}; try again", self.kms_timeout))
+                ErrorReply::new(
+                    ErrorKind::Unavailable,
+                    format!("KMS did not answer within {:?}; try again", self.kms_timeout),
+                )
             })??;
             let key = DataKey::new(&plain)
                 .map_err(|e| ErrorReply::new(ErrorKind::Internal, format!("KMS returned an unusable data key: {e}")))?;
@@ -158,7 +172,12 @@ mod tests {
     }
 
     impl KeySource for FakeKms {
-        fn data_key<'a>(&'a self, _: &'a str, edk: &'a [u8], ctx: &'a BTreeMap<String, String>) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, ErrorReply>> {
+        fn data_key<'a>(
+            &'a self,
+            _: &'a str,
+            edk: &'a [u8],
+            ctx: &'a BTreeMap<String, String>,
+        ) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, ErrorReply>> {
             Box::pin(async move {
                 *self.calls.lock().unwrap() += 1;
                 // Slow enough that a burst of requests all arrive while the first call is out.
@@ -204,7 +223,8 @@ mod tests {
         let key = DataKey::new(&[3u8; 32]).unwrap();
         let ctx = BTreeMap::from([("tenant".to_owned(), "a".to_owned())]);
         let sealer = Sealer { key: &key, key_id: "k", encrypted_data_key: b"blob", encryption_context: &ctx };
-        let wires: Vec<Vec<u8>> = (0..64).map(|i| sealer.seal_request("m", format!("{i}").as_bytes(), now()).unwrap().0).collect();
+        let wires: Vec<Vec<u8>> =
+            (0..64).map(|i| sealer.seal_request("m", format!("{i}").as_bytes(), now()).unwrap().0).collect();
         let tasks: Vec<_> = wires
             .into_iter()
             .map(|w| {

@@ -14,9 +14,9 @@ use std::sync::{Arc, RwLock};
 
 use serde_bytes::ByteBuf;
 use tokio::sync::{Semaphore, watch};
-use zeroize::Zeroize;
 use veil_shared::proto::{self, EnclaveRequest, EnclaveResponse, ErrorKind, ErrorReply};
 use veil_shared::transport::{Listener, ReadFrameError, Stream, read_frame, write_frame};
+use zeroize::Zeroize;
 
 use crate::model::Model;
 use crate::sealed::Unsealer;
@@ -65,7 +65,14 @@ impl std::fmt::Debug for Enclave {
 impl Enclave {
     /// An enclave that will serve `expected` models once they are [`Enclave::add_model`]ed.
     pub fn new(expected: Vec<String>, attest: Option<AttestFn>, limits: Limits) -> Enclave {
-        Enclave { models: RwLock::new(HashMap::new()), unsealer: None, expected, ready: AtomicBool::new(false), attest, limits }
+        Enclave {
+            models: RwLock::new(HashMap::new()),
+            unsealer: None,
+            expected,
+            ready: AtomicBool::new(false),
+            attest,
+            limits,
+        }
     }
 
     /// Opens sealed requests with `unsealer` (the KMS envelope). Without one, inference requests are refused:
@@ -142,7 +149,10 @@ impl Enclave {
                         Ok(doc) => EnclaveResponse::Attestation { document: ByteBuf::from(doc) },
                         Err(e) => EnclaveResponse::Error(e),
                     },
-                    None => EnclaveResponse::Error(ErrorReply::new(ErrorKind::Unavailable, "this enclave has no NSM configured")),
+                    None => EnclaveResponse::Error(ErrorReply::new(
+                        ErrorKind::Unavailable,
+                        "this enclave has no NSM configured",
+                    )),
                 }
             }
         }
@@ -249,7 +259,10 @@ pub async fn serve_connection(stream: Stream, peer: &str, enclave: Arc<Enclave>)
                     // Sealed requests are opened first (may ask KMS once per data key); failures here are
                     // about the envelope and are answered in the clear.
                     let Some(unsealer) = unsealer else {
-                        let e = ErrorReply::new(ErrorKind::Unavailable, "this enclave has no KMS configured: it cannot open requests");
+                        let e = ErrorReply::new(
+                            ErrorKind::Unavailable,
+                            "this enclave has no KMS configured: it cannot open requests",
+                        );
                         send(&writer, id, &EnclaveResponse::Error(e), limits.max_frame).await;
                         return;
                     };

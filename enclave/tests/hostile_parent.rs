@@ -27,7 +27,10 @@ async fn fake_parent(answer: fn(&HostRequest) -> HostResponse) -> (Address, temp
     (addr, dir)
 }
 
-async fn fetch(answer: fn(&HostRequest) -> HostResponse, max_bytes: u64) -> anyhow::Result<veil_enclave::host::FetchedModel> {
+async fn fetch(
+    answer: fn(&HostRequest) -> HostResponse,
+    max_bytes: u64,
+) -> anyhow::Result<veil_enclave::host::FetchedModel> {
     let (addr, _dir) = fake_parent(answer).await;
     let mut client = HostClient::connect(&addr, MAX, Duration::from_secs(2)).await?;
     client.fetch_model("m", max_bytes).await
@@ -94,7 +97,8 @@ async fn a_huge_declared_size_is_refused_before_any_allocation() {
 async fn wrong_answers_and_errors_are_reported() {
     let err = fetch(|_| HostResponse::ModelChunk { data: ByteBuf::new() }, 100).await.unwrap_err();
     assert!(err.to_string().contains("unexpected answer to ModelInfo"), "{err}");
-    let err = fetch(|_| HostResponse::Error(ErrorReply::new(ErrorKind::NotFound, "no such model")), 100).await.unwrap_err();
+    let err =
+        fetch(|_| HostResponse::Error(ErrorReply::new(ErrorKind::NotFound, "no such model")), 100).await.unwrap_err();
     assert!(err.to_string().contains("cannot serve model \"m\": no such model"), "{err}");
 }
 

@@ -103,7 +103,9 @@ async fn fake_kms(dir: &Path, script: Vec<Answer>) -> FakeKms {
                 let head = String::from_utf8(head).unwrap();
                 let len: usize = head
                     .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                    .find_map(|l| {
+                        l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+                    })
                     .expect("the SDK sends a Content-Length");
                 let mut body = vec![0u8; len];
                 s.read_exact(&mut body).await.unwrap();
@@ -230,8 +232,13 @@ async fn setup(script: Vec<Answer>, expires_in: Duration, max_attempts: u32, tim
     let dir = tempfile::tempdir().unwrap();
     let kms = fake_kms(dir.path(), script).await;
     let (addr, parent) = fake_parent(kms.port, expires_in).await;
-    let client = KmsClient::with_recipient_key(&config(&kms, max_attempts, timeout_secs), addr, mock_nsm(dir.path()), edgebit_key())
-        .unwrap();
+    let client = KmsClient::with_recipient_key(
+        &config(&kms, max_attempts, timeout_secs),
+        addr,
+        mock_nsm(dir.path()),
+        edgebit_key(),
+    )
+    .unwrap();
     Setup { _dir: dir, kms, parent, client }
 }
 
@@ -277,7 +284,15 @@ async fn decrypt_with_recipient_through_the_relay_with_tls_inside() {
     assert_eq!(*s.parent.relays.lock().unwrap(), [format!("localhost:{}", s.kms.port)]);
     let relayed = s.parent.relayed.lock().unwrap().clone();
     assert!(relayed.len() > 1000, "{}", relayed.len());
-    for plaintext in [&b"TrentService"[..], b"Decrypt", b"AWS4-HMAC", b"ASIAEXAMPLE", b"CiphertextForRecipient", b"HTTP/1.1", &spki[..40]] {
+    for plaintext in [
+        &b"TrentService"[..],
+        b"Decrypt",
+        b"AWS4-HMAC",
+        b"ASIAEXAMPLE",
+        b"CiphertextForRecipient",
+        b"HTTP/1.1",
+        &spki[..40],
+    ] {
         assert!(!contains(&relayed, plaintext), "the relay saw plaintext {:?}", String::from_utf8_lossy(plaintext));
     }
     assert!(!contains(&relayed, &document[document.len() - 96..]), "the relay saw the attestation signature");
@@ -323,7 +338,8 @@ async fn an_invalid_ciphertext_is_named_as_such() {
 #[tokio::test]
 async fn throttling_and_5xx_are_retried_within_a_bound() {
     // Throttled, then a 500, then success: three attempts, one answer.
-    let script = vec![error(400, "ThrottlingException", "Rate exceeded"), error(500, "KMSInternalException", "oops"), success()];
+    let script =
+        vec![error(400, "ThrottlingException", "Rate exceeded"), error(500, "KMSInternalException", "oops"), success()];
     let s = setup(script, Duration::from_secs(3600), 3, 20).await;
     let plain = s.client.decrypt_data_key(b"blob", &context(), None).await.unwrap();
     assert_eq!(plain.as_slice(), b"Hello, World");
@@ -346,7 +362,8 @@ async fn kms_down_gives_an_error_within_the_time_bound() {
     // The parent relays to a port where nothing listens.
     let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
     let (addr, parent) = fake_parent(dead, Duration::from_secs(3600)).await;
-    let client = KmsClient::with_recipient_key(&config(&kms, 10, 3), addr, mock_nsm(dir.path()), edgebit_key()).unwrap();
+    let client =
+        KmsClient::with_recipient_key(&config(&kms, 10, 3), addr, mock_nsm(dir.path()), edgebit_key()).unwrap();
     let started = Instant::now();
     let err = client.decrypt_data_key(b"blob", &context(), None).await.unwrap_err();
     assert_eq!(err.to_string(), "KMS unavailable, try again");
@@ -408,7 +425,8 @@ async fn configuration_is_checked() {
     assert!(fails(with(Some("eu west 1"), None, None), Arc::clone(&nsm)).contains("not an AWS region"));
     assert!(fails(with(Some("eu-west-1"), Some("kms.example.com"), None), Arc::clone(&nsm)).contains("HOST:PORT"));
     // Defaults: the regional endpoint on 443.
-    let c = KmsClient::with_recipient_key(&with(Some("eu-west-1"), None, None), addr.clone(), nsm, edgebit_key()).unwrap();
+    let c =
+        KmsClient::with_recipient_key(&with(Some("eu-west-1"), None, None), addr.clone(), nsm, edgebit_key()).unwrap();
     assert_eq!(c.endpoint(), "kms.eu-west-1.amazonaws.com:443");
     // An oversized blob never reaches KMS.
     let e = c.decrypt_data_key(&vec![0u8; 7000], &BTreeMap::new(), None).await.unwrap_err();
@@ -427,11 +445,13 @@ async fn a_parent_without_credentials_gives_a_clear_error_quickly() {
             let (mut s, _) = listener.accept().await.unwrap();
             let frame = read_frame(&mut s, 1 << 16).await.unwrap();
             let msg = proto::decode::<HostRequest>(&frame).unwrap();
-            let e = HostResponse::Error(ErrorReply::new(ErrorKind::Unavailable, "this parent serves no AWS credentials"));
+            let e =
+                HostResponse::Error(ErrorReply::new(ErrorKind::Unavailable, "this parent serves no AWS credentials"));
             write_frame(&mut s, &proto::encode(msg.id, &e).unwrap(), 1 << 16).await.unwrap();
         }
     });
-    let client = KmsClient::with_recipient_key(&config(&kms, 3, 10), addr, mock_nsm(dir.path()), edgebit_key()).unwrap();
+    let client =
+        KmsClient::with_recipient_key(&config(&kms, 3, 10), addr, mock_nsm(dir.path()), edgebit_key()).unwrap();
     let started = Instant::now();
     let err = client.decrypt_data_key(b"blob", &context(), None).await.unwrap_err();
     assert!(matches!(err, KmsError::Credentials), "{err:?}");

@@ -92,7 +92,10 @@ fn oversized_and_foreign_structures_are_named() {
     assert_eq!(cms::unwrap(&big, &key).unwrap_err(), CmsError::Size(cms::MAX_BLOB_BYTES + 1));
     assert!(matches!(cms::parse(b"not asn.1 at all").unwrap_err(), CmsError::Malformed(_)));
     // A ContentInfo of type `data` (1.2.840.113549.1.7.1), not EnvelopedData.
-    let data_ci = [0x30, 0x11, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01, 0xa0, 0x04, 0x04, 0x02, 0x68, 0x69];
+    let data_ci = [
+        0x30, 0x11, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01, 0xa0, 0x04, 0x04, 0x02, 0x68,
+        0x69,
+    ];
     let err = cms::parse(&data_ci).unwrap_err();
     assert!(matches!(err, CmsError::Unsupported(_)), "{err}");
     assert!(err.to_string().contains("EnvelopedData"), "{err}");

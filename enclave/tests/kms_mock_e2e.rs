@@ -16,7 +16,10 @@ use veil_shared::transport::{Address, Listener};
 const KEY_ID: &str = "1234abcd-12ab-34cd-56ef-1234567890ab";
 
 fn recipient_key() -> RecipientKey {
-    let der = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/vectors/edgebitio-enclaver-cms/recipient_private_key.pkcs8.der"));
+    let der = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/vectors/edgebitio-enclaver-cms/recipient_private_key.pkcs8.der"
+    ));
     RecipientKey::from_pkcs8_der(&der.unwrap()).unwrap()
 }
 
@@ -65,9 +68,10 @@ async fn stack(policy_pcr0: Option<&str>) -> Stack {
     let policy = policy(policy_pcr0.unwrap_or(&pcr0));
     store.insert(StoredKey::new(KEY_ID.into(), 1.7e9, "e2e".into(), policy, &material)).unwrap();
     let ciphertext = veil_mock_kms::blob::seal(KEY_ID, &material, &context(), &data_key).unwrap();
-    let kms = veil_mock_kms::MockKms::start(veil_mock_kms::Config::new("tcp://127.0.0.1:0".parse().unwrap(), &state, root))
-        .await
-        .unwrap();
+    let kms =
+        veil_mock_kms::MockKms::start(veil_mock_kms::Config::new("tcp://127.0.0.1:0".parse().unwrap(), &state, root))
+            .await
+            .unwrap();
     let endpoint = kms.endpoint.strip_prefix("https://").unwrap().to_owned();
 
     // The real parent host services: relay to the mock only, fixed credentials.
@@ -87,7 +91,13 @@ async fn stack(policy_pcr0: Option<&str>) -> Stack {
     let listener = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap()).await.unwrap();
     let host: Address = listener.local_address().unwrap();
     let (stop, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(veil_parent::host::serve_with_kms(listener, Arc::new(HashMap::new()), Some(Arc::new(services)), 1 << 20, rx));
+    tokio::spawn(veil_parent::host::serve_with_kms(
+        listener,
+        Arc::new(HashMap::new()),
+        Some(Arc::new(services)),
+        1 << 20,
+        rx,
+    ));
 
     let config = KmsConfig {
         region: Some(kms.region.clone()),

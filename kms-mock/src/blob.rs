@@ -65,12 +65,8 @@ pub fn seal(
     let mut nonce = [0u8; NONCE_LEN];
     SystemRandom::new().fill(&mut nonce).map_err(|_| BlobError::Crypto)?;
     let mut sealed = plaintext.to_vec();
-    key.seal_in_place_append_tag(
-        Nonce::assume_unique_for_key(nonce),
-        Aad::from(aad(key_id, context)?),
-        &mut sealed,
-    )
-    .map_err(|_| BlobError::Crypto)?;
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad(key_id, context)?), &mut sealed)
+        .map_err(|_| BlobError::Crypto)?;
     let mut out = Vec::with_capacity(2 + key_id.len() + NONCE_LEN + sealed.len());
     out.push(VERSION);
     out.push(id_len);
@@ -95,10 +91,8 @@ pub fn open(
     let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| BlobError::Malformed)?;
     let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, material).map_err(|_| BlobError::Crypto)?);
     let mut buf = Zeroizing::new(sealed.to_vec());
-    let len = key
-        .open_in_place(nonce, Aad::from(aad(id, context)?), &mut buf)
-        .map_err(|_| BlobError::Authentication)?
-        .len();
+    let len =
+        key.open_in_place(nonce, Aad::from(aad(id, context)?), &mut buf).map_err(|_| BlobError::Authentication)?.len();
     buf.truncate(len);
     Ok(buf)
 }

@@ -56,8 +56,8 @@ pub enum CmsError {
 
 /// Wraps `plaintext` for the RSA key whose DER SubjectPublicKeyInfo is `recipient_spki`, as KMS does.
 pub fn ciphertext_for_recipient(recipient_spki: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CmsError> {
-    use rsa::traits::PublicKeyParts;
     use ring::rand::SecureRandom;
+    use rsa::traits::PublicKeyParts;
 
     let public = rsa::PublicKey::from_public_key_der(recipient_spki).map_err(|_| CmsError::NotRsaSpki)?;
     let bits = public.size() * 8;
@@ -70,11 +70,9 @@ pub fn ciphertext_for_recipient(recipient_spki: &[u8], plaintext: &[u8]) -> Resu
     rng.fill(cek.as_mut()).map_err(|_| CmsError::Random)?;
     rng.fill(&mut iv).map_err(|_| CmsError::Random)?;
 
-    let encrypted_key = public
-        .oaep_encrypt::<rsa::sha2::Sha256>(cek.as_ref())
-        .map_err(|_| CmsError::Encrypt)?;
-    let content = cbc::Encryptor::<aes::Aes256>::new((&*cek).into(), (&iv).into())
-        .encrypt_padded_vec::<Pkcs7>(plaintext);
+    let encrypted_key = public.oaep_encrypt::<rsa::sha2::Sha256>(cek.as_ref()).map_err(|_| CmsError::Encrypt)?;
+    let content =
+        cbc::Encryptor::<aes::Aes256>::new((&*cek).into(), (&iv).into()).encrypt_padded_vec::<Pkcs7>(plaintext);
 
     let ski = ring::digest::digest(&ring::digest::SHA256, recipient_spki);
     Ok(build(ski.as_ref(), &encrypted_key, &iv, &content))
@@ -85,27 +83,15 @@ fn build(ski: &[u8], encrypted_key: &[u8], iv: &[u8], content: &[u8]) -> Vec<u8>
     let sha256_alg = tlv(0x30, &[tlv(0x06, OID_SHA256), vec![0x05, 0x00]].concat());
     let oaep_params = tlv(
         0x30,
-        &[
-            tlv(0xa0, &sha256_alg),
-            tlv(0xa1, &tlv(0x30, &[tlv(0x06, OID_MGF1), sha256_alg.clone()].concat())),
-        ]
-        .concat(),
+        &[tlv(0xa0, &sha256_alg), tlv(0xa1, &tlv(0x30, &[tlv(0x06, OID_MGF1), sha256_alg.clone()].concat()))].concat(),
     );
     let key_enc_alg = tlv(0x30, &[tlv(0x06, OID_RSAES_OAEP), oaep_params].concat());
-    let ktri = tlv(
-        0x30,
-        &[vec![0x02, 0x01, 0x02], tlv(0x80, ski), key_enc_alg, tlv(0x04, encrypted_key)].concat(),
-    );
+    let ktri = tlv(0x30, &[vec![0x02, 0x01, 0x02], tlv(0x80, ski), key_enc_alg, tlv(0x04, encrypted_key)].concat());
     let recipient_infos = tlv(0x31, &ktri);
     let content_alg = tlv(0x30, &[tlv(0x06, OID_AES256_CBC), tlv(0x04, iv)].concat());
-    let encrypted_content_info = indefinite(
-        0x30,
-        &[tlv(0x06, OID_DATA), content_alg, indefinite(0xa0, &chunks(content))].concat(),
-    );
-    let enveloped = indefinite(
-        0x30,
-        &[vec![0x02, 0x01, 0x02], recipient_infos, encrypted_content_info].concat(),
-    );
+    let encrypted_content_info =
+        indefinite(0x30, &[tlv(0x06, OID_DATA), content_alg, indefinite(0xa0, &chunks(content))].concat());
+    let enveloped = indefinite(0x30, &[vec![0x02, 0x01, 0x02], recipient_infos, encrypted_content_info].concat());
     indefinite(0x30, &[tlv(0x06, OID_ENVELOPED_DATA), indefinite(0xa0, &enveloped)].concat())
 }
 

@@ -281,7 +281,10 @@ async fn handle(
     })
 }
 
-async fn handle_inner(state: &server::State, req: Request<hyper::body::Incoming>) -> Result<serde_json::Value, KmsError> {
+async fn handle_inner(
+    state: &server::State,
+    req: Request<hyper::body::Incoming>,
+) -> Result<serde_json::Value, KmsError> {
     let (parts, body) = req.into_parts();
     if parts.method != hyper::Method::POST || parts.uri.path() != "/" {
         return Err(KmsError::new_pub("UnknownOperationException", "the KMS protocol is POST / with X-Amz-Target"));

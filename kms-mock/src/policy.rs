@@ -175,9 +175,7 @@ impl KeyPolicy {
             match (&st.effect, failed) {
                 (Effect::Deny, None) => {
                     let sid = st.sid.as_deref().map(|s| format!(" (statement {s:?})")).unwrap_or_default();
-                    return Err(Denied(format!(
-                        "{action} is denied by an explicit Deny in the key policy{sid}"
-                    )));
+                    return Err(Denied(format!("{action} is denied by an explicit Deny in the key policy{sid}")));
                 }
                 (Effect::Allow, None) => allowed = true,
                 (Effect::Allow, Some(c)) => {
@@ -278,9 +276,7 @@ impl Condition {
                 || matches!(self.operator, Operator::StringNotEquals | Operator::StringNotEqualsIgnoreCase);
         };
         let any_equal = |ignore_case: bool| {
-            self.values
-                .iter()
-                .any(|v| if ignore_case { v.eq_ignore_ascii_case(actual) } else { v == actual })
+            self.values.iter().any(|v| if ignore_case { v.eq_ignore_ascii_case(actual) } else { v == actual })
         };
         match self.operator {
             Operator::StringEquals => any_equal(false),

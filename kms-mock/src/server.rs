@@ -110,9 +110,8 @@ fn decode_b64(field: &str, value: &str, max: usize) -> Result<Zeroizing<Vec<u8>>
     if value.len() > max.div_ceil(3) * 4 + 4 {
         return Err(KmsError::validation(format!("{field} is longer than {max} bytes")));
     }
-    let bytes = Zeroizing::new(
-        B64.decode(value).map_err(|_| KmsError::validation(format!("{field} is not valid base64")))?,
-    );
+    let bytes =
+        Zeroizing::new(B64.decode(value).map_err(|_| KmsError::validation(format!("{field} is not valid base64")))?);
     if bytes.is_empty() || bytes.len() > max {
         return Err(KmsError::validation(format!("{field} must be 1..={max} bytes")));
     }
@@ -187,7 +186,8 @@ impl State {
                 )));
             }
         }
-        let doc = r.attestation_document.ok_or_else(|| KmsError::validation("Recipient.AttestationDocument is required"))?;
+        let doc =
+            r.attestation_document.ok_or_else(|| KmsError::validation("Recipient.AttestationDocument is required"))?;
         let doc = decode_b64("Recipient.AttestationDocument", &doc, MAX_ATTESTATION)?;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -256,9 +256,9 @@ fn encryption_context(req: &Value) -> Result<BTreeMap<String, String>, KmsError>
 fn check_algorithm(req: &Value) -> Result<(), KmsError> {
     match str_field(req, "EncryptionAlgorithm")? {
         None | Some("SYMMETRIC_DEFAULT") => Ok(()),
-        Some(other) => Err(KmsError::validation(format!(
-            "EncryptionAlgorithm {other:?} is not valid for a SYMMETRIC_DEFAULT key"
-        ))),
+        Some(other) => {
+            Err(KmsError::validation(format!("EncryptionAlgorithm {other:?} is not valid for a SYMMETRIC_DEFAULT key")))
+        }
     }
 }
 
@@ -284,10 +284,7 @@ pub(crate) fn dispatch(state: &State, target: &str, req: &Value) -> Result<Value
         "GenerateRandom" => generate_random(state, req),
         "GetKeyPolicy" => get_key_policy(state, req),
         "PutKeyPolicy" => put_key_policy(state, req),
-        _ => Err(KmsError::new(
-            "UnknownOperationException",
-            format!("the mock KMS does not implement {target:?}"),
-        )),
+        _ => Err(KmsError::new("UnknownOperationException", format!("the mock KMS does not implement {target:?}"))),
     }
 }
 
@@ -323,11 +320,15 @@ fn create_key(state: &State, req: &Value) -> Result<Value, KmsError> {
         return Err(KmsError::validation("Description must be at most 8192 characters"));
     }
     if let Some(u) = str_field(req, "KeyUsage")?.filter(|u| *u != "ENCRYPT_DECRYPT") {
-        return Err(KmsError::validation(format!("KeyUsage {u:?} is not supported by the mock (ENCRYPT_DECRYPT only)")));
+        return Err(KmsError::validation(format!(
+            "KeyUsage {u:?} is not supported by the mock (ENCRYPT_DECRYPT only)"
+        )));
     }
     for field in ["KeySpec", "CustomerMasterKeySpec"] {
         if let Some(s) = str_field(req, field)?.filter(|s| *s != "SYMMETRIC_DEFAULT") {
-            return Err(KmsError::validation(format!("{field} {s:?} is not supported by the mock (SYMMETRIC_DEFAULT only)")));
+            return Err(KmsError::validation(format!(
+                "{field} {s:?} is not supported by the mock (SYMMETRIC_DEFAULT only)"
+            )));
         }
     }
     let material = random_bytes(32)?;
@@ -388,7 +389,9 @@ fn generate_data_key(state: &State, req: &Value) -> Result<Value, KmsError> {
     let len = match (str_field(req, "KeySpec")?, int_field(req, "NumberOfBytes")?) {
         (Some("AES_256"), None) => 32,
         (Some("AES_128"), None) => 16,
-        (Some(other), None) => return Err(KmsError::validation(format!("KeySpec {other:?} must be AES_256 or AES_128"))),
+        (Some(other), None) => {
+            return Err(KmsError::validation(format!("KeySpec {other:?} must be AES_256 or AES_128")));
+        }
         (None, Some(n)) if (1..=1024).contains(&n) => usize::try_from(n).unwrap_or(32),
         (None, Some(_)) => return Err(KmsError::validation("NumberOfBytes must be 1..=1024")),
         (None, None) => return Err(KmsError::validation("one of KeySpec or NumberOfBytes is required")),
@@ -432,7 +435,8 @@ fn encrypt(state: &State, req: &Value) -> Result<Value, KmsError> {
 }
 
 fn decrypt(state: &State, req: &Value) -> Result<Value, KmsError> {
-    let ciphertext = str_field(req, "CiphertextBlob")?.ok_or_else(|| KmsError::validation("CiphertextBlob is required"))?;
+    let ciphertext =
+        str_field(req, "CiphertextBlob")?.ok_or_else(|| KmsError::validation("CiphertextBlob is required"))?;
     let ciphertext = decode_b64("CiphertextBlob", ciphertext, MAX_CIPHERTEXT)?;
     check_algorithm(req)?;
     let context = encryption_context(req)?;
@@ -528,7 +532,8 @@ pub(crate) fn check_authorization<'a>(header: Option<&'a str>, region: &str) -> 
         KmsError::new("MissingAuthenticationTokenException", "the request has no SigV4 Authorization header")
     })?;
     let incomplete = |why: &str| KmsError::new("IncompleteSignatureException", format!("Authorization header: {why}"));
-    let rest = header.strip_prefix("AWS4-HMAC-SHA256 ").ok_or_else(|| incomplete("the algorithm must be AWS4-HMAC-SHA256"))?;
+    let rest =
+        header.strip_prefix("AWS4-HMAC-SHA256 ").ok_or_else(|| incomplete("the algorithm must be AWS4-HMAC-SHA256"))?;
     let mut credential = None;
     let mut signed_headers = None;
     let mut signature = None;
@@ -555,11 +560,18 @@ pub(crate) fn check_authorization<'a>(header: Option<&'a str>, region: &str) -> 
     let [access_key, date, scope_region, service, terminal] = scope[..] else {
         return Err(incomplete("Credential must be ACCESS_KEY/DATE/REGION/SERVICE/aws4_request"));
     };
-    if access_key.is_empty() || date.len() != 8 || !date.bytes().all(|c| c.is_ascii_digit()) || terminal != "aws4_request" {
+    if access_key.is_empty()
+        || date.len() != 8
+        || !date.bytes().all(|c| c.is_ascii_digit())
+        || terminal != "aws4_request"
+    {
         return Err(incomplete("Credential must be ACCESS_KEY/YYYYMMDD/REGION/SERVICE/aws4_request"));
     }
     if service != "kms" {
-        return Err(KmsError::new("InvalidSignatureException", format!("credential scope names service {service:?}, not kms")));
+        return Err(KmsError::new(
+            "InvalidSignatureException",
+            format!("credential scope names service {service:?}, not kms"),
+        ));
     }
     if scope_region != region {
         return Err(KmsError::new(

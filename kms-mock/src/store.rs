@@ -146,10 +146,10 @@ impl KeyStore {
 
     fn persist(&self) -> Result<(), StoreError> {
         let file = File { version: 1, keys: self.keys.clone() };
-        let bytes = zeroize::Zeroizing::new(serde_json::to_vec_pretty(&file).map_err(|e| StoreError::Corrupt {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?);
+        let bytes = zeroize::Zeroizing::new(
+            serde_json::to_vec_pretty(&file)
+                .map_err(|e| StoreError::Corrupt { path: self.path.clone(), reason: e.to_string() })?,
+        );
         write_atomically(&self.path, &bytes, 0o600)
     }
 }

@@ -149,7 +149,16 @@ fn help_explains_the_flags() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_veil-mock-kms")).arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    for flag in ["--listen", "--state-dir", "--attestation-root", "--region", "--account", "--hostname", "--ready-file", "NOT AWS"] {
+    for flag in [
+        "--listen",
+        "--state-dir",
+        "--attestation-root",
+        "--region",
+        "--account",
+        "--hostname",
+        "--ready-file",
+        "NOT AWS",
+    ] {
         assert!(text.contains(flag), "missing {flag} in:\n{text}");
     }
 }

@@ -64,13 +64,7 @@ async fn create_generate_decrypt_round_trip_and_context_binding() {
     assert_eq!(dk.key_id().unwrap(), meta.arn().unwrap());
     let blob = dk.ciphertext_blob().unwrap().clone();
 
-    let dec = client
-        .decrypt()
-        .ciphertext_blob(blob.clone())
-        .encryption_context("model", "iris")
-        .send()
-        .await
-        .unwrap();
+    let dec = client.decrypt().ciphertext_blob(blob.clone()).encryption_context("model", "iris").send().await.unwrap();
     assert_eq!(dec.plaintext().unwrap().as_ref(), plaintext.as_slice());
     assert_eq!(dec.key_id().unwrap(), meta.arn().unwrap());
     assert_eq!(dec.encryption_algorithm().unwrap().as_str(), "SYMMETRIC_DEFAULT");
@@ -180,7 +174,9 @@ async fn recipient_gets_ciphertext_for_recipient_and_policy_pcrs_are_enforced() 
     assert_eq!(err.meta().code(), Some("AccessDeniedException"), "{err:?}");
     let message = err.meta().message().unwrap();
     assert!(
-        message.contains("the key policy's condition kms:RecipientAttestation:PCR0 does not match the attestation document"),
+        message.contains(
+            "the key policy's condition kms:RecipientAttestation:PCR0 does not match the attestation document"
+        ),
         "{message}"
     );
 

@@ -51,7 +51,13 @@ pub async fn serve_with_kms(
     }
 }
 
-async fn serve_connection(mut stream: Stream, peer: &str, files: ModelFiles, kms: Option<Arc<KmsServices>>, max_frame: usize) {
+async fn serve_connection(
+    mut stream: Stream,
+    peer: &str,
+    files: ModelFiles,
+    kms: Option<Arc<KmsServices>>,
+    max_frame: usize,
+) {
     loop {
         let frame = match read_frame(&mut stream, max_frame).await {
             Ok(f) => f,
@@ -85,7 +91,10 @@ async fn serve_connection(mut stream: Stream, peer: &str, files: ModelFiles, kms
 }
 
 fn not_configured() -> HostResponse {
-    HostResponse::Error(ErrorReply::new(ErrorKind::Unavailable, "this parent does not relay KMS traffic (not configured)"))
+    HostResponse::Error(ErrorReply::new(
+        ErrorKind::Unavailable,
+        "this parent does not relay KMS traffic (not configured)",
+    ))
 }
 
 async fn answer(files: &ModelFiles, request: HostRequest) -> HostResponse {
@@ -147,7 +156,10 @@ mod tests {
     async fn serves_only_named_files_in_bounded_chunks() {
         let dir = tempfile::tempdir().unwrap();
         let files = files(dir.path());
-        assert_eq!(answer(&files, HostRequest::ModelInfo { name: "m".into() }).await, HostResponse::ModelInfo { size: 10 });
+        assert_eq!(
+            answer(&files, HostRequest::ModelInfo { name: "m".into() }).await,
+            HostResponse::ModelInfo { size: 10 }
+        );
         assert_eq!(
             answer(&files, HostRequest::ModelChunk { name: "m".into(), offset: 2, len: 3 }).await,
             HostResponse::ModelChunk { data: ByteBuf::from(b"234".to_vec()) }
@@ -157,7 +169,9 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::NotFound);
         let e = error_of(answer(&files, HostRequest::ModelChunk { name: "m".into(), offset: 0, len: 0 }).await);
         assert_eq!(e.kind, ErrorKind::BadRequest);
-        let e = error_of(answer(&files, HostRequest::ModelChunk { name: "m".into(), offset: 0, len: MAX_MODEL_CHUNK + 1 }).await);
+        let e = error_of(
+            answer(&files, HostRequest::ModelChunk { name: "m".into(), offset: 0, len: MAX_MODEL_CHUNK + 1 }).await,
+        );
         assert_eq!(e.kind, ErrorKind::BadRequest);
         // Past the end, or a file that went away: an error, not a short chunk.
         let e = error_of(answer(&files, HostRequest::ModelChunk { name: "m".into(), offset: 8, len: 5 }).await);

@@ -88,7 +88,9 @@ impl Drop for Track<'_> {
         let m = &self.state.metrics;
         m.in_flight.dec();
         m.latency.get_or_create(&RouteLabels { route: self.route }).observe(self.start.elapsed().as_secs_f64());
-        m.requests.get_or_create(&RequestLabels { route: self.route, model: self.model.clone(), status: self.status }).inc();
+        m.requests
+            .get_or_create(&RequestLabels { route: self.route, model: self.model.clone(), status: self.status })
+            .inc();
         if let Some(kind) = self.error {
             m.errors.get_or_create(&ErrorLabels { route: self.route, kind }).inc();
         }
@@ -100,7 +102,10 @@ fn error_response(status: StatusCode, kind: &str, message: &str) -> Response {
 }
 
 /// Turns a link outcome into a response and the error label to count.
-fn relay_outcome(outcome: Result<EnclaveResponse, LinkError>, ok: impl FnOnce(EnclaveResponse) -> Option<Response>) -> (Response, Option<&'static str>) {
+fn relay_outcome(
+    outcome: Result<EnclaveResponse, LinkError>,
+    ok: impl FnOnce(EnclaveResponse) -> Option<Response>,
+) -> (Response, Option<&'static str>) {
     match outcome {
         Ok(EnclaveResponse::Error(e)) => {
             let status = StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -113,11 +118,16 @@ fn relay_outcome(outcome: Result<EnclaveResponse, LinkError>, ok: impl FnOnce(En
                 Some("protocol"),
             ),
         },
-        Err(e @ LinkError::Unavailable(_)) => {
-            (error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()), Some("enclave_unavailable"))
+        Err(e @ LinkError::Unavailable(_)) => (
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()),
+            Some("enclave_unavailable"),
+        ),
+        Err(e @ LinkError::Timeout(_)) => {
+            (error_response(StatusCode::GATEWAY_TIMEOUT, "timeout", &e.to_string()), Some("timeout"))
         }
-        Err(e @ LinkError::Timeout(_)) => (error_response(StatusCode::GATEWAY_TIMEOUT, "timeout", &e.to_string()), Some("timeout")),
-        Err(LinkError::TooLarge(m)) => (error_response(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &m), Some("too_large")),
+        Err(LinkError::TooLarge(m)) => {
+            (error_response(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &m), Some("too_large"))
+        }
     }
 }
 
@@ -191,7 +201,8 @@ async fn attestation(State(state): State<Arc<AppState>>, Query(q): Query<Attesta
         Ok(n) => n,
         Err(m) => return track.finish(error_response(StatusCode::BAD_REQUEST, "bad_request", &m), Some("bad_request")),
     };
-    let outcome = state.link.call(&EnclaveRequest::Attestation { nonce: ByteBuf::from(nonce) }, state.request_timeout).await;
+    let outcome =
+        state.link.call(&EnclaveRequest::Attestation { nonce: ByteBuf::from(nonce) }, state.request_timeout).await;
     let (r, e) = relay_outcome(outcome, |resp| match resp {
         EnclaveResponse::Attestation { document } => Some(bytes_response("application/cbor", document.into_vec())),
         _ => None,
@@ -211,11 +222,16 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         }
         Ok(EnclaveResponse::Status { ready: false, models, .. }) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "ready": false, "reason": "the enclave is loading its models", "models": models })),
+            Json(
+                serde_json::json!({ "ready": false, "reason": "the enclave is loading its models", "models": models }),
+            ),
         )
             .into_response(),
         Ok(_) => error_response(StatusCode::BAD_GATEWAY, "protocol", "the enclave answered with an unexpected message"),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "ready": false, "reason": e.to_string() }))).into_response(),
+        Err(e) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "ready": false, "reason": e.to_string() })))
+                .into_response()
+        }
     }
 }
 

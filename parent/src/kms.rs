@@ -83,8 +83,11 @@ impl KmsRelayConfig {
     pub fn from_args(args: &KmsRelayArgs) -> Result<Self, KmsConfigError> {
         let mut endpoints = Vec::new();
         for e in &args.kms_endpoints {
-            let e = normalize_endpoint(e)
-                .ok_or_else(|| KmsConfigError(format!("--kms-endpoint {e:?}: expected HOST:PORT, e.g. kms.eu-west-1.amazonaws.com:443")))?;
+            let e = normalize_endpoint(e).ok_or_else(|| {
+                KmsConfigError(format!(
+                    "--kms-endpoint {e:?}: expected HOST:PORT, e.g. kms.eu-west-1.amazonaws.com:443"
+                ))
+            })?;
             if !endpoints.contains(&e) {
                 endpoints.push(e);
             }
@@ -198,7 +201,11 @@ impl KmsServices {
             },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot serve AWS credentials to the enclave");
-                let kind = if matches!(e, CredentialsError::NotConfigured) { ErrorKind::Unavailable } else { ErrorKind::Internal };
+                let kind = if matches!(e, CredentialsError::NotConfigured) {
+                    ErrorKind::Unavailable
+                } else {
+                    ErrorKind::Internal
+                };
                 HostResponse::Error(ErrorReply::new(kind, e.to_string()))
             }
         }
@@ -207,7 +214,8 @@ impl KmsServices {
     async fn credentials(&self) -> Result<Creds, CredentialsError> {
         let mut cached = self.cached.lock().await;
         if let Some(c) = cached.as_ref() {
-            let fresh = c.expiration.is_none_or(|exp| exp > now_secs().saturating_add(CREDENTIALS_REFRESH_MARGIN.as_secs()));
+            let fresh =
+                c.expiration.is_none_or(|exp| exp > now_secs().saturating_add(CREDENTIALS_REFRESH_MARGIN.as_secs()));
             if fresh && self.config.credentials == CredentialsSource::Imds {
                 return Ok(c.clone());
             }
@@ -249,18 +257,25 @@ impl KmsServices {
                 ))
             }
             Some(target) => match Arc::clone(&self.relays).try_acquire_owned() {
-                Err(_) => Err(refuse(ErrorKind::Unavailable, format!("too many KMS relays open (at most {MAX_RELAYS})"))),
-                Ok(permit) => match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(&target)).await {
-                    Ok(Ok(upstream)) => Ok((upstream, permit, target)),
-                    Ok(Err(e)) => {
-                        tracing::warn!(%peer, endpoint = %target, error = %e, "KMS relay: connect failed");
-                        Err(refuse(ErrorKind::Unavailable, format!("cannot connect to {target}: {e}")))
+                Err(_) => {
+                    Err(refuse(ErrorKind::Unavailable, format!("too many KMS relays open (at most {MAX_RELAYS})")))
+                }
+                Ok(permit) => {
+                    match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(&target)).await {
+                        Ok(Ok(upstream)) => Ok((upstream, permit, target)),
+                        Ok(Err(e)) => {
+                            tracing::warn!(%peer, endpoint = %target, error = %e, "KMS relay: connect failed");
+                            Err(refuse(ErrorKind::Unavailable, format!("cannot connect to {target}: {e}")))
+                        }
+                        Err(_) => {
+                            tracing::warn!(%peer, endpoint = %target, "KMS relay: connect timed out");
+                            Err(refuse(
+                                ErrorKind::Unavailable,
+                                format!("no connection to {target} within {:?}", self.config.connect_timeout),
+                            ))
+                        }
                     }
-                    Err(_) => {
-                        tracing::warn!(%peer, endpoint = %target, "KMS relay: connect timed out");
-                        Err(refuse(ErrorKind::Unavailable, format!("no connection to {target} within {:?}", self.config.connect_timeout)))
-                    }
-                },
+                }
             },
         };
         let (upstream, _permit, target) = match answer {
@@ -347,10 +362,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
     ) -> std::task::Poll<std::io::Result<usize>> {
         std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
     }
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_flush(cx)
     }
-    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -380,7 +401,11 @@ async fn imds_credentials(base: &http::Uri) -> Result<Creds, CredentialsError> {
     let token = Zeroizing::new(String::from_utf8(token.to_vec()).map_err(|_| imds_err("the token is not text"))?);
     let roles = imds_call(base, http::Method::GET, "/latest/meta-data/iam/security-credentials/", Some(&token)).await?;
     let roles = String::from_utf8(roles.to_vec()).map_err(|_| imds_err("the role list is not text"))?;
-    let role = roles.lines().map(str::trim).find(|l| !l.is_empty()).ok_or_else(|| imds_err("this instance has no IAM role"))?;
+    let role = roles
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .ok_or_else(|| imds_err("this instance has no IAM role"))?;
     if !role.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b)) || role.len() > 128 {
         return Err(imds_err("the role name is not a valid IAM role name"));
     }
@@ -410,12 +435,7 @@ async fn imds_credentials(base: &http::Uri) -> Result<Creds, CredentialsError> {
         None => None,
         Some(s) => Some(parse_rfc3339_utc(s).ok_or_else(|| imds_err("the expiration is not an RFC 3339 UTC time"))?),
     };
-    Ok(Creds {
-        access_key_id: doc.access_key_id,
-        secret_access_key: secret,
-        session_token: token,
-        expiration,
-    })
+    Ok(Creds { access_key_id: doc.access_key_id, secret_access_key: secret, session_token: token, expiration })
 }
 
 fn imds_err(m: &str) -> CredentialsError {
@@ -430,7 +450,8 @@ async fn imds_call(
 ) -> Result<bytes::Bytes, CredentialsError> {
     let host = base.host().ok_or_else(|| imds_err("no host"))?;
     let port = base.port_u16().unwrap_or(80);
-    let tcp = TcpStream::connect((host, port)).await.map_err(|e| imds_err(&format!("cannot connect to {base}: {e}")))?;
+    let tcp =
+        TcpStream::connect((host, port)).await.map_err(|e| imds_err(&format!("cannot connect to {base}: {e}")))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<bytes::Bytes>>(TokioIo::new(tcp))
         .await
         .map_err(|e| imds_err(&e.to_string()))?;
@@ -469,12 +490,22 @@ fn parse_rfc3339_utc(s: &str) -> Option<u64> {
     let s = s.strip_suffix('Z')?;
     let (date, time) = s.split_once('T')?;
     let time = time.split_once('.').map_or(time, |(t, _)| t);
-    let num = |v: &str| -> Option<u64> { (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.parse().ok()).flatten() };
+    let num = |v: &str| -> Option<u64> {
+        (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.parse().ok()).flatten()
+    };
     let mut d = date.split('-');
     let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
     let mut t = time.split(':');
     let (hh, mm, ss) = (num(t.next()?)?, num(t.next()?)?, num(t.next()?)?);
-    if d.next().is_some() || t.next().is_some() || !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+    if d.next().is_some()
+        || t.next().is_some()
+        || !(1970..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&day)
+        || hh > 23
+        || mm > 59
+        || ss > 60
+    {
         return None;
     }
     // Days from civil (Howard Hinnant's algorithm), for years from 1970.
@@ -496,15 +527,26 @@ mod tests {
         assert_eq!(parse_rfc3339_utc("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339_utc("2026-11-25T04:41:48Z"), Some(1_795_581_708));
         assert_eq!(parse_rfc3339_utc("2000-02-29T12:00:00.123Z"), Some(951_825_600));
-        for bad in ["", "2026-11-25", "2026-11-25T04:41:48", "2026-13-01T00:00:00Z", "x026-11-25T04:41:48Z", "2026-11-25T04:41:48+01:00"] {
+        for bad in [
+            "",
+            "2026-11-25",
+            "2026-11-25T04:41:48",
+            "2026-13-01T00:00:00Z",
+            "x026-11-25T04:41:48Z",
+            "2026-11-25T04:41:48+01:00",
+        ] {
             assert_eq!(parse_rfc3339_utc(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn endpoints_are_normalized_and_checked() {
-        assert_eq!(normalize_endpoint("KMS.eu-west-1.amazonaws.com:443").as_deref(), Some("kms.eu-west-1.amazonaws.com:443"));
-        for bad in ["kms.eu-west-1.amazonaws.com", ":443", "host:0", "host:99999", "ho st:443", "a/b:443", "[::1]:443"] {
+        assert_eq!(
+            normalize_endpoint("KMS.eu-west-1.amazonaws.com:443").as_deref(),
+            Some("kms.eu-west-1.amazonaws.com:443")
+        );
+        for bad in ["kms.eu-west-1.amazonaws.com", ":443", "host:0", "host:99999", "ho st:443", "a/b:443", "[::1]:443"]
+        {
             assert_eq!(normalize_endpoint(bad), None, "{bad}");
         }
     }

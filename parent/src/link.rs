@@ -69,7 +69,14 @@ impl EnclaveLink {
     /// A pool of `connections` connections to `addr`, dialed lazily.
     pub fn new(addr: Address, connections: usize, max_frame: usize, connect_timeout: Duration) -> EnclaveLink {
         let slots = (0..connections.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect();
-        EnclaveLink { addr, max_frame, connect_timeout, slots, next_slot: AtomicUsize::new(0), next_id: AtomicU64::new(1) }
+        EnclaveLink {
+            addr,
+            max_frame,
+            connect_timeout,
+            slots,
+            next_slot: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+        }
     }
 
     /// The enclave's address.
@@ -81,7 +88,9 @@ impl EnclaveLink {
     pub fn live_connections(&self) -> usize {
         self.slots
             .iter()
-            .filter(|s| s.try_lock().map(|g| g.as_ref().is_some_and(|c| c.alive.load(Ordering::Acquire))).unwrap_or(true))
+            .filter(|s| {
+                s.try_lock().map(|g| g.as_ref().is_some_and(|c| c.alive.load(Ordering::Acquire))).unwrap_or(true)
+            })
             .count()
     }
 
@@ -89,9 +98,10 @@ impl EnclaveLink {
         let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let mut slot = self.slots[i].lock().await;
         if let Some(c) = slot.as_ref()
-            && c.alive.load(Ordering::Acquire) {
-                return Ok(Arc::clone(c));
-            }
+            && c.alive.load(Ordering::Acquire)
+        {
+            return Ok(Arc::clone(c));
+        }
         let stream = match tokio::time::timeout(self.connect_timeout, transport::connect(&self.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(LinkError::Unavailable(format!("cannot connect to {}: {e}", self.addr))),

@@ -18,13 +18,16 @@ use veil_shared::transport::{Address, Listener};
 /// It runs outside the enclave and is trusted with nothing: it only moves bytes it cannot read, and serves
 /// the enclave the model files it names.
 #[derive(Debug, Parser)]
-#[command(version, after_help = "\
+#[command(
+    version,
+    after_help = "\
 Examples:
   On Nitro hardware (enclave CID 16):
     veil-parent --enclave vsock://16:5000 --model breast_cancer=/var/lib/veil/breast_cancer.onnx
   Off hardware:
     veil-parent --listen tcp://127.0.0.1:8080 --enclave unix:///tmp/veil/enclave.sock \\
-                --host-listen unix:///tmp/veil/host.sock --model iris=$HOME/.cache/veil/models/iris.onnx")]
+                --host-listen unix:///tmp/veil/host.sock --model iris=$HOME/.cache/veil/models/iris.onnx"
+)]
 struct Args {
     /// Where to serve the client HTTP API.
     #[arg(long, env = "VEIL_LISTEN", default_value = "tcp://0.0.0.0:8080")]
@@ -89,7 +92,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let mut files = HashMap::new();
     for (name, path) in &args.models {
-        let meta = std::fs::metadata(path).with_context(|| format!("model {name:?}: cannot read {}", path.display()))?;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("model {name:?}: cannot read {}", path.display()))?;
         anyhow::ensure!(meta.is_file() && meta.len() > 0, "model {name:?}: {} is not a non-empty file", path.display());
         anyhow::ensure!(files.insert(name.clone(), path.clone()).is_none(), "model {name:?} is named twice");
     }
@@ -106,8 +110,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(endpoints = ?config.endpoints, credentials = ?config.credentials, "KMS relay enabled");
         Some(Arc::new(KmsServices::new(config)))
     };
-    let host_task =
-        tokio::spawn(veil_parent::host::serve_with_kms(host_listener, Arc::new(files), kms, args.max_frame_bytes, stop_rx));
+    let host_task = tokio::spawn(veil_parent::host::serve_with_kms(
+        host_listener,
+        Arc::new(files),
+        kms,
+        args.max_frame_bytes,
+        stop_rx,
+    ));
 
     let state = Arc::new(AppState {
         link: EnclaveLink::new(
@@ -120,7 +129,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         models: model_names.clone(),
         request_timeout: Duration::from_secs(args.request_timeout_secs),
     });
-    let http_listener = Listener::bind(&args.listen).await.with_context(|| format!("could not listen on {}", args.listen))?;
+    let http_listener =
+        Listener::bind(&args.listen).await.with_context(|| format!("could not listen on {}", args.listen))?;
     let http_bound = http_listener.local_address()?;
     let url = match &http_bound {
         Address::Tcp(hp) => format!("http://{}", hp.replace("0.0.0.0", "127.0.0.1")),
@@ -128,7 +138,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     tracing::info!(http = %url, enclave = %args.enclave, host_services = %host_bound, models = ?model_names, "veil-parent listening");
     if let Some(path) = &args.ready_file {
-        let ready = serde_json::json!({ "url": url, "listen": http_bound.to_string(), "host_listen": host_bound.to_string() });
+        let ready =
+            serde_json::json!({ "url": url, "listen": http_bound.to_string(), "host_listen": host_bound.to_string() });
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec(&ready)?)?;
         std::fs::rename(&tmp, path)?;
@@ -143,4 +154,3 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), host_task).await;
     Ok(())
 }
-

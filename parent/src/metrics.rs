@@ -44,7 +44,9 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         // 50 µs to ~100 s in 22 doubling steps: covers iris on loopback and a large model alike.
-        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.00005, 2.0, 22)));
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.00005, 2.0, 22))
+        });
         let in_flight = Gauge::<i64, AtomicI64>::default();
         let enclave_connections = Gauge::<i64, AtomicI64>::default();
         registry.register("requests", "Requests answered, by route, model and HTTP status", requests.clone());

@@ -65,10 +65,8 @@ async fn echo_server() -> String {
 fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
     let buf = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&buf);
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || LogSink(Arc::clone(&sink)))
-        .finish();
+    let subscriber =
+        tracing_subscriber::fmt().with_ansi(false).with_writer(move || LogSink(Arc::clone(&sink))).finish();
     (buf, tracing::subscriber::set_default(subscriber))
 }
 
@@ -101,7 +99,8 @@ async fn endpoints_off_the_allow_list_are_refused_and_logged() {
 #[tokio::test]
 async fn without_kms_configuration_relay_and_credentials_are_refused() {
     let (addr, _stop) = host_services(None).await;
-    for req in [HostRequest::KmsRelay { endpoint: "kms.eu-west-1.amazonaws.com:443".into() }, HostRequest::Credentials] {
+    for req in [HostRequest::KmsRelay { endpoint: "kms.eu-west-1.amazonaws.com:443".into() }, HostRequest::Credentials]
+    {
         let (_, answer) = ask(&addr, &req).await;
         let HostResponse::Error(e) = answer else { panic!("expected a refusal, got {answer:?}") };
         assert_eq!(e.kind, ErrorKind::Unavailable);
@@ -119,7 +118,8 @@ async fn without_kms_configuration_relay_and_credentials_are_refused() {
 async fn an_allowed_endpoint_pipes_bytes_both_ways() {
     let echo = echo_server().await;
     // Allow-list matching ignores the host's case.
-    let (addr, _stop) = host_services(Some(config(&["--kms-endpoint", "kms.example.invalid:443", "--kms-endpoint", &echo]))).await;
+    let (addr, _stop) =
+        host_services(Some(config(&["--kms-endpoint", "kms.example.invalid:443", "--kms-endpoint", &echo]))).await;
     let (mut stream, answer) = ask(&addr, &HostRequest::KmsRelay { endpoint: echo.to_uppercase() }).await;
     assert_eq!(answer, HostResponse::RelayReady);
     // Raw bytes now, not frames: a megabyte of them, through and back.
@@ -142,10 +142,12 @@ async fn an_unreachable_endpoint_is_an_error_not_a_hang() {
     // A port that was free a moment ago: connection refused.
     let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
     let target = format!("127.0.0.1:{port}");
-    let (addr, _stop) = host_services(Some(config(&["--kms-endpoint", &target, "--kms-connect-timeout-ms", "500"]))).await;
-    let (_, answer) = tokio::time::timeout(Duration::from_secs(5), ask(&addr, &HostRequest::KmsRelay { endpoint: target }))
-        .await
-        .unwrap();
+    let (addr, _stop) =
+        host_services(Some(config(&["--kms-endpoint", &target, "--kms-connect-timeout-ms", "500"]))).await;
+    let (_, answer) =
+        tokio::time::timeout(Duration::from_secs(5), ask(&addr, &HostRequest::KmsRelay { endpoint: target }))
+            .await
+            .unwrap();
     let HostResponse::Error(e) = answer else { panic!("expected an error, got {answer:?}") };
     assert_eq!(e.kind, ErrorKind::Unavailable);
 }
@@ -225,7 +227,8 @@ async fn fake_imds(expires_in: Duration) -> (String, Arc<Mutex<ImdsLog>>) {
                 } else {
                     ("404 Not Found", String::new())
                 };
-                let answer = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let answer =
+                    format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
                 let _ = s.write_all(answer.as_bytes()).await;
             });
         }
@@ -257,7 +260,9 @@ async fn credentials_come_from_imdsv2_and_are_cached_until_near_expiry() {
     let (logs, _guard) = capture_logs();
     let (imds, seen) = fake_imds(Duration::from_secs(6 * 3600)).await;
     let (addr, _stop) = host_services(Some(config(&["--credentials", "imds", "--imds-url", &imds]))).await;
-    let HostResponse::Credentials { access_key_id, secret_access_key, session_token, expiration } = credentials(&addr).await else {
+    let HostResponse::Credentials { access_key_id, secret_access_key, session_token, expiration } =
+        credentials(&addr).await
+    else {
         panic!("expected credentials")
     };
     assert_eq!(access_key_id, "ASIAEXAMPLEEXAMPLE01");
@@ -294,7 +299,8 @@ async fn imds_failures_are_clear_errors() {
     // Nothing listens there.
     let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
     let (addr, _stop) =
-        host_services(Some(config(&["--credentials", "imds", "--imds-url", &format!("http://127.0.0.1:{port}")]))).await;
+        host_services(Some(config(&["--credentials", "imds", "--imds-url", &format!("http://127.0.0.1:{port}")])))
+            .await;
     let HostResponse::Error(e) = credentials(&addr).await else { panic!("expected an error") };
     assert_eq!(e.kind, ErrorKind::Internal);
     assert!(e.message.starts_with("instance metadata service:"), "{}", e.message);
@@ -309,7 +315,13 @@ fn flags_are_validated() {
     let c = parse(&[]).unwrap();
     assert!(c.endpoints.is_empty(), "no endpoint by default: relay disabled");
     assert_eq!(c.imds.to_string(), "http://169.254.169.254/");
-    let c = parse(&["--kms-endpoint", "KMS.eu-west-1.amazonaws.com:443", "--kms-endpoint", "kms.eu-west-1.amazonaws.com:443"]).unwrap();
+    let c = parse(&[
+        "--kms-endpoint",
+        "KMS.eu-west-1.amazonaws.com:443",
+        "--kms-endpoint",
+        "kms.eu-west-1.amazonaws.com:443",
+    ])
+    .unwrap();
     assert_eq!(c.endpoints, ["kms.eu-west-1.amazonaws.com:443"]);
     assert!(parse(&["--kms-endpoint", "kms.eu-west-1.amazonaws.com"]).is_err());
     assert!(parse(&["--imds-url", "https://169.254.169.254"]).is_err());

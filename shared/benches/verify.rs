@@ -21,11 +21,7 @@ const RUNS: usize = 300;
 const QUICK_RUNS: usize = 30;
 
 fn main() {
-    let runs = if std::env::args().any(|a| a == "--quick") {
-        QUICK_RUNS
-    } else {
-        RUNS
-    };
+    let runs = if std::env::args().any(|a| a == "--quick") { QUICK_RUNS } else { RUNS };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = root.join("tests/vectors");
     let manifest: serde_json::Value =
@@ -43,27 +39,15 @@ fn main() {
         }
         let file = e["file"].as_str().unwrap();
         let raw = std::fs::read(dir.join(file)).unwrap();
-        let text = || {
-            String::from_utf8(raw.clone())
-                .unwrap()
-                .split_whitespace()
-                .collect::<String>()
-        };
+        let text = || String::from_utf8(raw.clone()).unwrap().split_whitespace().collect::<String>();
         let bytes = match e["encoding"].as_str().unwrap() {
             "raw" => raw.clone(),
             "hex" => hex::decode(text()).unwrap(),
-            _ => base64::engine::general_purpose::STANDARD
-                .decode(text())
-                .unwrap(),
+            _ => base64::engine::general_purpose::STANDARD.decode(text()).unwrap(),
         };
         let mut policy = Policy::new(e["timestamp_ms"].as_u64().unwrap()).allow_debug(true);
         for (k, v) in e["pcrs"].as_object().unwrap() {
-            policy = policy
-                .expect_pcr(
-                    k.parse().unwrap(),
-                    &hex::decode(v.as_str().unwrap()).unwrap(),
-                )
-                .unwrap();
+            policy = policy.expect_pcr(k.parse().unwrap(), &hex::decode(v.as_str().unwrap()).unwrap()).unwrap();
         }
         for _ in 0..WARMUP {
             verify(&bytes, &policy).unwrap();
@@ -82,11 +66,7 @@ fn main() {
         let mut warm = Vec::with_capacity(runs);
         for _ in 0..runs {
             let t = Instant::now();
-            std::hint::black_box(
-                verifier
-                    .verify(std::hint::black_box(&bytes), &policy)
-                    .unwrap(),
-            );
+            std::hint::black_box(verifier.verify(std::hint::black_box(&bytes), &policy).unwrap());
             warm.push(t.elapsed().as_secs_f64() * 1e6);
         }
         let mut parse = Vec::with_capacity(runs);
@@ -97,11 +77,7 @@ fn main() {
         }
         all.extend_from_slice(&times);
         all_warm.extend_from_slice(&warm);
-        let (p50, p99, parse50) = (
-            pct(&mut times, 50.0),
-            pct(&mut times, 99.0),
-            pct(&mut parse, 50.0),
-        );
+        let (p50, p99, parse50) = (pct(&mut times, 50.0), pct(&mut times, 99.0), pct(&mut parse, 50.0));
         let (w50, w99) = (pct(&mut warm, 50.0), pct(&mut warm, 99.0));
         println!(
             "{:<64} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
@@ -118,10 +94,7 @@ fn main() {
     }
     let (p50, p99) = (pct(&mut all, 50.0), pct(&mut all, 99.0));
     let (w50, w99) = (pct(&mut all_warm, 50.0), pct(&mut all_warm, 99.0));
-    println!(
-        "{:<64} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1}   (µs)",
-        "ALL (18 documents)", "", p50, p99, w50, w99
-    );
+    println!("{:<64} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1}   (µs)", "ALL (18 documents)", "", p50, p99, w50, w99);
     let mut one = Vec::with_capacity(runs);
     let pk = one_p384_verification_us(&mut one, runs);
     println!("one ECDSA P-384 verification (ring): p50 {pk:.1} µs");
@@ -136,9 +109,7 @@ fn main() {
         "target_us": 1000,
     });
     // Cargo runs benches with the package directory as the working directory; write under the target dir.
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     let path = target.join("bench/attestation.json");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, serde_json::to_vec_pretty(&out).unwrap()).unwrap();
@@ -151,18 +122,9 @@ fn one_p384_verification_us(times: &mut Vec<f64>, runs: usize) -> f64 {
         .join("../tests/vectors/yawn-nitro-attest/tests/fixtures/attestation.cose");
     let doc = UnverifiedDocument::parse(&std::fs::read(dir).unwrap()).unwrap();
     let c = doc.unverified_claims();
-    let issuer = x509_parser::parse_x509_certificate(c.cabundle.last().unwrap())
-        .unwrap()
-        .1;
-    let leaf = x509_parser::parse_x509_certificate(&c.certificate)
-        .unwrap()
-        .1;
-    let key = issuer
-        .tbs_certificate
-        .subject_pki
-        .subject_public_key
-        .data
-        .to_vec();
+    let issuer = x509_parser::parse_x509_certificate(c.cabundle.last().unwrap()).unwrap().1;
+    let leaf = x509_parser::parse_x509_certificate(&c.certificate).unwrap().1;
+    let key = issuer.tbs_certificate.subject_pki.subject_public_key.data.to_vec();
     let tbs = leaf.tbs_certificate.as_ref().to_vec();
     let sig = leaf.signature_value.data.to_vec();
     let pk = ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P384_SHA384_ASN1, key);
@@ -181,9 +143,5 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn short(file: &str) -> String {
-    if file.len() > 64 {
-        format!("…{}", &file[file.len() - 63..])
-    } else {
-        file.to_owned()
-    }
+    if file.len() > 64 { format!("…{}", &file[file.len() - 63..]) } else { file.to_owned() }
 }

@@ -207,7 +207,12 @@ pub struct Sealer<'a> {
 impl Sealer<'_> {
     /// Seals a plaintext request for `model`, issued at `issued_at` (Unix seconds, now). Returns the wire
     /// bytes and the request id and time (both needed to open the answer).
-    pub fn seal_request(&self, model: &str, plaintext: &[u8], issued_at: u64) -> Result<(Vec<u8>, RequestTag), EnvelopeError> {
+    pub fn seal_request(
+        &self,
+        model: &str,
+        plaintext: &[u8],
+        issued_at: u64,
+    ) -> Result<(Vec<u8>, RequestTag), EnvelopeError> {
         let request_id = random::<REQUEST_ID_LEN>()?;
         let key = self.key.aead(Direction::Request, &request_id)?;
         let (nonce, ciphertext) =
@@ -228,7 +233,12 @@ impl Sealer<'_> {
     }
 
     /// Opens the enclave's answer to the request `tag` names, for `model`.
-    pub fn open_response(&self, model: &str, tag: &RequestTag, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+    pub fn open_response(
+        &self,
+        model: &str,
+        tag: &RequestTag,
+        body: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
         let sealed: SealedResponse = decode(body)?;
         if sealed.v != ENVELOPE_VERSION {
             return Err(EnvelopeError::Version(sealed.v));
@@ -251,12 +261,14 @@ pub struct RequestTag {
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, EnvelopeError> {
     let mut cursor = bytes;
-    let v: T = ciborium::from_reader(&mut cursor).map_err(|e| EnvelopeError::Malformed(match e {
-        ciborium::de::Error::Io(_) => "truncated".to_owned(),
-        ciborium::de::Error::Syntax(o) => format!("CBOR syntax error at byte {o}"),
-        ciborium::de::Error::Semantic(_, m) => m,
-        ciborium::de::Error::RecursionLimitExceeded => "nested too deeply".to_owned(),
-    }))?;
+    let v: T = ciborium::from_reader(&mut cursor).map_err(|e| {
+        EnvelopeError::Malformed(match e {
+            ciborium::de::Error::Io(_) => "truncated".to_owned(),
+            ciborium::de::Error::Syntax(o) => format!("CBOR syntax error at byte {o}"),
+            ciborium::de::Error::Semantic(_, m) => m,
+            ciborium::de::Error::RecursionLimitExceeded => "nested too deeply".to_owned(),
+        })
+    })?;
     if !cursor.is_empty() {
         return Err(EnvelopeError::Malformed(format!("{} trailing bytes", cursor.len())));
     }
@@ -279,8 +291,12 @@ pub fn parse_request(body: &[u8]) -> Result<SealedRequest, EnvelopeError> {
     if r.encryption_context.len() > MAX_CONTEXT_PAIRS {
         return Err(field("encryption_context", format!("at most {MAX_CONTEXT_PAIRS} pairs")));
     }
-    if r.encryption_context.iter().any(|(k, v)| k.is_empty() || k.len() > MAX_CONTEXT_LEN || v.len() > MAX_CONTEXT_LEN) {
-        return Err(field("encryption_context", format!("keys must be 1 to {MAX_CONTEXT_LEN} bytes, values at most {MAX_CONTEXT_LEN}")));
+    if r.encryption_context.iter().any(|(k, v)| k.is_empty() || k.len() > MAX_CONTEXT_LEN || v.len() > MAX_CONTEXT_LEN)
+    {
+        return Err(field(
+            "encryption_context",
+            format!("keys must be 1 to {MAX_CONTEXT_LEN} bytes, values at most {MAX_CONTEXT_LEN}"),
+        ));
     }
     if r.request_id.len() != REQUEST_ID_LEN {
         return Err(field("request_id", format!("must be {REQUEST_ID_LEN} bytes")));
@@ -302,7 +318,12 @@ pub fn open_request(key: &DataKey, model: &str, request: &SealedRequest) -> Resu
 }
 
 /// Seals the enclave's answer to `request` for `model`.
-pub fn seal_response(key: &DataKey, model: &str, request: &SealedRequest, plaintext: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+pub fn seal_response(
+    key: &DataKey,
+    model: &str,
+    request: &SealedRequest,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, EnvelopeError> {
     let k = key.aead(Direction::Response, &request.request_id)?;
     let aad = aad(Direction::Response, model, &request.request_id, &request.key_id, request.issued_at);
     let (nonce, ciphertext) = seal(&k, &aad, plaintext)?;
@@ -361,7 +382,12 @@ mod tests {
         let wrong = DataKey::new(&[8u8; 32]).unwrap();
         assert_eq!(open_request(&wrong, "iris", &parsed).unwrap_err(), EnvelopeError::Decrypt);
         // A request cannot pass as an answer (other key, other direction in the AAD).
-        let as_answer = SealedResponse { v: 1, request_id: parsed.request_id.clone(), nonce: parsed.nonce.clone(), ciphertext: parsed.ciphertext.clone() };
+        let as_answer = SealedResponse {
+            v: 1,
+            request_id: parsed.request_id.clone(),
+            nonce: parsed.nonce.clone(),
+            ciphertext: parsed.ciphertext.clone(),
+        };
         let mut bytes = Vec::new();
         ciborium::into_writer(&as_answer, &mut bytes).unwrap();
         assert_eq!(sealer.open_response("iris", &id, &bytes).unwrap_err(), EnvelopeError::Decrypt);

@@ -240,7 +240,13 @@ impl ModelOpener {
     pub fn new(start: &[u8], data_key: &[u8]) -> Result<ModelOpener, EnvelopeError> {
         let (header, end) = read_header(start)?.ok_or_else(|| err("model header is truncated"))?;
         let digest = digest::digest(&digest::SHA256, &start[MAGIC.len() + 4..end]).as_ref().to_vec();
-        Ok(ModelOpener { key: key_for(data_key, &digest)?, digest, header, next: 0, sha384: digest::Context::new(&digest::SHA384) })
+        Ok(ModelOpener {
+            key: key_for(data_key, &digest)?,
+            digest,
+            header,
+            next: 0,
+            sha384: digest::Context::new(&digest::SHA384),
+        })
     }
 
     /// Ciphertext bytes the next chunk takes, or `None` when all chunks are open.
@@ -294,7 +300,8 @@ mod tests {
     use super::*;
 
     fn seal_all(plain: &[u8], chunk: u32) -> Vec<u8> {
-        let (mut s, mut out) = ModelSealer::new(&[9; 32], "k", b"edk", BTreeMap::new(), plain.len() as u64, chunk).unwrap();
+        let (mut s, mut out) =
+            ModelSealer::new(&[9; 32], "k", b"edk", BTreeMap::new(), plain.len() as u64, chunk).unwrap();
         let mut chunks: Vec<&[u8]> = plain.chunks(chunk as usize).collect();
         if chunks.is_empty() {
             chunks.push(&[]);

@@ -101,10 +101,19 @@ pub enum HostRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HostResponse {
-    ModelInfo { size: u64 },
-    ModelChunk { data: ByteBuf },
+    ModelInfo {
+        size: u64,
+    },
+    ModelChunk {
+        data: ByteBuf,
+    },
     /// Temporary AWS credentials. `expiration` is Unix seconds, when known.
-    Credentials { access_key_id: String, secret_access_key: String, session_token: Option<String>, expiration: Option<u64> },
+    Credentials {
+        access_key_id: String,
+        secret_access_key: String,
+        session_token: Option<String>,
+        expiration: Option<u64>,
+    },
     /// The relay is open: from the next byte on, the connection is a raw pipe to the endpoint.
     RelayReady,
     Error(ErrorReply),
@@ -317,7 +326,9 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
-        for garbage in [&b""[..], b"\xff", b"\x84\x01", b"hello world", &[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]] {
+        for garbage in
+            [&b""[..], b"\xff", b"\x84\x01", b"hello world", &[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]]
+        {
             let err = decode::<EnclaveRequest>(garbage).unwrap_err();
             assert!(matches!(err, ProtoError::Malformed(_)), "{garbage:?}: {err}");
         }

@@ -65,23 +65,20 @@ impl FromStr for Address {
         };
         match scheme {
             "vsock" => {
-                let (cid, port) =
-                    rest.rsplit_once(':').ok_or_else(|| AddressError::new(s, "vsock needs CID:PORT"))?;
+                let (cid, port) = rest.rsplit_once(':').ok_or_else(|| AddressError::new(s, "vsock needs CID:PORT"))?;
                 let cid = match cid {
                     "any" | "ANY" => VMADDR_CID_ANY,
                     "host" | "parent" => 3,
-                    c => c.parse::<u32>().map_err(|_| {
-                        AddressError::new(s, format!("CID {c:?} is not a number (or `any`, `parent`)"))
-                    })?,
+                    c => c
+                        .parse::<u32>()
+                        .map_err(|_| AddressError::new(s, format!("CID {c:?} is not a number (or `any`, `parent`)")))?,
                 };
-                let port = port
-                    .parse::<u32>()
-                    .map_err(|_| AddressError::new(s, format!("port {port:?} is not a number")))?;
+                let port =
+                    port.parse::<u32>().map_err(|_| AddressError::new(s, format!("port {port:?} is not a number")))?;
                 Ok(Address::Vsock { cid, port })
             }
             "tcp" => {
-                let (host, port) =
-                    rest.rsplit_once(':').ok_or_else(|| AddressError::new(s, "tcp needs HOST:PORT"))?;
+                let (host, port) = rest.rsplit_once(':').ok_or_else(|| AddressError::new(s, "tcp needs HOST:PORT"))?;
                 if host.is_empty() {
                     return Err(AddressError::new(s, "empty host"));
                 }

@@ -251,12 +251,11 @@ pub fn check_input(input: &RequestInput) -> Result<Tensor, V2Error> {
     let mut count: usize = 1;
     let mut shape = Vec::with_capacity(input.shape.len());
     for &d in &input.shape {
-        let d = u64::try_from(d).map_err(|_| err(format!("input {name:?}: shape {:?} has a negative dimension", input.shape)))?;
-        count = usize::try_from(d)
-            .ok()
-            .and_then(|d| count.checked_mul(d))
-            .filter(|&c| c <= MAX_ELEMENTS)
-            .ok_or_else(|| err(format!("input {name:?}: shape {:?} holds more than {MAX_ELEMENTS} elements", input.shape)))?;
+        let d = u64::try_from(d)
+            .map_err(|_| err(format!("input {name:?}: shape {:?} has a negative dimension", input.shape)))?;
+        count = usize::try_from(d).ok().and_then(|d| count.checked_mul(d)).filter(|&c| c <= MAX_ELEMENTS).ok_or_else(
+            || err(format!("input {name:?}: shape {:?} holds more than {MAX_ELEMENTS} elements", input.shape)),
+        )?;
         shape.push(d);
     }
     let mut flat = Vec::with_capacity(count.min(1 << 16));
@@ -268,9 +267,8 @@ pub fn check_input(input: &RequestInput) -> Result<Tensor, V2Error> {
             flat.len()
         )));
     }
-    let data = convert(&flat, datatype).map_err(|(index, why)| {
-        err(format!("input {name:?}: element {index} is not {datatype}: {why}"))
-    })?;
+    let data = convert(&flat, datatype)
+        .map_err(|(index, why)| err(format!("input {name:?}: element {index} is not {datatype}: {why}")))?;
     Ok(Tensor { name: name.clone(), shape, datatype, data, parameters: None })
 }
 
@@ -392,7 +390,8 @@ mod tests {
     #[test]
     fn flat_and_nested_data_are_the_same_tensor() {
         let flat = check_input(&input(json!({"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2.5,3,4]}))).unwrap();
-        let nested = check_input(&input(json!({"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2.5],[3,4]]}))).unwrap();
+        let nested =
+            check_input(&input(json!({"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2.5],[3,4]]}))).unwrap();
         assert_eq!(flat, nested);
         assert_eq!(flat.data, TensorData::F32(vec![1.0, 2.5, 3.0, 4.0]));
         assert_eq!(flat.shape, vec![2, 2]);
@@ -469,6 +468,9 @@ mod tests {
             }],
         };
         let s = serde_json::to_string(&r).unwrap();
-        assert_eq!(s, r#"{"model_name":"m","id":"7","outputs":[{"name":"y","shape":[2],"datatype":"FP32","data":[0.1,2.0]}]}"#);
+        assert_eq!(
+            s,
+            r#"{"model_name":"m","id":"7","outputs":[{"name":"y","shape":[2],"datatype":"FP32","data":[0.1,2.0]}]}"#
+        );
     }
 }

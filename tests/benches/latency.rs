@@ -61,9 +61,11 @@ fn feeds(request: &Value) -> Vec<(String, SessionInputValue<'static>)> {
             let shape: Vec<i64> = i["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
             let data = i["data"].as_array().unwrap();
             let value: SessionInputValue<'static> = match i["datatype"].as_str().unwrap() {
-                "FP32" => Tensor::from_array((shape, data.iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<f32>>()))
-                    .unwrap()
-                    .into(),
+                "FP32" => {
+                    Tensor::from_array((shape, data.iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<f32>>()))
+                        .unwrap()
+                        .into()
+                }
                 "INT64" => Tensor::from_array((shape, data.iter().map(|x| x.as_i64().unwrap()).collect::<Vec<i64>>()))
                     .unwrap()
                     .into(),
@@ -87,7 +89,13 @@ fn summarize(mut lat: Vec<Duration>, elapsed: Duration) -> Measurement {
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e6;
     let mean = lat.iter().map(|d| d.as_secs_f64()).sum::<f64>() / lat.len() as f64 * 1e6;
-    Measurement { p50_us: pct(0.50), p99_us: pct(0.99), mean_us: mean, requests: lat.len(), throughput_rps: lat.len() as f64 / elapsed.as_secs_f64() }
+    Measurement {
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        mean_us: mean,
+        requests: lat.len(),
+        throughput_rps: lat.len() as f64 / elapsed.as_secs_f64(),
+    }
 }
 
 /// Runs `f` from `concurrency` threads, `per_thread` times each after `warmup` calls, and summarizes.
@@ -181,9 +189,13 @@ fn enclave_target<'a>(stack: &'a Stack, model: &'a str, body: Vec<u8>) -> impl F
     let path = stack.enclave_addr.trim_start_matches("unix://").to_owned();
     let conns: Mutex<Vec<std::os::unix::net::UnixStream>> = Mutex::new(Vec::new());
     move || {
-        let mut s = conns.lock().unwrap().pop().unwrap_or_else(|| std::os::unix::net::UnixStream::connect(&path).unwrap());
+        let mut s =
+            conns.lock().unwrap().pop().unwrap_or_else(|| std::os::unix::net::UnixStream::connect(&path).unwrap());
         let (wire, tag) = stack.seal(model, &body).unwrap();
-        let req = veil_shared::proto::EnclaveRequest::Infer { model: model.to_owned(), body: serde_bytes::ByteBuf::from(wire) };
+        let req = veil_shared::proto::EnclaveRequest::Infer {
+            model: model.to_owned(),
+            body: serde_bytes::ByteBuf::from(wire),
+        };
         let payload = veil_shared::proto::encode(1, &req).unwrap();
         let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
         frame.extend_from_slice(&payload);
@@ -192,7 +204,8 @@ fn enclave_target<'a>(stack: &'a Stack, model: &'a str, body: Vec<u8>) -> impl F
         s.read_exact(&mut h).unwrap();
         let mut answer = vec![0u8; u32::from_be_bytes(h) as usize];
         s.read_exact(&mut answer).unwrap();
-        let msg: veil_shared::proto::Message<veil_shared::proto::EnclaveResponse> = veil_shared::proto::decode(&answer).unwrap();
+        let msg: veil_shared::proto::Message<veil_shared::proto::EnclaveResponse> =
+            veil_shared::proto::decode(&answer).unwrap();
         match msg.body {
             veil_shared::proto::EnclaveResponse::Infer { body } => {
                 stack.open(model, &tag, &body).unwrap();
@@ -240,7 +253,8 @@ fn main() {
     let python = std::env::var("VEIL_BENCH_PYTHON").ok();
 
     // The confidential stack: mock KMS, sealed requests; data keys cached in the enclave after the first.
-    let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris", "minilm"])).expect("start the Veil stack (build release binaries first)");
+    let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris", "minilm"]))
+        .expect("start the Veil stack (build release binaries first)");
     let sealed_stack = &stack;
     let kms_calls = || -> u64 {
         let (_, body) = veil_tests::http_get(&sealed_stack.url, "/readyz").unwrap();
@@ -329,7 +343,12 @@ fn main() {
             }
             rows.push(format!(
                 "| {model:<6} | {target:<6} | {:>10.1} | {:>10.1} | {:>11.0} | {:>10.1} | {:>10.1} | {:>11.0} |",
-                m["c1"].p50_us, m["c1"].p99_us, m["c1"].throughput_rps, m["c16"].p50_us, m["c16"].p99_us, m["c16"].throughput_rps
+                m["c1"].p50_us,
+                m["c1"].p99_us,
+                m["c1"].throughput_rps,
+                m["c16"].p50_us,
+                m["c16"].p99_us,
+                m["c16"].throughput_rps
             ));
         }
         rows.push(format!(
@@ -339,7 +358,10 @@ fn main() {
             summary["veil_over_ort_throughput_c16"].as_f64().unwrap(),
             summary["veil_over_python_throughput_c16"]
                 .as_f64()
-                .map(|r| format!("; veil/python rps@16 = {r:.2}, rps@1 = {:.2}", summary["veil_over_python_throughput_c1"].as_f64().unwrap_or(0.0)))
+                .map(|r| format!(
+                    "; veil/python rps@16 = {r:.2}, rps@1 = {:.2}",
+                    summary["veil_over_python_throughput_c1"].as_f64().unwrap_or(0.0)
+                ))
                 .unwrap_or_default()
         ));
         results.insert(model.to_owned(), json!({ "case": case_name, "targets": per, "summary": summary }));

@@ -237,7 +237,9 @@ fn recording_proxy(listen: PathBuf, target: String, recording: Recording) -> any
                     None => return,
                 };
                 let Ok(upstream) = upstream else { return };
-                let pipe = |mut from: std::os::unix::net::UnixStream, mut to: std::os::unix::net::UnixStream, rec: Recording| {
+                let pipe = |mut from: std::os::unix::net::UnixStream,
+                            mut to: std::os::unix::net::UnixStream,
+                            rec: Recording| {
                     let mut buf = vec![0u8; 64 * 1024];
                     loop {
                         let n = match from.read(&mut buf) {
@@ -293,7 +295,9 @@ impl Stack {
     pub fn start(options: StackOptions) -> anyhow::Result<Stack> {
         let dir = tempfile::Builder::new().prefix("veil-test-").tempdir()?;
         let (enclave_addr, host_addr) = match options.transport {
-            Transport::Tcp => (format!("tcp://127.0.0.1:{}", free_port()?), format!("tcp://127.0.0.1:{}", free_port()?)),
+            Transport::Tcp => {
+                (format!("tcp://127.0.0.1:{}", free_port()?), format!("tcp://127.0.0.1:{}", free_port()?))
+            }
             Transport::Unix => (
                 format!("unix://{}", dir.path().join("enclave.sock").display()),
                 format!("unix://{}", dir.path().join("host.sock").display()),
@@ -333,7 +337,8 @@ impl Stack {
         }
         parent_args.extend(options.parent_args.iter().cloned());
         let parent_log = dir.path().join("parent.log");
-        let creds = [("AWS_ACCESS_KEY_ID", Path::new(TEST_ACCESS_KEY)), ("AWS_SECRET_ACCESS_KEY", Path::new(TEST_SECRET_KEY))];
+        let creds =
+            [("AWS_ACCESS_KEY_ID", Path::new(TEST_ACCESS_KEY)), ("AWS_SECRET_ACCESS_KEY", Path::new(TEST_SECRET_KEY))];
         let mut parent = spawn(&bin("veil-parent")?, &parent_args, &parent_log, &creds)?;
         let ready = wait_file(&dir.path().join("parent.ready"), &mut parent, "veil-parent", &parent_log)?;
         let url = ready["url"].as_str().context("parent ready file has no url")?.to_owned();
@@ -471,7 +476,12 @@ impl Stack {
         let key = veil_shared::envelope::DataKey::new(&dk)?;
         let k = self.kms.as_ref().context("not a KMS stack")?;
         let ctx = std::collections::BTreeMap::new();
-        let sealer = veil_shared::envelope::Sealer { key: &key, key_id: &k.key_id, encrypted_data_key: &blob, encryption_context: &ctx };
+        let sealer = veil_shared::envelope::Sealer {
+            key: &key,
+            key_id: &k.key_id,
+            encrypted_data_key: &blob,
+            encryption_context: &ctx,
+        };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
         Ok(sealer.seal_request(model, plaintext, now)?)
     }
@@ -482,7 +492,12 @@ impl Stack {
         let key = veil_shared::envelope::DataKey::new(&dk)?;
         let k = self.kms.as_ref().context("not a KMS stack")?;
         let ctx = std::collections::BTreeMap::new();
-        let sealer = veil_shared::envelope::Sealer { key: &key, key_id: &k.key_id, encrypted_data_key: &blob, encryption_context: &ctx };
+        let sealer = veil_shared::envelope::Sealer {
+            key: &key,
+            key_id: &k.key_id,
+            encrypted_data_key: &blob,
+            encryption_context: &ctx,
+        };
         Ok(sealer.open_response(model, tag, answer)?.to_vec())
     }
 
@@ -493,7 +508,8 @@ impl Stack {
         let (wire, tag) = self.seal(model, plaintext)?;
         let (status, body) = http_raw(&self.url, "POST", &format!("/v1/models/{model}/infer"), &wire)?;
         if status != 200 {
-            let v = serde_json::from_slice(&body).unwrap_or_else(|_| serde_json::json!({"raw": String::from_utf8_lossy(&body)}));
+            let v = serde_json::from_slice(&body)
+                .unwrap_or_else(|_| serde_json::json!({"raw": String::from_utf8_lossy(&body)}));
             return Ok((status, v));
         }
         let opened: Value = serde_json::from_slice(&self.open(model, &tag, &body)?)?;
@@ -527,9 +543,17 @@ impl Stack {
     }
 
     /// A client session under this stack's KMS key.
-    pub async fn session(&self, context: std::collections::BTreeMap<String, String>) -> anyhow::Result<veil_client::kms::Session> {
+    pub async fn session(
+        &self,
+        context: std::collections::BTreeMap<String, String>,
+    ) -> anyhow::Result<veil_client::kms::Session> {
         let k = self.kms.as_ref().context("not a KMS stack")?;
-        Ok(veil_client::kms::Session::new(k.client().await?, &k.key_id, context, veil_client::kms::SessionLimits::default()))
+        Ok(veil_client::kms::Session::new(
+            k.client().await?,
+            &k.key_id,
+            context,
+            veil_client::kms::SessionLimits::default(),
+        ))
     }
 
     /// Starts (or restarts) the enclave and waits until the parent reports it ready.
@@ -554,9 +578,10 @@ impl Stack {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(c) = self.enclave.as_mut()
-                && let Some(status) = c.try_wait()? {
-                    bail!("veil-enclave exited ({status}): {}", self.enclave_log());
-                }
+                && let Some(status) = c.try_wait()?
+            {
+                bail!("veil-enclave exited ({status}): {}", self.enclave_log());
+            }
             if let Ok((200, _)) = http_get(&self.url, "/readyz") {
                 return Ok(());
             }
@@ -680,9 +705,10 @@ pub fn compare_outputs(got: &Value, case: &Value) -> Result<(), String> {
             }
         }
         if let Some(keys) = w.get("map_keys")
-            && g["parameters"]["zipmap_keys"] != *keys {
-                return Err(format!("output {name}: zipmap_keys {} != {}", g["parameters"]["zipmap_keys"], keys));
-            }
+            && g["parameters"]["zipmap_keys"] != *keys
+        {
+            return Err(format!("output {name}: zipmap_keys {} != {}", g["parameters"]["zipmap_keys"], keys));
+        }
     }
     Ok(())
 }

@@ -17,11 +17,8 @@ fn documents_carry_the_nonce_and_commit_to_the_loaded_models() {
 
     // Verifies under the mock root the enclave wrote, with the nonce we sent, fresh.
     let root = TrustAnchor::from_pem(&std::fs::read(stack.mock_root_pem()).unwrap()).unwrap();
-    let policy = Policy::new(now_ms())
-        .with_root(root)
-        .expect_nonce(&nonce)
-        .unwrap()
-        .with_max_age(Duration::from_secs(60));
+    let policy =
+        Policy::new(now_ms()).with_root(root).expect_nonce(&nonce).unwrap().with_max_age(Duration::from_secs(60));
     let verified = verify(&doc, &policy).unwrap_or_else(|r| panic!("rejected: {r:?}"));
     assert_eq!(verified.nonce(), Some(&nonce[..]));
 

@@ -38,7 +38,8 @@ fn veil_dev_serves_prints_endpoints_and_stops_on_sigterm() {
     let kms = &endpoints["kms"];
     assert!(kms["endpoint"].as_str().unwrap().starts_with("https://127.0.0.1:"));
     assert!(std::path::Path::new(kms["ca_file"].as_str().unwrap()).is_file());
-    let policy: serde_json::Value = serde_json::from_slice(&std::fs::read(kms["policy_file"].as_str().unwrap()).unwrap()).unwrap();
+    let policy: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(kms["policy_file"].as_str().unwrap()).unwrap()).unwrap();
     assert!(policy.to_string().contains("kms:RecipientAttestation:ImageSha384"));
     for m in models {
         assert!(m["file"].as_str().unwrap().ends_with(".onnx.veil"), "{m}");
@@ -59,7 +60,8 @@ fn veil_dev_serves_prints_endpoints_and_stops_on_sigterm() {
     compare_outputs(&serde_json::from_slice(&out.stdout).unwrap(), case).unwrap();
     // A plaintext request is refused: the enclave accepts only sealed envelopes.
     let (status, body) =
-        http_raw(url, "POST", "/v1/models/breast_cancer/infer", &serde_json::to_vec(&case["request"]).unwrap()).unwrap();
+        http_raw(url, "POST", "/v1/models/breast_cancer/infer", &serde_json::to_vec(&case["request"]).unwrap())
+            .unwrap();
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("malformed envelope"));
 

@@ -86,12 +86,36 @@ fn bad_tensors_get_errors_that_say_what_was_expected() {
     let stack = Stack::start(StackOptions::new(Transport::Tcp, &["iris"])).unwrap();
     let ok_input = json!({"name": "float_input", "shape": [3, 2], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]});
     let cases: Vec<(Value, u16, &str)> = vec![
-        (json!({"inputs": [{"name": "wrong", "shape": [3, 2], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}]}), 400, "unknown input \"wrong\"; model \"iris\" takes: float_input"),
-        (json!({"inputs": [{"name": "float_input", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}]}), 400, "expected shape [3, 2]"),
-        (json!({"inputs": [{"name": "float_input", "shape": [3, 2], "datatype": "INT64", "data": [1, 2, 3, 4, 5, 6]}]}), 400, "expected datatype FP32, got INT64"),
-        (json!({"inputs": [{"name": "float_input", "shape": [3, 2], "datatype": "FP32", "data": [1, 2, 3, 4, 5]}]}), 400, "needs 6 elements, data has 5"),
-        (json!({"inputs": [{"name": "float_input", "shape": [3, 2], "datatype": "FP32", "data": [1, 2, "x", 4, 5, 6]}]}), 400, "element 2 is not FP32: not a number"),
-        (json!({"inputs": [ok_input.clone()], "outputs": [{"name": "nope"}]}), 400, "unknown output \"nope\"; model \"iris\" has: label, probabilities"),
+        (
+            json!({"inputs": [{"name": "wrong", "shape": [3, 2], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}]}),
+            400,
+            "unknown input \"wrong\"; model \"iris\" takes: float_input",
+        ),
+        (
+            json!({"inputs": [{"name": "float_input", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}]}),
+            400,
+            "expected shape [3, 2]",
+        ),
+        (
+            json!({"inputs": [{"name": "float_input", "shape": [3, 2], "datatype": "INT64", "data": [1, 2, 3, 4, 5, 6]}]}),
+            400,
+            "expected datatype FP32, got INT64",
+        ),
+        (
+            json!({"inputs": [{"name": "float_input", "shape": [3, 2], "datatype": "FP32", "data": [1, 2, 3, 4, 5]}]}),
+            400,
+            "needs 6 elements, data has 5",
+        ),
+        (
+            json!({"inputs": [{"name": "float_input", "shape": [3, 2], "datatype": "FP32", "data": [1, 2, "x", 4, 5, 6]}]}),
+            400,
+            "element 2 is not FP32: not a number",
+        ),
+        (
+            json!({"inputs": [ok_input.clone()], "outputs": [{"name": "nope"}]}),
+            400,
+            "unknown output \"nope\"; model \"iris\" has: label, probabilities",
+        ),
         (json!({"inputs": []}), 400, "no inputs"),
         (json!({"nothing": 1}), 400, "missing field `inputs`"),
     ];
@@ -112,7 +136,11 @@ fn bad_tensors_get_errors_that_say_what_was_expected() {
     assert_eq!(got["error"], "unknown model \"resnet\"; this enclave serves: iris");
 
     // Choosing outputs returns only those.
-    let (status, got) = infer(&stack, "iris", &serde_json::to_vec(&json!({"inputs": [ok_input], "outputs": [{"name": "label"}]})).unwrap());
+    let (status, got) = infer(
+        &stack,
+        "iris",
+        &serde_json::to_vec(&json!({"inputs": [ok_input], "outputs": [{"name": "label"}]})).unwrap(),
+    );
     assert_eq!(status, 200, "{got}");
     assert_eq!(got["outputs"].as_array().unwrap().len(), 1);
     assert_eq!(got["outputs"][0]["name"], "label");
@@ -199,7 +227,10 @@ fn a_client_that_disconnects_mid_request_harms_nobody() {
     // Half a body, then gone.
     {
         let mut s = std::net::TcpStream::connect(&hostport).unwrap();
-        s.write_all(b"POST /v1/models/breast_cancer/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"inputs\":").unwrap();
+        s.write_all(
+            b"POST /v1/models/breast_cancer/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"inputs\":",
+        )
+        .unwrap();
     }
     // A whole slow request (MiniLM, 128 tokens), then gone before the answer.
     let minilm = references("minilm").unwrap();
@@ -303,12 +334,24 @@ fn every_carried_datatype_crosses_the_path_intact() {
     let (status, got) = infer(&stack, "datatypes", &serde_json::to_vec(&request).unwrap());
     assert_eq!(status, 200, "{got}");
     let out = |name: &str| got["outputs"].as_array().unwrap().iter().find(|o| o["name"] == name).unwrap().clone();
-    assert_eq!(out("f64_doubled"), json!({"name": "f64_doubled", "shape": [2], "datatype": "FP64", "data": [0.2, -5.0]}));
-    assert_eq!(out("i32_plus_one"), json!({"name": "i32_plus_one", "shape": [2], "datatype": "INT32", "data": [2147483647, -6]}));
+    assert_eq!(
+        out("f64_doubled"),
+        json!({"name": "f64_doubled", "shape": [2], "datatype": "FP64", "data": [0.2, -5.0]})
+    );
+    assert_eq!(
+        out("i32_plus_one"),
+        json!({"name": "i32_plus_one", "shape": [2], "datatype": "INT32", "data": [2147483647, -6]})
+    );
     assert_eq!(out("b_not"), json!({"name": "b_not", "shape": [2], "datatype": "BOOL", "data": [false, true]}));
-    assert_eq!(out("f32_negated"), json!({"name": "f32_negated", "shape": [2], "datatype": "FP32", "data": [-1.5, 0.25]}));
+    assert_eq!(
+        out("f32_negated"),
+        json!({"name": "f32_negated", "shape": [2], "datatype": "FP32", "data": [-1.5, 0.25]})
+    );
     // Beyond 2^53: integers travel as integers, never through a float.
-    assert_eq!(out("i64_squared"), json!({"name": "i64_squared", "shape": [2], "datatype": "INT64", "data": [9, 9223372030926249001i64]}));
+    assert_eq!(
+        out("i64_squared"),
+        json!({"name": "i64_squared", "shape": [2], "datatype": "INT64", "data": [9, 9223372030926249001i64]})
+    );
 
     // INT32 out of range is the client's error, named.
     let mut bad = request.clone();
@@ -321,5 +364,11 @@ fn every_carried_datatype_crosses_the_path_intact() {
     missing["inputs"].as_array_mut().unwrap().remove(2);
     let (status, got) = infer(&stack, "datatypes", &serde_json::to_vec(&missing).unwrap());
     assert_eq!(status, 400);
-    assert!(got["error"].as_str().unwrap().contains("missing input \"b\"; model \"datatypes\" takes: f64, i32, b, f32, i64"), "{got}");
+    assert!(
+        got["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing input \"b\"; model \"datatypes\" takes: f64, i32, b, f32, i64"),
+        "{got}"
+    );
 }

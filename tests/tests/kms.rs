@@ -45,7 +45,10 @@ fn sealed_requests_give_the_reference_answers_with_one_kms_call_per_data_key() {
             let refs = references(model).unwrap();
             for case in refs["cases"].as_array().unwrap() {
                 for _ in 0..5 {
-                    let answer = client.infer_sealed(&mut session, model, &serde_json::to_vec(&case["request"]).unwrap()).await.unwrap();
+                    let answer = client
+                        .infer_sealed(&mut session, model, &serde_json::to_vec(&case["request"]).unwrap())
+                        .await
+                        .unwrap();
                     compare_outputs(&serde_json::from_slice(&answer).unwrap(), case).unwrap();
                 }
             }
@@ -53,7 +56,8 @@ fn sealed_requests_give_the_reference_answers_with_one_kms_call_per_data_key() {
         assert_eq!(session.data_keys_generated(), 1);
         // Errors about the request come back sealed, and the client opens them.
         let bad = json!({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]});
-        let err = client.infer_sealed(&mut session, "breast_cancer", &serde_json::to_vec(&bad).unwrap()).await.unwrap_err();
+        let err =
+            client.infer_sealed(&mut session, "breast_cancer", &serde_json::to_vec(&bad).unwrap()).await.unwrap_err();
         match err {
             ClientError::Status { status, message } => {
                 assert_eq!(status.as_u16(), 400);
@@ -66,7 +70,13 @@ fn sealed_requests_give_the_reference_answers_with_one_kms_call_per_data_key() {
     assert_eq!(kms_calls(&stack) - before, 1);
     // A plaintext request is refused: the enclave accepts only sealed envelopes.
     let refs = references("iris").unwrap();
-    let (status, body) = veil_tests::http_raw(&stack.url, "POST", "/v1/models/iris/infer", &serde_json::to_vec(&refs["cases"][0]["request"]).unwrap()).unwrap();
+    let (status, body) = veil_tests::http_raw(
+        &stack.url,
+        "POST",
+        "/v1/models/iris/infer",
+        &serde_json::to_vec(&refs["cases"][0]["request"]).unwrap(),
+    )
+    .unwrap();
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("malformed envelope"));
 }
@@ -125,7 +135,10 @@ fn tampered_replayed_truncated_and_wrong_context_envelopes_are_refused_and_servi
         let wrong = BTreeMap::from([("tenant".to_owned(), "b".to_owned())]);
         let liar = Sealer { key: &key, key_id: &key_id, encrypted_data_key: &blob, encryption_context: &wrong };
         let (wire, _) = liar.seal_request("breast_cancer", &plain, now()).unwrap();
-        refused(client.infer("breast_cancer", &wire).await.unwrap_err(), "does not decrypt under this key and encryption context");
+        refused(
+            client.infer("breast_cancer", &wire).await.unwrap_err(),
+            "does not decrypt under this key and encryption context",
+        );
 
         // And the enclave still serves.
         let (wire, tag) = sealer.seal_request("breast_cancer", &plain, now()).unwrap();

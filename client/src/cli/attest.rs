@@ -18,8 +18,8 @@ use base64::Engine as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use veil_shared::attestation::{
-    CheckStatus, Policy, Report, TrustAnchor, UnverifiedDocument, UserDataCommitment,
-    VerifiedDocument, format_unix_millis, format_unix_seconds, verify,
+    CheckStatus, Policy, Report, TrustAnchor, UnverifiedDocument, UserDataCommitment, VerifiedDocument,
+    format_unix_millis, format_unix_seconds, verify,
 };
 
 use super::{EXIT_CONNECT, EXIT_FAILED, EXIT_OK};
@@ -76,11 +76,7 @@ Examples:
 #[derive(Debug, Args)]
 pub struct SourceArgs {
     /// Document file: raw CBOR, base64 or hex (detected). `-` reads standard input.
-    #[arg(
-        value_name = "FILE",
-        required_unless_present = "url",
-        conflicts_with = "url"
-    )]
+    #[arg(value_name = "FILE", required_unless_present = "url", conflicts_with = "url")]
     pub file: Option<PathBuf>,
 
     /// Ask a running Veil parent (http://HOST:PORT) for a fresh document instead of reading a file.
@@ -182,10 +178,7 @@ fn fetch(source: &SourceArgs) -> anyhow::Result<Fetched> {
         })
         .transpose()?;
     match (&source.file, &source.url) {
-        (Some(path), None) => Ok(Fetched::Document {
-            bytes: decode_input(&read_input(path)?)?,
-            nonce,
-        }),
+        (Some(path), None) => Ok(Fetched::Document { bytes: decode_input(&read_input(path)?)?, nonce }),
         (None, Some(url)) => {
             let nonce = match nonce {
                 Some(n) => n,
@@ -198,12 +191,8 @@ fn fetch(source: &SourceArgs) -> anyhow::Result<Fetched> {
                 .context("starting the async runtime")?;
             match runtime.block_on(client.attestation(&nonce)) {
                 Ok(body) => {
-                    let bytes =
-                        decode_input(&body).with_context(|| format!("the answer of {url}"))?;
-                    Ok(Fetched::Document {
-                        bytes,
-                        nonce: Some(nonce),
-                    })
+                    let bytes = decode_input(&body).with_context(|| format!("the answer of {url}"))?;
+                    Ok(Fetched::Document { bytes, nonce: Some(nonce) })
                 }
                 Err(e) if e.is_connection() => {
                     eprintln!(
@@ -224,31 +213,22 @@ fn fetch(source: &SourceArgs) -> anyhow::Result<Fetched> {
 fn random_nonce() -> anyhow::Result<Vec<u8>> {
     use ring::rand::SecureRandom;
     let mut n = vec![0u8; NONCE_LEN];
-    ring::rand::SystemRandom::new()
-        .fill(&mut n)
-        .map_err(|_| anyhow!("the system random number generator failed"))?;
+    ring::rand::SystemRandom::new().fill(&mut n).map_err(|_| anyhow!("the system random number generator failed"))?;
     Ok(n)
 }
 
 fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
     let mut buf = Vec::new();
     if path == Path::new("-") {
-        std::io::stdin()
-            .take(MAX_INPUT_LEN + 1)
-            .read_to_end(&mut buf)
-            .context("reading standard input")?;
+        std::io::stdin().take(MAX_INPUT_LEN + 1).read_to_end(&mut buf).context("reading standard input")?;
     } else {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         file.take(MAX_INPUT_LEN + 1)
             .read_to_end(&mut buf)
             .with_context(|| format!("cannot read {}", path.display()))?;
     }
     if buf.len() as u64 > MAX_INPUT_LEN {
-        bail!(
-            "{} is larger than {MAX_INPUT_LEN} bytes: not an attestation document",
-            path.display()
-        );
+        bail!("{} is larger than {MAX_INPUT_LEN} bytes: not an attestation document", path.display());
     }
     Ok(buf)
 }
@@ -294,9 +274,7 @@ fn parse_at(s: &str) -> anyhow::Result<At> {
     }
     if let Some(secs) = s.strip_prefix('@') {
         let (whole, frac) = secs.split_once('.').unwrap_or((secs, ""));
-        let whole: u64 = whole
-            .parse()
-            .map_err(|_| anyhow!("--at {s:?}: expected @UNIX_SECONDS"))?;
+        let whole: u64 = whole.parse().map_err(|_| anyhow!("--at {s:?}: expected @UNIX_SECONDS"))?;
         let ms = parse_fraction_ms(frac).ok_or_else(|| anyhow!("--at {s:?}: bad fraction"))?;
         return whole
             .checked_mul(1000)
@@ -332,11 +310,7 @@ fn parse_rfc3339(s: &str) -> Option<u64> {
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let t = s.get(r)?;
-        if t.bytes().all(|c| c.is_ascii_digit()) {
-            t.parse().ok()
-        } else {
-            None
-        }
+        if t.bytes().all(|c| c.is_ascii_digit()) { t.parse().ok() } else { None }
     };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     if s.get(13..14)? != ":" || s.get(16..17)? != ":" {
@@ -357,10 +331,7 @@ fn parse_rfc3339(s: &str) -> Option<u64> {
     let ms = parse_fraction_ms(frac)? as i64;
     let offset_s = match zone {
         "Z" | "z" => 0,
-        z if z.len() == 6
-            && (z.starts_with('+') || z.starts_with('-'))
-            && z.get(3..4) == Some(":") =>
-        {
+        z if z.len() == 6 && (z.starts_with('+') || z.starts_with('-')) && z.get(3..4) == Some(":") => {
             let oh: i64 = z.get(1..3)?.parse().ok()?;
             let om: i64 = z.get(4..6)?.parse().ok()?;
             let sign = if z.starts_with('-') { -1 } else { 1 };
@@ -384,9 +355,7 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (n, unit) = t.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| anyhow!("--max-age {s:?}: expected a number with a unit, e.g. 30s, 5m, 2h"))?;
+    let n: u64 = n.parse().map_err(|_| anyhow!("--max-age {s:?}: expected a number with a unit, e.g. 30s, 5m, 2h"))?;
     let ms = match unit.trim() {
         "ms" => Some(n),
         "" | "s" => n.checked_mul(1000),
@@ -395,26 +364,19 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
         "d" => n.checked_mul(86_400_000),
         other => bail!("--max-age {s:?}: unknown unit {other:?} (use ms, s, m, h or d)"),
     };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| anyhow!("--max-age {s:?} is too large"))
+    ms.map(Duration::from_millis).ok_or_else(|| anyhow!("--max-age {s:?} is too large"))
 }
 
 fn parse_expect_pcr(s: &str) -> anyhow::Result<(u16, Vec<u8>)> {
-    let (i, v) = s
-        .split_once('=')
-        .ok_or_else(|| anyhow!("--expect-pcr {s:?}: expected N=HEX, e.g. 0=f4d48b81..."))?;
+    let (i, v) = s.split_once('=').ok_or_else(|| anyhow!("--expect-pcr {s:?}: expected N=HEX, e.g. 0=f4d48b81..."))?;
     let i: u16 = i
         .trim()
         .trim_start_matches("PCR")
         .parse()
         .map_err(|_| anyhow!("--expect-pcr {s:?}: {i:?} is not a PCR number"))?;
-    let v = hex::decode(v.trim())
-        .map_err(|e| anyhow!("--expect-pcr {s:?}: the value is not hex: {e}"))?;
+    let v = hex::decode(v.trim()).map_err(|e| anyhow!("--expect-pcr {s:?}: the value is not hex: {e}"))?;
     if v.len() != 48 {
-        bail!(
-            "--expect-pcr {s:?}: the value is {} bytes; a SHA-384 PCR is 48 bytes (96 hex digits)",
-            v.len()
-        );
+        bail!("--expect-pcr {s:?}: the value is {} bytes; a SHA-384 PCR is 48 bytes (96 hex digits)", v.len());
     }
     Ok((i, v))
 }
@@ -422,17 +384,11 @@ fn parse_expect_pcr(s: &str) -> anyhow::Result<(u16, Vec<u8>)> {
 /// PCRs from nitro-cli's measurements JSON.
 pub(crate) fn read_measurements(path: &Path) -> anyhow::Result<BTreeMap<u16, Vec<u8>>> {
     let bytes = read_input(path)?;
-    let json: serde_json::Value = serde_json::from_slice(&bytes)
-        .with_context(|| format!("{} is not JSON", path.display()))?;
-    let m = json
-        .get("Measurements")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| {
-            anyhow!(
-                "{}: no \"Measurements\" object (expected nitro-cli build-enclave's output)",
-                path.display()
-            )
-        })?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))?;
+    let m = json.get("Measurements").and_then(|m| m.as_object()).ok_or_else(|| {
+        anyhow!("{}: no \"Measurements\" object (expected nitro-cli build-enclave's output)", path.display())
+    })?;
     if let Some(alg) = m.get("HashAlgorithm").and_then(|a| a.as_str())
         && !alg.to_ascii_lowercase().contains("sha384")
     {
@@ -443,14 +399,9 @@ pub(crate) fn read_measurements(path: &Path) -> anyhow::Result<BTreeMap<u16, Vec
         let Some(index) = k.strip_prefix("PCR") else {
             continue;
         };
-        let index: u16 = index
-            .parse()
-            .map_err(|_| anyhow!("{}: {k:?} is not a PCR name", path.display()))?;
-        let hex_value = v
-            .as_str()
-            .ok_or_else(|| anyhow!("{}: {k} is not a string", path.display()))?;
-        let value = hex::decode(hex_value)
-            .map_err(|e| anyhow!("{}: {k} is not hex: {e}", path.display()))?;
+        let index: u16 = index.parse().map_err(|_| anyhow!("{}: {k:?} is not a PCR name", path.display()))?;
+        let hex_value = v.as_str().ok_or_else(|| anyhow!("{}: {k} is not a string", path.display()))?;
+        let value = hex::decode(hex_value).map_err(|e| anyhow!("{}: {k} is not hex: {e}", path.display()))?;
         if value.len() != 48 {
             bail!("{}: {k} is {} bytes, not 48", path.display(), value.len());
         }
@@ -463,9 +414,7 @@ pub(crate) fn read_measurements(path: &Path) -> anyhow::Result<BTreeMap<u16, Vec
 }
 
 fn now_ms() -> anyhow::Result<u64> {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .context("the system clock is before 1970")?;
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).context("the system clock is before 1970")?;
     u64::try_from(d.as_millis()).context("the system clock is out of range")
 }
 
@@ -480,25 +429,18 @@ fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         if let Some(prev) = expected.get(&i)
             && *prev != v
         {
-            bail!(
-                "--expect-pcr {i}=... contradicts PCR{i} of the measurements file ({})",
-                hex::encode(prev)
-            );
+            bail!("--expect-pcr {i}=... contradicts PCR{i} of the measurements file ({})", hex::encode(prev));
         }
         expected.insert(i, v);
     }
     let mut models = Vec::new();
     for s in &args.expect_model {
-        let (name, digest) = s
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--expect-model {s:?}: expected NAME=SHA384HEX"))?;
-        let digest = hex::decode(digest.trim())
-            .map_err(|e| anyhow!("--expect-model {s:?}: the digest is not hex: {e}"))?;
+        let (name, digest) =
+            s.split_once('=').ok_or_else(|| anyhow!("--expect-model {s:?}: expected NAME=SHA384HEX"))?;
+        let digest =
+            hex::decode(digest.trim()).map_err(|e| anyhow!("--expect-model {s:?}: the digest is not hex: {e}"))?;
         if digest.len() != 48 {
-            bail!(
-                "--expect-model {s:?}: the digest is {} bytes; SHA-384 is 48 bytes (96 hex digits)",
-                digest.len()
-            );
+            bail!("--expect-model {s:?}: the digest is {} bytes; SHA-384 is 48 bytes (96 hex digits)", digest.len());
         }
         models.push((name.trim().to_owned(), digest));
     }
@@ -507,10 +449,7 @@ fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(|h| match hex::decode(h.trim()) {
             Ok(d) if d.len() == 48 => Ok(d),
-            Ok(d) => Err(anyhow!(
-                "--expect-config: {} bytes; SHA-384 is 48 bytes (96 hex digits)",
-                d.len()
-            )),
+            Ok(d) => Err(anyhow!("--expect-config: {} bytes; SHA-384 is 48 bytes (96 hex digits)", d.len())),
             Err(e) => Err(anyhow!("--expect-config {h:?} is not hex: {e}")),
         })
         .transpose()?;
@@ -519,8 +458,7 @@ fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let root = match &args.root {
         Some(path) => {
             let pem = read_input(path)?;
-            let root = TrustAnchor::from_pem(&pem)
-                .with_context(|| format!("--root {}", path.display()))?;
+            let root = TrustAnchor::from_pem(&pem).with_context(|| format!("--root {}", path.display()))?;
             if !root.is_aws_root_g1() {
                 eprintln!(
                     "veil attest: trusting a root that is not AWS's: {} (SHA-256 {})",
@@ -561,14 +499,10 @@ fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         policy = policy.with_max_age(d);
     }
     for (name, digest) in &models {
-        policy = policy
-            .expect_model(name, digest)
-            .map_err(|e| anyhow!("--expect-model: {e}"))?;
+        policy = policy.expect_model(name, digest).map_err(|e| anyhow!("--expect-model: {e}"))?;
     }
     if let Some(c) = &config {
-        policy = policy
-            .expect_config_sha384(c)
-            .map_err(|e| anyhow!("--expect-config: {e}"))?;
+        policy = policy.expect_config_sha384(c).map_err(|e| anyhow!("--expect-config: {e}"))?;
     }
 
     let outcome = verify(&bytes, &policy);
@@ -582,10 +516,7 @@ fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             "report": report,
             "document": doc.map(document_json),
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).context("serializing the report")?
-        );
+        println!("{}", serde_json::to_string_pretty(&out).context("serializing the report")?);
     } else {
         print_report(report, at == Some(At::Document));
         if let Some(doc) = doc {
@@ -595,14 +526,9 @@ fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     match outcome {
         Ok(_) => Ok(ExitCode::from(EXIT_OK)),
         Err(rejected) => {
-            eprintln!(
-                "veil attest: verification FAILED: {}",
-                clean(&rejected.error.to_string())
-            );
-            if matches!(
-                rejected.error,
-                veil_shared::attestation::VerifyError::UntrustedRoot { .. }
-            ) && args.root.is_none()
+            eprintln!("veil attest: verification FAILED: {}", clean(&rejected.error.to_string()));
+            if matches!(rejected.error, veil_shared::attestation::VerifyError::UntrustedRoot { .. })
+                && args.root.is_none()
             {
                 eprintln!(
                     "(Documents of a mock NSM, as `veil dev` runs, verify only with --root naming its mock-root.pem.)"
@@ -617,11 +543,7 @@ fn print_report(report: &Report, at_document: bool) {
     println!(
         "Verification at {}{} against {} (SHA-256 {})",
         report.at,
-        if at_document {
-            " (the document's own timestamp)"
-        } else {
-            ""
-        },
+        if at_document { " (the document's own timestamp)" } else { "" },
         clean(&report.root),
         report.root_sha256
     );
@@ -633,14 +555,7 @@ fn print_report(report: &Report, at_document: bool) {
         };
         println!("  {tag}  {:<11} {}", c.name, clean(&c.detail));
     }
-    println!(
-        "{}",
-        if report.verified {
-            "VERIFIED: every check passed"
-        } else {
-            "NOT VERIFIED"
-        }
-    );
+    println!("{}", if report.verified { "VERIFIED: every check passed" } else { "NOT VERIFIED" });
 }
 
 fn print_verified(doc: &VerifiedDocument) {
@@ -660,23 +575,15 @@ fn print_user_data(ud: &[u8]) {
     match UserDataCommitment::decode(ud) {
         Ok(c) => {
             println!("  user_data   Veil commitment v1:");
-            println!(
-                "    x25519                    {}",
-                c.x25519.map(hex::encode).unwrap_or_else(|| "none".into())
-            );
+            println!("    x25519                    {}", c.x25519.map(hex::encode).unwrap_or_else(|| "none".into()));
             println!(
                 "    recipient RSA SPKI SHA-384 {}",
-                c.recipient_rsa_spki_sha384
-                    .map(hex::encode)
-                    .unwrap_or_else(|| "none".into())
+                c.recipient_rsa_spki_sha384.map(hex::encode).unwrap_or_else(|| "none".into())
             );
             for m in &c.models {
                 println!("    model {:<20} SHA-384 {}", m.name, hex::encode(m.sha384));
             }
-            println!(
-                "    config SHA-384            {}",
-                hex::encode(c.config_sha384)
-            );
+            println!("    config SHA-384            {}", hex::encode(c.config_sha384));
         }
         Err(_) => println!("  user_data   {} bytes: {}", ud.len(), hex::encode(ud)),
     }
@@ -703,8 +610,7 @@ fn run_show(args: ShowArgs) -> anyhow::Result<ExitCode> {
         Fetched::Document { bytes, .. } => bytes,
         Fetched::Exit(code) => return Ok(code),
     };
-    let doc = UnverifiedDocument::parse(&bytes)
-        .map_err(|e| anyhow!("cannot decode the document: {e}"))?;
+    let doc = UnverifiedDocument::parse(&bytes).map_err(|e| anyhow!("cannot decode the document: {e}"))?;
     let c = doc.unverified_claims();
     let certs = doc.certificates();
     if args.json {
@@ -727,36 +633,18 @@ fn run_show(args: ShowArgs) -> anyhow::Result<ExitCode> {
             "commitment": c.user_data.as_deref().and_then(|u| UserDataCommitment::decode(u).ok()).map(|c| c.to_json()),
             "nonce": c.nonce.as_ref().map(hex::encode),
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).context("serializing")?
-        );
+        println!("{}", serde_json::to_string_pretty(&out).context("serializing")?);
         return Ok(ExitCode::from(EXIT_OK));
     }
     println!(
         "Attestation document ({} bytes, COSE_Sign1 {}) -- NOT VERIFIED: check it with `veil attest verify`",
         bytes.len(),
-        if doc.is_tagged() {
-            "tagged"
-        } else {
-            "untagged"
-        }
+        if doc.is_tagged() { "tagged" } else { "untagged" }
     );
     println!("  module      {}", c.module_id);
-    println!(
-        "  timestamp   {} ({} ms)",
-        format_unix_millis(c.timestamp_ms),
-        c.timestamp_ms
-    );
+    println!("  timestamp   {} ({} ms)", format_unix_millis(c.timestamp_ms), c.timestamp_ms);
     println!("  digest      {}", c.digest);
-    println!(
-        "  debug mode  {}",
-        if doc.is_debug() {
-            "YES (PCR0, PCR1, PCR2 are zero)"
-        } else {
-            "no"
-        }
-    );
+    println!("  debug mode  {}", if doc.is_debug() { "YES (PCR0, PCR1, PCR2 are zero)" } else { "no" });
     println!("  PCRs");
     for (i, v) in &c.pcrs {
         println!("    {i:>2}  {}", hex::encode(v));
@@ -791,15 +679,7 @@ fn run_show(args: ShowArgs) -> anyhow::Result<ExitCode> {
 
 /// Escapes control characters in text that came from a document, so that it cannot drive the terminal.
 fn clean(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_debug().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
+    s.chars().flat_map(|c| if c.is_control() { c.escape_debug().collect::<Vec<_>>() } else { vec![c] }).collect()
 }
 
 #[cfg(test)]
@@ -809,22 +689,10 @@ mod tests {
 
     #[test]
     fn parses_times() {
-        assert_eq!(
-            parse_at("2025-01-06T16:07:05.472Z").unwrap(),
-            At::Millis(1_736_179_625_472)
-        );
-        assert_eq!(
-            parse_at("2025-01-06T17:07:05.472+01:00").unwrap(),
-            At::Millis(1_736_179_625_472)
-        );
-        assert_eq!(
-            parse_at("@1736179625.472").unwrap(),
-            At::Millis(1_736_179_625_472)
-        );
-        assert_eq!(
-            parse_at("@1736179625").unwrap(),
-            At::Millis(1_736_179_625_000)
-        );
+        assert_eq!(parse_at("2025-01-06T16:07:05.472Z").unwrap(), At::Millis(1_736_179_625_472));
+        assert_eq!(parse_at("2025-01-06T17:07:05.472+01:00").unwrap(), At::Millis(1_736_179_625_472));
+        assert_eq!(parse_at("@1736179625.472").unwrap(), At::Millis(1_736_179_625_472));
+        assert_eq!(parse_at("@1736179625").unwrap(), At::Millis(1_736_179_625_000));
         assert_eq!(parse_at("document").unwrap(), At::Document);
         assert!(parse_at("yesterday").is_err());
         assert!(parse_at("2025-13-06T16:07:05Z").is_err());
@@ -839,12 +707,7 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err());
         let (i, v) = parse_expect_pcr(&format!("PCR8={}", "ab".repeat(48))).unwrap();
         assert_eq!((i, v.len()), (8, 48));
-        assert!(
-            parse_expect_pcr("0=abcd")
-                .unwrap_err()
-                .to_string()
-                .contains("48 bytes")
-        );
+        assert!(parse_expect_pcr("0=abcd").unwrap_err().to_string().contains("48 bytes"));
         assert!(parse_expect_pcr("zero=ab").is_err());
     }
 

@@ -171,7 +171,16 @@ async fn setup_kms(
     std::fs::create_dir_all(&dir)?;
     for (name, path) in models.iter_mut() {
         let out = dir.join(format!("{name}.onnx.veil"));
-        crate::kms::encrypt_model_file(&kms, &key_id, Default::default(), path, &out, veil_shared::model_envelope::DEFAULT_CHUNK, false).await?;
+        crate::kms::encrypt_model_file(
+            &kms,
+            &key_id,
+            Default::default(),
+            path,
+            &out,
+            veil_shared::model_envelope::DEFAULT_CHUNK,
+            false,
+        )
+        .await?;
         *path = out;
     }
     say(&format!("veil dev: mock KMS at {endpoint}, key {key_id}; models encrypted under it"));
@@ -213,7 +222,10 @@ fn collect_models(args: &DevArgs) -> anyhow::Result<Vec<(String, PathBuf)>> {
         models.push((name.to_owned(), path));
     }
     if models.is_empty() {
-        bail!("no models to serve: {} has no *.onnx files. Run scripts/setup.sh, or pass --model NAME=PATH", dir.display());
+        bail!(
+            "no models to serve: {} has no *.onnx files. Run scripts/setup.sh, or pass --model NAME=PATH",
+            dir.display()
+        );
     }
     Ok(models)
 }
@@ -221,7 +233,10 @@ fn collect_models(args: &DevArgs) -> anyhow::Result<Vec<(String, PathBuf)>> {
 fn find_bin(args: &DevArgs, name: &str) -> anyhow::Result<PathBuf> {
     let dir = match &args.bin_dir {
         Some(d) => d.clone(),
-        None => std::env::current_exe()?.parent().map(Path::to_path_buf).context("cannot locate the veil binary's directory")?,
+        None => std::env::current_exe()?
+            .parent()
+            .map(Path::to_path_buf)
+            .context("cannot locate the veil binary's directory")?,
     };
     let p = dir.join(name);
     anyhow::ensure!(
@@ -240,7 +255,13 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &'static str, bin: &Path, argv: &[String], log: PathBuf, envs: &[(&str, &Path)]) -> anyhow::Result<Proc> {
+    fn spawn(
+        name: &'static str,
+        bin: &Path,
+        argv: &[String],
+        log: PathBuf,
+        envs: &[(&str, &Path)],
+    ) -> anyhow::Result<Proc> {
         let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let mut cmd = Command::new(bin);
@@ -294,7 +315,11 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
         .ort_dylib
         .clone()
         .unwrap_or_else(|| cache_dir().join("onnxruntime-1.31.1").join("libonnxruntime.so.1.31.1"));
-    anyhow::ensure!(dylib.is_file(), "ONNX Runtime not found at {}: run scripts/setup.sh, or set ORT_DYLIB_PATH", dylib.display());
+    anyhow::ensure!(
+        dylib.is_file(),
+        "ONNX Runtime not found at {}: run scripts/setup.sh, or set ORT_DYLIB_PATH",
+        dylib.display()
+    );
     free_port_check(args.port)?;
 
     let _temp; // removed on exit when we made it
@@ -378,9 +403,16 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
     }
 
     say(&format!("veil dev: starting parent and enclave ({} models); logs in {}", models.len(), logs.display()));
-    let creds = [("AWS_ACCESS_KEY_ID", Path::new(DEV_ACCESS_KEY)), ("AWS_SECRET_ACCESS_KEY", Path::new(DEV_SECRET_KEY))];
+    let creds =
+        [("AWS_ACCESS_KEY_ID", Path::new(DEV_ACCESS_KEY)), ("AWS_SECRET_ACCESS_KEY", Path::new(DEV_SECRET_KEY))];
     procs.push(Proc::spawn("veil-parent", &parent_bin, &parent_argv, logs.join("parent.log"), &creds)?);
-    procs.push(Proc::spawn("veil-enclave", &enclave_bin, &enclave_argv, logs.join("enclave.log"), &[("ORT_DYLIB_PATH", dylib.as_path())])?);
+    procs.push(Proc::spawn(
+        "veil-enclave",
+        &enclave_bin,
+        &enclave_argv,
+        logs.join("enclave.log"),
+        &[("ORT_DYLIB_PATH", dylib.as_path())],
+    )?);
     let (parent_i, enclave_i) = (procs.len() - 2, procs.len() - 1);
 
     let outcome = async {
@@ -475,7 +507,13 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
         Some((i, status)) => {
             let p = &procs[i];
-            eprintln!("veil dev: {} exited ({}); last lines of {}:\n{}", p.name, describe(status), p.log.display(), p.log_tail());
+            eprintln!(
+                "veil dev: {} exited ({}); last lines of {}:\n{}",
+                p.name,
+                describe(status),
+                p.log.display(),
+                p.log_tail()
+            );
             ExitCode::FAILURE
         }
     };
@@ -492,7 +530,12 @@ fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
-async fn wait_ready(args: &DevArgs, parent_ready: &Path, procs: &mut [Proc], say: &dyn Fn(&str)) -> anyhow::Result<String> {
+async fn wait_ready(
+    args: &DevArgs,
+    parent_ready: &Path,
+    procs: &mut [Proc],
+    say: &dyn Fn(&str),
+) -> anyhow::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(args.ready_timeout);
     let mut url: Option<String> = None;
     let mut last_reason = String::new();
@@ -500,14 +543,20 @@ async fn wait_ready(args: &DevArgs, parent_ready: &Path, procs: &mut [Proc], say
     loop {
         for p in procs.iter_mut() {
             if let Some(status) = p.child.try_wait()? {
-                bail!("{} exited during start-up ({status}); last lines of {}:\n{}", p.name, p.log.display(), p.log_tail());
+                bail!(
+                    "{} exited during start-up ({status}); last lines of {}:\n{}",
+                    p.name,
+                    p.log.display(),
+                    p.log_tail()
+                );
             }
         }
         if url.is_none()
-            && let Ok(bytes) = std::fs::read(parent_ready) {
-                let v: serde_json::Value = serde_json::from_slice(&bytes)?;
-                url = v["url"].as_str().map(str::to_owned);
-            }
+            && let Ok(bytes) = std::fs::read(parent_ready)
+        {
+            let v: serde_json::Value = serde_json::from_slice(&bytes)?;
+            url = v["url"].as_str().map(str::to_owned);
+        }
         if let Some(u) = &url {
             let client = Client::new(u)?.with_timeout(Duration::from_secs(3));
             match client.get("/readyz").await {
@@ -525,4 +574,3 @@ async fn wait_ready(args: &DevArgs, parent_ready: &Path, procs: &mut [Proc], say
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
-

@@ -20,8 +20,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use veil_eif::{
-    Arch, BuildInfo, EifBuilder, EifIdentity, EifInfo, SignatureCheck, Signer, read_eif,
-    recommend_memory, rfc3339_utc,
+    Arch, BuildInfo, EifBuilder, EifIdentity, EifInfo, SignatureCheck, Signer, read_eif, recommend_memory, rfc3339_utc,
 };
 
 /// Exit code when the signature section of an EIF does not verify: a failed verification.
@@ -237,8 +236,7 @@ pub fn run(cmd: EifCommand) -> anyhow::Result<ExitCode> {
 fn load(path: &Path) -> anyhow::Result<EifInfo> {
     // Each message carries its cause inline, so it reads whole however the caller prints errors.
     let file = File::open(path).map_err(|e| anyhow!("cannot open {}: {e}", path.display()))?;
-    read_eif(BufReader::with_capacity(1 << 20, file))
-        .map_err(|e| anyhow!("{} is not a valid EIF: {e}", path.display()))
+    read_eif(BufReader::with_capacity(1 << 20, file)).map_err(|e| anyhow!("{} is not a valid EIF: {e}", path.display()))
 }
 
 /// Prints a loud warning when the signature does not verify and picks the exit code.
@@ -253,10 +251,7 @@ fn signature_exit(info: &EifInfo, path: &Path) -> ExitCode {
             ExitCode::from(EXIT_BAD_SIGNATURE)
         }
         Some(SignatureCheck::Unsupported(why)) => {
-            eprintln!(
-                "veil: note: the signature of {} was not checked: {why}",
-                path.display()
-            );
+            eprintln!("veil: note: the signature of {} was not checked: {why}", path.display());
             ExitCode::SUCCESS
         }
         _ => ExitCode::SUCCESS,
@@ -266,26 +261,18 @@ fn signature_exit(info: &EifInfo, path: &Path) -> ExitCode {
 fn pcrs(args: &PcrsArgs) -> anyhow::Result<ExitCode> {
     let info = load(&args.file)?;
     let m = &info.measurements;
-    let text = if args.json {
-        m.to_nitro_json().to_string()
-    } else {
-        m.to_nitro_json_pretty()
-    };
+    let text = if args.json { m.to_nitro_json().to_string() } else { m.to_nitro_json_pretty() };
     println!("{text}");
     Ok(signature_exit(&info, &args.file))
 }
 
 fn describe(args: &DescribeArgs) -> anyhow::Result<ExitCode> {
     let info = load(&args.file)?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     let mut out = std::io::stdout().lock();
     if args.json {
         let mut v = serde_json::to_value(&info).context("serializing the description")?;
-        if let (Some(obj), serde_json::Value::Object(m)) =
-            (v.as_object_mut(), info.measurements.to_nitro_json())
-        {
+        if let (Some(obj), serde_json::Value::Object(m)) = (v.as_object_mut(), info.measurements.to_nitro_json()) {
             obj.insert("file".into(), json!(args.file.display().to_string()));
             obj.extend(m);
             if let Some(sig) = &info.signature {
@@ -314,31 +301,15 @@ fn write_text(out: &mut impl Write, path: &Path, info: &EifInfo, now: i64) -> st
         info.default_mem / (1024 * 1024),
         info.default_cpus
     )?;
-    let crc_note = if info.version >= 2 {
-        "matches the contents"
-    } else {
-        "not used before version 2"
-    };
+    let crc_note = if info.version >= 2 { "matches the contents" } else { "not used before version 2" };
     writeln!(out, "  CRC32 {:08x} ({crc_note})", info.crc32)?;
     writeln!(out)?;
     writeln!(out, "Sections:")?;
-    writeln!(
-        out,
-        "  {:>2}  {:<9}  {:>12}  {:>12}  sha384",
-        "#", "type", "offset", "size"
-    )?;
+    writeln!(out, "  {:>2}  {:<9}  {:>12}  {:>12}  sha384", "#", "type", "offset", "size")?;
     for s in &info.sections {
-        writeln!(
-            out,
-            "  {:>2}  {:<9}  {:>12}  {:>12}  {}",
-            s.index, s.kind, s.offset, s.size, s.sha384
-        )?;
+        writeln!(out, "  {:>2}  {:<9}  {:>12}  {:>12}  {}", s.index, s.kind, s.offset, s.size, s.sha384)?;
         if s.flags != 0 {
-            writeln!(
-                out,
-                "      (section flags {:#06x}: nitro-cli always writes 0)",
-                s.flags
-            )?;
+            writeln!(out, "      (section flags {:#06x}: nitro-cli always writes 0)", s.flags)?;
         }
     }
     writeln!(out)?;
@@ -351,10 +322,7 @@ fn write_text(out: &mut impl Write, path: &Path, info: &EifInfo, now: i64) -> st
     writeln!(out, "  PCR2 {}  ramdisks after the first", m.pcr2)?;
     match m.pcr8 {
         Some(p) => writeln!(out, "  PCR8 {p}  signing certificate")?,
-        None => writeln!(
-            out,
-            "  PCR8 (unsigned image: reads as all zeros in attestation documents)"
-        )?,
+        None => writeln!(out, "  PCR8 (unsigned image: reads as all zeros in attestation documents)")?,
     }
     writeln!(out)?;
     match &info.metadata {
@@ -385,16 +353,10 @@ fn write_text(out: &mut impl Write, path: &Path, info: &EifInfo, now: i64) -> st
             } else {
                 "valid now"
             };
-            writeln!(
-                out,
-                "  valid                {} to {} ({validity})",
-                sig.not_before, sig.not_after
-            )?;
+            writeln!(out, "  valid                {} to {} ({validity})", sig.not_before, sig.not_after)?;
             writeln!(out, "  sha256 fingerprint   {}", sig.sha256_fingerprint)?;
             let check = match &sig.check {
-                SignatureCheck::Valid => {
-                    "valid: the certificate's key signed this image's PCR0".to_string()
-                }
+                SignatureCheck::Valid => "valid: the certificate's key signed this image's PCR0".to_string(),
                 SignatureCheck::Invalid(why) => format!("INVALID: {why}"),
                 SignatureCheck::Unsupported(why) => format!("not checked: {why}"),
             };
@@ -418,11 +380,8 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let signer = match (&args.signing_key, &args.signing_cert) {
         (Some(k), Some(c)) => Some(
-            Signer::from_pem(
-                &read_input("signing key", k)?,
-                &read_input("signing certificate", c)?,
-            )
-            .map_err(|e| anyhow!("{e} (key {}, certificate {})", k.display(), c.display()))?,
+            Signer::from_pem(&read_input("signing key", k)?, &read_input("signing certificate", c)?)
+                .map_err(|e| anyhow!("{e} (key {}, certificate {})", k.display(), c.display()))?,
         ),
         (None, None) => None,
         _ => bail!("--signing-key and --signing-cert go together"),
@@ -463,34 +422,17 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
 
     // Write beside the target and rename, so a failed build never leaves a half-written EIF
     // under the final name.
-    let file_name = args
-        .output
-        .file_name()
-        .with_context(|| format!("--output {} has no file name", args.output.display()))?;
-    let tmp = args.output.with_file_name(format!(
-        ".{}.tmp-{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
+    let file_name =
+        args.output.file_name().with_context(|| format!("--output {} has no file name", args.output.display()))?;
+    let tmp = args.output.with_file_name(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
     let result = (|| -> anyhow::Result<_> {
-        let file =
-            File::create(&tmp).map_err(|e| anyhow!("cannot create {}: {e}", tmp.display()))?;
+        let file = File::create(&tmp).map_err(|e| anyhow!("cannot create {}: {e}", tmp.display()))?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-        let out = builder
-            .write_to(&mut w)
-            .map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
-        let file = w
-            .into_inner()
-            .map_err(|e| anyhow!("writing {}: {}", tmp.display(), e.error()))?;
-        file.sync_all()
-            .map_err(|e| anyhow!("flushing {} to disk: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &args.output).map_err(|e| {
-            anyhow!(
-                "cannot move {} to {}: {e}",
-                tmp.display(),
-                args.output.display()
-            )
-        })?;
+        let out = builder.write_to(&mut w).map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
+        let file = w.into_inner().map_err(|e| anyhow!("writing {}: {}", tmp.display(), e.error()))?;
+        file.sync_all().map_err(|e| anyhow!("flushing {} to disk: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &args.output)
+            .map_err(|e| anyhow!("cannot move {} to {}: {e}", tmp.display(), args.output.display()))?;
         Ok(out)
     })();
     let out = match result {
@@ -512,9 +454,7 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn file_len(what: &str, path: &Path) -> anyhow::Result<u64> {
-    std::fs::metadata(path)
-        .map(|m| m.len())
-        .map_err(|e| anyhow!("cannot read the {what} {}: {e}", path.display()))
+    std::fs::metadata(path).map(|m| m.len()).map_err(|e| anyhow!("cannot read the {what} {}: {e}", path.display()))
 }
 
 fn size(args: &SizeArgs) -> anyhow::Result<ExitCode> {
@@ -538,18 +478,10 @@ fn size(args: &SizeArgs) -> anyhow::Result<ExitCode> {
     } else if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
-        println!(
-            "nitro-cli run-enclave --cpu-count {} --memory {}",
-            s.cpus, s.memory_mib
-        );
+        println!("nitro-cli run-enclave --cpu-count {} --memory {}", s.cpus, s.memory_mib);
         println!(
             "  EIF {} MiB (nitro-cli minimum {} MiB), models {} MiB x (2 + {} sessions), + 512 MiB: {} MiB, rounded up to {} MiB",
-            s.eif_mib,
-            s.nitro_cli_minimum_mib,
-            s.models_mib,
-            s.sessions,
-            s.estimate_mib,
-            s.memory_mib
+            s.eif_mib, s.nitro_cli_minimum_mib, s.models_mib, s.sessions, s.estimate_mib, s.memory_mib
         );
         if args.cpus % 2 == 1 {
             eprintln!(

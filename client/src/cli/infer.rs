@@ -128,7 +128,9 @@ fn read_input(path: &PathBuf) -> Result<Vec<u8>, String> {
             .map_err(|e| format!("cannot read standard input: {e}"))?;
     } else {
         let f = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        f.take(MAX_INPUT_BYTES + 1).read_to_end(&mut body).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        f.take(MAX_INPUT_BYTES + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     }
     if body.len() as u64 > MAX_INPUT_BYTES {
         return Err(format!("{} is larger than {MAX_INPUT_BYTES} bytes", path.display()));
@@ -146,9 +148,9 @@ pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         }
     };
     // Check the request here, so a typo is reported before anything leaves this machine.
-    if let Err(e) = veil_shared::v2::parse_request(&body).and_then(|r| {
-        r.inputs.iter().try_for_each(|i| veil_shared::v2::check_input(i).map(|_| ()))
-    }) {
+    if let Err(e) = veil_shared::v2::parse_request(&body)
+        .and_then(|r| r.inputs.iter().try_for_each(|i| veil_shared::v2::check_input(i).map(|_| ())))
+    {
         eprintln!("veil: {}: {e}", args.input.display());
         return Ok(ExitCode::from(EXIT_USAGE));
     }
@@ -166,7 +168,9 @@ pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let answer = rt.block_on(async {
         match args.kms.session().await {
-            Ok(Some(mut session)) => Ok(client.infer_sealed(&mut session, &args.model, &body).await.map(|z| z.to_vec())),
+            Ok(Some(mut session)) => {
+                Ok(client.infer_sealed(&mut session, &args.model, &body).await.map(|z| z.to_vec()))
+            }
             Ok(None) => Ok(client.infer(&args.model, &body).await),
             Err(m) => Err(m),
         }

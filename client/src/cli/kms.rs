@@ -213,7 +213,12 @@ mod tests {
         let mut a = args(measurements(dir.path(), "old.json", "ab", false));
         a.also = vec![measurements(dir.path(), "new.json", "cd", false)];
         let p = build_policy(&a).unwrap();
-        let n = p["Statement"].as_array().unwrap().iter().filter(|s| s["Action"] == "kms:Decrypt" && s["Effect"] == "Allow").count();
+        let n = p["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["Action"] == "kms:Decrypt" && s["Effect"] == "Allow")
+            .count();
         assert_eq!(n, 2);
 
         let debug = args(measurements(dir.path(), "debug.json", "00", false));

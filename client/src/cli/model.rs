@@ -47,7 +47,8 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn encrypt(args: EncryptArgs) -> anyhow::Result<ExitCode> {
-    let key_id = args.kms.kms_key_id.clone().context("--kms-key-id is required: the model is sealed under a KMS key")?;
+    let key_id =
+        args.kms.kms_key_id.clone().context("--kms-key-id is required: the model is sealed under a KMS key")?;
     if args.chunk_size == 0 || args.chunk_size > MAX_CHUNK {
         bail!("--chunk-size must be 1 to {MAX_CHUNK}");
     }

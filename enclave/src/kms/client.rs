@@ -220,9 +220,10 @@ impl KmsClient {
         // A fresh document per call: KMS checks its freshness, and the NSM is cheap.
         let nsm = Arc::clone(&self.nsm);
         let key = Arc::clone(&self.key);
-        let document = tokio::task::spawn_blocking(move || nsm.attestation(None, None, Some(key.public_key_spki_der())))
-            .await
-            .map_err(|_| KmsError::Answer("attestation task failed".into()))??;
+        let document =
+            tokio::task::spawn_blocking(move || nsm.attestation(None, None, Some(key.public_key_spki_der())))
+                .await
+                .map_err(|_| KmsError::Answer("attestation task failed".into()))??;
         let recipient = RecipientInfo::builder()
             .key_encryption_algorithm(KeyEncryptionMechanism::RsaesOaepSha256)
             .attestation_document(Blob::new(document))
@@ -324,11 +325,9 @@ fn map_sdk_error(e: SdkError<DecryptError, aws_sdk_kms::config::http::HttpRespon
                 | DecryptError::InvalidKeyUsageException(_)
                 | DecryptError::KmsInvalidStateException(_)
                 | DecryptError::InvalidGrantTokenException(_) => KmsError::KeyUnusable(message),
-                _ if code == "AccessDeniedException" || status == 403 => KmsError::Refused(if message.is_empty() {
-                    "access denied".into()
-                } else {
-                    message
-                }),
+                _ if code == "AccessDeniedException" || status == 403 => {
+                    KmsError::Refused(if message.is_empty() { "access denied".into() } else { message })
+                }
                 _ if code == "UnrecognizedClientException" || code == "InvalidSignatureException" => {
                     KmsError::Credentials
                 }
@@ -375,10 +374,11 @@ impl ParentCredentialsProvider {
                 return Ok(c.clone());
             }
         }
-        let got = parent::fetch_credentials(&self.host_addr, Duration::from_secs(10)).await.map_err(|e: ParentError| {
-            tracing::warn!(error = %e, "no AWS credentials from the parent");
-            CredentialsError::provider_error(e)
-        })?;
+        let got =
+            parent::fetch_credentials(&self.host_addr, Duration::from_secs(10)).await.map_err(|e: ParentError| {
+                tracing::warn!(error = %e, "no AWS credentials from the parent");
+                CredentialsError::provider_error(e)
+            })?;
         let creds = Credentials::new(
             got.access_key_id.clone(),
             got.secret_access_key.as_str(),

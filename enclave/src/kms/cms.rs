@@ -86,8 +86,10 @@ pub fn parse(blob: &[u8]) -> Result<Envelope, CmsError> {
         return Err(CmsError::Unsupported("content encryption is not AES-256-CBC"));
     }
     let iv_any = content.content_enc_alg.parameters.as_ref().ok_or(CmsError::Malformed("AES-CBC without an IV"))?;
-    let iv_octets: OctetString = iv_any.decode_as().map_err(|_| CmsError::Malformed("AES-CBC IV is not an OCTET STRING"))?;
-    let iv: [u8; 16] = iv_octets.as_bytes().try_into().map_err(|_| CmsError::Malformed("AES-CBC IV is not 16 bytes"))?;
+    let iv_octets: OctetString =
+        iv_any.decode_as().map_err(|_| CmsError::Malformed("AES-CBC IV is not an OCTET STRING"))?;
+    let iv: [u8; 16] =
+        iv_octets.as_bytes().try_into().map_err(|_| CmsError::Malformed("AES-CBC IV is not 16 bytes"))?;
     let ciphertext = content
         .encrypted_content
         .as_ref()

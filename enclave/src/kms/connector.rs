@@ -102,7 +102,8 @@ impl RelayConnector {
         let (mut parts, body) = request.into_parts();
         // Only the configured endpoint: an SDK or endpoint-resolver surprise must not turn into a request for
         // another host over a connection whose certificate was checked for this one.
-        let authority = parts.uri.authority().cloned().ok_or_else(|| ConnectorError::user("request without a host".into()))?;
+        let authority =
+            parts.uri.authority().cloned().ok_or_else(|| ConnectorError::user("request without a host".into()))?;
         if parts.uri.scheme_str() != Some("https") || authority.host() != self.inner.host {
             return Err(ConnectorError::user(
                 format!("refusing a KMS request for {authority} (only {} is configured)", self.inner.endpoint).into(),
@@ -117,9 +118,9 @@ impl RelayConnector {
         parts.uri = path.parse().map_err(|e: http::uri::InvalidUri| ConnectorError::user(e.into()))?;
         let request = http::Request::from_parts(parts, body);
 
-        let tls = tokio::time::timeout(self.connect_timeout, self.connect())
-            .await
-            .map_err(|_| ConnectorError::timeout(format!("could not reach KMS within {:?}", self.connect_timeout).into()))??;
+        let tls = tokio::time::timeout(self.connect_timeout, self.connect()).await.map_err(|_| {
+            ConnectorError::timeout(format!("could not reach KMS within {:?}", self.connect_timeout).into())
+        })??;
         let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, SdkBody>(TokioIo::new(tls))
             .await
             .map_err(|e| ConnectorError::io(e.into()))?;

@@ -17,8 +17,8 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
@@ -57,23 +57,14 @@ impl MockPcrs {
     /// changes them, as it would change a real image's measurements. Others are zero (PCR4: see
     /// [`MockNsm`]).
     pub fn from_current_exe() -> Result<Self, NsmError> {
-        let path = std::env::current_exe().map_err(|source| NsmError::MockRootFile {
-            path: "current_exe".into(),
-            source,
-        })?;
-        let mut file = std::fs::File::open(&path).map_err(|source| NsmError::MockRootFile {
-            path: path.clone(),
-            source,
-        })?;
+        let path =
+            std::env::current_exe().map_err(|source| NsmError::MockRootFile { path: "current_exe".into(), source })?;
+        let mut file =
+            std::fs::File::open(&path).map_err(|source| NsmError::MockRootFile { path: path.clone(), source })?;
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA384);
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = file
-                .read(&mut buf)
-                .map_err(|source| NsmError::MockRootFile {
-                    path: path.clone(),
-                    source,
-                })?;
+            let n = file.read(&mut buf).map_err(|source| NsmError::MockRootFile { path: path.clone(), source })?;
             if n == 0 {
                 break;
             }
@@ -96,10 +87,7 @@ impl MockPcrs {
             ctx.update(image_sha384);
             values.insert(u16::from(n), extend_once(ctx.finish().as_ref()));
         }
-        MockPcrs {
-            values,
-            overridden: Default::default(),
-        }
+        MockPcrs { values, overridden: Default::default() }
     }
 
     /// Sets PCR `index` (0..=15) to `value`. Setting PCR0, 1 and 2 to zero makes a debug-mode document.
@@ -186,23 +174,14 @@ fn dn(cn: &str) -> DistinguishedName {
     dn
 }
 
-fn ca_params(
-    cn: &str,
-    path_len: Option<u8>,
-    from: SystemTime,
-    lifetime: Duration,
-) -> CertificateParams {
+fn ca_params(cn: &str, path_len: Option<u8>, from: SystemTime, lifetime: Duration) -> CertificateParams {
     let mut p = CertificateParams::default();
     p.distinguished_name = dn(cn);
     p.is_ca = IsCa::Ca(match path_len {
         Some(n) => BasicConstraints::Constrained(n),
         None => BasicConstraints::Unconstrained,
     });
-    p.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-    ];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     p.not_before = (from - BACKDATE).into();
     p.not_after = (from + lifetime).into();
     p
@@ -213,18 +192,12 @@ fn new_key() -> Result<KeyPair, NsmError> {
 }
 
 fn read(path: &Path) -> Result<String, NsmError> {
-    std::fs::read_to_string(path).map_err(|source| NsmError::MockRootFile {
-        path: path.to_owned(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| NsmError::MockRootFile { path: path.to_owned(), source })
 }
 
 /// Writes `contents` to `path` atomically (temporary file, then rename), with `mode` on Unix.
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), NsmError> {
-    let err = |source| NsmError::MockRootFile {
-        path: path.to_owned(),
-        source,
-    };
+    let err = |source| NsmError::MockRootFile { path: path.to_owned(), source };
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     // A stale temporary file would keep its old permissions: remove it, then create afresh (create_new
     // refuses to follow a symlink planted in its place).
@@ -259,20 +232,13 @@ impl MockNsm {
         let pem_path = dir.join(MOCK_ROOT_PEM_FILE);
         let key_path = dir.join(MOCK_ROOT_KEY_FILE);
         let (root, root_pem) = if pem_path.exists() {
-            let key = KeyPair::from_pem(&read(&key_path)?)
-                .map_err(|e| mock(format!("{}: {e}", key_path.display())))?;
+            let key = KeyPair::from_pem(&read(&key_path)?).map_err(|e| mock(format!("{}: {e}", key_path.display())))?;
             let pem = read(&pem_path)?;
             // The issuer is rebuilt from the same parameters (rcgen encodes names deterministically); the
             // self-check below proves that the files and the rebuilt issuer agree.
-            (
-                Issuer::new(ca_params(ROOT_SUBJECT_CN, None, now, ROOT_LIFETIME), key),
-                pem,
-            )
+            (Issuer::new(ca_params(ROOT_SUBJECT_CN, None, now, ROOT_LIFETIME), key), pem)
         } else {
-            std::fs::create_dir_all(dir).map_err(|source| NsmError::MockRootFile {
-                path: dir.to_owned(),
-                source,
-            })?;
+            std::fs::create_dir_all(dir).map_err(|source| NsmError::MockRootFile { path: dir.to_owned(), source })?;
             let key = new_key()?;
             let mut params = ca_params(ROOT_SUBJECT_CN, None, now, ROOT_LIFETIME);
             params.serial_number = Some(serial(&rng)?);
@@ -302,20 +268,10 @@ impl MockNsm {
             let cert = params.signed_by(&key, parent).map_err(mock)?;
             Ok((Issuer::new(params, key), cert.der().to_vec()))
         };
-        let (regional, der) = issue(
-            format!("{}.{REGION}.MOCK.aws.nitro-enclaves", random_hex(&rng, 8)?),
-            2,
-            &root,
-        )?;
+        let (regional, der) = issue(format!("{}.{REGION}.MOCK.aws.nitro-enclaves", random_hex(&rng, 8)?), 2, &root)?;
         chain.push(der);
-        let (zonal, der) = issue(
-            format!(
-                "{}.zonal.{REGION}.MOCK.aws.nitro-enclaves",
-                random_hex(&rng, 8)?
-            ),
-            1,
-            &regional,
-        )?;
+        let (zonal, der) =
+            issue(format!("{}.zonal.{REGION}.MOCK.aws.nitro-enclaves", random_hex(&rng, 8)?), 1, &regional)?;
         chain.push(der);
         let instance_cn = format!("{instance_id}.{REGION}.MOCK.aws.nitro-enclaves");
         let (instance, der) = issue(instance_cn.clone(), 0, &zonal)?;
@@ -350,24 +306,16 @@ impl MockNsm {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(&format!("{module_id}.{REGION}.MOCK.aws"));
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::ContentCommitment,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::ContentCommitment];
         params.not_before = (now - BACKDATE).into();
         let not_after = now + LEAF_LIFETIME;
         params.not_after = not_after.into();
         params.serial_number = Some(serial(rng)?);
         let cert = params.signed_by(&key, instance).map_err(mock)?;
         let mut pkcs8 = key.serialize_der();
-        let signing =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &pkcs8, rng).map_err(mock);
+        let signing = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &pkcs8, rng).map_err(mock);
         pkcs8.zeroize();
-        Ok(Leaf {
-            der: cert.der().to_vec(),
-            key: signing?,
-            not_after,
-        })
+        Ok(Leaf { der: cert.der().to_vec(), key: signing?, not_after })
     }
 
     fn self_check(&self, root_pem: &str, now: SystemTime) -> Result<(), NsmError> {
@@ -428,11 +376,7 @@ impl MockNsm {
         for c in &self.cabundle {
             bytes(&mut p, c);
         }
-        for (k, v) in [
-            ("public_key", public_key),
-            ("user_data", user_data),
-            ("nonce", nonce),
-        ] {
+        for (k, v) in [("public_key", public_key), ("user_data", user_data), ("nonce", nonce)] {
             text(&mut p, k);
             match v {
                 Some(b) => bytes(&mut p, b),
@@ -496,10 +440,7 @@ impl Nsm for MockNsm {
         bytes(&mut tbs, &PROTECTED);
         bytes(&mut tbs, &[]);
         bytes(&mut tbs, &payload);
-        let sig = leaf
-            .key
-            .sign(&self.rng, &tbs)
-            .map_err(|_| mock("ES384 signing failed"))?;
+        let sig = leaf.key.sign(&self.rng, &tbs).map_err(|_| mock("ES384 signing failed"))?;
         drop(leaf);
         let mut doc = Vec::with_capacity(payload.len() + 128);
         head(&mut doc, 4, 4);
@@ -519,12 +460,7 @@ impl Nsm for MockNsm {
         if index > 31 {
             return Err(NsmError::PcrIndex(index));
         }
-        Ok(self
-            .pcrs
-            .values
-            .get(&index)
-            .map(|v| v.to_vec())
-            .unwrap_or_else(|| vec![0; PCR_LEN]))
+        Ok(self.pcrs.values.get(&index).map(|v| v.to_vec()).unwrap_or_else(|| vec![0; PCR_LEN]))
     }
 
     fn is_mock(&self) -> bool {
@@ -539,10 +475,7 @@ mod tests {
     use veil_shared::attestation::{Policy, TrustAnchor, UnverifiedDocument, VerifyError, verify};
 
     fn now_ms() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
     }
 
     fn nsm(dir: &Path) -> MockNsm {
@@ -554,21 +487,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let nsm = nsm(dir.path());
         assert!(nsm.is_mock());
-        let doc = nsm
-            .attestation(Some(b"commitment"), Some(&[1; 32]), Some(b"spki"))
-            .unwrap();
-        let root =
-            TrustAnchor::from_pem(&std::fs::read(dir.path().join(MOCK_ROOT_PEM_FILE)).unwrap())
-                .unwrap();
+        let doc = nsm.attestation(Some(b"commitment"), Some(&[1; 32]), Some(b"spki")).unwrap();
+        let root = TrustAnchor::from_pem(&std::fs::read(dir.path().join(MOCK_ROOT_PEM_FILE)).unwrap()).unwrap();
         assert!(!root.is_aws_root_g1());
         assert!(root.name().contains("MOCK"));
         let pcr0 = nsm.pcrs().get(0).unwrap();
-        let policy = Policy::new(now_ms())
-            .with_root(root)
-            .expect_pcr(0, pcr0)
-            .unwrap()
-            .expect_nonce(&[1; 32])
-            .unwrap();
+        let policy = Policy::new(now_ms()).with_root(root).expect_pcr(0, pcr0).unwrap().expect_nonce(&[1; 32]).unwrap();
         let v = verify(&doc, &policy).unwrap_or_else(|r| panic!("{}: {:#?}", r.error, r.report));
         assert_eq!(v.user_data(), Some(&b"commitment"[..]));
         assert_eq!(v.public_key(), Some(&b"spki"[..]));
@@ -577,11 +501,7 @@ mod tests {
         assert!(!v.is_debug());
         // The default policy trusts only AWS's root: the mock document is refused on the root check.
         let err = verify(&doc, &Policy::new(now_ms())).unwrap_err();
-        assert!(
-            matches!(err.error, VerifyError::UntrustedRoot { .. }),
-            "{}",
-            err.error
-        );
+        assert!(matches!(err.error, VerifyError::UntrustedRoot { .. }), "{}", err.error);
         assert_eq!(err.report.first_failure().unwrap().name, "root");
     }
 
@@ -593,26 +513,16 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(MOCK_ROOT_KEY_FILE))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = std::fs::metadata(dir.path().join(MOCK_ROOT_KEY_FILE)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let b = nsm(dir.path());
-        assert_eq!(
-            std::fs::read(dir.path().join(MOCK_ROOT_PEM_FILE)).unwrap(),
-            pem1
-        );
+        assert_eq!(std::fs::read(dir.path().join(MOCK_ROOT_PEM_FILE)).unwrap(), pem1);
         // Each instance has its own chain below the shared root.
         assert_ne!(a.module_id(), b.module_id());
         let root = TrustAnchor::from_pem(&pem1).unwrap();
         for n in [&a, &b] {
-            verify(
-                &n.attestation(None, None, None).unwrap(),
-                &Policy::new(now_ms()).with_root(root.clone()),
-            )
-            .unwrap();
+            verify(&n.attestation(None, None, None).unwrap(), &Policy::new(now_ms()).with_root(root.clone())).unwrap();
         }
     }
 
@@ -622,14 +532,8 @@ mod tests {
         nsm(dir.path());
         // Replace the key with another: the self-check must refuse to start.
         let other = new_key().unwrap();
-        write_file(
-            &dir.path().join(MOCK_ROOT_KEY_FILE),
-            other.serialize_pem().as_bytes(),
-            0o600,
-        )
-        .unwrap();
-        let err =
-            MockNsm::load_or_create(dir.path(), MockPcrs::from_image_digest(&[7; 48])).unwrap_err();
+        write_file(&dir.path().join(MOCK_ROOT_KEY_FILE), other.serialize_pem().as_bytes(), 0o600).unwrap();
+        let err = MockNsm::load_or_create(dir.path(), MockPcrs::from_image_digest(&[7; 48])).unwrap_err();
         assert!(err.to_string().contains("does not work"), "{err}");
     }
 
@@ -641,22 +545,11 @@ mod tests {
         assert_ne!(a.get(0), a.get(1));
         let exe = MockPcrs::from_current_exe().unwrap();
         assert_ne!(exe.get(0), Some(&[0; 48]));
-        assert!(
-            MockPcrs::from_image_digest(&[1; 48])
-                .with(16, [0; 48])
-                .is_err()
-        );
+        assert!(MockPcrs::from_image_digest(&[1; 48]).with(16, [0; 48]).is_err());
 
         let dir = tempfile::tempdir().unwrap();
-        let debug = a
-            .with(0, [0; 48])
-            .unwrap()
-            .with(1, [0; 48])
-            .unwrap()
-            .with(2, [0; 48])
-            .unwrap()
-            .with(4, [9; 48])
-            .unwrap();
+        let debug =
+            a.with(0, [0; 48]).unwrap().with(1, [0; 48]).unwrap().with(2, [0; 48]).unwrap().with(4, [9; 48]).unwrap();
         let nsm = MockNsm::load_or_create(dir.path(), debug).unwrap();
         assert_eq!(nsm.describe_pcr(4).unwrap(), vec![9; 48]);
         assert!(nsm.describe_pcr(32).is_err());
@@ -664,14 +557,7 @@ mod tests {
         let root = TrustAnchor::from_pem(&std::fs::read(nsm.root_pem_path()).unwrap()).unwrap();
         let err = verify(&doc, &Policy::new(now_ms()).with_root(root.clone())).unwrap_err();
         assert_eq!(err.error, VerifyError::DebugMode);
-        assert!(
-            verify(
-                &doc,
-                &Policy::new(now_ms()).with_root(root).allow_debug(true)
-            )
-            .unwrap()
-            .is_debug()
-        );
+        assert!(verify(&doc, &Policy::new(now_ms()).with_root(root).allow_debug(true)).unwrap().is_debug());
     }
 
     #[test]
@@ -710,20 +596,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let nsm = nsm(dir.path());
         let big = vec![0u8; 1025];
-        assert!(matches!(
-            nsm.attestation(Some(&big), None, None),
-            Err(NsmError::TooLarge {
-                field: "user_data",
-                ..
-            })
-        ));
-        assert!(matches!(
-            nsm.attestation(None, None, Some(&big)),
-            Err(NsmError::TooLarge {
-                field: "public_key",
-                ..
-            })
-        ));
+        assert!(matches!(nsm.attestation(Some(&big), None, None), Err(NsmError::TooLarge { field: "user_data", .. })));
+        assert!(matches!(nsm.attestation(None, None, Some(&big)), Err(NsmError::TooLarge { field: "public_key", .. })));
         let max = vec![0u8; 1024];
         nsm.attestation(Some(&max), Some(&max), Some(&max)).unwrap();
         let mut a = [0u8; 64];
@@ -741,23 +615,13 @@ mod tests {
         let commitment = UserDataCommitment {
             x25519: Some([5; 32]),
             recipient_rsa_spki_sha384: Some(UserDataCommitment::sha384(b"spki")),
-            models: vec![ModelDigest {
-                name: "iris".into(),
-                sha384: [1; 48],
-            }],
+            models: vec![ModelDigest { name: "iris".into(), sha384: [1; 48] }],
             config_sha384: [2; 48],
         };
-        let doc = nsm
-            .attestation(Some(&commitment.encode().unwrap()), Some(b"n"), None)
-            .unwrap();
+        let doc = nsm.attestation(Some(&commitment.encode().unwrap()), Some(b"n"), None).unwrap();
         let root = TrustAnchor::from_pem(&std::fs::read(nsm.root_pem_path()).unwrap()).unwrap();
         let base = Policy::new(now_ms()).with_root(root);
-        let ok = base
-            .clone()
-            .expect_model("iris", &[1; 48])
-            .unwrap()
-            .expect_config_sha384(&[2; 48])
-            .unwrap();
+        let ok = base.clone().expect_model("iris", &[1; 48]).unwrap().expect_config_sha384(&[2; 48]).unwrap();
         let v = verify(&doc, &ok).unwrap();
         assert_eq!(v.commitment().unwrap(), commitment);
         let wrong = base.clone().expect_model("iris", &[9; 48]).unwrap();
@@ -779,10 +643,7 @@ mod tests {
     #[test]
     fn hardware_nsm_is_unavailable_off_hardware() {
         if !Path::new("/dev/nsm").exists() {
-            assert!(matches!(
-                super::super::HardwareNsm::open(),
-                Err(NsmError::Unavailable)
-            ));
+            assert!(matches!(super::super::HardwareNsm::open(), Err(NsmError::Unavailable)));
         }
     }
 }

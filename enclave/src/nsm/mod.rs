@@ -54,11 +54,7 @@ pub enum NsmError {
     UnexpectedResponse(&'static str),
     /// An input is larger than the NSM accepts.
     #[error("{field} is {len} bytes, more than the NSM's {max}-byte limit")]
-    TooLarge {
-        field: &'static str,
-        len: usize,
-        max: usize,
-    },
+    TooLarge { field: &'static str, len: usize, max: usize },
     /// A PCR index outside the NSM's range.
     #[error("PCR index {0} is out of range (0..=31)")]
     PcrIndex(u16),
@@ -79,11 +75,9 @@ pub enum NsmError {
 
 pub(crate) fn check_len(field: &'static str, v: Option<&[u8]>) -> Result<(), NsmError> {
     match v {
-        Some(b) if b.len() > MAX_ATTESTATION_FIELD_LEN => Err(NsmError::TooLarge {
-            field,
-            len: b.len(),
-            max: MAX_ATTESTATION_FIELD_LEN,
-        }),
+        Some(b) if b.len() > MAX_ATTESTATION_FIELD_LEN => {
+            Err(NsmError::TooLarge { field, len: b.len(), max: MAX_ATTESTATION_FIELD_LEN })
+        }
         _ => Ok(()),
     }
 }

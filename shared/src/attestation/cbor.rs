@@ -63,28 +63,16 @@ impl<'a> Reader<'a> {
     }
 
     fn err(&self, reason: &'static str) -> CborError {
-        CborError {
-            offset: self.pos,
-            reason,
-        }
+        CborError { offset: self.pos, reason }
     }
 
     fn peek_byte(&self) -> Result<u8, CborError> {
-        self.data
-            .get(self.pos)
-            .copied()
-            .ok_or_else(|| self.err("unexpected end of data"))
+        self.data.get(self.pos).copied().ok_or_else(|| self.err("unexpected end of data"))
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], CborError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .ok_or_else(|| self.err("length overflows"))?;
-        let slice = self
-            .data
-            .get(self.pos..end)
-            .ok_or_else(|| self.err("length runs past the end of the data"))?;
+        let end = self.pos.checked_add(n).ok_or_else(|| self.err("length overflows"))?;
+        let slice = self.data.get(self.pos..end).ok_or_else(|| self.err("length runs past the end of the data"))?;
         self.pos = end;
         Ok(slice)
     }
@@ -95,10 +83,7 @@ impl<'a> Reader<'a> {
         self.pos += 1;
         let major = initial >> 5;
         let info = initial & 0x1f;
-        let at = |reason| CborError {
-            offset: start,
-            reason,
-        };
+        let at = |reason| CborError { offset: start, reason };
         // Major type 7 first: its "argument" is not a length.
         if major == 7 {
             return match info {
@@ -114,15 +99,9 @@ impl<'a> Reader<'a> {
         let arg: Option<u64> = match info {
             0..=23 => Some(u64::from(info)),
             24 => Some(u64::from(self.take(1)?[0])),
-            25 => Some(u64::from(u16::from_be_bytes(
-                self.take(2)?.try_into().map_err(|_| at("short"))?,
-            ))),
-            26 => Some(u64::from(u32::from_be_bytes(
-                self.take(4)?.try_into().map_err(|_| at("short"))?,
-            ))),
-            27 => Some(u64::from_be_bytes(
-                self.take(8)?.try_into().map_err(|_| at("short"))?,
-            )),
+            25 => Some(u64::from(u16::from_be_bytes(self.take(2)?.try_into().map_err(|_| at("short"))?))),
+            26 => Some(u64::from(u32::from_be_bytes(self.take(4)?.try_into().map_err(|_| at("short"))?))),
+            27 => Some(u64::from_be_bytes(self.take(8)?.try_into().map_err(|_| at("short"))?)),
             31 => None,
             _ => return Err(at("reserved additional information value")),
         };
@@ -159,10 +138,7 @@ impl<'a> Reader<'a> {
         let start = self.pos;
         match self.head()? {
             Head::Null => Ok(()),
-            _ => Err(CborError {
-                offset: start,
-                reason: "expected null",
-            }),
+            _ => Err(CborError { offset: start, reason: "expected null" }),
         }
     }
 
@@ -170,10 +146,7 @@ impl<'a> Reader<'a> {
         let start = self.pos;
         match self.head()? {
             Head::Uint(v) => Ok(v),
-            _ => Err(CborError {
-                offset: start,
-                reason: "expected an unsigned integer",
-            }),
+            _ => Err(CborError { offset: start, reason: "expected an unsigned integer" }),
         }
     }
 
@@ -183,10 +156,7 @@ impl<'a> Reader<'a> {
         match self.head()? {
             Head::Uint(v) => Ok(i128::from(v)),
             Head::Nint(v) => Ok(-1 - i128::from(v)),
-            _ => Err(CborError {
-                offset: start,
-                reason: "expected an integer",
-            }),
+            _ => Err(CborError { offset: start, reason: "expected an integer" }),
         }
     }
 
@@ -197,10 +167,7 @@ impl<'a> Reader<'a> {
                 let n = self.bounded_len(len)?;
                 self.take(n)
             }
-            _ => Err(CborError {
-                offset: start,
-                reason: "expected a byte string",
-            }),
+            _ => Err(CborError { offset: start, reason: "expected a byte string" }),
         }
     }
 
@@ -210,15 +177,9 @@ impl<'a> Reader<'a> {
             Head::Text(len) => {
                 let n = self.bounded_len(len)?;
                 let raw = self.take(n)?;
-                std::str::from_utf8(raw).map_err(|_| CborError {
-                    offset: start,
-                    reason: "text is not valid UTF-8",
-                })
+                std::str::from_utf8(raw).map_err(|_| CborError { offset: start, reason: "text is not valid UTF-8" })
             }
-            _ => Err(CborError {
-                offset: start,
-                reason: "expected a text string",
-            }),
+            _ => Err(CborError { offset: start, reason: "expected a text string" }),
         }
     }
 
@@ -226,10 +187,7 @@ impl<'a> Reader<'a> {
         let start = self.pos;
         match self.head()? {
             Head::Tag(t) => Ok(t),
-            _ => Err(CborError {
-                offset: start,
-                reason: "expected a tag",
-            }),
+            _ => Err(CborError { offset: start, reason: "expected a tag" }),
         }
     }
 
@@ -237,10 +195,7 @@ impl<'a> Reader<'a> {
         let start = self.pos;
         match self.head()? {
             Head::Array(len) => Ok(len),
-            _ => Err(CborError {
-                offset: start,
-                reason: "expected an array",
-            }),
+            _ => Err(CborError { offset: start, reason: "expected an array" }),
         }
     }
 
@@ -248,10 +203,7 @@ impl<'a> Reader<'a> {
         let start = self.pos;
         match self.head()? {
             Head::Map(len) => Ok(len),
-            _ => Err(CborError {
-                offset: start,
-                reason: "expected a map",
-            }),
+            _ => Err(CborError { offset: start, reason: "expected a map" }),
         }
     }
 
@@ -291,9 +243,7 @@ impl<'a> Reader<'a> {
             Len::Definite(n) => {
                 // Each item takes at least one byte, so a count beyond the remaining input is a lie:
                 // fail before looping over it.
-                let items = n
-                    .checked_mul(per_entry)
-                    .ok_or_else(|| self.err("count overflows"))?;
+                let items = n.checked_mul(per_entry).ok_or_else(|| self.err("count overflows"))?;
                 if items > (self.data.len() - self.pos) as u64 {
                     return Err(self.err("count exceeds the remaining data"));
                 }
@@ -355,24 +305,15 @@ mod tests {
     #[test]
     fn rejects_lengths_past_the_end() {
         let mut r = Reader::new(&[0x5a, 0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(
-            r.bytes().unwrap_err().reason,
-            "length runs past the end of the data"
-        );
+        assert_eq!(r.bytes().unwrap_err().reason, "length runs past the end of the data");
         let mut r = Reader::new(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(
-            r.skip().unwrap_err().reason,
-            "count exceeds the remaining data"
-        );
+        assert_eq!(r.skip().unwrap_err().reason, "count exceeds the remaining data");
     }
 
     #[test]
     fn bounds_nesting() {
         let deep = vec![0x81u8; 64];
-        assert_eq!(
-            Reader::new(&deep).skip().unwrap_err().reason,
-            "nested too deeply"
-        );
+        assert_eq!(Reader::new(&deep).skip().unwrap_err().reason, "nested too deeply");
     }
 
     #[test]
@@ -393,27 +334,15 @@ mod tests {
 
     #[test]
     fn rejects_floats_undefined_and_indefinite_strings() {
+        assert_eq!(Reader::new(&[0xf7]).skip().unwrap_err().reason, "undefined is not allowed");
         assert_eq!(
-            Reader::new(&[0xf7]).skip().unwrap_err().reason,
-            "undefined is not allowed"
-        );
-        assert_eq!(
-            Reader::new(&[0xfb, 0, 0, 0, 0, 0, 0, 0, 0])
-                .skip()
-                .unwrap_err()
-                .reason,
+            Reader::new(&[0xfb, 0, 0, 0, 0, 0, 0, 0, 0]).skip().unwrap_err().reason,
             "floating-point values are not allowed"
         );
         assert_eq!(
-            Reader::new(&[0x5f, 0x41, 0, 0xff])
-                .skip()
-                .unwrap_err()
-                .reason,
+            Reader::new(&[0x5f, 0x41, 0, 0xff]).skip().unwrap_err().reason,
             "indefinite-length strings are not allowed"
         );
-        assert_eq!(
-            Reader::new(&[0x61, 0xff]).text().unwrap_err().reason,
-            "text is not valid UTF-8"
-        );
+        assert_eq!(Reader::new(&[0x61, 0xff]).text().unwrap_err().reason, "text is not valid UTF-8");
     }
 }

@@ -7,9 +7,7 @@
 //! (the leaf lives about three hours).
 
 use x509_parser::certificate::X509Certificate;
-use x509_parser::oid_registry::{
-    OID_SIG_ECDSA_WITH_SHA384, OID_X509_EXT_BASIC_CONSTRAINTS, OID_X509_EXT_KEY_USAGE,
-};
+use x509_parser::oid_registry::{OID_SIG_ECDSA_WITH_SHA384, OID_X509_EXT_BASIC_CONSTRAINTS, OID_X509_EXT_KEY_USAGE};
 use x509_parser::prelude::FromDer;
 
 use super::error::CertError;
@@ -17,8 +15,8 @@ use super::error::CertError;
 /// DER prefix of a SubjectPublicKeyInfo for an uncompressed P-384 point:
 /// SEQUENCE { SEQUENCE { id-ecPublicKey, secp384r1 }, BIT STRING (0 unused bits) 0x04 ... }.
 const P384_SPKI_PREFIX: [u8; 24] = [
-    0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b,
-    0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00, 0x04,
+    0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00,
+    0x22, 0x03, 0x62, 0x00, 0x04,
 ];
 const P384_SPKI_LEN: usize = 120;
 
@@ -52,20 +50,12 @@ pub(crate) fn role(position: usize, count: usize) -> String {
 pub(crate) fn parse(der: &[u8]) -> Result<X509Certificate<'_>, CertError> {
     match X509Certificate::from_der(der) {
         Ok(([], cert)) => Ok(cert),
-        Ok((rest, _)) => Err(CertError::Malformed(format!(
-            "{} trailing byte(s)",
-            rest.len()
-        ))),
+        Ok((rest, _)) => Err(CertError::Malformed(format!("{} trailing byte(s)", rest.len()))),
         Err(e) => Err(CertError::Malformed(e.to_string())),
     }
 }
 
-pub(crate) fn summary(
-    cert: &X509Certificate<'_>,
-    der: &[u8],
-    position: usize,
-    count: usize,
-) -> CertificateSummary {
+pub(crate) fn summary(cert: &X509Certificate<'_>, der: &[u8], position: usize, count: usize) -> CertificateSummary {
     CertificateSummary {
         position,
         role: role(position, count),
@@ -84,8 +74,7 @@ pub(crate) fn p384_key<'c>(cert: &X509Certificate<'c>) -> Result<&'c [u8], CertE
     if raw.len() != P384_SPKI_LEN || !raw.starts_with(&P384_SPKI_PREFIX) {
         return Err(CertError::PublicKey);
     }
-    raw.get(P384_SPKI_PREFIX.len() - 1..)
-        .ok_or(CertError::PublicKey)
+    raw.get(P384_SPKI_PREFIX.len() - 1..).ok_or(CertError::PublicKey)
 }
 
 /// Checks certificate `child` against its issuer `parent` (signature, names, algorithm), and the
@@ -159,19 +148,14 @@ impl LinkCache {
 }
 
 /// Version, algorithms, key type and extensions of one certificate.
-pub(crate) fn check_profile(
-    cert: &X509Certificate<'_>,
-    cas_below: Option<usize>,
-) -> Result<(), CertError> {
+pub(crate) fn check_profile(cert: &X509Certificate<'_>, cas_below: Option<usize>) -> Result<(), CertError> {
     if cert.version().0 != 2 {
         return Err(CertError::NotV3);
     }
     let outer = &cert.signature_algorithm;
     let inner = &cert.tbs_certificate.signature;
     if outer.algorithm != OID_SIG_ECDSA_WITH_SHA384 || outer.parameters.is_some() {
-        return Err(CertError::SignatureAlgorithm(
-            outer.algorithm.to_id_string(),
-        ));
+        return Err(CertError::SignatureAlgorithm(outer.algorithm.to_id_string()));
     }
     if inner != outer {
         return Err(CertError::SignatureAlgorithm(format!(
@@ -181,57 +165,36 @@ pub(crate) fn check_profile(
     }
     p384_key(cert)?;
     for ext in cert.extensions() {
-        if ext.critical
-            && ext.oid != OID_X509_EXT_BASIC_CONSTRAINTS
-            && ext.oid != OID_X509_EXT_KEY_USAGE
-        {
+        if ext.critical && ext.oid != OID_X509_EXT_BASIC_CONSTRAINTS && ext.oid != OID_X509_EXT_KEY_USAGE {
             return Err(CertError::UnknownCriticalExtension(ext.oid.to_id_string()));
         }
     }
-    let bc = cert
-        .basic_constraints()
-        .map_err(|_| CertError::BasicConstraints("malformed or repeated"))?;
-    let ku = cert
-        .key_usage()
-        .map_err(|_| CertError::KeyUsage("malformed or repeated"))?;
+    let bc = cert.basic_constraints().map_err(|_| CertError::BasicConstraints("malformed or repeated"))?;
+    let ku = cert.key_usage().map_err(|_| CertError::KeyUsage("malformed or repeated"))?;
     match cas_below {
         Some(below) => {
-            let bc = bc.ok_or(CertError::BasicConstraints(
-                "a CA certificate must have basic constraints",
-            ))?;
+            let bc = bc.ok_or(CertError::BasicConstraints("a CA certificate must have basic constraints"))?;
             if !bc.value.ca {
-                return Err(CertError::BasicConstraints(
-                    "cA is false on a certificate that issues others",
-                ));
+                return Err(CertError::BasicConstraints("cA is false on a certificate that issues others"));
             }
             if let Some(max) = bc.value.path_len_constraint
                 && usize::try_from(max).is_ok_and(|max| below > max)
             {
-                return Err(CertError::BasicConstraints(
-                    "path length constraint exceeded",
-                ));
+                return Err(CertError::BasicConstraints("path length constraint exceeded"));
             }
-            let ku = ku.ok_or(CertError::KeyUsage(
-                "a CA certificate must have a key usage extension",
-            ))?;
+            let ku = ku.ok_or(CertError::KeyUsage("a CA certificate must have a key usage extension"))?;
             if !ku.value.key_cert_sign() {
-                return Err(CertError::KeyUsage(
-                    "keyCertSign is not set on a certificate that issues others",
-                ));
+                return Err(CertError::KeyUsage("keyCertSign is not set on a certificate that issues others"));
             }
         }
         None => {
             if bc.is_some_and(|bc| bc.value.ca) {
-                return Err(CertError::BasicConstraints(
-                    "the leaf certificate must not be a CA",
-                ));
+                return Err(CertError::BasicConstraints("the leaf certificate must not be a CA"));
             }
             if let Some(ku) = ku
                 && !ku.value.digital_signature()
             {
-                return Err(CertError::KeyUsage(
-                    "digitalSignature is not set on the signing certificate",
-                ));
+                return Err(CertError::KeyUsage("digitalSignature is not set on the signing certificate"));
             }
         }
     }
@@ -257,12 +220,7 @@ pub fn format_unix_seconds(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Same as [`format_unix_seconds`] with milliseconds.
@@ -286,10 +244,7 @@ mod tests {
         assert_eq!(format_unix_seconds(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_unix_seconds(1_665_651_482), "2022-10-13T08:58:02Z");
         assert_eq!(format_unix_seconds(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(
-            format_unix_millis(1_665_651_482_136),
-            "2022-10-13T08:58:02.136Z"
-        );
+        assert_eq!(format_unix_millis(1_665_651_482_136), "2022-10-13T08:58:02.136Z");
         assert_eq!(format_unix_seconds(-1), "@-1");
     }
 }

@@ -67,17 +67,11 @@ pub enum CommitmentError {
 }
 
 fn cbor(e: CborError) -> CommitmentError {
-    CommitmentError::Cbor {
-        offset: e.offset,
-        reason: e.reason,
-    }
+    CommitmentError::Cbor { offset: e.offset, reason: e.reason }
 }
 
 fn field(field: &'static str, reason: impl Into<String>) -> CommitmentError {
-    CommitmentError::Field {
-        field,
-        reason: reason.into(),
-    }
+    CommitmentError::Field { field, reason: reason.into() }
 }
 
 impl UserDataCommitment {
@@ -177,12 +171,7 @@ impl UserDataCommitment {
                 return Err(field("models", "not sorted by name"));
             }
         }
-        let c = UserDataCommitment {
-            x25519,
-            recipient_rsa_spki_sha384,
-            models,
-            config_sha384,
-        };
+        let c = UserDataCommitment { x25519, recipient_rsa_spki_sha384, models, config_sha384 };
         if c.encode()? != bytes {
             return Err(CommitmentError::NotCanonical);
         }
@@ -203,24 +192,15 @@ impl UserDataCommitment {
 
 fn check_models(models: &[&ModelDigest]) -> Result<(), CommitmentError> {
     if models.len() > MAX_MODELS {
-        return Err(field(
-            "models",
-            format!("{} models, at most {MAX_MODELS}", models.len()),
-        ));
+        return Err(field("models", format!("{} models, at most {MAX_MODELS}", models.len())));
     }
     for m in models {
         let ok_len = (1..=MAX_MODEL_NAME_LEN).contains(&m.name.len());
-        let ok_chars = m
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        let ok_chars = m.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if !ok_len || !ok_chars {
             return Err(field(
                 "models.name",
-                format!(
-                    "{:?} must be 1..=64 bytes of [A-Za-z0-9._-]",
-                    super::document::printable(&m.name, 70)
-                ),
+                format!("{:?} must be 1..=64 bytes of [A-Za-z0-9._-]", super::document::printable(&m.name, 70)),
             ));
         }
     }
@@ -239,28 +219,18 @@ fn key(r: &mut Reader<'_>, expected: &'static str) -> Result<(), CommitmentError
     if k != expected {
         return Err(field(
             expected,
-            format!(
-                "expected key {expected:?} here, found {:?}",
-                super::document::printable(k, 40)
-            ),
+            format!("expected key {expected:?} here, found {:?}", super::document::printable(k, 40)),
         ));
     }
     Ok(())
 }
 
-fn fixed<const N: usize>(
-    r: &mut Reader<'_>,
-    name: &'static str,
-) -> Result<[u8; N], CommitmentError> {
+fn fixed<const N: usize>(r: &mut Reader<'_>, name: &'static str) -> Result<[u8; N], CommitmentError> {
     let b = r.bytes().map_err(cbor)?;
-    b.try_into()
-        .map_err(|_| field(name, format!("is {} bytes, must be {N}", b.len())))
+    b.try_into().map_err(|_| field(name, format!("is {} bytes, must be {N}", b.len())))
 }
 
-fn optional_fixed<const N: usize>(
-    r: &mut Reader<'_>,
-    name: &'static str,
-) -> Result<Option<[u8; N]>, CommitmentError> {
+fn optional_fixed<const N: usize>(r: &mut Reader<'_>, name: &'static str) -> Result<Option<[u8; N]>, CommitmentError> {
     if r.next_is_null() {
         r.null().map_err(cbor)?;
         return Ok(None);
@@ -278,14 +248,8 @@ mod tests {
             x25519: Some([7; 32]),
             recipient_rsa_spki_sha384: Some([9; 48]),
             models: vec![
-                ModelDigest {
-                    name: "minilm".into(),
-                    sha384: [2; 48],
-                },
-                ModelDigest {
-                    name: "iris".into(),
-                    sha384: [1; 48],
-                },
+                ModelDigest { name: "minilm".into(), sha384: [2; 48] },
+                ModelDigest { name: "iris".into(), sha384: [1; 48] },
             ],
             config_sha384: [3; 48],
         }
@@ -303,24 +267,11 @@ mod tests {
     #[test]
     fn largest_commitment_fits_in_user_data() {
         let mut c = sample();
-        c.models = (0..MAX_MODELS)
-            .map(|i| ModelDigest {
-                name: format!("{i}{}", "m".repeat(63)),
-                sha384: [0; 48],
-            })
-            .collect();
+        c.models =
+            (0..MAX_MODELS).map(|i| ModelDigest { name: format!("{i}{}", "m".repeat(63)), sha384: [0; 48] }).collect();
         assert!(c.encode().unwrap().len() <= 1024);
-        c.models.push(ModelDigest {
-            name: "x".into(),
-            sha384: [0; 48],
-        });
-        assert!(matches!(
-            c.encode(),
-            Err(CommitmentError::Field {
-                field: "models",
-                ..
-            })
-        ));
+        c.models.push(ModelDigest { name: "x".into(), sha384: [0; 48] });
+        assert!(matches!(c.encode(), Err(CommitmentError::Field { field: "models", .. })));
     }
 
     #[test]
@@ -329,48 +280,24 @@ mod tests {
         // "v": 1 sits at bytes 1..=3: a1 'v' 01 -> version 2.
         assert_eq!(&bytes[1..4], &[0x61, b'v', 0x01]);
         bytes[3] = 0x02;
-        assert_eq!(
-            UserDataCommitment::decode(&bytes),
-            Err(CommitmentError::Version(2))
-        );
+        assert_eq!(UserDataCommitment::decode(&bytes), Err(CommitmentError::Version(2)));
         // Non-shortest encoding of 1 (0x18 0x01).
         let mut long = vec![0xa5, 0x61, b'v', 0x18, 0x01];
         long.extend_from_slice(&sample().encode().unwrap()[4..]);
-        assert_eq!(
-            UserDataCommitment::decode(&long),
-            Err(CommitmentError::NotCanonical)
-        );
+        assert_eq!(UserDataCommitment::decode(&long), Err(CommitmentError::NotCanonical));
         let mut bad = sample();
         bad.models[0].name = "../etc".into();
-        assert!(matches!(
-            bad.encode(),
-            Err(CommitmentError::Field {
-                field: "models.name",
-                ..
-            })
-        ));
+        assert!(matches!(bad.encode(), Err(CommitmentError::Field { field: "models.name", .. })));
         let mut dup = sample();
         dup.models[1].name = "minilm".into();
-        assert!(matches!(
-            dup.encode(),
-            Err(CommitmentError::Field {
-                field: "models",
-                ..
-            })
-        ));
+        assert!(matches!(dup.encode(), Err(CommitmentError::Field { field: "models", .. })));
     }
 
     #[test]
     fn refuses_wrong_sizes_and_trailing_bytes() {
         let mut bytes = sample().encode().unwrap();
         bytes.push(0);
-        assert!(matches!(
-            UserDataCommitment::decode(&bytes),
-            Err(CommitmentError::Field {
-                field: "commitment",
-                ..
-            })
-        ));
+        assert!(matches!(UserDataCommitment::decode(&bytes), Err(CommitmentError::Field { field: "commitment", .. })));
         let c = UserDataCommitment {
             x25519: None,
             recipient_rsa_spki_sha384: None,

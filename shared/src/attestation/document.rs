@@ -71,31 +71,20 @@ impl UnverifiedDocument {
     /// field's presence, type and size. Panic-free and bounded on any input.
     pub fn parse(bytes: &[u8]) -> Result<Self, DecodeError> {
         if bytes.len() > MAX_DOCUMENT_LEN {
-            return Err(DecodeError::TooLarge {
-                len: bytes.len(),
-                max: MAX_DOCUMENT_LEN,
-            });
+            return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_DOCUMENT_LEN });
         }
-        let cose = |e: CborError| DecodeError::Cbor {
-            context: "COSE_Sign1",
-            offset: e.offset,
-            reason: e.reason,
-        };
+        let cose = |e: CborError| DecodeError::Cbor { context: "COSE_Sign1", offset: e.offset, reason: e.reason };
         let mut r = Reader::new(bytes);
         let tagged = if r.next_is_tag() {
             let tag = r.tag().map_err(cose)?;
             if tag != COSE_SIGN1_TAG {
-                return Err(DecodeError::NotCoseSign1(
-                    "tagged with a tag other than 18 (COSE_Sign1)",
-                ));
+                return Err(DecodeError::NotCoseSign1("tagged with a tag other than 18 (COSE_Sign1)"));
             }
             true
         } else {
             false
         };
-        let items = r
-            .array()
-            .map_err(|_| DecodeError::NotCoseSign1("not a CBOR array"))?;
+        let items = r.array().map_err(|_| DecodeError::NotCoseSign1("not a CBOR array"))?;
         if let Len::Definite(n) = items
             && n != 4
         {
@@ -117,17 +106,9 @@ impl UnverifiedDocument {
         if !r.is_empty() {
             return Err(DecodeError::TrailingBytes(bytes.len() - r.offset()));
         }
-        let signature: [u8; 96] = signature
-            .try_into()
-            .map_err(|_| DecodeError::SignatureLength(signature.len()))?;
+        let signature: [u8; 96] = signature.try_into().map_err(|_| DecodeError::SignatureLength(signature.len()))?;
         let claims = parse_payload(payload)?;
-        Ok(UnverifiedDocument {
-            tagged,
-            protected: protected.to_vec(),
-            payload: payload.to_vec(),
-            signature,
-            claims,
-        })
+        Ok(UnverifiedDocument { tagged, protected: protected.to_vec(), payload: payload.to_vec(), signature, claims })
     }
 
     /// The decoded payload. **Unverified**: anyone can write these values. Only show them, or use
@@ -164,58 +145,33 @@ fn skip_map(r: &mut Reader<'_>) -> Result<(), CborError> {
 /// `crit`, whose semantics we would have to honour).
 fn check_protected_header(protected: &[u8]) -> Result<(), DecodeError> {
     if protected.is_empty() {
-        return Err(DecodeError::ProtectedHeader(
-            "empty; it must name the algorithm ES384",
-        ));
+        return Err(DecodeError::ProtectedHeader("empty; it must name the algorithm ES384"));
     }
     let mut r = Reader::new(protected);
     let bad = |_| DecodeError::ProtectedHeader("not a CBOR map {1: alg}");
     let len = r.map().map_err(bad)?;
     if len != Len::Definite(1) {
-        return Err(DecodeError::ProtectedHeader(
-            "must contain exactly one entry, alg (1)",
-        ));
+        return Err(DecodeError::ProtectedHeader("must contain exactly one entry, alg (1)"));
     }
     if r.int().map_err(bad)? != 1 {
-        return Err(DecodeError::ProtectedHeader(
-            "its only entry must be alg (1)",
-        ));
+        return Err(DecodeError::ProtectedHeader("its only entry must be alg (1)"));
     }
-    if r.int()
-        .map_err(|_| DecodeError::ProtectedHeader("alg is not an integer"))?
-        != COSE_ALG_ES384
-    {
+    if r.int().map_err(|_| DecodeError::ProtectedHeader("alg is not an integer"))? != COSE_ALG_ES384 {
         return Err(DecodeError::ProtectedHeader("alg is not ES384 (-35)"));
     }
     if !r.is_empty() {
-        return Err(DecodeError::ProtectedHeader(
-            "trailing bytes after the header map",
-        ));
+        return Err(DecodeError::ProtectedHeader("trailing bytes after the header map"));
     }
     Ok(())
 }
 
-const FIELDS: [&str; 9] = [
-    "module_id",
-    "digest",
-    "timestamp",
-    "pcrs",
-    "certificate",
-    "cabundle",
-    "public_key",
-    "user_data",
-    "nonce",
-];
+const FIELDS: [&str; 9] =
+    ["module_id", "digest", "timestamp", "pcrs", "certificate", "cabundle", "public_key", "user_data", "nonce"];
 
 fn parse_payload(payload: &[u8]) -> Result<Claims, DecodeError> {
     let mut r = Reader::new(payload);
-    let cbor = |context: &'static str| {
-        move |e: CborError| DecodeError::Cbor {
-            context,
-            offset: e.offset,
-            reason: e.reason,
-        }
-    };
+    let cbor =
+        |context: &'static str| move |e: CborError| DecodeError::Cbor { context, offset: e.offset, reason: e.reason };
     let len = r.map().map_err(cbor("payload"))?;
     if let Len::Definite(n) = len
         && n > FIELDS.len() as u64
@@ -299,12 +255,8 @@ fn parse_payload(payload: &[u8]) -> Result<Claims, DecodeError> {
                 let v = parse_cabundle(&mut r)?;
                 set(&mut cabundle, v).map_err(|_| dup())?;
             }
-            "public_key" => {
-                set(&mut public_key, optional_bytes(&mut r, "public_key")?).map_err(|_| dup())?
-            }
-            "user_data" => {
-                set(&mut user_data, optional_bytes(&mut r, "user_data")?).map_err(|_| dup())?
-            }
+            "public_key" => set(&mut public_key, optional_bytes(&mut r, "public_key")?).map_err(|_| dup())?,
+            "user_data" => set(&mut user_data, optional_bytes(&mut r, "user_data")?).map_err(|_| dup())?,
             "nonce" => set(&mut nonce, optional_bytes(&mut r, "nonce")?).map_err(|_| dup())?,
             _ => return Err(DecodeError::UnknownField(field.to_owned())),
         }
@@ -312,10 +264,7 @@ fn parse_payload(payload: &[u8]) -> Result<Claims, DecodeError> {
     if !r.is_empty() {
         return Err(DecodeError::FieldValue {
             field: "payload",
-            reason: format!(
-                "{} trailing byte(s) after the map",
-                payload.len() - r.offset()
-            ),
+            reason: format!("{} trailing byte(s) after the map", payload.len() - r.offset()),
         });
     }
     Ok(Claims {
@@ -343,23 +292,14 @@ fn set<T>(slot: &mut Option<T>, value: T) -> Result<(), ()> {
 
 fn size(field: &'static str, len: usize, min: usize, max: usize) -> Result<(), DecodeError> {
     if len < min || len > max {
-        return Err(DecodeError::FieldSize {
-            field,
-            len,
-            min,
-            max,
-        });
+        return Err(DecodeError::FieldSize { field, len, min, max });
     }
     Ok(())
 }
 
 /// `bstr / null`. Zero-length byte strings occur in real documents and are kept as `Some(empty)`.
 fn optional_bytes(r: &mut Reader<'_>, field: &'static str) -> Result<Option<Vec<u8>>, DecodeError> {
-    let cbor = |e: CborError| DecodeError::Cbor {
-        context: field,
-        offset: e.offset,
-        reason: e.reason,
-    };
+    let cbor = |e: CborError| DecodeError::Cbor { context: field, offset: e.offset, reason: e.reason };
     if r.next_is_null() {
         r.null().map_err(cbor)?;
         return Ok(None);
@@ -370,11 +310,7 @@ fn optional_bytes(r: &mut Reader<'_>, field: &'static str) -> Result<Option<Vec<
 }
 
 fn parse_pcrs(r: &mut Reader<'_>) -> Result<BTreeMap<u8, Vec<u8>>, DecodeError> {
-    let cbor = |e: CborError| DecodeError::Cbor {
-        context: "pcrs",
-        offset: e.offset,
-        reason: e.reason,
-    };
+    let cbor = |e: CborError| DecodeError::Cbor { context: "pcrs", offset: e.offset, reason: e.reason };
     let len = r.map().map_err(cbor)?;
     let mut pcrs = BTreeMap::new();
     loop {
@@ -384,21 +320,12 @@ fn parse_pcrs(r: &mut Reader<'_>) -> Result<BTreeMap<u8, Vec<u8>>, DecodeError> 
             _ => {}
         }
         if pcrs.len() >= MAX_PCRS {
-            return Err(DecodeError::FieldSize {
-                field: "pcrs",
-                len: pcrs.len() + 1,
-                min: 1,
-                max: MAX_PCRS,
-            });
+            return Err(DecodeError::FieldSize { field: "pcrs", len: pcrs.len() + 1, min: 1, max: MAX_PCRS });
         }
         let index = r.uint().map_err(cbor)?;
-        let index = u8::try_from(index)
-            .ok()
-            .filter(|i| usize::from(*i) < MAX_PCRS)
-            .ok_or_else(|| DecodeError::FieldValue {
-                field: "pcrs",
-                reason: format!("PCR index {index} is not in 0..=31"),
-            })?;
+        let index = u8::try_from(index).ok().filter(|i| usize::from(*i) < MAX_PCRS).ok_or_else(|| {
+            DecodeError::FieldValue { field: "pcrs", reason: format!("PCR index {index} is not in 0..=31") }
+        })?;
         let value = r.bytes().map_err(cbor)?;
         if value.len() != PCR_LEN {
             return Err(DecodeError::FieldValue {
@@ -414,22 +341,13 @@ fn parse_pcrs(r: &mut Reader<'_>) -> Result<BTreeMap<u8, Vec<u8>>, DecodeError> 
         }
     }
     if pcrs.is_empty() {
-        return Err(DecodeError::FieldSize {
-            field: "pcrs",
-            len: 0,
-            min: 1,
-            max: MAX_PCRS,
-        });
+        return Err(DecodeError::FieldSize { field: "pcrs", len: 0, min: 1, max: MAX_PCRS });
     }
     Ok(pcrs)
 }
 
 fn parse_cabundle(r: &mut Reader<'_>) -> Result<Vec<Vec<u8>>, DecodeError> {
-    let cbor = |e: CborError| DecodeError::Cbor {
-        context: "cabundle",
-        offset: e.offset,
-        reason: e.reason,
-    };
+    let cbor = |e: CborError| DecodeError::Cbor { context: "cabundle", offset: e.offset, reason: e.reason };
     let len = r.array().map_err(cbor)?;
     let mut certs = Vec::new();
     loop {
@@ -451,12 +369,7 @@ fn parse_cabundle(r: &mut Reader<'_>) -> Result<Vec<Vec<u8>>, DecodeError> {
         certs.push(cert.to_vec());
     }
     if certs.is_empty() {
-        return Err(DecodeError::FieldSize {
-            field: "cabundle",
-            len: 0,
-            min: 1,
-            max: MAX_CABUNDLE_LEN,
-        });
+        return Err(DecodeError::FieldSize { field: "cabundle", len: 0, min: 1, max: MAX_CABUNDLE_LEN });
     }
     Ok(certs)
 }

@@ -12,11 +12,7 @@ pub enum DecodeError {
     TooLarge { len: usize, max: usize },
     /// Not well-formed CBOR, or not the CBOR shape the field needs.
     #[error("malformed CBOR in {context} at byte {offset}: {reason}")]
-    Cbor {
-        context: &'static str,
-        offset: usize,
-        reason: &'static str,
-    },
+    Cbor { context: &'static str, offset: usize, reason: &'static str },
     /// The outer structure is not a COSE_Sign1.
     #[error("not a COSE_Sign1 structure: {0}")]
     NotCoseSign1(&'static str),
@@ -40,12 +36,7 @@ pub enum DecodeError {
     UnknownField(String),
     /// A payload field is outside its documented size range.
     #[error("payload field {field:?} is {len} long, outside {min}..={max}")]
-    FieldSize {
-        field: &'static str,
-        len: usize,
-        min: usize,
-        max: usize,
-    },
+    FieldSize { field: &'static str, len: usize, min: usize, max: usize },
     /// A payload field has a value it may not have.
     #[error("payload field {field:?}: {reason}")]
     FieldValue { field: &'static str, reason: String },
@@ -86,26 +77,13 @@ pub enum VerifyError {
     #[error("decode: {0}")]
     Decode(#[from] DecodeError),
     /// `cabundle[0]` is not the trusted root.
-    #[error(
-        "root: cabundle[0] (SHA-256 {found}) is not the trusted root {expected_name} (SHA-256 {expected})"
-    )]
-    UntrustedRoot {
-        found: String,
-        expected: String,
-        expected_name: String,
-    },
+    #[error("root: cabundle[0] (SHA-256 {found}) is not the trusted root {expected_name} (SHA-256 {expected})")]
+    UntrustedRoot { found: String, expected: String, expected_name: String },
     /// A certificate in the chain is invalid (`position` 0 is the root, the last is the leaf).
     #[error("certificate chain: {which} ({subject}): {reason}")]
-    Certificate {
-        position: usize,
-        which: String,
-        subject: String,
-        reason: CertError,
-    },
+    Certificate { position: usize, which: String, subject: String, reason: CertError },
     /// A certificate is not valid at the verification time.
-    #[error(
-        "certificate validity: {which} ({subject}) is valid {not_before} to {not_after}, not at {at}"
-    )]
+    #[error("certificate validity: {which} ({subject}) is valid {not_before} to {not_after}, not at {at}")]
     CertificateTime {
         position: usize,
         which: String,
@@ -115,9 +93,7 @@ pub enum VerifyError {
         at: String,
     },
     /// The COSE_Sign1 signature does not verify with the leaf certificate's key.
-    #[error(
-        "signature: the COSE_Sign1 ES384 signature does not verify with the leaf certificate's key"
-    )]
+    #[error("signature: the COSE_Sign1 ES384 signature does not verify with the leaf certificate's key")]
     BadSignature,
     /// PCR0, PCR1 and PCR2 are all zero (an enclave run with `--debug-mode`) and debug was not allowed.
     #[error(
@@ -126,24 +102,15 @@ pub enum VerifyError {
     DebugMode,
     /// A PCR differs from the expected value (or is absent).
     #[error("PCR{index}: expected {expected}, got {}", actual.as_deref().unwrap_or("nothing (PCR absent)"))]
-    PcrMismatch {
-        index: u8,
-        expected: String,
-        actual: Option<String>,
-    },
+    PcrMismatch { index: u8, expected: String, actual: Option<String> },
     /// The document's nonce differs from the caller's.
     #[error("nonce: expected {expected}, got {}", actual.as_deref().unwrap_or("no nonce"))]
-    NonceMismatch {
-        expected: String,
-        actual: Option<String>,
-    },
+    NonceMismatch { expected: String, actual: Option<String> },
     /// The document is older than the caller allows.
     #[error("freshness: document is {age_ms} ms old, more than the {max_ms} ms allowed")]
     TooOld { age_ms: u64, max_ms: u64 },
     /// The document is dated after the verification time (beyond the allowed clock skew).
-    #[error(
-        "freshness: document is dated {ahead_ms} ms after the verification time (more than {skew_ms} ms of skew)"
-    )]
+    #[error("freshness: document is dated {ahead_ms} ms after the verification time (more than {skew_ms} ms of skew)")]
     FromTheFuture { ahead_ms: u64, skew_ms: u64 },
     /// `user_data` is not a Veil commitment, or does not commit to what the caller expects.
     #[error("user_data commitment: {0}")]

@@ -40,15 +40,13 @@ mod verify;
 
 pub use chain::{CertificateSummary, format_unix_millis, format_unix_seconds};
 pub use commitment::{
-    COMMITMENT_VERSION, CommitmentError, MAX_MODEL_NAME_LEN, MAX_MODELS, ModelDigest,
-    UserDataCommitment,
+    COMMITMENT_VERSION, CommitmentError, MAX_MODEL_NAME_LEN, MAX_MODELS, ModelDigest, UserDataCommitment,
 };
 pub use document::{
-    Claims, MAX_CABUNDLE_LEN, MAX_CERT_LEN, MAX_DOCUMENT_LEN, MAX_MODULE_ID_LEN,
-    MAX_OPTIONAL_FIELD_LEN, MAX_PCRS, PCR_LEN, UnverifiedDocument,
+    Claims, MAX_CABUNDLE_LEN, MAX_CERT_LEN, MAX_DOCUMENT_LEN, MAX_MODULE_ID_LEN, MAX_OPTIONAL_FIELD_LEN, MAX_PCRS,
+    PCR_LEN, UnverifiedDocument,
 };
 pub use error::{CertError, DecodeError, PolicyError, VerifyError};
 pub use verify::{
-    AWS_ROOT_G1_SHA256, Check, CheckStatus, Policy, Rejected, Report, TrustAnchor,
-    VerifiedDocument, Verifier, verify,
+    AWS_ROOT_G1_SHA256, Check, CheckStatus, Policy, Rejected, Report, TrustAnchor, VerifiedDocument, Verifier, verify,
 };

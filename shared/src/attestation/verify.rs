@@ -22,8 +22,8 @@ const AWS_ROOT_G1_DER: &[u8] = include_bytes!("aws_root_g1.der");
 /// SHA-256 of [`AWS_ROOT_G1_DER`], pinned independently of the embedded bytes: a document is accepted
 /// under the default root only if `cabundle[0]` hashes to this value *and* equals the embedded certificate.
 pub const AWS_ROOT_G1_SHA256: [u8; 32] = [
-    0x64, 0x1a, 0x03, 0x21, 0xa3, 0xe2, 0x44, 0xef, 0xe4, 0x56, 0x46, 0x31, 0x95, 0xd6, 0x06, 0x31,
-    0x7e, 0xd7, 0xcd, 0xcc, 0x3c, 0x17, 0x56, 0xe0, 0x98, 0x93, 0xf3, 0xc6, 0x8f, 0x79, 0xbb, 0x5b,
+    0x64, 0x1a, 0x03, 0x21, 0xa3, 0xe2, 0x44, 0xef, 0xe4, 0x56, 0x46, 0x31, 0x95, 0xd6, 0x06, 0x31, 0x7e, 0xd7, 0xcd,
+    0xcc, 0x3c, 0x17, 0x56, 0xe0, 0x98, 0x93, 0xf3, 0xc6, 0x8f, 0x79, 0xbb, 0x5b,
 ];
 
 /// A root certificate that documents must chain to.
@@ -58,17 +58,8 @@ impl TrustAnchor {
             .try_into()
             .map_err(|_| PolicyError::Root("hash length".into()))?;
         let aws = sha256 == AWS_ROOT_G1_SHA256;
-        let name = if aws {
-            "AWS Nitro Enclaves Root-G1".to_owned()
-        } else {
-            cert.subject().to_string()
-        };
-        Ok(TrustAnchor {
-            der: der.to_vec(),
-            sha256,
-            name,
-            aws,
-        })
+        let name = if aws { "AWS Nitro Enclaves Root-G1".to_owned() } else { cert.subject().to_string() };
+        Ok(TrustAnchor { der: der.to_vec(), sha256, name, aws })
     }
 
     /// Same as [`TrustAnchor::from_der`], from a PEM `CERTIFICATE` block.
@@ -76,10 +67,7 @@ impl TrustAnchor {
         let (_, block) = x509_parser::pem::parse_x509_pem(pem)
             .map_err(|e| PolicyError::Root(format!("not a PEM certificate: {e}")))?;
         if block.label != "CERTIFICATE" {
-            return Err(PolicyError::Root(format!(
-                "PEM block is {:?}, not CERTIFICATE",
-                block.label
-            )));
+            return Err(PolicyError::Root(format!("PEM block is {:?}, not CERTIFICATE", block.label)));
         }
         Self::from_der(&block.contents)
     }
@@ -150,10 +138,7 @@ impl Policy {
         let i = u8::try_from(index)
             .ok()
             .filter(|i| *i < 32)
-            .ok_or_else(|| PolicyError::Pcr {
-                index,
-                reason: "index must be 0..=31".into(),
-            })?;
+            .ok_or_else(|| PolicyError::Pcr { index, reason: "index must be 0..=31".into() })?;
         if value.len() != PCR_LEN {
             return Err(PolicyError::Pcr {
                 index,
@@ -189,16 +174,11 @@ impl Policy {
     /// Requires `user_data` to be a Veil commitment ([`super::UserDataCommitment`]) naming model `name`
     /// with SHA-384 `sha384`. Repeatable, one per model.
     pub fn expect_model(mut self, name: &str, sha384: &[u8]) -> Result<Self, PolicyError> {
-        let digest: [u8; 48] = sha384.try_into().map_err(|_| {
-            PolicyError::Model(format!(
-                "{name:?}: digest is {} bytes, not 48 (SHA-384)",
-                sha384.len()
-            ))
-        })?;
+        let digest: [u8; 48] = sha384
+            .try_into()
+            .map_err(|_| PolicyError::Model(format!("{name:?}: digest is {} bytes, not 48 (SHA-384)", sha384.len())))?;
         if name.is_empty() || name.len() > super::MAX_MODEL_NAME_LEN {
-            return Err(PolicyError::Model(format!(
-                "{name:?}: a model name is 1 to 64 bytes"
-            )));
+            return Err(PolicyError::Model(format!("{name:?}: a model name is 1 to 64 bytes")));
         }
         self.expected_models.insert(name.to_owned(), digest);
         Ok(self)
@@ -206,12 +186,9 @@ impl Policy {
 
     /// Requires `user_data` to be a Veil commitment whose runtime configuration digest is `sha384`.
     pub fn expect_config_sha384(mut self, sha384: &[u8]) -> Result<Self, PolicyError> {
-        let digest: [u8; 48] = sha384.try_into().map_err(|_| {
-            PolicyError::Model(format!(
-                "config digest is {} bytes, not 48 (SHA-384)",
-                sha384.len()
-            ))
-        })?;
+        let digest: [u8; 48] = sha384
+            .try_into()
+            .map_err(|_| PolicyError::Model(format!("config digest is {} bytes, not 48 (SHA-384)", sha384.len())))?;
         self.expected_config = Some(digest);
         Ok(self)
     }
@@ -330,10 +307,7 @@ impl VerifiedDocument {
     }
     /// `user_data` decoded as a Veil commitment, if it is one.
     pub fn commitment(&self) -> Option<super::UserDataCommitment> {
-        self.claims
-            .user_data
-            .as_deref()
-            .and_then(|u| super::UserDataCommitment::decode(u).ok())
+        self.claims.user_data.as_deref().and_then(|u| super::UserDataCommitment::decode(u).ok())
     }
     pub fn report(&self) -> &Report {
         &self.report
@@ -377,11 +351,7 @@ impl Verifier {
 }
 
 #[allow(clippy::result_large_err)]
-fn verify_with(
-    bytes: &[u8],
-    policy: &Policy,
-    cache: Option<&chain::LinkCache>,
-) -> Result<VerifiedDocument, Rejected> {
+fn verify_with(bytes: &[u8], policy: &Policy, cache: Option<&chain::LinkCache>) -> Result<VerifiedDocument, Rejected> {
     match UnverifiedDocument::parse(bytes) {
         Ok(doc) => doc.verify_inner(policy, cache),
         Err(e) => {
@@ -423,11 +393,7 @@ impl Run {
         }
     }
     fn push(&mut self, name: &str, status: CheckStatus, detail: String) {
-        self.report.checks.push(Check {
-            name: name.to_owned(),
-            status,
-            detail,
-        });
+        self.report.checks.push(Check { name: name.to_owned(), status, detail });
     }
     fn pass(&mut self, name: &str, detail: impl Into<String>) {
         self.push(name, CheckStatus::Passed, detail.into());
@@ -448,17 +414,13 @@ impl Run {
         let error = self.first.unwrap_or(VerifyError::BadSignature);
         self.report.verified = false;
         self.report.error = Some(error.to_string());
-        Rejected {
-            error,
-            report: Box::new(self.report),
-        }
+        Rejected { error, report: Box::new(self.report) }
     }
 }
 
 fn check_commitment(user_data: Option<&[u8]>, policy: &Policy) -> Result<String, String> {
     let ud = user_data.ok_or("the document has no user_data")?;
-    let c = super::UserDataCommitment::decode(ud)
-        .map_err(|e| format!("user_data is not a Veil commitment: {e}"))?;
+    let c = super::UserDataCommitment::decode(ud).map_err(|e| format!("user_data is not a Veil commitment: {e}"))?;
     for (name, digest) in &policy.expected_models {
         match c.models.iter().find(|m| &m.name == name) {
             Some(m) if &m.sha384 == digest => {}
@@ -471,9 +433,7 @@ fn check_commitment(user_data: Option<&[u8]>, policy: &Policy) -> Result<String,
             }
             None => {
                 let loaded: Vec<&str> = c.models.iter().map(|m| m.name.as_str()).collect();
-                return Err(format!(
-                    "model {name:?} is not in the commitment (loaded: {loaded:?})"
-                ));
+                return Err(format!("model {name:?} is not in the commitment (loaded: {loaded:?})"));
             }
         }
     }
@@ -489,19 +449,13 @@ fn check_commitment(user_data: Option<&[u8]>, policy: &Policy) -> Result<String,
     Ok(format!(
         "user_data commits to {} model(s){}",
         c.models.len(),
-        if policy.expected_config.is_some() {
-            " and the expected configuration"
-        } else {
-            ""
-        }
+        if policy.expected_config.is_some() { " and the expected configuration" } else { "" }
     ))
 }
 
 fn is_debug(claims: &Claims) -> bool {
     // A missing PCR counts as zero: absence must not pass for a measured image.
-    [0u8, 1, 2]
-        .iter()
-        .all(|i| claims.pcrs.get(i).is_none_or(|v| v.iter().all(|b| *b == 0)))
+    [0u8, 1, 2].iter().all(|i| claims.pcrs.get(i).is_none_or(|v| v.iter().all(|b| *b == 0)))
 }
 
 impl UnverifiedDocument {
@@ -512,11 +466,7 @@ impl UnverifiedDocument {
     }
 
     #[allow(clippy::result_large_err)]
-    fn verify_inner(
-        self,
-        policy: &Policy,
-        cache: Option<&chain::LinkCache>,
-    ) -> Result<VerifiedDocument, Rejected> {
+    fn verify_inner(self, policy: &Policy, cache: Option<&chain::LinkCache>) -> Result<VerifiedDocument, Rejected> {
         let mut run = Run::new(policy);
         run.pass(
             "decode",
@@ -528,22 +478,14 @@ impl UnverifiedDocument {
         let claims = &self.claims;
 
         // root: cabundle[0] is the trust anchor, by fingerprint and by bytes.
-        let ders: Vec<&[u8]> = claims
-            .cabundle
-            .iter()
-            .map(Vec::as_slice)
-            .chain(std::iter::once(claims.certificate.as_slice()))
-            .collect();
+        let ders: Vec<&[u8]> =
+            claims.cabundle.iter().map(Vec::as_slice).chain(std::iter::once(claims.certificate.as_slice())).collect();
         let root_der = ders.first().copied().unwrap_or_default();
         let root_sha = ring::digest::digest(&ring::digest::SHA256, root_der);
         if root_sha.as_ref() == policy.root.sha256 && root_der == policy.root.der.as_slice() {
             run.pass(
                 "root",
-                format!(
-                    "cabundle[0] is {} (SHA-256 {})",
-                    policy.root.name,
-                    hex::encode(policy.root.sha256)
-                ),
+                format!("cabundle[0] is {} (SHA-256 {})", policy.root.name, hex::encode(policy.root.sha256)),
             );
         } else {
             run.fail_with(
@@ -588,11 +530,7 @@ impl UnverifiedDocument {
                     break;
                 };
                 // CAs below certificate i, not counting the leaf.
-                let cas_below = if i + 1 == count {
-                    None
-                } else {
-                    Some(count - 2 - i)
-                };
+                let cas_below = if i + 1 == count { None } else { Some(count - 2 - i) };
                 if let Err(reason) = chain::check_link(parent, child, cas_below, cache) {
                     run.fail_with(
                         "chain",
@@ -609,18 +547,12 @@ impl UnverifiedDocument {
             }
             if chain_ok {
                 // The root's own profile (it is trusted by pinning, but must still be a CA).
-                if let Some(Err(reason)) = certs
-                    .first()
-                    .map(|root| chain::check_profile(root, Some(count.saturating_sub(2))))
+                if let Some(Err(reason)) =
+                    certs.first().map(|root| chain::check_profile(root, Some(count.saturating_sub(2))))
                 {
                     run.fail_with(
                         "chain",
-                        VerifyError::Certificate {
-                            position: 0,
-                            which: "root".into(),
-                            subject: name_of(0),
-                            reason,
-                        },
+                        VerifyError::Certificate { position: 0, which: "root".into(), subject: name_of(0), reason },
                     );
                     chain_ok = false;
                 }
@@ -635,10 +567,7 @@ impl UnverifiedDocument {
             let at_s = i64::try_from(policy.at_ms / 1000).unwrap_or(i64::MAX);
             let mut ok = true;
             for (i, c) in certs.iter().enumerate() {
-                let (nb, na) = (
-                    c.validity().not_before.timestamp(),
-                    c.validity().not_after.timestamp(),
-                );
+                let (nb, na) = (c.validity().not_before.timestamp(), c.validity().not_after.timestamp());
                 if at_s < nb || at_s > na {
                     run.fail_with(
                         "validity",
@@ -656,10 +585,7 @@ impl UnverifiedDocument {
                 }
             }
             if ok {
-                let leaf = certs
-                    .last()
-                    .map(|c| c.validity().not_after.timestamp())
-                    .unwrap_or_default();
+                let leaf = certs.last().map(|c| c.validity().not_after.timestamp()).unwrap_or_default();
                 run.pass(
                     "validity",
                     format!(
@@ -674,23 +600,13 @@ impl UnverifiedDocument {
         }
 
         // signature: COSE_Sign1 ES384 over the Sig_structure with the leaf's key.
-        match certs
-            .last()
-            .filter(|_| certs.len() == count)
-            .map(|leaf| chain::p384_key(leaf))
-        {
+        match certs.last().filter(|_| certs.len() == count).map(|leaf| chain::p384_key(leaf)) {
             Some(Ok(key)) => {
-                let ok = ring::signature::UnparsedPublicKey::new(
-                    &ring::signature::ECDSA_P384_SHA384_FIXED,
-                    key,
-                )
-                .verify(&self.sig_structure(), &self.signature)
-                .is_ok();
+                let ok = ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P384_SHA384_FIXED, key)
+                    .verify(&self.sig_structure(), &self.signature)
+                    .is_ok();
                 if ok {
-                    run.pass(
-                        "signature",
-                        "COSE_Sign1 ES384 signature verifies with the leaf certificate's key",
-                    );
+                    run.pass("signature", "COSE_Sign1 ES384 signature verifies with the leaf certificate's key");
                 } else {
                     run.fail_with("signature", VerifyError::BadSignature);
                 }
@@ -711,15 +627,9 @@ impl UnverifiedDocument {
 
         // debug_mode
         if !is_debug(claims) {
-            run.pass(
-                "debug_mode",
-                "PCR0, PCR1 and PCR2 are measured (not a debug-mode enclave)",
-            );
+            run.pass("debug_mode", "PCR0, PCR1 and PCR2 are measured (not a debug-mode enclave)");
         } else if policy.allow_debug {
-            run.pass(
-                "debug_mode",
-                "PCR0, PCR1 and PCR2 are zero (debug mode), accepted because debug was allowed",
-            );
+            run.pass("debug_mode", "PCR0, PCR1 and PCR2 are zero (debug mode), accepted because debug was allowed");
         } else {
             run.fail_with("debug_mode", VerifyError::DebugMode);
         }
@@ -728,9 +638,7 @@ impl UnverifiedDocument {
         for (i, expected) in &policy.expected_pcrs {
             let name = format!("pcr{i}");
             match claims.pcrs.get(i) {
-                Some(actual) if actual == expected => {
-                    run.pass(&name, format!("PCR{i} = {}", hex::encode(actual)))
-                }
+                Some(actual) if actual == expected => run.pass(&name, format!("PCR{i} = {}", hex::encode(actual))),
                 actual => run.fail_with(
                     &name,
                     VerifyError::PcrMismatch {
@@ -761,30 +669,21 @@ impl UnverifiedDocument {
         match policy.max_age_ms {
             None => run.skip(
                 "freshness",
-                format!(
-                    "no maximum age given (document made {})",
-                    format_unix_millis(claims.timestamp_ms)
-                ),
+                format!("no maximum age given (document made {})", format_unix_millis(claims.timestamp_ms)),
             ),
             Some(max_ms) => {
                 let ts = claims.timestamp_ms;
                 if ts > policy.at_ms.saturating_add(policy.max_future_skew_ms) {
                     run.fail_with(
                         "freshness",
-                        VerifyError::FromTheFuture {
-                            ahead_ms: ts - policy.at_ms,
-                            skew_ms: policy.max_future_skew_ms,
-                        },
+                        VerifyError::FromTheFuture { ahead_ms: ts - policy.at_ms, skew_ms: policy.max_future_skew_ms },
                     );
                 } else {
                     let age_ms = policy.at_ms.saturating_sub(ts);
                     if age_ms > max_ms {
                         run.fail_with("freshness", VerifyError::TooOld { age_ms, max_ms });
                     } else {
-                        run.pass(
-                            "freshness",
-                            format!("document is {age_ms} ms old (at most {max_ms} ms allowed)"),
-                        );
+                        run.pass("freshness", format!("document is {age_ms} ms old (at most {max_ms} ms allowed)"));
                     }
                 }
             }
@@ -792,10 +691,7 @@ impl UnverifiedDocument {
 
         // commitment
         if policy.expected_models.is_empty() && policy.expected_config.is_none() {
-            run.skip(
-                "commitment",
-                "no expected model or configuration digest given",
-            );
+            run.skip("commitment", "no expected model or configuration digest given");
         } else {
             match check_commitment(claims.user_data.as_deref(), policy) {
                 Ok(detail) => run.pass("commitment", detail),
@@ -806,18 +702,10 @@ impl UnverifiedDocument {
         if run.first.is_some() {
             return Err(run.into_rejected());
         }
-        let certificates = certs
-            .iter()
-            .zip(&ders)
-            .enumerate()
-            .map(|(i, (c, der))| chain::summary(c, der, i, count))
-            .collect();
+        let certificates =
+            certs.iter().zip(&ders).enumerate().map(|(i, (c, der))| chain::summary(c, der, i, count)).collect();
         run.report.verified = true;
-        Ok(VerifiedDocument {
-            claims: self.claims,
-            certificates,
-            report: run.report,
-        })
+        Ok(VerifiedDocument { claims: self.claims, certificates, report: run.report })
     }
 
     /// Summaries of the certificates (root first, leaf last), each parsed independently; for display.
@@ -830,10 +718,7 @@ impl UnverifiedDocument {
             .chain(std::iter::once(self.claims.certificate.as_slice()))
             .collect();
         let count = ders.len();
-        ders.iter()
-            .enumerate()
-            .map(|(i, der)| chain::parse(der).map(|c| chain::summary(&c, der, i, count)))
-            .collect()
+        ders.iter().enumerate().map(|(i, der)| chain::parse(der).map(|c| chain::summary(&c, der, i, count))).collect()
     }
 
     /// True if PCR0, PCR1 and PCR2 are zero (debug mode). Unverified, like everything here.
