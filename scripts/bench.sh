@@ -35,6 +35,6 @@ export VEIL_BENCH_PYTHON="$venv/bin/python"
 
 cargo build --release --workspace --bins --locked
 cargo bench --locked -p veil-tests --bench latency -- "${args[@]}"
-if [ -f shared/benches/verify.rs ]; then
-    cargo bench --locked -p veil-shared --bench verify -- "${args[@]}"
+if [ -f protocol/benches/verify.rs ]; then
+    cargo bench --locked -p veil-protocol --bench verify -- "${args[@]}"
 fi

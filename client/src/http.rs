@@ -116,7 +116,7 @@ impl Client {
 
     /// Fetches a fresh attestation document (COSE_Sign1, CBOR) that carries `nonce`.
     ///
-    /// The bytes are unverified: check them with `veil_shared::attestation` before trusting anything in them.
+    /// The bytes are unverified: check them with `veil_protocol::attestation` before trusting anything in them.
     pub async fn attestation(&self, nonce: &[u8]) -> Result<Vec<u8>, ClientError> {
         let path = format!("/v1/attestation?nonce={}", hex::encode(nonce));
         self.call(Method::GET, &path, Bytes::new()).await

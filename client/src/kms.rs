@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
-use veil_shared::envelope::{DataKey, EnvelopeError, RequestTag, Sealer};
+use veil_protocol::envelope::{DataKey, EnvelopeError, RequestTag, Sealer};
 use zeroize::Zeroizing;
 
 use crate::{Client, ClientError};
@@ -240,7 +240,7 @@ pub async fn encrypt_model_file(
     progress: bool,
 ) -> Result<u64, KmsError> {
     use std::io::{Read, Write};
-    use veil_shared::model_envelope::ModelSealer;
+    use veil_protocol::model_file::ModelSealer;
     let io =
         |what: &str, p: &std::path::Path, e: std::io::Error| KmsError::Config(format!("{what} {}: {e}", p.display()));
     let file = std::fs::File::open(input).map_err(|e| io("cannot read", input, e))?;

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use ring::digest;
 use serde_bytes::ByteBuf;
-use veil_shared::proto::{self, HostRequest, HostResponse, MAX_MODEL_CHUNK};
-use veil_shared::transport::{self, Address, Stream, read_frame, write_frame};
+use veil_protocol::message::{self, HostRequest, HostResponse, MAX_MODEL_CHUNK};
+use veil_runtime::transport::{self, Address, Stream, read_frame, write_frame};
 use zeroize::Zeroizing;
 
 /// A model file as fetched: its bytes (zeroized on drop) and their SHA-384.
@@ -57,10 +57,10 @@ impl HostClient {
     async fn call(&mut self, request: &HostRequest) -> anyhow::Result<HostResponse> {
         let id = self.next_id;
         self.next_id += 1;
-        let bytes = proto::encode(id, request)?;
+        let bytes = message::encode(id, request)?;
         write_frame(&mut self.stream, &bytes, self.max_frame).await?;
         let reply = read_frame(&mut self.stream, self.max_frame).await?;
-        let msg = proto::decode::<HostResponse>(&reply)?;
+        let msg = message::decode::<HostResponse>(&reply)?;
         anyhow::ensure!(msg.id == id, "parent answered request {} to request {id}", msg.id);
         Ok(msg.body)
     }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ring::digest;
-use veil_shared::envelope::{DataKey, REQUEST_ID_LEN};
+use veil_protocol::envelope::{DataKey, REQUEST_ID_LEN};
 
 /// Limits of the cache.
 #[derive(Debug, Clone, Copy)]

@@ -13,9 +13,9 @@ use veil_enclave::model::{Model, SessionOptions};
 use veil_enclave::nsm::{HardwareNsm, MockNsm, MockPcrs, Nsm};
 use veil_enclave::sealed::{BoxFuture, KeySource, Unsealer};
 use veil_enclave::server::{self, AttestFn, Enclave, Limits};
-use veil_shared::attestation::{MAX_MODELS, ModelDigest, UserDataCommitment};
-use veil_shared::proto::{ErrorKind, ErrorReply};
-use veil_shared::transport::{Address, Listener};
+use veil_protocol::attestation::{MAX_MODELS, ModelDigest, UserDataCommitment};
+use veil_protocol::message::{ErrorKind, ErrorReply};
+use veil_runtime::transport::{Address, Listener};
 
 /// The Veil enclave: serves confidential inference from inside an AWS Nitro Enclave.
 ///
@@ -70,7 +70,7 @@ struct Args {
     #[arg(long, env = "VEIL_SESSIONS", default_value_t = default_sessions(), value_parser = clap::value_parser!(u16).range(1..=256))]
     sessions: u16,
     /// Largest frame accepted from or sent to the parent, in bytes.
-    #[arg(long, env = "VEIL_MAX_FRAME_BYTES", default_value_t = veil_shared::frame::DEFAULT_MAX_FRAME, value_parser = frame_size)]
+    #[arg(long, env = "VEIL_MAX_FRAME_BYTES", default_value_t = veil_protocol::frame::DEFAULT_MAX_FRAME, value_parser = frame_size)]
     max_frame_bytes: usize,
     /// Largest model file accepted from the parent, in bytes.
     #[arg(long, env = "VEIL_MAX_MODEL_BYTES", default_value_t = 8 << 30)]
@@ -94,10 +94,10 @@ fn default_sessions() -> u16 {
 }
 
 fn model_name(s: &str) -> Result<String, String> {
-    if veil_shared::proto::is_valid_model_name(s) {
+    if veil_protocol::message::is_valid_model_name(s) {
         Ok(s.to_owned())
     } else {
-        Err(veil_shared::proto::MODEL_NAME_RULE.into())
+        Err(veil_protocol::message::MODEL_NAME_RULE.into())
     }
 }
 
@@ -111,10 +111,10 @@ fn pcr_arg(s: &str) -> Result<(u16, [u8; 48]), String> {
 
 fn frame_size(s: &str) -> Result<usize, String> {
     let n: usize = s.parse().map_err(|_| format!("{s:?} is not a number of bytes"))?;
-    if (1024..=veil_shared::frame::LIMIT_MAX_FRAME).contains(&n) {
+    if (1024..=veil_protocol::frame::LIMIT_MAX_FRAME).contains(&n) {
         Ok(n)
     } else {
-        Err(format!("must be from 1024 to {}", veil_shared::frame::LIMIT_MAX_FRAME))
+        Err(format!("must be from 1024 to {}", veil_protocol::frame::LIMIT_MAX_FRAME))
     }
 }
 
@@ -141,7 +141,7 @@ impl KeySource for KmsKeys {
 fn main() -> ExitCode {
     let args = Args::parse();
     let (format, threads) = (args.log_format.clone(), args.worker_threads);
-    veil_shared::process::run_daemon("veil-enclave", &format, "info,ort=warn", threads, || run(args))
+    veil_runtime::process::run_daemon("veil-enclave", &format, "info,ort=warn", threads, || run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -264,12 +264,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Ok(Err(e)) => return Err(e.context("loading models failed")),
             Err(e) => anyhow::bail!("model loader crashed: {e}"),
         },
-        _ = veil_shared::process::shutdown_signal() => {
+        _ = veil_runtime::process::shutdown_signal() => {
             tracing::info!("shutting down before models loaded");
             return Ok(());
         }
     }
-    veil_shared::process::shutdown_signal().await;
+    veil_runtime::process::shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
@@ -307,7 +307,7 @@ fn config_digest(args: &Args) -> [u8; 48] {
     // serde_json's map is ordered by key, so this serialization is canonical.
     let config = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "protocol": veil_shared::proto::PROTOCOL_VERSION,
+        "protocol": veil_protocol::message::PROTOCOL_VERSION,
         "models": models,
         "nsm": args.nsm,
         "intra_op_threads": args.intra_op_threads,

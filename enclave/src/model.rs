@@ -17,8 +17,8 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{DynMapValueType, DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
 use serde_json::{Map, Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use veil_shared::proto::{ErrorKind, ErrorReply};
-use veil_shared::v2::{self, Datatype, InferenceResponse, ModelMetadata, Tensor, TensorData, TensorMetadata};
+use veil_protocol::message::{ErrorKind, ErrorReply};
+use veil_protocol::v2::{self, Datatype, InferenceResponse, ModelMetadata, Tensor, TensorData, TensorMetadata};
 
 /// How an input must look.
 #[derive(Debug, Clone)]

@@ -2,14 +2,14 @@
 //! place, chunk by chunk, so a model needs its own size in memory once, not twice.
 use std::time::Duration;
 
-use veil_shared::model_envelope::{self, ModelOpener};
+use veil_protocol::model_file::{self, ModelOpener};
 use zeroize::Zeroizing;
 
 use crate::sealed::KeySource;
 
 /// True when `bytes` start like an encrypted Veil model.
 pub fn is_encrypted(bytes: &[u8]) -> bool {
-    bytes.starts_with(model_envelope::MAGIC)
+    bytes.starts_with(model_file::MAGIC)
 }
 
 /// Decrypts an encrypted model in place and returns the SHA-384 of the plaintext model.
@@ -19,12 +19,12 @@ pub async fn decrypt_in_place(
     timeout: Duration,
 ) -> anyhow::Result<[u8; 48]> {
     let (header, start) =
-        model_envelope::read_header(bytes)?.ok_or_else(|| anyhow::anyhow!("encrypted model: header truncated"))?;
+        model_file::read_header(bytes)?.ok_or_else(|| anyhow::anyhow!("encrypted model: header truncated"))?;
     anyhow::ensure!(
-        header.file_len(start - model_envelope::MAGIC.len() - 4) == bytes.len() as u64,
+        header.file_len(start - model_file::MAGIC.len() - 4) == bytes.len() as u64,
         "encrypted model: the file is {} bytes, its header says {}",
         bytes.len(),
-        header.file_len(start - model_envelope::MAGIC.len() - 4)
+        header.file_len(start - model_file::MAGIC.len() - 4)
     );
     let fetch = keys.data_key(&header.key_id, &header.encrypted_data_key, &header.encryption_context);
     let data_key = tokio::time::timeout(timeout, fetch)
@@ -62,8 +62,8 @@ mod tests {
     use super::*;
     use crate::sealed::BoxFuture;
     use std::collections::BTreeMap;
-    use veil_shared::model_envelope::ModelSealer;
-    use veil_shared::proto::{ErrorKind, ErrorReply};
+    use veil_protocol::message::{ErrorKind, ErrorReply};
+    use veil_protocol::model_file::ModelSealer;
 
     #[derive(Debug)]
     struct OneKey;

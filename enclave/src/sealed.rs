@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use veil_shared::envelope::{self, DataKey, SealedRequest};
-use veil_shared::proto::{ErrorKind, ErrorReply};
+use veil_protocol::envelope::{self, DataKey, SealedRequest};
+use veil_protocol::message::{ErrorKind, ErrorReply};
 use zeroize::Zeroizing;
 
 use crate::keys::{CacheId, KeyCache, KeyCacheLimits, KeyUseError};
@@ -163,7 +163,7 @@ fn key_use(e: KeyUseError) -> ErrorReply {
 mod tests {
     use super::*;
     use std::sync::Mutex;
-    use veil_shared::envelope::Sealer;
+    use veil_protocol::envelope::Sealer;
 
     /// A KMS stand-in that knows one blob and counts calls.
     #[derive(Debug)]

@@ -14,8 +14,8 @@ use std::sync::{Arc, RwLock};
 
 use serde_bytes::ByteBuf;
 use tokio::sync::{Semaphore, watch};
-use veil_shared::proto::{self, EnclaveRequest, EnclaveResponse, ErrorKind, ErrorReply};
-use veil_shared::transport::{Listener, ReadFrameError, Stream, read_frame, write_frame};
+use veil_protocol::message::{self, EnclaveRequest, EnclaveResponse, ErrorKind, ErrorReply};
+use veil_runtime::transport::{Listener, ReadFrameError, Stream, read_frame, write_frame};
 use zeroize::Zeroize;
 
 use crate::model::Model;
@@ -41,7 +41,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_frame: veil_shared::frame::DEFAULT_MAX_FRAME, max_in_flight: 256, max_connections: 64 }
+        Limits { max_frame: veil_protocol::frame::DEFAULT_MAX_FRAME, max_in_flight: 256, max_connections: 64 }
     }
 }
 
@@ -228,11 +228,11 @@ pub async fn serve_connection(stream: Stream, peer: &str, enclave: Arc<Enclave>)
                 break;
             }
         };
-        let request = match proto::decode::<EnclaveRequest>(&payload) {
+        let request = match message::decode::<EnclaveRequest>(&payload) {
             Ok(msg) => msg,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "closing connection: undecodable message");
-                let id = proto::peek_id(&payload).unwrap_or(0);
+                let id = message::peek_id(&payload).unwrap_or(0);
                 let reply = EnclaveResponse::Error(ErrorReply::new(ErrorKind::Protocol, e.to_string()));
                 send(&writer, id, &reply, limits.max_frame).await;
                 break;
@@ -326,14 +326,14 @@ pub async fn serve_connection(stream: Stream, peer: &str, enclave: Arc<Enclave>)
 }
 
 async fn send(writer: &Writer, id: u64, response: &EnclaveResponse, max_frame: usize) {
-    let bytes = match proto::encode(id, response) {
+    let bytes = match message::encode(id, response) {
         Ok(b) if b.len() <= max_frame => b,
         Ok(b) => {
             let e = ErrorReply::new(
                 ErrorKind::TooLarge,
                 format!("the answer is {} bytes, more than the frame limit of {max_frame}", b.len()),
             );
-            match proto::encode(id, &EnclaveResponse::Error(e)) {
+            match message::encode(id, &EnclaveResponse::Error(e)) {
                 Ok(b) => b,
                 Err(_) => return,
             }

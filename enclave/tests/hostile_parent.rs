@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde_bytes::ByteBuf;
 use veil_enclave::host::HostClient;
-use veil_shared::proto::{self, ErrorKind, ErrorReply, HostRequest, HostResponse, Message};
-use veil_shared::transport::{Address, Listener, read_frame, write_frame};
+use veil_protocol::message::{self, ErrorKind, ErrorReply, HostRequest, HostResponse, Message};
+use veil_runtime::transport::{Address, Listener, read_frame, write_frame};
 
 const MAX: usize = 1 << 20;
 
@@ -17,8 +17,8 @@ async fn fake_parent(answer: fn(&HostRequest) -> HostResponse) -> (Address, temp
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
         while let Ok(frame) = read_frame(&mut s, MAX).await {
-            let req: Message<HostRequest> = proto::decode(&frame).unwrap();
-            let bytes = proto::encode(req.id, &answer(&req.body)).unwrap();
+            let req: Message<HostRequest> = message::decode(&frame).unwrap();
+            let bytes = message::encode(req.id, &answer(&req.body)).unwrap();
             if write_frame(&mut s, &bytes, MAX).await.is_err() {
                 break;
             }

@@ -10,8 +10,8 @@ use veil_enclave::kms::{KmsClient, KmsConfig, KmsError, RecipientKey};
 use veil_enclave::nsm::{MockNsm, MockPcrs, Nsm};
 use veil_mock_kms::store::{KeyStore, StoredKey};
 use veil_parent::kms::{KmsRelayArgs, KmsRelayConfig, KmsServices};
-use veil_shared::attestation::TrustAnchor;
-use veil_shared::transport::{Address, Listener};
+use veil_protocol::attestation::TrustAnchor;
+use veil_runtime::transport::{Address, Listener};
 
 const KEY_ID: &str = "1234abcd-12ab-34cd-56ef-1234567890ab";
 

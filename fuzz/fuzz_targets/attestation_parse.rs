@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use veil_shared::attestation::{
+use veil_protocol::attestation::{
     MAX_CABUNDLE_LEN, MAX_CERT_LEN, MAX_DOCUMENT_LEN, MAX_OPTIONAL_FIELD_LEN, MAX_PCRS, PCR_LEN, UnverifiedDocument,
 };
 

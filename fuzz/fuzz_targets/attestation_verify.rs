@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use veil_shared::attestation::{Policy, Verifier, verify};
+use veil_protocol::attestation::{Policy, Verifier, verify};
 
 const AT_MS: u64 = 1_736_179_625_472;
 

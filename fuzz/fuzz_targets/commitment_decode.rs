@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use veil_shared::attestation::UserDataCommitment;
+use veil_protocol::attestation::UserDataCommitment;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(c) = UserDataCommitment::decode(data) {

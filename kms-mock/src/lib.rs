@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, StatusCode};
-use veil_shared::attestation::{TrustAnchor, Verifier};
-use veil_shared::transport::{Address, Listener};
+use veil_protocol::attestation::{TrustAnchor, Verifier};
+use veil_runtime::transport::{Address, Listener};
 
 pub use server::{KmsError, MAX_ATTESTATION, MAX_BODY, MAX_CIPHERTEXT, MAX_PLAINTEXT};
 

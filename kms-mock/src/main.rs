@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use veil_shared::attestation::TrustAnchor;
-use veil_shared::transport::Address;
+use veil_protocol::attestation::TrustAnchor;
+use veil_runtime::transport::Address;
 
 /// A mock AWS KMS for off-hardware runs: the real KMS JSON protocol over HTTPS, with key policies that
 /// check Nitro attestation (PCR) conditions. NOT AWS: it keeps its keys in a plain file. Trusted by nobody.

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use crate::blob;
 use crate::policy::{KeyPolicy, RequestContext};
 use crate::store::{KeyStore, StoredKey};
-use veil_shared::attestation::{Policy as AttestationPolicy, TrustAnchor, Verifier};
+use veil_protocol::attestation::{Policy as AttestationPolicy, TrustAnchor, Verifier};
 
 /// Largest request body accepted (KMS's own largest input, a 6 KiB ciphertext or 32 KiB policy, fits).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -21,7 +21,7 @@ pub const MAX_PLAINTEXT: usize = 4096;
 /// Largest ciphertext blob accepted by `Decrypt` (as KMS).
 pub const MAX_CIPHERTEXT: usize = 6144;
 /// Largest attestation document accepted in `Recipient`.
-pub const MAX_ATTESTATION: usize = veil_shared::attestation::MAX_DOCUMENT_LEN;
+pub const MAX_ATTESTATION: usize = veil_protocol::attestation::MAX_DOCUMENT_LEN;
 
 /// An AWS-shaped error: `{"__type": name, "message": ...}`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
-use veil_shared::proto::{self, ErrorKind, ErrorReply, HostRequest, HostResponse, MAX_MODEL_CHUNK, Message};
-use veil_shared::transport::{Listener, ReadFrameError, Stream, read_frame, write_frame};
+use veil_protocol::message::{self, ErrorKind, ErrorReply, HostRequest, HostResponse, MAX_MODEL_CHUNK, Message};
+use veil_runtime::transport::{Listener, ReadFrameError, Stream, read_frame, write_frame};
 
 use crate::kms::KmsServices;
 
@@ -67,7 +67,7 @@ async fn serve_connection(
                 return;
             }
         };
-        let (id, answer) = match proto::decode::<HostRequest>(&frame) {
+        let (id, answer) = match message::decode::<HostRequest>(&frame) {
             // A relay takes the connection over: from RelayReady on it carries the enclave's TLS bytes.
             Ok(Message { id, body: HostRequest::KmsRelay { endpoint }, .. }) => match &kms {
                 Some(kms) => return kms.relay(stream, peer, id, &endpoint, max_frame).await,
@@ -83,7 +83,7 @@ async fn serve_connection(
                 return;
             }
         };
-        let Ok(bytes) = proto::encode(id, &answer) else { return };
+        let Ok(bytes) = message::encode(id, &answer) else { return };
         if write_frame(&mut stream, &bytes, max_frame).await.is_err() {
             return;
         }

@@ -22,8 +22,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_bytes::ByteBuf;
-use veil_shared::proto::{EnclaveRequest, EnclaveResponse, MAX_MODEL_NAME};
-use veil_shared::transport::{Listener, Stream};
+use veil_protocol::message::{EnclaveRequest, EnclaveResponse, MAX_MODEL_NAME};
+use veil_runtime::transport::{Listener, Stream};
 
 use crate::link::{EnclaveLink, LinkError};
 use crate::metrics::{ErrorLabels, Metrics, RequestLabels, RouteLabels};

@@ -20,8 +20,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use veil_shared::proto::{self, ErrorKind, ErrorReply, HostResponse};
-use veil_shared::transport::{Stream, write_frame};
+use veil_protocol::message::{self, ErrorKind, ErrorReply, HostResponse};
+use veil_runtime::transport::{Stream, write_frame};
 use zeroize::Zeroizing;
 
 /// Where the parent gets AWS credentials for the enclave.
@@ -281,13 +281,13 @@ impl KmsServices {
         let (upstream, _permit, target) = match answer {
             Ok(ok) => ok,
             Err(reply) => {
-                if let Ok(bytes) = proto::encode(id, &reply) {
+                if let Ok(bytes) = message::encode(id, &reply) {
                     let _ = write_frame(&mut stream, &bytes, max_frame).await;
                 }
                 return;
             }
         };
-        let Ok(bytes) = proto::encode(id, &HostResponse::RelayReady) else { return };
+        let Ok(bytes) = message::encode(id, &HostResponse::RelayReady) else { return };
         if write_frame(&mut stream, &bytes, max_frame).await.is_err() {
             return;
         }

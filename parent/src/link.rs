@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use veil_shared::proto::{self, EnclaveRequest, EnclaveResponse};
-use veil_shared::transport::{self, Address, read_frame, write_frame};
+use veil_protocol::message::{self, EnclaveRequest, EnclaveResponse};
+use veil_runtime::transport::{self, Address, read_frame, write_frame};
 
 /// Why a call to the enclave failed (as opposed to the enclave answering with an error).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -116,7 +116,7 @@ impl EnclaveLink {
     /// Sends one request and waits for its answer.
     pub async fn call(&self, request: &EnclaveRequest, timeout: Duration) -> Result<EnclaveResponse, LinkError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let bytes = proto::encode(id, request).map_err(|e| LinkError::TooLarge(e.to_string()))?;
+        let bytes = message::encode(id, request).map_err(|e| LinkError::TooLarge(e.to_string()))?;
         if bytes.len() > self.max_frame {
             return Err(LinkError::TooLarge(format!(
                 "{} bytes encoded, the frame limit is {}",
@@ -169,7 +169,7 @@ fn spawn_conn(stream: transport::Stream, max_frame: usize) -> Conn {
                         break;
                     }
                 };
-                match proto::decode::<EnclaveResponse>(&frame) {
+                match message::decode::<EnclaveResponse>(&frame) {
                     Ok(msg) => {
                         let waiter = pending.lock().ok().and_then(|mut p| p.remove(&msg.id));
                         if let Some(w) = waiter {

@@ -11,7 +11,7 @@ use veil_parent::http::{AppState, HttpListener, router};
 use veil_parent::kms::{KmsRelayArgs, KmsRelayConfig, KmsServices};
 use veil_parent::link::EnclaveLink;
 use veil_parent::metrics::Metrics;
-use veil_shared::transport::{Address, Listener};
+use veil_runtime::transport::{Address, Listener};
 
 /// The Veil parent: serves clients over HTTP and relays their (opaque) requests to the enclave.
 ///
@@ -48,7 +48,7 @@ struct Args {
     #[arg(long, env = "VEIL_MAX_BODY_BYTES", default_value_t = 8 << 20)]
     max_body_bytes: usize,
     /// Largest frame exchanged with the enclave, in bytes (must exceed --max-body-bytes).
-    #[arg(long, env = "VEIL_MAX_FRAME_BYTES", default_value_t = veil_shared::frame::DEFAULT_MAX_FRAME)]
+    #[arg(long, env = "VEIL_MAX_FRAME_BYTES", default_value_t = veil_protocol::frame::DEFAULT_MAX_FRAME)]
     max_frame_bytes: usize,
     /// Seconds to wait for the enclave's answer before 504.
     #[arg(long, env = "VEIL_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
@@ -71,8 +71,8 @@ struct Args {
 
 fn model_file(s: &str) -> Result<(String, PathBuf), String> {
     let (name, path) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected NAME=PATH"))?;
-    if !veil_shared::proto::is_valid_model_name(name) {
-        return Err(format!("{name:?}: {}", veil_shared::proto::MODEL_NAME_RULE));
+    if !veil_protocol::message::is_valid_model_name(name) {
+        return Err(format!("{name:?}: {}", veil_protocol::message::MODEL_NAME_RULE));
     }
     Ok((name.to_owned(), PathBuf::from(path)))
 }
@@ -80,7 +80,7 @@ fn model_file(s: &str) -> Result<(String, PathBuf), String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     let (format, threads) = (args.log_format.clone(), args.worker_threads);
-    veil_shared::process::run_daemon("veil-parent", &format, "info", threads, || run(args))
+    veil_runtime::process::run_daemon("veil-parent", &format, "info", threads, || run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -146,7 +146,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let app = router(state, args.max_body_bytes);
     axum::serve(HttpListener(http_listener), app)
-        .with_graceful_shutdown(veil_shared::process::shutdown_signal())
+        .with_graceful_shutdown(veil_runtime::process::shutdown_signal())
         .await
         .context("HTTP server failed")?;
     tracing::info!("shutting down");

@@ -10,8 +10,8 @@ use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use veil_parent::kms::{KmsRelayArgs, KmsRelayConfig, KmsServices};
-use veil_shared::proto::{self, ErrorKind, HostRequest, HostResponse};
-use veil_shared::transport::{self, Address, Listener, Stream, read_frame, write_frame};
+use veil_protocol::message::{self, ErrorKind, HostRequest, HostResponse};
+use veil_runtime::transport::{self, Address, Listener, Stream, read_frame, write_frame};
 
 const MAX_FRAME: usize = 1 << 20;
 
@@ -38,9 +38,9 @@ async fn host_services(kms: Option<KmsRelayConfig>) -> (Address, tokio::sync::wa
 
 async fn ask(addr: &Address, request: &HostRequest) -> (Stream, HostResponse) {
     let mut stream = transport::connect(addr).await.unwrap();
-    write_frame(&mut stream, &proto::encode(7, request).unwrap(), MAX_FRAME).await.unwrap();
+    write_frame(&mut stream, &message::encode(7, request).unwrap(), MAX_FRAME).await.unwrap();
     let reply = read_frame(&mut stream, MAX_FRAME).await.unwrap();
-    let msg = proto::decode::<HostResponse>(&reply).unwrap();
+    let msg = message::decode::<HostResponse>(&reply).unwrap();
     assert_eq!(msg.id, 7);
     (stream, msg.body)
 }

@@ -471,12 +471,16 @@ impl Stack {
     }
 
     /// Seals a v2 request for `model` under the stack's data key: the wire body and what opens the answer.
-    pub fn seal(&self, model: &str, plaintext: &[u8]) -> anyhow::Result<(Vec<u8>, veil_shared::envelope::RequestTag)> {
+    pub fn seal(
+        &self,
+        model: &str,
+        plaintext: &[u8],
+    ) -> anyhow::Result<(Vec<u8>, veil_protocol::envelope::RequestTag)> {
         let (dk, blob) = self.stack_key()?;
-        let key = veil_shared::envelope::DataKey::new(&dk)?;
+        let key = veil_protocol::envelope::DataKey::new(&dk)?;
         let k = self.kms.as_ref().context("not a KMS stack")?;
         let ctx = std::collections::BTreeMap::new();
-        let sealer = veil_shared::envelope::Sealer {
+        let sealer = veil_protocol::envelope::Sealer {
             key: &key,
             key_id: &k.key_id,
             encrypted_data_key: &blob,
@@ -487,12 +491,17 @@ impl Stack {
     }
 
     /// Opens the enclave's sealed answer to a request made with [`Stack::seal`].
-    pub fn open(&self, model: &str, tag: &veil_shared::envelope::RequestTag, answer: &[u8]) -> anyhow::Result<Vec<u8>> {
+    pub fn open(
+        &self,
+        model: &str,
+        tag: &veil_protocol::envelope::RequestTag,
+        answer: &[u8],
+    ) -> anyhow::Result<Vec<u8>> {
         let (dk, blob) = self.stack_key()?;
-        let key = veil_shared::envelope::DataKey::new(&dk)?;
+        let key = veil_protocol::envelope::DataKey::new(&dk)?;
         let k = self.kms.as_ref().context("not a KMS stack")?;
         let ctx = std::collections::BTreeMap::new();
-        let sealer = veil_shared::envelope::Sealer {
+        let sealer = veil_protocol::envelope::Sealer {
             key: &key,
             key_id: &k.key_id,
             encrypted_data_key: &blob,

@@ -1,7 +1,7 @@
 //! Attestation over the API: `GET /v1/attestation?nonce=HEX` through the real parent and enclave (mock NSM).
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use veil_shared::attestation::{Policy, TrustAnchor, UserDataCommitment, verify};
+use veil_protocol::attestation::{Policy, TrustAnchor, UserDataCommitment, verify};
 use veil_tests::{Stack, StackOptions, Transport, http_get};
 
 fn now_ms() -> u64 {

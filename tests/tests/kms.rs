@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aws_sdk_kms::types::DataKeySpec;
 use serde_json::{Value, json};
 use veil_client::{Client, ClientError};
-use veil_shared::envelope::{self, DataKey, Sealer};
+use veil_protocol::envelope::{self, DataKey, Sealer};
 use veil_tests::{Stack, StackOptions, Transport, compare_outputs, http_get, references};
 
 fn rt() -> tokio::runtime::Runtime {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_bytes::ByteBuf;
 use serde_json::json;
-use veil_shared::proto::{self, EnclaveRequest, EnclaveResponse, ErrorKind, Message};
+use veil_protocol::message::{self, EnclaveRequest, EnclaveResponse, ErrorKind, Message};
 use veil_tests::{Stack, StackOptions, Transport, compare_outputs, references};
 
 fn connect(stack: &Stack) -> UnixStream {
@@ -16,7 +16,7 @@ fn connect(stack: &Stack) -> UnixStream {
 }
 
 fn send(s: &mut UnixStream, id: u64, req: &EnclaveRequest) {
-    let payload = proto::encode(id, req).unwrap();
+    let payload = message::encode(id, req).unwrap();
     s.write_all(&(payload.len() as u32).to_be_bytes()).unwrap();
     s.write_all(&payload).unwrap();
 }
@@ -27,7 +27,7 @@ fn recv(s: &mut UnixStream) -> Option<Message<EnclaveResponse>> {
     s.read_exact(&mut h).ok()?;
     let mut body = vec![0u8; u32::from_be_bytes(h) as usize];
     s.read_exact(&mut body).ok()?;
-    Some(proto::decode(&body).unwrap())
+    Some(message::decode(&body).unwrap())
 }
 
 fn assert_closed(s: &mut UnixStream) {

@@ -1,6 +1,6 @@
 //! `veil attest verify` and `veil attest show`: attestation documents for auditors and clients.
 //!
-//! Verification is `veil_shared::attestation` (pure, no clock); this module reads files or asks a server,
+//! Verification is `veil_protocol::attestation` (pure, no clock); this module reads files or asks a server,
 //! reads the wall clock (unless `--at` says otherwise), and turns the report into text or JSON.
 //!
 //! Exit codes (shared by the CLI): 0 every check passed (or, for `show`, the document decoded);
@@ -17,7 +17,7 @@ use anyhow::{Context, anyhow, bail};
 use base64::Engine as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
-use veil_shared::attestation::{
+use veil_protocol::attestation::{
     CheckStatus, Policy, Report, TrustAnchor, UnverifiedDocument, UserDataCommitment, VerifiedDocument,
     format_unix_millis, format_unix_seconds, verify,
 };
@@ -527,7 +527,7 @@ fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         Ok(_) => Ok(ExitCode::from(EXIT_OK)),
         Err(rejected) => {
             eprintln!("veil attest: verification FAILED: {}", clean(&rejected.error.to_string()));
-            if matches!(rejected.error, veil_shared::attestation::VerifyError::UntrustedRoot { .. })
+            if matches!(rejected.error, veil_protocol::attestation::VerifyError::UntrustedRoot { .. })
                 && args.root.is_none()
             {
                 eprintln!(

@@ -177,7 +177,7 @@ async fn setup_kms(
             Default::default(),
             path,
             &out,
-            veil_shared::model_envelope::DEFAULT_CHUNK,
+            veil_protocol::model_file::DEFAULT_CHUNK,
             false,
         )
         .await?;
@@ -496,7 +496,7 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
             }
         };
         tokio::select! {
-            _ = veil_shared::process::shutdown_signal() => None,
+            _ = veil_runtime::process::shutdown_signal() => None,
             d = watch => Some(d),
         }
     };

@@ -148,8 +148,8 @@ pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         }
     };
     // Check the request here, so a typo is reported before anything leaves this machine.
-    if let Err(e) = veil_shared::v2::parse_request(&body)
-        .and_then(|r| r.inputs.iter().try_for_each(|i| veil_shared::v2::check_input(i).map(|_| ())))
+    if let Err(e) = veil_protocol::v2::parse_request(&body)
+        .and_then(|r| r.inputs.iter().try_for_each(|i| veil_protocol::v2::check_input(i).map(|_| ())))
     {
         eprintln!("veil: {}: {e}", args.input.display());
         return Ok(ExitCode::from(EXIT_USAGE));

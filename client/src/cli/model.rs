@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use veil_shared::model_envelope::{DEFAULT_CHUNK, MAX_CHUNK};
+use veil_protocol::model_file::{DEFAULT_CHUNK, MAX_CHUNK};
 
 use super::infer::KmsArgs;
 

@@ -21,8 +21,8 @@ use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::operation::decrypt::DecryptError;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeyEncryptionMechanism, RecipientInfo};
-use veil_shared::proto::ErrorKind;
-use veil_shared::transport::Address;
+use veil_protocol::message::ErrorKind;
+use veil_runtime::transport::Address;
 use zeroize::Zeroizing;
 
 use super::cms::{self, CmsError};

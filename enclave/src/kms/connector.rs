@@ -21,7 +21,7 @@ use aws_smithy_types::body::SdkBody;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use veil_shared::transport::Address;
+use veil_runtime::transport::Address;
 
 use super::parent;
 
@@ -145,7 +145,9 @@ impl RelayConnector {
         result
     }
 
-    async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<veil_shared::transport::Stream>, ConnectorError> {
+    async fn connect(
+        &self,
+    ) -> Result<tokio_rustls::client::TlsStream<veil_runtime::transport::Stream>, ConnectorError> {
         let stream = parent::open_relay(&self.inner.host_addr, &self.inner.endpoint, self.connect_timeout)
             .await
             .map_err(|e| ConnectorError::io(e.to_string().into()))?;

@@ -7,8 +7,8 @@
 //! or put into error messages.
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use veil_shared::proto::{self, HostRequest, HostResponse};
-use veil_shared::transport::{self, Address, Stream, read_frame, write_frame};
+use veil_protocol::message::{self, HostRequest, HostResponse};
+use veil_runtime::transport::{self, Address, Stream, read_frame, write_frame};
 use zeroize::Zeroizing;
 
 /// Largest frame accepted from the parent on these connections: a credentials answer is a few KiB.
@@ -42,12 +42,12 @@ pub(crate) struct ParentCredentials {
 async fn exchange(addr: &Address, request: &HostRequest) -> Result<(Stream, HostResponse), ParentError> {
     let mut stream =
         transport::connect(addr).await.map_err(|source| ParentError::Connect { addr: addr.to_string(), source })?;
-    let bytes = proto::encode(1, request).map_err(|e| ParentError::Io(e.to_string()))?;
+    let bytes = message::encode(1, request).map_err(|e| ParentError::Io(e.to_string()))?;
     write_frame(&mut stream, &bytes, MAX_FRAME).await.map_err(|e| ParentError::Io(e.to_string()))?;
     // read_frame reads exactly one frame and nothing more, so after RelayReady the next byte on the stream
     // is the endpoint's.
     let reply = read_frame(&mut stream, MAX_FRAME).await.map_err(|e| ParentError::Io(e.to_string()))?;
-    let msg = proto::decode::<HostResponse>(&reply).map_err(|e| ParentError::Io(e.to_string()))?;
+    let msg = message::decode::<HostResponse>(&reply).map_err(|e| ParentError::Io(e.to_string()))?;
     if msg.id != 1 {
         return Err(ParentError::Io(format!("answer to request {} on a one-request connection", msg.id)));
     }

@@ -250,7 +250,7 @@ impl MockNsm {
             write_file(&pem_path, pem.as_bytes(), 0o644)?;
             (Issuer::new(params, key), pem)
         };
-        let root_der = veil_shared::attestation::TrustAnchor::from_pem(root_pem.as_bytes())
+        let root_der = veil_protocol::attestation::TrustAnchor::from_pem(root_pem.as_bytes())
             .map_err(|e| mock(format!("{}: {e}", pem_path.display())))?
             .der()
             .to_vec();
@@ -319,7 +319,7 @@ impl MockNsm {
     }
 
     fn self_check(&self, root_pem: &str, now: SystemTime) -> Result<(), NsmError> {
-        use veil_shared::attestation::{Policy, TrustAnchor, verify};
+        use veil_protocol::attestation::{Policy, TrustAnchor, verify};
         let doc = self.attestation(None, Some(b"self-check"), None)?;
         let root = TrustAnchor::from_pem(root_pem.as_bytes()).map_err(mock)?;
         let at = now.duration_since(UNIX_EPOCH).map_err(mock)?.as_millis() as u64;
@@ -472,7 +472,7 @@ impl Nsm for MockNsm {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use veil_shared::attestation::{Policy, TrustAnchor, UnverifiedDocument, VerifyError, verify};
+    use veil_protocol::attestation::{Policy, TrustAnchor, UnverifiedDocument, VerifyError, verify};
 
     fn now_ms() -> u64 {
         SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
@@ -609,7 +609,7 @@ mod tests {
 
     #[test]
     fn a_commitment_in_user_data_is_checked_by_the_verifier() {
-        use veil_shared::attestation::{ModelDigest, UserDataCommitment};
+        use veil_protocol::attestation::{ModelDigest, UserDataCommitment};
         let dir = tempfile::tempdir().unwrap();
         let nsm = nsm(dir.path());
         let commitment = UserDataCommitment {

@@ -10,7 +10,7 @@ use cms::enveloped_data::{EnvelopedData, RecipientIdentifier, RecipientInfo};
 use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
 use veil_enclave::nsm::{MockNsm, MockPcrs, Nsm};
 use veil_mock_kms::{Config, Handle, MockKms};
-use veil_shared::attestation::TrustAnchor;
+use veil_protocol::attestation::TrustAnchor;
 
 pub const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/vectors");
 

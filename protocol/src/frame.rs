@@ -1,6 +1,6 @@
 //! Length-prefixed frames: a 4-byte big-endian length, then that many bytes.
 //!
-//! Pure: this module sees byte slices only. The reader in [`crate::transport`] uses [`check_header`] to
+//! Pure: this module sees byte slices only. The reader in `veil_runtime::transport` uses [`check_header`] to
 //! refuse an oversized frame *before* allocating its buffer, which is the point of an explicit maximum: a
 //! hostile peer that announces 4 GiB gets an error, not an allocation.
 //!

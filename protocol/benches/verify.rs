@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use base64::Engine as _;
-use veil_shared::attestation::{Policy, UnverifiedDocument, Verifier, verify};
+use veil_protocol::attestation::{Policy, UnverifiedDocument, Verifier, verify};
 
 const WARMUP: usize = 20;
 const RUNS: usize = 300;
@@ -99,7 +99,7 @@ fn main() {
     let pk = one_p384_verification_us(&mut one, runs);
     println!("one ECDSA P-384 verification (ring): p50 {pk:.1} µs");
     let out = serde_json::json!({
-        "benchmark": "attestation verification (veil_shared::attestation::verify), full chain + COSE, per document",
+        "benchmark": "attestation verification (veil_protocol::attestation::verify), full chain + COSE, per document",
         "runs_per_document": runs,
         "documents": rows,
         "all_cold": {"p50_us": p50, "p99_us": p99},

@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use veil_shared::attestation::{CertError, CheckStatus, DecodeError, Policy, UnverifiedDocument, VerifyError, verify};
+use veil_protocol::attestation::{
+    CertError, CheckStatus, DecodeError, Policy, UnverifiedDocument, VerifyError, verify,
+};
 
 /// yawn-nitro-attest's document: production mode, untagged, definite-length payload map.
 const TS_MS: u64 = 1_736_179_625_472;
@@ -203,7 +205,7 @@ fn tstr(out: &mut Vec<u8>, s: &str) {
 /// A payload field: a key and its already-encoded value.
 type Field = (String, Vec<u8>);
 
-fn fields_of(c: &veil_shared::attestation::Claims) -> Vec<Field> {
+fn fields_of(c: &veil_protocol::attestation::Claims) -> Vec<Field> {
     let mut f = Vec::new();
     let mut v = Vec::new();
     tstr(&mut v, &c.module_id);
@@ -256,7 +258,7 @@ fn cose(fields: &[Field], signature: &[u8]) -> Vec<u8> {
 }
 
 /// The document with its payload rebuilt from `claims` (and the original, now wrong, signature).
-fn rebuild(doc: &[u8], claims: &veil_shared::attestation::Claims) -> Vec<u8> {
+fn rebuild(doc: &[u8], claims: &veil_protocol::attestation::Claims) -> Vec<u8> {
     cose(&fields_of(claims), &doc[doc.len() - 96..])
 }
 

@@ -1,7 +1,5 @@
 //! Start-up plumbing shared by Veil's programs: the async runtime, logs, and the shutdown signal.
 //!
-//! Like [`crate::transport`], this module touches the operating system; nothing else in the crate uses
-//! it, so the pure modules stay pure.
 use std::future::Future;
 use std::process::ExitCode;
 

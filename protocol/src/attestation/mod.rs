@@ -18,7 +18,7 @@
 //!    and nonce. Either way there is a [`Report`] (serde-serializable) naming each check.
 //!
 //! ```no_run
-//! use veil_shared::attestation::{verify, Policy};
+//! use veil_protocol::attestation::{verify, Policy};
 //! # fn demo(document: &[u8], expected_pcr0: &[u8], nonce: &[u8], now_ms: u64) -> Result<(), Box<dyn std::error::Error>> {
 //! let policy = Policy::new(now_ms).expect_pcr(0, expected_pcr0)?.expect_nonce(nonce)?
 //!     .with_max_age(std::time::Duration::from_secs(300));

@@ -10,7 +10,7 @@
 //!
 //! These machines have no vsock loopback, so every vsock endpoint also takes `tcp://` and `unix://`; the
 //! code above this module cannot tell them apart. Frames are read with the maximum checked before the
-//! payload buffer is allocated (see [`crate::frame`]).
+//! payload buffer is allocated (see `veil_protocol::frame`).
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_vsock::{VMADDR_CID_ANY, VsockAddr, VsockListener, VsockStream};
 
-use crate::frame::{self, FrameError, HEADER_LEN};
+use veil_protocol::frame::{self, FrameError, HEADER_LEN};
 
 /// Longest address string accepted (a Unix socket path is at most 108 bytes on Linux anyway).
 const MAX_ADDRESS_LEN: usize = 512;

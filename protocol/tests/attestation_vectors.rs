@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
-use veil_shared::attestation::{
+use veil_protocol::attestation::{
     AWS_ROOT_G1_SHA256, CheckStatus, DecodeError, Policy, TrustAnchor, UnverifiedDocument, Verifier, VerifyError,
     verify,
 };

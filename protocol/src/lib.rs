@@ -1,0 +1,21 @@
+//! Veil's protocol: the formats that cross the trust boundary, and the checks on them.
+//!
+//! This crate does no I/O. It has no async runtime, opens no socket or file, and reads no clock: it sees
+//! bytes and returns values, and callers pass the time in. The compiler enforces that: nothing here depends
+//! on tokio, mio or tokio-vsock (`cargo tree -p veil-protocol -e normal` shows it). That keeps the parsers
+//! of hostile input small, testable and fuzzable; the I/O lives in `veil-runtime`.
+//!
+//! - [`frame`]: length-prefixed frames with an explicit maximum, checked before anything is allocated.
+//! - [`message`]: the versioned CBOR messages exchanged between parent and enclave.
+//! - [`v2`]: Open Inference Protocol (KServe v2) tensors as JSON.
+//! - [`envelope`]: the KMS envelope (AES-256-GCM under HKDF-derived keys) sealing requests and answers.
+//! - [`model_file`]: encrypted model files, in independently authenticated chunks (streamed).
+//! - [`attestation`]: the fail-closed verifier of Nitro attestation documents, and the commitment.
+#![forbid(unsafe_code)]
+
+pub mod attestation;
+pub mod envelope;
+pub mod frame;
+pub mod message;
+pub mod model_file;
+pub mod v2;

@@ -1,0 +1,12 @@
+//! Veil's runtime side: everything that touches the operating system, shared by the enclave, the parent and
+//! the client tools.
+//!
+//! - [`transport`]: `vsock://`, `tcp://` and `unix://` addresses, listeners, dialers and frame I/O.
+//! - [`process`]: the async runtime, logs and the shutdown signal of Veil's daemons.
+//!
+//! The formats themselves (frames, messages, envelopes) are pure and live in `veil-protocol`; this crate
+//! moves their bytes.
+#![forbid(unsafe_code)]
+
+pub mod process;
+pub mod transport;
