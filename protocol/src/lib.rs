@@ -5,6 +5,7 @@
 //! on tokio, mio or tokio-vsock (`cargo tree -p veil-protocol -e normal` shows it). That keeps the parsers
 //! of hostile input small, testable and fuzzable; the I/O lives in `veil-runtime`.
 //!
+//! - [`cbor`]: a strict, zero-copy CBOR reader and the canonical writer the formats above share.
 //! - [`frame`]: length-prefixed frames with an explicit maximum, checked before anything is allocated.
 //! - [`message`]: the versioned CBOR messages exchanged between parent and enclave.
 //! - [`v2`]: Open Inference Protocol (KServe v2) tensors as JSON.
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attestation;
+pub mod cbor;
 pub mod envelope;
 pub mod frame;
 pub mod message;

@@ -20,7 +20,7 @@
 //!
 //! The whole encoding fits in the NSM's 1024-byte `user_data`. See `docs/ATTESTATION.md`.
 
-use super::cbor::{CborError, Len, Reader, write_bytes, write_head, write_null, write_text};
+use crate::cbor::{CborError, Len, Reader, write_bytes, write_head, write_null, write_text};
 use super::document::MAX_OPTIONAL_FIELD_LEN;
 
 /// The only version this code writes and reads.

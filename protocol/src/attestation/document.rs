@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use super::cbor::{CborError, Len, Reader};
+use crate::cbor::{CborError, Len, Reader};
 use super::error::DecodeError;
 
 /// Largest accepted document (real ones are 4.4 to 7.6 KiB; three 1024-byte optional fields included).
@@ -124,7 +124,7 @@ impl UnverifiedDocument {
 
     /// The COSE Sig_structure that the signature covers: `["Signature1", protected, h'', payload]`.
     pub(crate) fn sig_structure(&self) -> Vec<u8> {
-        use super::cbor::{write_bytes, write_head, write_text};
+        use crate::cbor::{write_bytes, write_head, write_text};
         let mut out = Vec::with_capacity(self.protected.len() + self.payload.len() + 32);
         write_head(&mut out, 4, 4);
         write_text(&mut out, "Signature1");

@@ -31,7 +31,6 @@
 //!
 //! The format of `user_data` that Veil's enclave writes is [`UserDataCommitment`]; see `docs/ATTESTATION.md`.
 
-mod cbor;
 mod chain;
 mod commitment;
 mod document;

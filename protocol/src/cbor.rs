@@ -1,4 +1,4 @@
-//! A small, strict, zero-copy CBOR reader for exactly what attestation documents need.
+//! A small, strict, zero-copy CBOR (RFC 8949) reader, and the writer of the canonical encodings Veil makes.
 //!
 //! Why not a general CBOR crate: every byte here is hostile, and a general decoder builds a tree whose
 //! shape the attacker chooses. This reader never allocates, never recurses deeper than
@@ -10,18 +10,18 @@
 //! Invariant: `pos <= data.len()` at all times; every read checks the remaining length first.
 
 /// Deepest nesting [`Reader::skip`] follows. Attestation documents nest three levels at most.
-pub(crate) const MAX_DEPTH: usize = 8;
+pub const MAX_DEPTH: usize = 8;
 
 /// What went wrong, and where (byte offset into the buffer being read).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CborError {
-    pub(crate) offset: usize,
-    pub(crate) reason: &'static str,
+pub struct CborError {
+    pub offset: usize,
+    pub reason: &'static str,
 }
 
 /// The length of an array or map: a count, or "until the break byte".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Len {
+pub enum Len {
     Definite(u64),
     Indefinite,
 }
@@ -42,7 +42,7 @@ enum Head {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct Reader<'a> {
+pub struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
 }
@@ -50,15 +50,15 @@ pub(crate) struct Reader<'a> {
 const BREAK: u8 = 0xff;
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(data: &'a [u8]) -> Self {
+    pub fn new(data: &'a [u8]) -> Self {
         Reader { data, pos: 0 }
     }
 
-    pub(crate) fn offset(&self) -> usize {
+    pub fn offset(&self) -> usize {
         self.pos
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.pos >= self.data.len()
     }
 
@@ -125,16 +125,16 @@ impl<'a> Reader<'a> {
     }
 
     /// Peeks at the next item: true when it is `null` (without consuming it).
-    pub(crate) fn next_is_null(&self) -> bool {
+    pub fn next_is_null(&self) -> bool {
         self.data.get(self.pos) == Some(&0xf6)
     }
 
     /// Peeks: true when the next item is a tag (major type 6).
-    pub(crate) fn next_is_tag(&self) -> bool {
+    pub fn next_is_tag(&self) -> bool {
         self.data.get(self.pos).is_some_and(|b| b >> 5 == 6)
     }
 
-    pub(crate) fn null(&mut self) -> Result<(), CborError> {
+    pub fn null(&mut self) -> Result<(), CborError> {
         let start = self.pos;
         match self.head()? {
             Head::Null => Ok(()),
@@ -142,7 +142,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(crate) fn uint(&mut self) -> Result<u64, CborError> {
+    pub fn uint(&mut self) -> Result<u64, CborError> {
         let start = self.pos;
         match self.head()? {
             Head::Uint(v) => Ok(v),
@@ -151,7 +151,7 @@ impl<'a> Reader<'a> {
     }
 
     /// An integer, either sign, as i128 so that every CBOR integer fits.
-    pub(crate) fn int(&mut self) -> Result<i128, CborError> {
+    pub fn int(&mut self) -> Result<i128, CborError> {
         let start = self.pos;
         match self.head()? {
             Head::Uint(v) => Ok(i128::from(v)),
@@ -160,7 +160,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], CborError> {
+    pub fn bytes(&mut self) -> Result<&'a [u8], CborError> {
         let start = self.pos;
         match self.head()? {
             Head::Bytes(len) => {
@@ -171,7 +171,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(crate) fn text(&mut self) -> Result<&'a str, CborError> {
+    pub fn text(&mut self) -> Result<&'a str, CborError> {
         let start = self.pos;
         match self.head()? {
             Head::Text(len) => {
@@ -183,7 +183,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(crate) fn tag(&mut self) -> Result<u64, CborError> {
+    pub fn tag(&mut self) -> Result<u64, CborError> {
         let start = self.pos;
         match self.head()? {
             Head::Tag(t) => Ok(t),
@@ -191,7 +191,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(crate) fn array(&mut self) -> Result<Len, CborError> {
+    pub fn array(&mut self) -> Result<Len, CborError> {
         let start = self.pos;
         match self.head()? {
             Head::Array(len) => Ok(len),
@@ -199,7 +199,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(crate) fn map(&mut self) -> Result<Len, CborError> {
+    pub fn map(&mut self) -> Result<Len, CborError> {
         let start = self.pos;
         match self.head()? {
             Head::Map(len) => Ok(len),
@@ -208,7 +208,7 @@ impl<'a> Reader<'a> {
     }
 
     /// For an indefinite-length container: consumes the break byte and returns true if it is next.
-    pub(crate) fn at_break(&mut self) -> Result<bool, CborError> {
+    pub fn at_break(&mut self) -> Result<bool, CborError> {
         if self.peek_byte()? == BREAK {
             self.pos += 1;
             Ok(true)
@@ -218,7 +218,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Skips one complete data item of any supported type, nested at most `MAX_DEPTH` deep.
-    pub(crate) fn skip(&mut self) -> Result<(), CborError> {
+    pub fn skip(&mut self) -> Result<(), CborError> {
         self.skip_at(0)
     }
 
@@ -265,7 +265,7 @@ impl<'a> Reader<'a> {
 }
 
 /// Appends a CBOR head (major type and argument, shortest form) to `out`.
-pub(crate) fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {
+pub fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {
     let m = major << 5;
     if arg < 24 {
         out.push(m | arg as u8);
@@ -283,17 +283,17 @@ pub(crate) fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {
     }
 }
 
-pub(crate) fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
+pub fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
     write_head(out, 2, b.len() as u64);
     out.extend_from_slice(b);
 }
 
-pub(crate) fn write_text(out: &mut Vec<u8>, s: &str) {
+pub fn write_text(out: &mut Vec<u8>, s: &str) {
     write_head(out, 3, s.len() as u64);
     out.extend_from_slice(s.as_bytes());
 }
 
-pub(crate) fn write_null(out: &mut Vec<u8>) {
+pub fn write_null(out: &mut Vec<u8>) {
     out.push(0xf6);
 }
 
