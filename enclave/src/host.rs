@@ -6,9 +6,9 @@
 use std::time::{Duration, Instant};
 
 use ring::digest;
-use serde_bytes::ByteBuf;
-use veil_protocol::message::{self, HostRequest, HostResponse, MAX_MODEL_CHUNK};
-use veil_runtime::transport::{self, Address, Stream, read_frame, write_frame};
+use veil_protocol::message::{Body, HostRequest, HostResponse, MAX_MODEL_CHUNK};
+use veil_runtime::conn::{Connection, Incoming};
+use veil_runtime::transport::{self, Address, Stream};
 use zeroize::Zeroizing;
 
 /// A model file as fetched: its bytes (zeroized on drop) and their SHA-384.
@@ -29,9 +29,7 @@ impl std::fmt::Debug for FetchedModel {
 /// A connection to the parent's host services.
 #[derive(Debug)]
 pub struct HostClient {
-    stream: Stream,
-    next_id: u64,
-    max_frame: usize,
+    conn: Connection<Stream>,
 }
 
 impl HostClient {
@@ -41,7 +39,7 @@ impl HostClient {
         let mut delay = Duration::from_millis(50);
         loop {
             match transport::connect(addr).await {
-                Ok(stream) => return Ok(HostClient { stream, next_id: 1, max_frame }),
+                Ok(stream) => return Ok(HostClient { conn: Connection::new(stream, max_frame) }),
                 Err(e) if start.elapsed() < patience => {
                     tracing::debug!(%addr, error = %e, "parent host services not reachable yet; retrying");
                     tokio::time::sleep(delay).await;
@@ -54,20 +52,13 @@ impl HostClient {
         }
     }
 
-    async fn call(&mut self, request: &HostRequest) -> anyhow::Result<HostResponse> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let bytes = message::encode(id, request)?;
-        write_frame(&mut self.stream, &bytes, self.max_frame).await?;
-        let reply = read_frame(&mut self.stream, self.max_frame).await?;
-        let msg = message::decode::<HostResponse>(&reply)?;
-        anyhow::ensure!(msg.id == id, "parent answered request {} to request {id}", msg.id);
-        Ok(msg.body)
+    async fn call(&mut self, request: &HostRequest) -> anyhow::Result<Incoming<HostResponse>> {
+        Ok(self.conn.call(request, b"").await?)
     }
 
     /// Fetches a whole model file in chunks, hashing as it goes.
     pub async fn fetch_model(&mut self, name: &str, max_bytes: u64) -> anyhow::Result<FetchedModel> {
-        let size = match self.call(&HostRequest::ModelInfo { name: name.to_owned() }).await? {
+        let size = match self.call(&HostRequest::ModelInfo { name: name.to_owned() }).await?.body {
             HostResponse::ModelInfo { size } => size,
             HostResponse::Error(e) => anyhow::bail!("the parent cannot serve model {name:?}: {e}"),
             other => anyhow::bail!("unexpected answer to ModelInfo: {}", other.name()),
@@ -85,8 +76,10 @@ impl HostClient {
         while (bytes.len() as u64) < size {
             let offset = bytes.len() as u64;
             let len = (size - offset).min(u64::from(MAX_MODEL_CHUNK)) as u32;
-            let data = match self.call(&HostRequest::ModelChunk { name: name.to_owned(), offset, len }).await? {
-                HostResponse::ModelChunk { data } => data,
+            let (_, body, attachment) =
+                self.call(&HostRequest::ModelChunk { name: name.to_owned(), offset, len }).await?.into_parts();
+            let mut data = match body {
+                HostResponse::ModelChunk => attachment,
                 HostResponse::Error(e) => {
                     anyhow::bail!("the parent failed to send model {name:?} at offset {offset}: {e}")
                 }
@@ -99,8 +92,7 @@ impl HostClient {
             );
             ctx.update(&data);
             bytes.extend_from_slice(&data);
-            let mut data: ByteBuf = data;
-            zeroize::Zeroize::zeroize(data.as_mut_slice());
+            zeroize::Zeroize::zeroize(data.as_mut());
             if bytes.len() as u64 >= next_report && size > (16 << 20) {
                 tracing::info!(model = name, received = bytes.len(), total = size, "fetching model");
                 next_report += size / 4;

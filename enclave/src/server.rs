@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use serde_bytes::ByteBuf;
 use tokio::sync::{Semaphore, watch};
 use veil_protocol::message::{self, EnclaveRequest, EnclaveResponse, ErrorKind, ErrorReply};
-use veil_runtime::transport::{Listener, ReadFrameError, Stream, read_frame, write_frame};
+use veil_runtime::conn::{self, ConnError, FrameReader, FrameWriter, ReadError};
+use veil_runtime::transport::{Listener, Stream};
 use zeroize::Zeroize;
 
 use crate::model::Model;
@@ -114,45 +114,43 @@ impl Enclave {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Answers one request.
-    pub async fn handle(&self, request: EnclaveRequest) -> EnclaveResponse {
+    /// Answers a request that is not inference (inference has its own path, in [`serve_connection`]):
+    /// the answer and its attachment.
+    pub async fn handle(&self, request: EnclaveRequest) -> (EnclaveResponse, Vec<u8>) {
+        let fail = |e: ErrorReply| (EnclaveResponse::Error(e), Vec::new());
         match request {
-            EnclaveRequest::Status => EnclaveResponse::Status {
-                ready: self.is_ready(),
-                models: self.expected.clone(),
-                kms_calls: self.unsealer.as_ref().map(|u| u.kms_calls()).unwrap_or(0),
-            },
-            EnclaveRequest::ModelMetadata { model } => match self.lookup(&model) {
-                Ok(m) => EnclaveResponse::ModelMetadata { body: ByteBuf::from(m.metadata_json().to_vec()) },
-                Err(e) => EnclaveResponse::Error(e),
-            },
-            EnclaveRequest::Infer { model, body } => match self.lookup(&model) {
-                Ok(m) => match m.infer(body.into_vec()).await {
-                    Ok(out) => EnclaveResponse::Infer { body: ByteBuf::from(out) },
-                    Err(e) => EnclaveResponse::Error(e),
+            EnclaveRequest::Status => (
+                EnclaveResponse::Status {
+                    ready: self.is_ready(),
+                    models: self.expected.clone(),
+                    kms_calls: self.unsealer.as_ref().map(|u| u.kms_calls()).unwrap_or(0),
                 },
-                Err(e) => EnclaveResponse::Error(e),
+                Vec::new(),
+            ),
+            EnclaveRequest::ModelMetadata { model } => match self.lookup(&model) {
+                Ok(m) => (EnclaveResponse::ModelMetadata, m.metadata_json().to_vec()),
+                Err(e) => fail(e),
             },
+            EnclaveRequest::Infer { .. } => {
+                fail(ErrorReply::new(ErrorKind::Internal, "inference is answered on its own path"))
+            }
             EnclaveRequest::Attestation { nonce } => {
                 if nonce.is_empty() || nonce.len() > MAX_NONCE {
-                    return EnclaveResponse::Error(ErrorReply::new(
+                    return fail(ErrorReply::new(
                         ErrorKind::BadRequest,
                         format!("nonce must be 1 to {MAX_NONCE} bytes, got {}", nonce.len()),
                     ));
                 }
                 if !self.is_ready() {
                     // The document commits to every model's digest, so it waits until all are loaded.
-                    return EnclaveResponse::Error(ErrorReply::new(ErrorKind::Unavailable, "models are still loading"));
+                    return fail(ErrorReply::new(ErrorKind::Unavailable, "models are still loading"));
                 }
                 match &self.attest {
                     Some(f) => match f(&nonce, &self.model_digests()) {
-                        Ok(doc) => EnclaveResponse::Attestation { document: ByteBuf::from(doc) },
-                        Err(e) => EnclaveResponse::Error(e),
+                        Ok(doc) => (EnclaveResponse::Attestation, doc),
+                        Err(e) => fail(e),
                     },
-                    None => EnclaveResponse::Error(ErrorReply::new(
-                        ErrorKind::Unavailable,
-                        "this enclave has no NSM configured",
-                    )),
+                    None => fail(ErrorReply::new(ErrorKind::Unavailable, "this enclave has no NSM configured")),
                 }
             }
         }
@@ -204,7 +202,7 @@ pub async fn serve(listener: Listener, enclave: Arc<Enclave>, mut shutdown: watc
 }
 
 /// The write half of a connection, shared by the tasks that answer on it.
-type Writer = Arc<tokio::sync::Mutex<tokio::io::WriteHalf<Stream>>>;
+type Writer = Arc<tokio::sync::Mutex<FrameWriter<tokio::io::WriteHalf<Stream>>>>;
 
 /// Serves one connection until the peer closes it or sends something that cannot be parsed.
 ///
@@ -214,41 +212,43 @@ type Writer = Arc<tokio::sync::Mutex<tokio::io::WriteHalf<Stream>>>;
 /// is always written whole.
 pub async fn serve_connection(stream: Stream, peer: &str, enclave: Arc<Enclave>) {
     let limits = enclave.limits;
-    let (mut reader, writer) = tokio::io::split(stream);
-    let writer: Writer = Arc::new(tokio::sync::Mutex::new(writer));
+    let (reader, writer) = tokio::io::split(stream);
+    let mut reader = FrameReader::new(reader, limits.max_frame);
+    let writer: Writer = Arc::new(tokio::sync::Mutex::new(FrameWriter::new(writer, limits.max_frame)));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
     loop {
-        let payload = match read_frame(&mut reader, limits.max_frame).await {
+        let payload = match reader.read_frame().await {
             Ok(p) => p,
-            Err(ReadFrameError::Closed) => break,
+            Err(ReadError::Closed) => break,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "closing connection: bad frame");
                 let reply = ErrorReply::new(ErrorKind::Protocol, format!("bad frame: {e}"));
-                send(&writer, 0, &EnclaveResponse::Error(reply), limits.max_frame).await;
+                send(&writer, 0, &EnclaveResponse::Error(reply), b"").await;
                 break;
             }
         };
-        let request = match message::decode::<EnclaveRequest>(&payload) {
+        let id = message::peek_prefix(&payload).map(|(_, id)| id).unwrap_or(0);
+        let request = match conn::decode::<EnclaveRequest>(payload) {
             Ok(msg) => msg,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "closing connection: undecodable message");
-                let id = message::peek_id(&payload).unwrap_or(0);
                 let reply = EnclaveResponse::Error(ErrorReply::new(ErrorKind::Protocol, e.to_string()));
-                send(&writer, id, &reply, limits.max_frame).await;
+                send(&writer, id, &reply, b"").await;
                 break;
             }
         };
         // Stop reading when too many answers are pending: back-pressure on the parent.
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { break };
         let writer = Arc::clone(&writer);
-        let id = request.id;
-        match request.body {
-            EnclaveRequest::Infer { model, body } => {
+        let (id, body, attachment) = request.into_parts();
+        match body {
+            EnclaveRequest::Infer { model } => {
+                let body = attachment;
                 let model = match enclave.lookup(&model) {
                     Ok(m) => m,
                     Err(e) => {
                         tokio::spawn(async move {
-                            send(&writer, id, &EnclaveResponse::Error(e), limits.max_frame).await;
+                            send(&writer, id, &EnclaveResponse::Error(e), b"").await;
                             drop(permit);
                         });
                         continue;
@@ -263,20 +263,20 @@ pub async fn serve_connection(stream: Stream, peer: &str, enclave: Arc<Enclave>)
                             ErrorKind::Unavailable,
                             "this enclave has no KMS configured: it cannot open requests",
                         );
-                        send(&writer, id, &EnclaveResponse::Error(e), limits.max_frame).await;
+                        send(&writer, id, &EnclaveResponse::Error(e), b"").await;
                         return;
                     };
                     let opened = match unsealer.open(model.name(), &body).await {
                         Ok(o) => o,
                         Err(e) => {
-                            send(&writer, id, &EnclaveResponse::Error(e), limits.max_frame).await;
+                            send(&writer, id, &EnclaveResponse::Error(e), b"").await;
                             return;
                         }
                     };
                     let session = match model.acquire().await {
                         Ok(s) => s,
                         Err(e) => {
-                            send(&writer, id, &EnclaveResponse::Error(e), limits.max_frame).await;
+                            send(&writer, id, &EnclaveResponse::Error(e), b"").await;
                             return;
                         }
                     };
@@ -284,7 +284,7 @@ pub async fn serve_connection(stream: Stream, peer: &str, enclave: Arc<Enclave>)
                     // Off the async runtime: ONNX Runtime runs on the blocking pool, and the answer is
                     // written from there.
                     tokio::task::spawn_blocking(move || {
-                        let mut body = body.into_vec();
+                        let mut body = body;
                         let result = model.infer_blocking(&opened.plaintext);
                         drop(session);
                         // Answers and errors about the plaintext are sealed for the client alike.
@@ -297,14 +297,13 @@ pub async fn serve_connection(stream: Stream, peer: &str, enclave: Arc<Enclave>)
                             Err(e) => opened.seal_error(model.name(), &e),
                         };
                         drop(opened);
-                        let response = match sealed {
-                            Ok(b) => EnclaveResponse::Infer { body: ByteBuf::from(b) },
-                            Err(e) => EnclaveResponse::Error(e),
-                        };
-                        body.zeroize();
-                        runtime.block_on(send(&writer, id, &response, limits.max_frame));
-                        if let EnclaveResponse::Infer { body } = response {
-                            body.into_vec().zeroize();
+                        body.as_mut().zeroize();
+                        match sealed {
+                            Ok(mut b) => {
+                                runtime.block_on(send(&writer, id, &EnclaveResponse::Infer, &b));
+                                b.zeroize();
+                            }
+                            Err(e) => runtime.block_on(send(&writer, id, &EnclaveResponse::Error(e), b"")),
                         }
                         drop(permit);
                     });
@@ -313,8 +312,8 @@ pub async fn serve_connection(stream: Stream, peer: &str, enclave: Arc<Enclave>)
             other => {
                 let enclave = Arc::clone(&enclave);
                 tokio::spawn(async move {
-                    let response = enclave.handle(other).await;
-                    send(&writer, id, &response, limits.max_frame).await;
+                    let (response, attachment) = enclave.handle(other).await;
+                    send(&writer, id, &response, &attachment).await;
                     drop(permit);
                 });
             }
@@ -325,31 +324,16 @@ pub async fn serve_connection(stream: Stream, peer: &str, enclave: Arc<Enclave>)
     tracing::debug!(%peer, "connection closed");
 }
 
-async fn send(writer: &Writer, id: u64, response: &EnclaveResponse, max_frame: usize) {
-    let bytes = match message::encode(id, response) {
-        Ok(b) if b.len() <= max_frame => b,
-        Ok(b) => {
-            let e = ErrorReply::new(
-                ErrorKind::TooLarge,
-                format!("the answer is {} bytes, more than the frame limit of {max_frame}", b.len()),
-            );
-            match message::encode(id, &EnclaveResponse::Error(e)) {
-                Ok(b) => b,
-                Err(_) => return,
-            }
+async fn send(writer: &Writer, id: u64, response: &EnclaveResponse, attachment: &[u8]) {
+    let mut w = writer.lock().await;
+    let result = match w.send(id, response, attachment).await {
+        Err(ConnError::Frame(e)) => {
+            let e = ErrorReply::new(ErrorKind::TooLarge, format!("the answer does not fit in a frame: {e}"));
+            w.send(id, &EnclaveResponse::Error(e), b"").await
         }
-        Err(e) => {
-            tracing::error!(error = %e, "could not encode an answer");
-            return;
-        }
+        other => other,
     };
-    let mut bytes = bytes;
-    {
-        let mut w = writer.lock().await;
-        if let Err(e) = write_frame(&mut *w, &bytes, max_frame).await {
-            tracing::debug!(error = %e, "write failed; the peer is gone");
-        }
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "write failed; the peer is gone");
     }
-    // The answer may hold inference outputs: leave no copy behind.
-    bytes.zeroize();
 }

@@ -2,24 +2,35 @@
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure message
 use std::time::Duration;
 
-use serde_bytes::ByteBuf;
 use veil_enclave::host::HostClient;
-use veil_protocol::message::{self, ErrorKind, ErrorReply, HostRequest, HostResponse, Message};
-use veil_runtime::transport::{Address, Listener, read_frame, write_frame};
+use veil_protocol::message::{ErrorKind, ErrorReply, HostRequest, HostResponse};
+use veil_runtime::conn::Connection;
+use veil_runtime::transport::{Address, Listener};
 
 const MAX: usize = 1 << 20;
 
+/// What the fake parent answers: a message and its attachment.
+type Answer = (HostResponse, Vec<u8>);
+
+fn chunk(data: Vec<u8>) -> Answer {
+    (HostResponse::ModelChunk, data)
+}
+
+fn plain(r: HostResponse) -> Answer {
+    (r, Vec::new())
+}
+
 /// A fake parent that answers each request with whatever `answer` says.
-async fn fake_parent(answer: fn(&HostRequest) -> HostResponse) -> (Address, tempfile::TempDir) {
+async fn fake_parent(answer: fn(&HostRequest) -> Answer) -> (Address, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let addr: Address = format!("unix://{}/host.sock", dir.path().display()).parse().unwrap();
     let listener = Listener::bind(&addr).await.unwrap();
     tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        while let Ok(frame) = read_frame(&mut s, MAX).await {
-            let req: Message<HostRequest> = message::decode(&frame).unwrap();
-            let bytes = message::encode(req.id, &answer(&req.body)).unwrap();
-            if write_frame(&mut s, &bytes, MAX).await.is_err() {
+        let (s, _) = listener.accept().await.unwrap();
+        let (mut r, mut w) = Connection::new(s, MAX).split();
+        while let Ok(req) = r.recv::<HostRequest>().await {
+            let (body, attachment) = answer(&req.body);
+            if w.send(req.id, &body, &attachment).await.is_err() {
                 break;
             }
         }
@@ -27,10 +38,7 @@ async fn fake_parent(answer: fn(&HostRequest) -> HostResponse) -> (Address, temp
     (addr, dir)
 }
 
-async fn fetch(
-    answer: fn(&HostRequest) -> HostResponse,
-    max_bytes: u64,
-) -> anyhow::Result<veil_enclave::host::FetchedModel> {
+async fn fetch(answer: fn(&HostRequest) -> Answer, max_bytes: u64) -> anyhow::Result<veil_enclave::host::FetchedModel> {
     let (addr, _dir) = fake_parent(answer).await;
     let mut client = HostClient::connect(&addr, MAX, Duration::from_secs(2)).await?;
     client.fetch_model("m", max_bytes).await
@@ -40,11 +48,9 @@ async fn fetch(
 async fn an_honest_parent_gives_the_bytes_and_their_digest() {
     let model = fetch(
         |r| match r {
-            HostRequest::ModelInfo { .. } => HostResponse::ModelInfo { size: 10 },
-            HostRequest::ModelChunk { offset, len, .. } => {
-                HostResponse::ModelChunk { data: ByteBuf::from(vec![(*offset % 251) as u8; *len as usize]) }
-            }
-            _ => HostResponse::RelayReady,
+            HostRequest::ModelInfo { .. } => plain(HostResponse::ModelInfo { size: 10 }),
+            HostRequest::ModelChunk { offset, len, .. } => chunk(vec![(*offset % 251) as u8; *len as usize]),
+            _ => plain(HostResponse::RelayReady),
         },
         100,
     )
@@ -59,9 +65,9 @@ async fn an_honest_parent_gives_the_bytes_and_their_digest() {
 async fn short_chunks_are_refused() {
     let err = fetch(
         |r| match r {
-            HostRequest::ModelInfo { .. } => HostResponse::ModelInfo { size: 10 },
-            HostRequest::ModelChunk { .. } => HostResponse::ModelChunk { data: ByteBuf::from(vec![1; 3]) },
-            _ => HostResponse::RelayReady,
+            HostRequest::ModelInfo { .. } => plain(HostResponse::ModelInfo { size: 10 }),
+            HostRequest::ModelChunk { .. } => chunk(vec![1; 3]),
+            _ => plain(HostResponse::RelayReady),
         },
         100,
     )
@@ -74,9 +80,9 @@ async fn short_chunks_are_refused() {
 async fn long_chunks_are_refused() {
     let err = fetch(
         |r| match r {
-            HostRequest::ModelInfo { .. } => HostResponse::ModelInfo { size: 10 },
-            HostRequest::ModelChunk { .. } => HostResponse::ModelChunk { data: ByteBuf::from(vec![1; 11]) },
-            _ => HostResponse::RelayReady,
+            HostRequest::ModelInfo { .. } => plain(HostResponse::ModelInfo { size: 10 }),
+            HostRequest::ModelChunk { .. } => chunk(vec![1; 11]),
+            _ => plain(HostResponse::RelayReady),
         },
         100,
     )
@@ -87,18 +93,19 @@ async fn long_chunks_are_refused() {
 
 #[tokio::test]
 async fn a_huge_declared_size_is_refused_before_any_allocation() {
-    let err = fetch(|_| HostResponse::ModelInfo { size: u64::MAX }, 1 << 30).await.unwrap_err();
+    let err = fetch(|_| plain(HostResponse::ModelInfo { size: u64::MAX }), 1 << 30).await.unwrap_err();
     assert!(err.to_string().contains("more than the enclave accepts"), "{err}");
-    let err = fetch(|_| HostResponse::ModelInfo { size: 0 }, 1 << 30).await.unwrap_err();
+    let err = fetch(|_| plain(HostResponse::ModelInfo { size: 0 }), 1 << 30).await.unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
 }
 
 #[tokio::test]
 async fn wrong_answers_and_errors_are_reported() {
-    let err = fetch(|_| HostResponse::ModelChunk { data: ByteBuf::new() }, 100).await.unwrap_err();
+    let err = fetch(|_| chunk(Vec::new()), 100).await.unwrap_err();
     assert!(err.to_string().contains("unexpected answer to ModelInfo"), "{err}");
-    let err =
-        fetch(|_| HostResponse::Error(ErrorReply::new(ErrorKind::NotFound, "no such model")), 100).await.unwrap_err();
+    let err = fetch(|_| plain(HostResponse::Error(ErrorReply::new(ErrorKind::NotFound, "no such model"))), 100)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("cannot serve model \"m\": no such model"), "{err}");
 }
 

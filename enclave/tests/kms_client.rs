@@ -17,8 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use veil_enclave::kms::{KmsClient, KmsConfig, KmsError, RecipientKey};
 use veil_enclave::nsm::{MockNsm, MockPcrs, Nsm, NsmError};
-use veil_protocol::message::{self, ErrorKind, ErrorReply, HostRequest, HostResponse};
-use veil_runtime::transport::{Address, read_frame, write_frame};
+use veil_protocol::message::{ErrorKind, ErrorReply, HostRequest, HostResponse};
+use veil_runtime::conn::{FrameReader, FrameWriter};
+use veil_runtime::transport::Address;
 
 fn vector(path: &str) -> Vec<u8> {
     std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors").join(path)).unwrap()
@@ -148,8 +149,7 @@ async fn fake_parent(kms_port: u16, expires_in: Duration) -> (Address, Arc<Paren
             let (mut s, _) = listener.accept().await.unwrap();
             let seen = Arc::clone(&seen);
             tokio::spawn(async move {
-                let frame = read_frame(&mut s, 1 << 16).await.unwrap();
-                let msg = message::decode::<HostRequest>(&frame).unwrap();
+                let msg = FrameReader::new(&mut s, 1 << 16).recv::<HostRequest>().await.unwrap();
                 match msg.body {
                     HostRequest::Credentials => {
                         seen.credential_requests.fetch_add(1, Ordering::SeqCst);
@@ -160,18 +160,16 @@ async fn fake_parent(kms_port: u16, expires_in: Duration) -> (Address, Arc<Paren
                             session_token: Some("dG9rZW4tdG9rZW4tdG9rZW4=".into()),
                             expiration: Some(exp.duration_since(UNIX_EPOCH).unwrap().as_secs()),
                         };
-                        write_frame(&mut s, &message::encode(msg.id, &reply).unwrap(), 1 << 16).await.unwrap();
+                        FrameWriter::new(&mut s, 1 << 16).send(msg.id, &reply, b"").await.unwrap();
                     }
                     HostRequest::KmsRelay { endpoint } => {
                         seen.relays.lock().unwrap().push(endpoint);
                         let Ok(up) = TcpStream::connect(("127.0.0.1", kms_port)).await else {
                             let e = HostResponse::Error(ErrorReply::new(ErrorKind::Unavailable, "connect failed"));
-                            let _ = write_frame(&mut s, &message::encode(msg.id, &e).unwrap(), 1 << 16).await;
+                            let _ = FrameWriter::new(&mut s, 1 << 16).send(msg.id, &e, b"").await;
                             return;
                         };
-                        write_frame(&mut s, &message::encode(msg.id, &HostResponse::RelayReady).unwrap(), 1 << 16)
-                            .await
-                            .unwrap();
+                        FrameWriter::new(&mut s, 1 << 16).send(msg.id, &HostResponse::RelayReady, b"").await.unwrap();
                         record_pipe(s, up, seen).await;
                     }
                     other => panic!("unexpected host request {other:?}"),
@@ -443,11 +441,10 @@ async fn a_parent_without_credentials_gives_a_clear_error_quickly() {
     tokio::spawn(async move {
         loop {
             let (mut s, _) = listener.accept().await.unwrap();
-            let frame = read_frame(&mut s, 1 << 16).await.unwrap();
-            let msg = message::decode::<HostRequest>(&frame).unwrap();
+            let msg = FrameReader::new(&mut s, 1 << 16).recv::<HostRequest>().await.unwrap();
             let e =
                 HostResponse::Error(ErrorReply::new(ErrorKind::Unavailable, "this parent serves no AWS credentials"));
-            write_frame(&mut s, &message::encode(msg.id, &e).unwrap(), 1 << 16).await.unwrap();
+            FrameWriter::new(&mut s, 1 << 16).send(msg.id, &e, b"").await.unwrap();
         }
     });
     let client =

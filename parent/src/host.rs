@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde_bytes::ByteBuf;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
-use veil_protocol::message::{self, ErrorKind, ErrorReply, HostRequest, HostResponse, MAX_MODEL_CHUNK, Message};
-use veil_runtime::transport::{Listener, ReadFrameError, Stream, read_frame, write_frame};
+use veil_protocol::message::{ErrorKind, ErrorReply, HostRequest, HostResponse, MAX_MODEL_CHUNK};
+use veil_runtime::conn::{FrameReader, FrameWriter};
+use veil_runtime::transport::{Listener, Stream};
 
 use crate::kms::KmsServices;
 
@@ -59,32 +59,30 @@ async fn serve_connection(
     max_frame: usize,
 ) {
     loop {
-        let frame = match read_frame(&mut stream, max_frame).await {
-            Ok(f) => f,
-            Err(ReadFrameError::Closed) => return,
+        let request = match FrameReader::new(&mut stream, max_frame).recv::<HostRequest>().await {
+            Ok(r) => r,
+            Err(e) if e.is_closed() => return,
             Err(e) => {
-                tracing::warn!(%peer, error = %e, "host services: bad frame; closing");
+                tracing::warn!(%peer, error = %e, "host services: bad request; closing");
                 return;
             }
         };
-        let (id, answer) = match message::decode::<HostRequest>(&frame) {
+        let (id, answer, attachment) = match request.body {
             // A relay takes the connection over: from RelayReady on it carries the enclave's TLS bytes.
-            Ok(Message { id, body: HostRequest::KmsRelay { endpoint }, .. }) => match &kms {
-                Some(kms) => return kms.relay(stream, peer, id, &endpoint, max_frame).await,
-                None => (id, not_configured()),
+            HostRequest::KmsRelay { endpoint } => match &kms {
+                Some(kms) => return kms.relay(stream, peer, request.id, &endpoint, max_frame).await,
+                None => (request.id, not_configured(), Vec::new()),
             },
-            Ok(Message { id, body: HostRequest::Credentials, .. }) => match &kms {
-                Some(kms) => (id, kms.credentials_answer().await),
-                None => (id, not_configured()),
+            HostRequest::Credentials => match &kms {
+                Some(kms) => (request.id, kms.credentials_answer().await, Vec::new()),
+                None => (request.id, not_configured(), Vec::new()),
             },
-            Ok(msg) => (msg.id, answer(&files, msg.body).await),
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "host services: undecodable request; closing");
-                return;
+            body => {
+                let (answer, attachment) = answer(&files, body).await;
+                (request.id, answer, attachment)
             }
         };
-        let Ok(bytes) = message::encode(id, &answer) else { return };
-        if write_frame(&mut stream, &bytes, max_frame).await.is_err() {
+        if FrameWriter::new(&mut stream, max_frame).send(id, &answer, &attachment).await.is_err() {
             return;
         }
     }
@@ -97,15 +95,16 @@ fn not_configured() -> HostResponse {
     ))
 }
 
-async fn answer(files: &ModelFiles, request: HostRequest) -> HostResponse {
-    let fail = |kind, msg: String| HostResponse::Error(ErrorReply::new(kind, msg));
+/// The answer to a model-file request, and its attachment (a chunk's bytes).
+async fn answer(files: &ModelFiles, request: HostRequest) -> (HostResponse, Vec<u8>) {
+    let fail = |kind, msg: String| (HostResponse::Error(ErrorReply::new(kind, msg)), Vec::new());
     match request {
         // Routed to `crate::kms` by `serve_connection` when configured.
-        HostRequest::Credentials | HostRequest::KmsRelay { .. } => not_configured(),
+        HostRequest::Credentials | HostRequest::KmsRelay { .. } => (not_configured(), Vec::new()),
         HostRequest::ModelInfo { name } => match files.get(&name) {
             None => fail(ErrorKind::NotFound, format!("no model file named {:?} is configured", clip(&name))),
             Some(path) => match tokio::fs::metadata(path).await {
-                Ok(m) => HostResponse::ModelInfo { size: m.len() },
+                Ok(m) => (HostResponse::ModelInfo { size: m.len() }, Vec::new()),
                 Err(e) => fail(ErrorKind::Internal, format!("model {name:?}: cannot read its file: {e}")),
             },
         },
@@ -117,7 +116,7 @@ async fn answer(files: &ModelFiles, request: HostRequest) -> HostResponse {
                 return fail(ErrorKind::BadRequest, format!("chunk length must be 1 to {MAX_MODEL_CHUNK}"));
             }
             match read_chunk(path, offset, len as usize).await {
-                Ok(data) => HostResponse::ModelChunk { data: ByteBuf::from(data) },
+                Ok(data) => (HostResponse::ModelChunk, data),
                 Err(e) => fail(ErrorKind::Internal, format!("model {name:?}: reading {len} bytes at {offset}: {e}")),
             }
         }
@@ -145,7 +144,7 @@ mod tests {
         Arc::new(HashMap::from([("m".to_owned(), dir.join("m.onnx")), ("gone".to_owned(), dir.join("gone.onnx"))]))
     }
 
-    fn error_of(r: HostResponse) -> ErrorReply {
+    fn error_of((r, _): (HostResponse, Vec<u8>)) -> ErrorReply {
         match r {
             HostResponse::Error(e) => e,
             other => panic!("expected an error, got {other:?}"),
@@ -158,11 +157,11 @@ mod tests {
         let files = files(dir.path());
         assert_eq!(
             answer(&files, HostRequest::ModelInfo { name: "m".into() }).await,
-            HostResponse::ModelInfo { size: 10 }
+            (HostResponse::ModelInfo { size: 10 }, vec![])
         );
         assert_eq!(
             answer(&files, HostRequest::ModelChunk { name: "m".into(), offset: 2, len: 3 }).await,
-            HostResponse::ModelChunk { data: ByteBuf::from(b"234".to_vec()) }
+            (HostResponse::ModelChunk, b"234".to_vec())
         );
         // A path is not a name.
         let e = error_of(answer(&files, HostRequest::ModelInfo { name: "../../etc/passwd".into() }).await);

@@ -20,6 +20,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytes::BytesMut;
 use serde::Deserialize;
 use serde_bytes::ByteBuf;
 use veil_protocol::message::{EnclaveRequest, EnclaveResponse, MAX_MODEL_NAME};
@@ -103,15 +104,15 @@ fn error_response(status: StatusCode, kind: &str, message: &str) -> Response {
 
 /// Turns a link outcome into a response and the error label to count.
 fn relay_outcome(
-    outcome: Result<EnclaveResponse, LinkError>,
-    ok: impl FnOnce(EnclaveResponse) -> Option<Response>,
+    outcome: Result<(EnclaveResponse, BytesMut), LinkError>,
+    ok: impl FnOnce(EnclaveResponse, BytesMut) -> Option<Response>,
 ) -> (Response, Option<&'static str>) {
     match outcome {
-        Ok(EnclaveResponse::Error(e)) => {
+        Ok((EnclaveResponse::Error(e), _)) => {
             let status = StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             (error_response(status, e.kind.label(), &e.message), Some(e.kind.label()))
         }
-        Ok(other) => match ok(other) {
+        Ok((other, attachment)) => match ok(other, attachment) {
             Some(r) => (r, None),
             None => (
                 error_response(StatusCode::BAD_GATEWAY, "protocol", "the enclave answered with an unexpected message"),
@@ -139,8 +140,8 @@ fn bad_model_name() -> Response {
     error_response(StatusCode::BAD_REQUEST, "bad_request", "model names are 1 to 128 bytes")
 }
 
-fn bytes_response(content_type: &'static str, body: Vec<u8>) -> Response {
-    let mut r = body.into_response();
+fn bytes_response(content_type: &'static str, body: BytesMut) -> Response {
+    let mut r = body.freeze().into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
@@ -154,11 +155,10 @@ async fn infer(State(state): State<Arc<AppState>>, Path(model): Path<String>, bo
         let r = error_response(StatusCode::BAD_REQUEST, "bad_request", "empty request body");
         return track.finish(r, Some("bad_request"));
     }
-    // The body is opaque: it goes to the enclave as it came.
-    let request = EnclaveRequest::Infer { model, body: ByteBuf::from(Vec::from(body)) };
-    let outcome = state.link.call(&request, state.request_timeout).await;
-    let (r, e) = relay_outcome(outcome, |resp| match resp {
-        EnclaveResponse::Infer { body } => Some(bytes_response("application/octet-stream", body.into_vec())),
+    // The body is opaque: it goes to the enclave as it came, written from the buffer it arrived in.
+    let outcome = state.link.call_with(&EnclaveRequest::Infer { model }, body, state.request_timeout).await;
+    let (r, e) = relay_outcome(outcome, |resp, attachment| match resp {
+        EnclaveResponse::Infer => Some(bytes_response("application/octet-stream", attachment)),
         _ => None,
     });
     track.finish(r, e)
@@ -169,9 +169,10 @@ async fn metadata(State(state): State<Arc<AppState>>, Path(model): Path<String>)
     if !model_name_ok(&model) {
         return track.finish(bad_model_name(), Some("bad_request"));
     }
-    let outcome = state.link.call(&EnclaveRequest::ModelMetadata { model }, state.request_timeout).await;
-    let (r, e) = relay_outcome(outcome, |resp| match resp {
-        EnclaveResponse::ModelMetadata { body } => Some(bytes_response("application/json", body.into_vec())),
+    let outcome =
+        state.link.call_with(&EnclaveRequest::ModelMetadata { model }, Bytes::new(), state.request_timeout).await;
+    let (r, e) = relay_outcome(outcome, |resp, attachment| match resp {
+        EnclaveResponse::ModelMetadata => Some(bytes_response("application/json", attachment)),
         _ => None,
     });
     track.finish(r, e)
@@ -201,10 +202,10 @@ async fn attestation(State(state): State<Arc<AppState>>, Query(q): Query<Attesta
         Ok(n) => n,
         Err(m) => return track.finish(error_response(StatusCode::BAD_REQUEST, "bad_request", &m), Some("bad_request")),
     };
-    let outcome =
-        state.link.call(&EnclaveRequest::Attestation { nonce: ByteBuf::from(nonce) }, state.request_timeout).await;
-    let (r, e) = relay_outcome(outcome, |resp| match resp {
-        EnclaveResponse::Attestation { document } => Some(bytes_response("application/cbor", document.into_vec())),
+    let request = EnclaveRequest::Attestation { nonce: ByteBuf::from(nonce) };
+    let outcome = state.link.call_with(&request, Bytes::new(), state.request_timeout).await;
+    let (r, e) = relay_outcome(outcome, |resp, attachment| match resp {
+        EnclaveResponse::Attestation => Some(bytes_response("application/cbor", attachment)),
         _ => None,
     });
     track.finish(r, e)

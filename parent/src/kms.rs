@@ -20,8 +20,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use veil_protocol::message::{self, ErrorKind, ErrorReply, HostResponse};
-use veil_runtime::transport::{Stream, write_frame};
+use veil_protocol::message::{ErrorKind, ErrorReply, HostResponse};
+use veil_runtime::conn::FrameWriter;
+use veil_runtime::transport::Stream;
 use zeroize::Zeroizing;
 
 /// Where the parent gets AWS credentials for the enclave.
@@ -281,14 +282,11 @@ impl KmsServices {
         let (upstream, _permit, target) = match answer {
             Ok(ok) => ok,
             Err(reply) => {
-                if let Ok(bytes) = message::encode(id, &reply) {
-                    let _ = write_frame(&mut stream, &bytes, max_frame).await;
-                }
+                let _ = FrameWriter::new(&mut stream, max_frame).send(id, &reply, b"").await;
                 return;
             }
         };
-        let Ok(bytes) = message::encode(id, &HostResponse::RelayReady) else { return };
-        if write_frame(&mut stream, &bytes, max_frame).await.is_err() {
+        if FrameWriter::new(&mut stream, max_frame).send(id, &HostResponse::RelayReady, b"").await.is_err() {
             return;
         }
         let _ = upstream.set_nodelay(true);

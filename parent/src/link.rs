@@ -6,16 +6,18 @@
 //! and the next call dials a fresh one. Dialing has a short timeout, so when the enclave is down the
 //! parent answers 503 quickly, and recovers by itself when the enclave returns.
 //!
-//! The parent never looks inside inference bodies: it moves [`EnclaveRequest`]s whose bodies are opaque
-//! bytes (plaintext JSON in the foundation, ciphertext once the KMS envelope lands).
+//! The parent never looks inside inference bodies: it moves [`EnclaveRequest`]s whose attachments are
+//! sealed envelopes it cannot open, written to the socket straight from the HTTP body's buffer.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 use veil_protocol::message::{self, EnclaveRequest, EnclaveResponse};
-use veil_runtime::transport::{self, Address, read_frame, write_frame};
+use veil_runtime::conn::{self, FrameReader, FrameWriter, Incoming};
+use veil_runtime::transport::{self, Address};
 
 /// Why a call to the enclave failed (as opposed to the enclave answering with an error).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -31,11 +33,14 @@ pub enum LinkError {
     TooLarge(String),
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<EnclaveResponse>>>>;
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Incoming<EnclaveResponse>>>>>;
+
+/// An encoded message head and its attachment, on their way to the writer task.
+type Outgoing = (Vec<u8>, Bytes);
 
 #[derive(Debug)]
 struct Conn {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Outgoing>,
     pending: Pending,
     alive: Arc<AtomicBool>,
 }
@@ -113,27 +118,37 @@ impl EnclaveLink {
         Ok(conn)
     }
 
-    /// Sends one request and waits for its answer.
+    /// Sends one request without an attachment and waits for the answer.
     pub async fn call(&self, request: &EnclaveRequest, timeout: Duration) -> Result<EnclaveResponse, LinkError> {
+        Ok(self.call_with(request, Bytes::new(), timeout).await?.0)
+    }
+
+    /// Sends one request with its attachment and waits for the answer and the answer's attachment.
+    pub async fn call_with(
+        &self,
+        request: &EnclaveRequest,
+        attachment: Bytes,
+        timeout: Duration,
+    ) -> Result<(EnclaveResponse, BytesMut), LinkError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let bytes = message::encode(id, request).map_err(|e| LinkError::TooLarge(e.to_string()))?;
-        if bytes.len() > self.max_frame {
-            return Err(LinkError::TooLarge(format!(
-                "{} bytes encoded, the frame limit is {}",
-                bytes.len(),
-                self.max_frame
-            )));
+        let head = message::encode_head(id, request).map_err(|e| LinkError::TooLarge(e.to_string()))?;
+        let len = head.len() + attachment.len();
+        if len > self.max_frame {
+            return Err(LinkError::TooLarge(format!("{len} bytes encoded, the frame limit is {}", self.max_frame)));
         }
         let conn = self.connection().await?;
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().map_err(|_| LinkError::Unavailable("link state poisoned".into()))?.insert(id, tx);
         let _guard = PendingGuard { pending: Arc::clone(&conn.pending), id };
-        if conn.tx.send(bytes).await.is_err() {
+        if conn.tx.send((head, attachment)).await.is_err() {
             conn.alive.store(false, Ordering::Release);
             return Err(LinkError::Unavailable("connection to the enclave closed".into()));
         }
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => {
+                let (_, body, attachment) = response.into_parts();
+                Ok((body, attachment))
+            }
             Ok(Err(_)) => Err(LinkError::Unavailable("connection to the enclave was lost".into())),
             Err(_) => Err(LinkError::Timeout(timeout)),
         }
@@ -141,15 +156,16 @@ impl EnclaveLink {
 }
 
 fn spawn_conn(stream: transport::Stream, max_frame: usize) -> Conn {
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+    let (reader, writer) = tokio::io::split(stream);
+    let (mut reader, mut writer) = (FrameReader::new(reader, max_frame), FrameWriter::new(writer, max_frame));
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(1024);
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let alive = Arc::new(AtomicBool::new(true));
     {
         let alive = Arc::clone(&alive);
         tokio::spawn(async move {
-            while let Some(bytes) = rx.recv().await {
-                if let Err(e) = write_frame(&mut writer, &bytes, max_frame).await {
+            while let Some((head, attachment)) = rx.recv().await {
+                if let Err(e) = writer.send_encoded(&head, &attachment).await {
                     tracing::warn!(error = %e, "write to the enclave failed");
                     break;
                 }
@@ -162,18 +178,18 @@ fn spawn_conn(stream: transport::Stream, max_frame: usize) -> Conn {
         let alive = Arc::clone(&alive);
         tokio::spawn(async move {
             loop {
-                let frame = match read_frame(&mut reader, max_frame).await {
+                let frame = match reader.read_frame().await {
                     Ok(f) => f,
                     Err(e) => {
                         tracing::warn!(error = %e, "connection to the enclave ended");
                         break;
                     }
                 };
-                match message::decode::<EnclaveResponse>(&frame) {
+                match conn::decode::<EnclaveResponse>(frame) {
                     Ok(msg) => {
                         let waiter = pending.lock().ok().and_then(|mut p| p.remove(&msg.id));
                         if let Some(w) = waiter {
-                            let _ = w.send(msg.body);
+                            let _ = w.send(msg);
                         }
                     }
                     Err(e) => {

@@ -10,8 +10,9 @@ use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use veil_parent::kms::{KmsRelayArgs, KmsRelayConfig, KmsServices};
-use veil_protocol::message::{self, ErrorKind, HostRequest, HostResponse};
-use veil_runtime::transport::{self, Address, Listener, Stream, read_frame, write_frame};
+use veil_protocol::message::{ErrorKind, HostRequest, HostResponse};
+use veil_runtime::conn::Connection;
+use veil_runtime::transport::{self, Address, Listener, Stream};
 
 const MAX_FRAME: usize = 1 << 20;
 
@@ -37,12 +38,9 @@ async fn host_services(kms: Option<KmsRelayConfig>) -> (Address, tokio::sync::wa
 }
 
 async fn ask(addr: &Address, request: &HostRequest) -> (Stream, HostResponse) {
-    let mut stream = transport::connect(addr).await.unwrap();
-    write_frame(&mut stream, &message::encode(7, request).unwrap(), MAX_FRAME).await.unwrap();
-    let reply = read_frame(&mut stream, MAX_FRAME).await.unwrap();
-    let msg = message::decode::<HostResponse>(&reply).unwrap();
-    assert_eq!(msg.id, 7);
-    (stream, msg.body)
+    let mut conn = Connection::new(transport::connect(addr).await.unwrap(), MAX_FRAME);
+    let answer = conn.call::<_, HostResponse>(request, b"").await.unwrap();
+    (conn.into_inner(), answer.body)
 }
 
 /// A TCP echo server; returns its `127.0.0.1:port`.

@@ -6,6 +6,7 @@
 //! of hostile input small, testable and fuzzable; the I/O lives in `veil-runtime`.
 //!
 //! - [`cbor`]: a strict, zero-copy CBOR reader and the canonical writer the formats above share.
+//! - [`error`]: kinds of failure, and the one table that maps them to HTTP statuses.
 //! - [`frame`]: length-prefixed frames with an explicit maximum, checked before anything is allocated.
 //! - [`message`]: the versioned CBOR messages exchanged between parent and enclave.
 //! - [`v2`]: Open Inference Protocol (KServe v2) tensors as JSON.
@@ -17,6 +18,7 @@
 pub mod attestation;
 pub mod cbor;
 pub mod envelope;
+pub mod error;
 pub mod frame;
 pub mod message;
 pub mod model_file;

@@ -1,22 +1,43 @@
-//! The messages exchanged between the parent and the enclave, as versioned CBOR.
+//! The messages exchanged between the parent and the enclave.
 //!
 //! Two links cross the trust boundary, both over vsock on Nitro hardware:
 //!
 //! - **Client traffic** (parent dials the enclave): [`EnclaveRequest`] → [`EnclaveResponse`]. Each message
 //!   carries a request id, so many requests are in flight on one connection and answers come back in any
-//!   order. Inference bodies are opaque bytes to the parent: today Open Inference Protocol JSON, after the
-//!   KMS envelope lands, ciphertext. The parent's code does not change between the two.
+//!   order. Inference bodies are sealed envelopes: opaque bytes to the parent.
 //! - **Host services** (enclave dials the parent): [`HostRequest`] → [`HostResponse`]. The enclave has no
-//!   disk and no network, so it asks the parent for model bytes (in chunks: models can be gigabytes).
-//!   Everything the parent answers here is hostile input to the enclave and is checked there.
+//!   disk and no network, so it asks the parent for model bytes (in chunks: models can be gigabytes), AWS
+//!   credentials and a byte relay to KMS. Everything the parent answers here is hostile input to the
+//!   enclave and is checked there.
 //!
-//! Every message is a [`Message`]: `{v: protocol version, id: request id, body}`. A peer speaking another
-//! version gets [`ProtoError::Version`] and the connection closes. Decoding refuses trailing bytes.
+//! # Layout
+//!
+//! Every frame's payload (see [`crate::frame`]) is one message:
+//!
+//! ```text
+//! payload    = u16 version (big-endian) ‖ u64 id (big-endian) ‖ body (CBOR) ‖ attachment
+//! ```
+//!
+//! The fixed ten-byte prefix lets a receiver name the request (to refuse it, say, when it is over a memory
+//! budget) without decoding anything. The body is one CBOR item (serde's externally tagged enums, in
+//! snake case); what follows it is the *attachment*: the opaque bytes a message carries (a sealed request
+//! or answer, a model chunk, a document). Attachments are never CBOR-encoded, so a body of megabytes is
+//! written from and read into one buffer, never copied into or out of an encoding. A message whose kind
+//! carries no attachment must end with its body: trailing bytes are refused.
+//!
+//! A peer speaking another version gets [`ProtoError::Version`] and the connection closes.
+use std::ops::Range;
+
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_bytes::ByteBuf;
 
+pub use crate::error::{ErrorKind, ErrorReply};
+
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// Bytes before the CBOR body: version and id.
+pub const PREFIX_LEN: usize = 10;
 
 /// Most bytes one [`HostRequest::ModelChunk`] may ask for: 4 MiB keeps frames small and memory flat.
 pub const MAX_MODEL_CHUNK: u32 = 4 * 1024 * 1024;
@@ -24,7 +45,7 @@ pub const MAX_MODEL_CHUNK: u32 = 4 * 1024 * 1024;
 /// Longest model name accepted anywhere (names appear in URLs, logs and metrics labels).
 pub const MAX_MODEL_NAME: usize = 128;
 
-/// What a model name may be, said once for every command line that takes one.
+/// What a model name may be, said once for every command line and file that takes one.
 pub const MODEL_NAME_RULE: &str = "model names are 1-128 characters of A-Z a-z 0-9 _ - .";
 
 /// True for a valid model name (see [`MODEL_NAME_RULE`]).
@@ -34,23 +55,20 @@ pub fn is_valid_model_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
-/// One message on either link.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Message<T> {
-    /// Protocol version ([`PROTOCOL_VERSION`]).
-    pub v: u16,
-    /// Request id chosen by the requester; the answer carries the same id.
-    pub id: u64,
-    /// The request or response.
-    pub body: T,
+/// A message body: which kinds carry an attachment.
+pub trait Body: Serialize + DeserializeOwned {
+    /// True when a message of this kind carries an attachment (possibly empty) after its body.
+    fn takes_attachment(&self) -> bool;
+    /// The kind's name, for errors that say which answer came instead of the expected one.
+    fn name(&self) -> &'static str;
 }
 
 /// What the parent asks of the enclave.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EnclaveRequest {
-    /// Run inference. `body` is opaque to the parent.
-    Infer { model: String, body: ByteBuf },
+    /// Run inference; the attachment is the sealed request (opaque to the parent).
+    Infer { model: String },
     /// Describe a model's inputs and outputs (Open Inference Protocol model metadata, JSON).
     ModelMetadata { model: String },
     /// A fresh attestation document carrying the client's nonce.
@@ -59,16 +77,31 @@ pub enum EnclaveRequest {
     Status,
 }
 
+impl Body for EnclaveRequest {
+    fn takes_attachment(&self) -> bool {
+        matches!(self, EnclaveRequest::Infer { .. })
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            EnclaveRequest::Infer { .. } => "Infer",
+            EnclaveRequest::ModelMetadata { .. } => "ModelMetadata",
+            EnclaveRequest::Attestation { .. } => "Attestation",
+            EnclaveRequest::Status => "Status",
+        }
+    }
+}
+
 /// What the enclave answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EnclaveResponse {
-    /// The inference answer (opaque to the parent).
-    Infer { body: ByteBuf },
-    /// Model metadata JSON.
-    ModelMetadata { body: ByteBuf },
-    /// An attestation document (COSE_Sign1, CBOR).
-    Attestation { document: ByteBuf },
+    /// The sealed answer (or sealed error) is the attachment: opaque to the parent.
+    Infer,
+    /// Model metadata JSON is the attachment.
+    ModelMetadata,
+    /// An attestation document (COSE_Sign1, CBOR) is the attachment.
+    Attestation,
     /// Readiness, the models served, and how many data keys the enclave has asked KMS for.
     Status {
         ready: bool,
@@ -76,8 +109,25 @@ pub enum EnclaveResponse {
         #[serde(default)]
         kms_calls: u64,
     },
-    /// The request failed.
+    /// The request failed, in the clear: only failures that are not about a request's contents (a malformed
+    /// envelope, a data key KMS refused, an overloaded enclave) travel this way.
     Error(ErrorReply),
+}
+
+impl Body for EnclaveResponse {
+    fn takes_attachment(&self) -> bool {
+        matches!(self, EnclaveResponse::Infer | EnclaveResponse::ModelMetadata | EnclaveResponse::Attestation)
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            EnclaveResponse::Infer => "Infer",
+            EnclaveResponse::ModelMetadata => "ModelMetadata",
+            EnclaveResponse::Attestation => "Attestation",
+            EnclaveResponse::Status { .. } => "Status",
+            EnclaveResponse::Error(_) => "Error",
+        }
+    }
 }
 
 /// What the enclave asks of the parent.
@@ -97,6 +147,21 @@ pub enum HostRequest {
     KmsRelay { endpoint: String },
 }
 
+impl Body for HostRequest {
+    fn takes_attachment(&self) -> bool {
+        false
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            HostRequest::ModelInfo { .. } => "ModelInfo",
+            HostRequest::ModelChunk { .. } => "ModelChunk",
+            HostRequest::Credentials => "Credentials",
+            HostRequest::KmsRelay { .. } => "KmsRelay",
+        }
+    }
+}
+
 /// What the parent answers to the enclave.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -104,9 +169,8 @@ pub enum HostResponse {
     ModelInfo {
         size: u64,
     },
-    ModelChunk {
-        data: ByteBuf,
-    },
+    /// The chunk's bytes are the attachment.
+    ModelChunk,
     /// Temporary AWS credentials. `expiration` is Unix seconds, when known.
     Credentials {
         access_key_id: String,
@@ -119,12 +183,15 @@ pub enum HostResponse {
     Error(ErrorReply),
 }
 
-impl HostResponse {
-    /// The answer's kind, for errors that say which answer came instead of the expected one.
-    pub fn name(&self) -> &'static str {
+impl Body for HostResponse {
+    fn takes_attachment(&self) -> bool {
+        matches!(self, HostResponse::ModelChunk)
+    }
+
+    fn name(&self) -> &'static str {
         match self {
             HostResponse::ModelInfo { .. } => "ModelInfo",
-            HostResponse::ModelChunk { .. } => "ModelChunk",
+            HostResponse::ModelChunk => "ModelChunk",
             HostResponse::Credentials { .. } => "Credentials",
             HostResponse::RelayReady => "RelayReady",
             HostResponse::Error(_) => "Error",
@@ -132,81 +199,36 @@ impl HostResponse {
     }
 }
 
-/// A failure, as it crosses the link: a kind for programs and a message for people.
-///
-/// Messages never carry secrets or request data: they name what was wrong (an input's name, an expected
-/// shape), not the values.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorReply {
-    pub kind: ErrorKind,
-    pub message: String,
-}
-
-/// Kinds of failure; the parent maps them to HTTP statuses and metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    /// The request was malformed or does not fit the model (HTTP 400).
-    BadRequest,
-    /// No such model (HTTP 404).
-    NotFound,
-    /// The request is too large (HTTP 413).
-    TooLarge,
-    /// Not ready yet, or overloaded (HTTP 503).
-    Unavailable,
-    /// Inference or another internal step failed (HTTP 500).
-    Internal,
-    /// The peer spoke a version or message this side does not understand.
-    Protocol,
-}
-
-impl ErrorKind {
-    /// The HTTP status this kind maps to.
-    pub fn http_status(self) -> u16 {
-        match self {
-            ErrorKind::BadRequest => 400,
-            ErrorKind::NotFound => 404,
-            ErrorKind::TooLarge => 413,
-            ErrorKind::Unavailable => 503,
-            ErrorKind::Internal | ErrorKind::Protocol => 500,
-        }
-    }
-
-    /// A short stable label for metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            ErrorKind::BadRequest => "bad_request",
-            ErrorKind::NotFound => "not_found",
-            ErrorKind::TooLarge => "too_large",
-            ErrorKind::Unavailable => "unavailable",
-            ErrorKind::Internal => "internal",
-            ErrorKind::Protocol => "protocol",
-        }
+impl From<ErrorReply> for EnclaveResponse {
+    fn from(e: ErrorReply) -> Self {
+        EnclaveResponse::Error(e)
     }
 }
 
-impl ErrorReply {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+impl From<ErrorReply> for HostResponse {
+    fn from(e: ErrorReply) -> Self {
+        HostResponse::Error(e)
     }
 }
 
-impl std::fmt::Display for ErrorReply {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.message, self.kind.label())
-    }
+/// A refusal of a whole connection's traffic (bad frame, undecodable message): kind `protocol`.
+pub fn protocol_error(message: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(ErrorKind::Protocol, message)
 }
 
 /// Why a message could not be decoded.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProtoError {
+    /// Shorter than the fixed prefix.
+    #[error("malformed message: {0} bytes, shorter than the {PREFIX_LEN}-byte prefix")]
+    Short(usize),
     /// Not well-formed CBOR, or not the shape of any message.
     #[error("malformed message: {0}")]
     Malformed(String),
-    /// Well-formed, but bytes follow the message.
-    #[error("malformed message: {0} trailing bytes after the message")]
-    Trailing(usize),
+    /// Bytes follow a message whose kind carries no attachment.
+    #[error("malformed message: {kind} carries no attachment, but {len} bytes follow it")]
+    Trailing { kind: &'static str, len: usize },
     /// The peer speaks another protocol version.
     #[error("unsupported protocol version {got} (this side speaks {PROTOCOL_VERSION})")]
     Version { got: u16 },
@@ -215,67 +237,65 @@ pub enum ProtoError {
     Encode(String),
 }
 
-/// Encodes a message body with the current version and the given id.
-pub fn encode<T: Serialize>(id: u64, body: &T) -> Result<Vec<u8>, ProtoError> {
-    #[derive(Serialize)]
-    struct Out<'a, T> {
-        v: u16,
-        id: u64,
-        body: &'a T,
-    }
+/// Reads the prefix: the version and the id, without looking at the body.
+pub fn peek_prefix(payload: &[u8]) -> Result<(u16, u64), ProtoError> {
+    let prefix: &[u8; PREFIX_LEN] =
+        payload.get(..PREFIX_LEN).and_then(|p| p.try_into().ok()).ok_or(ProtoError::Short(payload.len()))?;
+    let version = u16::from_be_bytes([prefix[0], prefix[1]]);
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&prefix[2..]);
+    Ok((version, u64::from_be_bytes(id)))
+}
+
+/// The head of a message: prefix and CBOR body, ready to be followed on the wire by the attachment.
+pub fn encode_head<T: Body>(id: u64, body: &T) -> Result<Vec<u8>, ProtoError> {
     let mut out = Vec::with_capacity(64);
-    ciborium::into_writer(&Out { v: PROTOCOL_VERSION, id, body }, &mut out)
-        .map_err(|e| ProtoError::Encode(e.to_string()))?;
+    out.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    out.extend_from_slice(&id.to_be_bytes());
+    ciborium::into_writer(body, &mut out).map_err(|e| ProtoError::Encode(e.to_string()))?;
     Ok(out)
 }
 
-/// Decodes a message, refusing other versions and trailing bytes.
-///
-/// On a version mismatch the id is still returned inside the error path where it can be read, so that an
-/// answer can name the request; see [`peek_id`].
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Message<T>, ProtoError> {
-    let mut cursor = bytes;
+/// A whole message (head and attachment) in one buffer: for tests and tools that build frames by hand.
+pub fn encode<T: Body>(id: u64, body: &T, attachment: &[u8]) -> Result<Vec<u8>, ProtoError> {
+    let mut out = encode_head(id, body)?;
+    out.extend_from_slice(attachment);
+    Ok(out)
+}
+
+/// A decoded message: its id, its body, and where in the payload its attachment lies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded<T> {
+    pub id: u64,
+    pub body: T,
+    /// The attachment's range in the payload (empty for kinds without one).
+    pub attachment: Range<usize>,
+}
+
+/// Decodes a message, refusing other versions, and trailing bytes after kinds that take no attachment.
+pub fn decode<T: Body>(payload: &[u8]) -> Result<Decoded<T>, ProtoError> {
+    let (version, id) = peek_prefix(payload)?;
+    if version != PROTOCOL_VERSION {
+        return Err(ProtoError::Version { got: version });
+    }
+    let rest = &payload[PREFIX_LEN..];
+    let mut cursor = rest;
     // ciborium reads definite-length byte strings in bounded segments, so a length field larger than the
     // (already bounded) frame fails at end of input rather than allocating; recursion is capped too.
-    let msg: Message<T> = ciborium::from_reader(&mut cursor).map_err(|e| {
-        // A version check first: a message from a future peer may not even have today's body shape.
-        match peek_version(bytes) {
-            Some(v) if v != PROTOCOL_VERSION => ProtoError::Version { got: v },
-            _ => ProtoError::Malformed(describe_cbor_error(&e)),
-        }
-    })?;
-    if !cursor.is_empty() {
-        return Err(ProtoError::Trailing(cursor.len()));
+    let body: T = ciborium::from_reader(&mut cursor).map_err(|e| ProtoError::Malformed(describe_cbor_error(&e)))?;
+    let start = payload.len() - cursor.len();
+    if !body.takes_attachment() && start != payload.len() {
+        return Err(ProtoError::Trailing { kind: body.name(), len: payload.len() - start });
     }
-    if msg.v != PROTOCOL_VERSION {
-        return Err(ProtoError::Version { got: msg.v });
-    }
-    Ok(msg)
-}
-
-/// Reads the `id` of a message whose body may not decode, so an error answer can still name the request.
-pub fn peek_id(bytes: &[u8]) -> Option<u64> {
-    #[derive(Deserialize)]
-    struct Head {
-        id: u64,
-    }
-    ciborium::from_reader::<Head, _>(bytes).ok().map(|h| h.id)
-}
-
-fn peek_version(bytes: &[u8]) -> Option<u16> {
-    #[derive(Deserialize)]
-    struct Head {
-        v: u16,
-    }
-    ciborium::from_reader::<Head, _>(bytes).ok().map(|h| h.v)
+    Ok(Decoded { id, body, attachment: start..payload.len() })
 }
 
 fn describe_cbor_error<E: std::fmt::Debug>(e: &ciborium::de::Error<E>) -> String {
     match e {
         ciborium::de::Error::Io(_) => "unexpected end of input".to_owned(),
-        ciborium::de::Error::Syntax(offset) => format!("CBOR syntax error at byte {offset}"),
+        ciborium::de::Error::Syntax(offset) => format!("CBOR syntax error at byte {}", offset + PREFIX_LEN),
         ciborium::de::Error::Semantic(offset, msg) => match offset {
-            Some(o) => format!("{msg} (at byte {o})"),
+            Some(o) => format!("{msg} (at byte {})", o + PREFIX_LEN),
             None => msg.clone(),
         },
         ciborium::de::Error::RecursionLimitExceeded => "nested too deeply".to_owned(),
@@ -287,50 +307,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trips_every_request() {
+    fn round_trips_every_request_with_its_attachment() {
         let reqs = [
-            EnclaveRequest::Infer { model: "iris".into(), body: ByteBuf::from(vec![1, 2, 3]) },
-            EnclaveRequest::ModelMetadata { model: "iris".into() },
-            EnclaveRequest::Attestation { nonce: ByteBuf::from(vec![9; 32]) },
-            EnclaveRequest::Status,
+            (EnclaveRequest::Infer { model: "iris".into() }, &b"sealed bytes"[..]),
+            (EnclaveRequest::ModelMetadata { model: "iris".into() }, &b""[..]),
+            (EnclaveRequest::Attestation { nonce: ByteBuf::from(vec![9; 32]) }, &b""[..]),
+            (EnclaveRequest::Status, &b""[..]),
         ];
-        for (i, r) in reqs.iter().enumerate() {
-            let bytes = encode(i as u64, r).unwrap();
-            let back: Message<EnclaveRequest> = decode(&bytes).unwrap();
+        for (i, (r, attachment)) in reqs.iter().enumerate() {
+            let bytes = encode(i as u64, r, attachment).unwrap();
+            let back: Decoded<EnclaveRequest> = decode(&bytes).unwrap();
             assert_eq!(back.id, i as u64);
             assert_eq!(&back.body, r);
+            assert_eq!(&bytes[back.attachment], *attachment);
         }
+        let chunk = encode(3, &HostResponse::ModelChunk, &[7u8; 100]).unwrap();
+        let back: Decoded<HostResponse> = decode(&chunk).unwrap();
+        assert_eq!(back.attachment.len(), 100);
     }
 
     #[test]
-    fn refuses_trailing_bytes() {
-        let mut bytes = encode(7, &EnclaveRequest::Status).unwrap();
+    fn refuses_trailing_bytes_after_kinds_without_attachment() {
+        let mut bytes = encode(7, &EnclaveRequest::Status, b"").unwrap();
         bytes.push(0);
-        assert!(matches!(decode::<EnclaveRequest>(&bytes), Err(ProtoError::Trailing(1))));
+        assert_eq!(decode::<EnclaveRequest>(&bytes).unwrap_err(), ProtoError::Trailing { kind: "Status", len: 1 });
     }
 
     #[test]
     fn refuses_other_versions_and_names_them() {
-        #[derive(Serialize)]
-        struct Future {
-            v: u16,
-            id: u64,
-            body: &'static str,
-        }
-        let mut bytes = Vec::new();
-        ciborium::into_writer(&Future { v: 9, id: 3, body: "new_thing" }, &mut bytes).unwrap();
-        let err = decode::<EnclaveRequest>(&bytes).unwrap_err();
-        assert!(matches!(err, ProtoError::Version { got: 9 }), "{err}");
-        assert_eq!(peek_id(&bytes), Some(3));
+        let mut bytes = encode(3, &EnclaveRequest::Status, b"").unwrap();
+        bytes[..2].copy_from_slice(&9u16.to_be_bytes());
+        assert_eq!(decode::<EnclaveRequest>(&bytes).unwrap_err(), ProtoError::Version { got: 9 });
+        assert_eq!(peek_prefix(&bytes).unwrap(), (9, 3));
     }
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
-        for garbage in
+        assert_eq!(decode::<EnclaveRequest>(b"\x00\x02").unwrap_err(), ProtoError::Short(2));
+        for body in
             [&b""[..], b"\xff", b"\x84\x01", b"hello world", &[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]]
         {
-            let err = decode::<EnclaveRequest>(garbage).unwrap_err();
-            assert!(matches!(err, ProtoError::Malformed(_)), "{garbage:?}: {err}");
+            let mut payload = encode_head(1, &EnclaveRequest::Status).unwrap()[..PREFIX_LEN].to_vec();
+            payload.extend_from_slice(body);
+            let err = decode::<EnclaveRequest>(&payload).unwrap_err();
+            assert!(matches!(err, ProtoError::Malformed(_)), "{body:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn model_names_follow_the_rule() {
+        assert!(is_valid_model_name("breast_cancer-2.onnx"));
+        for bad in ["", "a/b", "a b", "é", &"x".repeat(129)] {
+            assert!(!is_valid_model_name(bad), "{bad:?}");
         }
     }
 }

@@ -1,12 +1,14 @@
 //! Veil's runtime side: everything that touches the operating system, shared by the enclave, the parent and
 //! the client tools.
 //!
-//! - [`transport`]: `vsock://`, `tcp://` and `unix://` addresses, listeners, dialers and frame I/O.
+//! - [`transport`]: `vsock://`, `tcp://` and `unix://` addresses, listeners and dialers.
+//! - [`conn`]: the typed framed connection over those streams: frames, messages, attachments.
 //! - [`process`]: the async runtime, logs and the shutdown signal of Veil's daemons.
 //!
 //! The formats themselves (frames, messages, envelopes) are pure and live in `veil-protocol`; this crate
 //! moves their bytes.
 #![forbid(unsafe_code)]
 
+pub mod conn;
 pub mod process;
 pub mod transport;

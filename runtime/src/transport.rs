@@ -1,4 +1,4 @@
-//! Addresses, listeners and dialers: the only module of this crate that does I/O.
+//! Addresses, listeners and dialers.
 //!
 //! One address syntax everywhere:
 //!
@@ -9,8 +9,7 @@
 //! | `unix://PATH` | `unix:///run/veil/enclave.sock` | parent ↔ enclave off hardware |
 //!
 //! These machines have no vsock loopback, so every vsock endpoint also takes `tcp://` and `unix://`; the
-//! code above this module cannot tell them apart. Frames are read with the maximum checked before the
-//! payload buffer is allocated (see `veil_protocol::frame`).
+//! code above this module cannot tell them apart. Frames and messages over these streams: [`crate::conn`].
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
@@ -18,11 +17,9 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_vsock::{VMADDR_CID_ANY, VsockAddr, VsockListener, VsockStream};
-
-use veil_protocol::frame::{self, FrameError, HEADER_LEN};
 
 /// Longest address string accepted (a Unix socket path is at most 108 bytes on Linux anyway).
 const MAX_ADDRESS_LEN: usize = 512;
@@ -217,6 +214,26 @@ impl AsyncWrite for Stream {
         }
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Vsock(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
+            Stream::Vsock(s) => s.is_write_vectored(),
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
@@ -232,55 +249,6 @@ impl AsyncWrite for Stream {
             Stream::Vsock(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
-}
-
-/// Why reading a frame failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadFrameError {
-    /// The peer closed the connection cleanly between frames.
-    #[error("connection closed")]
-    Closed,
-    /// The frame itself was refused (too large, empty, truncated).
-    #[error(transparent)]
-    Frame(#[from] FrameError),
-    /// The socket failed.
-    #[error("read failed: {0}")]
-    Io(#[from] io::Error),
-}
-
-/// Reads one frame's payload, refusing a frame larger than `max` before allocating for it.
-pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, max: usize) -> Result<Vec<u8>, ReadFrameError> {
-    let mut header = [0u8; HEADER_LEN];
-    let mut got = 0;
-    while got < HEADER_LEN {
-        let n = reader.read(&mut header[got..]).await?;
-        if n == 0 {
-            return if got == 0 {
-                Err(ReadFrameError::Closed)
-            } else {
-                Err(FrameError::Truncated { expected: HEADER_LEN, got }.into())
-            };
-        }
-        got += n;
-    }
-    let len = frame::check_header(header, max)?;
-    let mut payload = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        let n = reader.read(&mut payload[got..]).await?;
-        if n == 0 {
-            return Err(FrameError::Truncated { expected: len, got }.into());
-        }
-        got += n;
-    }
-    Ok(payload)
-}
-
-/// Writes one frame (header and payload in a single write) and flushes.
-pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, payload: &[u8], max: usize) -> io::Result<()> {
-    let bytes = frame::encode(payload, max).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    writer.write_all(&bytes).await?;
-    writer.flush().await
 }
 
 #[cfg(test)]
@@ -334,33 +302,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn frames_cross_tcp_and_unix() {
+    async fn messages_cross_tcp_and_unix() {
+        use crate::conn::{Connection, FrameReader, FrameWriter};
+        use veil_protocol::message::{EnclaveRequest, EnclaveResponse};
         let dir = tempfile::tempdir().unwrap();
         for addr in ["tcp://127.0.0.1:0".to_owned(), format!("unix://{}/s.sock", dir.path().display())] {
             let listener = Listener::bind(&addr.parse().unwrap()).await.unwrap();
             let bound = listener.local_address().unwrap();
             let server = tokio::spawn(async move {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let got = read_frame(&mut s, 1024).await.unwrap();
-                write_frame(&mut s, &got, 1024).await.unwrap();
-                // The next frame announces more than the limit: refused before allocation.
-                read_frame(&mut s, 1024).await.unwrap_err()
+                let (s, _) = listener.accept().await.unwrap();
+                let (r, w) = tokio::io::split(s);
+                let (mut r, mut w) = (FrameReader::new(r, 1024), FrameWriter::new(w, 1024));
+                let got = r.recv::<EnclaveRequest>().await.unwrap();
+                w.send(got.id, &EnclaveResponse::Infer, got.attachment()).await.unwrap();
             });
-            let mut c = connect(&bound).await.unwrap();
-            write_frame(&mut c, b"ping", 1024).await.unwrap();
-            assert_eq!(read_frame(&mut c, 1024).await.unwrap(), b"ping");
-            c.write_all(&[0, 0, 8, 0]).await.unwrap();
-            let err = server.await.unwrap();
-            assert!(matches!(err, ReadFrameError::Frame(FrameError::TooLarge { len: 2048, max: 1024 })), "{err}");
+            let mut c = Connection::new(connect(&bound).await.unwrap(), 1024);
+            let answer =
+                c.call::<_, EnclaveResponse>(&EnclaveRequest::Infer { model: "m".into() }, b"ping").await.unwrap();
+            assert_eq!(answer.attachment(), b"ping");
+            server.await.unwrap();
         }
-    }
-
-    #[tokio::test]
-    async fn truncated_frames_are_reported() {
-        let (mut a, mut b) = tokio::io::duplex(64);
-        a.write_all(&[0, 0, 0, 10, 1, 2, 3]).await.unwrap();
-        drop(a);
-        let err = read_frame(&mut b, 1024).await.unwrap_err();
-        assert!(matches!(err, ReadFrameError::Frame(FrameError::Truncated { expected: 10, got: 3 })), "{err}");
     }
 }

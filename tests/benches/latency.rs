@@ -192,11 +192,8 @@ fn enclave_target<'a>(stack: &'a Stack, model: &'a str, body: Vec<u8>) -> impl F
         let mut s =
             conns.lock().unwrap().pop().unwrap_or_else(|| std::os::unix::net::UnixStream::connect(&path).unwrap());
         let (wire, tag) = stack.seal(model, &body).unwrap();
-        let req = veil_protocol::message::EnclaveRequest::Infer {
-            model: model.to_owned(),
-            body: serde_bytes::ByteBuf::from(wire),
-        };
-        let payload = veil_protocol::message::encode(1, &req).unwrap();
+        let req = veil_protocol::message::EnclaveRequest::Infer { model: model.to_owned() };
+        let payload = veil_protocol::message::encode(1, &req, &wire).unwrap();
         let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
         frame.extend_from_slice(&payload);
         s.write_all(&frame).unwrap();
@@ -204,11 +201,10 @@ fn enclave_target<'a>(stack: &'a Stack, model: &'a str, body: Vec<u8>) -> impl F
         s.read_exact(&mut h).unwrap();
         let mut answer = vec![0u8; u32::from_be_bytes(h) as usize];
         s.read_exact(&mut answer).unwrap();
-        let msg: veil_protocol::message::Message<veil_protocol::message::EnclaveResponse> =
-            veil_protocol::message::decode(&answer).unwrap();
+        let msg = veil_protocol::message::decode::<veil_protocol::message::EnclaveResponse>(&answer).unwrap();
         match msg.body {
-            veil_protocol::message::EnclaveResponse::Infer { body } => {
-                stack.open(model, &tag, &body).unwrap();
+            veil_protocol::message::EnclaveResponse::Infer => {
+                stack.open(model, &tag, &answer[msg.attachment]).unwrap();
             }
             other => panic!("{other:?}"),
         }

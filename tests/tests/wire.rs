@@ -3,9 +3,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use serde_bytes::ByteBuf;
-use serde_json::json;
-use veil_protocol::message::{self, EnclaveRequest, EnclaveResponse, ErrorKind, Message};
+use veil_protocol::message::{self, EnclaveRequest, EnclaveResponse, ErrorKind};
 use veil_tests::{Stack, StackOptions, Transport, compare_outputs, references};
 
 fn connect(stack: &Stack) -> UnixStream {
@@ -15,19 +13,27 @@ fn connect(stack: &Stack) -> UnixStream {
     s
 }
 
-fn send(s: &mut UnixStream, id: u64, req: &EnclaveRequest) {
-    let payload = message::encode(id, req).unwrap();
+fn send(s: &mut UnixStream, id: u64, req: &EnclaveRequest, attachment: &[u8]) {
+    let payload = message::encode(id, req, attachment).unwrap();
     s.write_all(&(payload.len() as u32).to_be_bytes()).unwrap();
     s.write_all(&payload).unwrap();
 }
 
+/// One answer: its id, body and attachment.
+struct Answer {
+    id: u64,
+    body: EnclaveResponse,
+    attachment: Vec<u8>,
+}
+
 /// Reads one answer, or None when the enclave closed the connection.
-fn recv(s: &mut UnixStream) -> Option<Message<EnclaveResponse>> {
+fn recv(s: &mut UnixStream) -> Option<Answer> {
     let mut h = [0u8; 4];
     s.read_exact(&mut h).ok()?;
-    let mut body = vec![0u8; u32::from_be_bytes(h) as usize];
-    s.read_exact(&mut body).ok()?;
-    Some(message::decode(&body).unwrap())
+    let mut payload = vec![0u8; u32::from_be_bytes(h) as usize];
+    s.read_exact(&mut payload).ok()?;
+    let m = message::decode::<EnclaveResponse>(&payload).unwrap();
+    Some(Answer { id: m.id, body: m.body, attachment: payload[m.attachment].to_vec() })
 }
 
 fn assert_closed(s: &mut UnixStream) {
@@ -44,10 +50,11 @@ fn assert_still_serving(stack: &Stack) {
     let case = &refs["cases"][0];
     let mut s = connect(stack);
     let (body, tag) = stack.seal("breast_cancer", &serde_json::to_vec(&case["request"]).unwrap()).unwrap();
-    send(&mut s, 1, &EnclaveRequest::Infer { model: "breast_cancer".into(), body: ByteBuf::from(body) });
-    match recv(&mut s).unwrap().body {
-        EnclaveResponse::Infer { body } => {
-            let opened = stack.open("breast_cancer", &tag, &body).unwrap();
+    send(&mut s, 1, &EnclaveRequest::Infer { model: "breast_cancer".into() }, &body);
+    let answer = recv(&mut s).unwrap();
+    match answer.body {
+        EnclaveResponse::Infer => {
+            let opened = stack.open("breast_cancer", &tag, &answer.attachment).unwrap();
             compare_outputs(&serde_json::from_slice(&opened).unwrap(), case).unwrap();
         }
         other => panic!("{other:?}"),
@@ -74,7 +81,7 @@ fn oversized_frame_closes_only_that_connection() {
     }
     assert_closed(&mut s);
     // A connection opened before the attack still works, and so do new ones.
-    send(&mut bystander, 5, &EnclaveRequest::Status);
+    send(&mut bystander, 5, &EnclaveRequest::Status, b"");
     assert!(matches!(recv(&mut bystander).unwrap().body, EnclaveResponse::Status { ready: true, .. }));
     assert_still_serving(&stack);
 }
@@ -106,14 +113,14 @@ fn garbage_and_wrong_versions_are_refused() {
     assert_closed(&mut s);
     // A future protocol version is named, with the request id answered.
     let mut s = connect(&stack);
-    let mut payload = Vec::new();
-    ciborium::into_writer(&json!({"v": 2, "id": 77, "body": "status"}), &mut payload).unwrap();
+    let mut payload = message::encode(77, &EnclaveRequest::Status, b"").unwrap();
+    payload[..2].copy_from_slice(&9u16.to_be_bytes());
     s.write_all(&(payload.len() as u32).to_be_bytes()).unwrap();
     s.write_all(&payload).unwrap();
     let reply = recv(&mut s).unwrap();
     assert_eq!(reply.id, 77);
     match reply.body {
-        EnclaveResponse::Error(e) => assert!(e.message.contains("unsupported protocol version 2"), "{}", e.message),
+        EnclaveResponse::Error(e) => assert!(e.message.contains("unsupported protocol version 9"), "{}", e.message),
         other => panic!("{other:?}"),
     }
     assert_still_serving(&stack);
@@ -131,15 +138,15 @@ fn many_requests_in_flight_on_one_connection() {
         let case = &cases[(id as usize) % cases.len()];
         let (body, tag) = stack.seal("breast_cancer", &serde_json::to_vec(&case["request"]).unwrap()).unwrap();
         tags.insert(1000 + id, tag);
-        send(&mut s, 1000 + id, &EnclaveRequest::Infer { model: "breast_cancer".into(), body: ByteBuf::from(body) });
+        send(&mut s, 1000 + id, &EnclaveRequest::Infer { model: "breast_cancer".into() }, &body);
     }
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..n {
         let m = recv(&mut s).unwrap();
         let case = &cases[((m.id - 1000) as usize) % cases.len()];
         match m.body {
-            EnclaveResponse::Infer { body } => {
-                let opened = stack.open("breast_cancer", &tags[&m.id], &body).unwrap();
+            EnclaveResponse::Infer => {
+                let opened = stack.open("breast_cancer", &tags[&m.id], &m.attachment).unwrap();
                 compare_outputs(&serde_json::from_slice(&opened).unwrap(), case).unwrap()
             }
             other => panic!("{other:?}"),

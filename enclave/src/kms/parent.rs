@@ -7,8 +7,9 @@
 //! or put into error messages.
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use veil_protocol::message::{self, HostRequest, HostResponse};
-use veil_runtime::transport::{self, Address, Stream, read_frame, write_frame};
+use veil_protocol::message::{Body, HostRequest, HostResponse};
+use veil_runtime::conn::Connection;
+use veil_runtime::transport::{self, Address, Stream};
 use zeroize::Zeroizing;
 
 /// Largest frame accepted from the parent on these connections: a credentials answer is a few KiB.
@@ -40,18 +41,13 @@ pub(crate) struct ParentCredentials {
 }
 
 async fn exchange(addr: &Address, request: &HostRequest) -> Result<(Stream, HostResponse), ParentError> {
-    let mut stream =
+    let stream =
         transport::connect(addr).await.map_err(|source| ParentError::Connect { addr: addr.to_string(), source })?;
-    let bytes = message::encode(1, request).map_err(|e| ParentError::Io(e.to_string()))?;
-    write_frame(&mut stream, &bytes, MAX_FRAME).await.map_err(|e| ParentError::Io(e.to_string()))?;
-    // read_frame reads exactly one frame and nothing more, so after RelayReady the next byte on the stream
-    // is the endpoint's.
-    let reply = read_frame(&mut stream, MAX_FRAME).await.map_err(|e| ParentError::Io(e.to_string()))?;
-    let msg = message::decode::<HostResponse>(&reply).map_err(|e| ParentError::Io(e.to_string()))?;
-    if msg.id != 1 {
-        return Err(ParentError::Io(format!("answer to request {} on a one-request connection", msg.id)));
-    }
-    Ok((stream, msg.body))
+    let mut conn = Connection::new(stream, MAX_FRAME);
+    // The connection reads exactly one frame and nothing more, so after RelayReady the next byte on the
+    // stream is the endpoint's.
+    let answer = conn.call::<_, HostResponse>(request, b"").await.map_err(|e| ParentError::Io(e.to_string()))?;
+    Ok((conn.into_inner(), answer.body))
 }
 
 /// Opens a raw relay to `endpoint` (`host:port`) through the parent, within `timeout`.

@@ -20,8 +20,8 @@
 //!
 //! The whole encoding fits in the NSM's 1024-byte `user_data`. See `docs/ATTESTATION.md`.
 
-use crate::cbor::{CborError, Len, Reader, write_bytes, write_head, write_null, write_text};
 use super::document::MAX_OPTIONAL_FIELD_LEN;
+use crate::cbor::{CborError, Len, Reader, write_bytes, write_head, write_null, write_text};
 
 /// The only version this code writes and reads.
 pub const COMMITMENT_VERSION: u64 = 1;

@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::cbor::{CborError, Len, Reader};
 use super::error::DecodeError;
+use crate::cbor::{CborError, Len, Reader};
 
 /// Largest accepted document (real ones are 4.4 to 7.6 KiB; three 1024-byte optional fields included).
 pub const MAX_DOCUMENT_LEN: usize = 16 * 1024;
