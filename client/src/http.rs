@@ -1,4 +1,10 @@
 //! The HTTP side of the client: one small hyper client over plain TCP.
+//!
+//! Nothing here sends inference plaintext: the only inference call is [`Client::infer`], which takes a
+//! [`crate::kms::Session`] and seals the request before it leaves the process. Errors keep apart what the
+//! enclave said (authenticated, inside the seal: [`ClientError::Enclave`]) from what the parent or anything
+//! between said (unauthenticated: [`ClientError::Unauthenticated`]), since the parent can make up any error
+//! it likes.
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,9 +33,13 @@ pub enum ClientError {
     /// No answer within the time limit.
     #[error("no answer from {url} within {0:?}", .timeout)]
     Timeout { url: String, timeout: Duration },
-    /// The server answered with an error status; `message` is its error text.
-    #[error("server answered {status}: {message}")]
-    Status { status: StatusCode, message: String },
+    /// The parent (or something between it and us) answered with an error status. Nothing authenticates
+    /// this: a hostile parent can make up any message, so do not act on it as if the enclave had said it.
+    #[error("the parent said, not authenticated by the enclave: {message} (HTTP {status})")]
+    Unauthenticated { status: StatusCode, message: String, retry_after: Option<u64> },
+    /// The enclave refused the request, in its sealed answer: this message is the enclave's own.
+    #[error("the enclave refused the request: {message} ({kind})")]
+    Enclave { kind: veil_protocol::error::ErrorKind, message: String, retry_after: Option<u32> },
     /// KMS, or sealing and opening the envelope, failed.
     #[error("{0}")]
     Kms(String),
@@ -42,6 +52,16 @@ impl ClientError {
     /// True when the failure is about reaching the server rather than what it said.
     pub fn is_connection(&self) -> bool {
         matches!(self, ClientError::Connect { .. } | ClientError::Timeout { .. })
+    }
+
+    /// The HTTP status the failure stands for, when it has one (the enclave's kinds map through the one
+    /// table in `veil_protocol::error`).
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Unauthenticated { status, .. } => Some(*status),
+            ClientError::Enclave { kind, .. } => StatusCode::from_u16(kind.http_status()).ok(),
+            _ => None,
+        }
     }
 }
 
@@ -99,16 +119,17 @@ impl Client {
         &self.base
     }
 
-    /// Sends one inference request body for `model` and returns the response body.
-    ///
-    /// The body is an Open Inference Protocol (KServe v2) request as JSON. This is the one place where the
-    /// KMS envelope (sealing the body to the enclave) plugs in: callers keep passing and getting v2 JSON.
-    pub async fn infer(&self, model: &str, body: &[u8]) -> Result<Vec<u8>, ClientError> {
+    /// Posts an already sealed envelope to `model`'s inference route and returns the sealed answer. The
+    /// library's own callers seal first ([`Client::infer`]); this is the wire step only, never plaintext.
+    pub(crate) async fn post_sealed(&self, model: &str, sealed: Vec<u8>) -> Result<Vec<u8>, ClientError> {
         let path = format!("/v1/models/{}/infer", encode_segment(model));
-        self.call(Method::POST, &path, Bytes::copy_from_slice(body)).await
+        self.call(Method::POST, &path, Bytes::from(sealed)).await
     }
 
     /// Fetches a model's metadata (v2 model metadata JSON: inputs, outputs, datatypes, shapes).
+    ///
+    /// Unauthenticated: the parent relays it and could alter it. The digest that counts is the one in a
+    /// verified attestation document, and the one each sealed answer carries.
     pub async fn model_metadata(&self, model: &str) -> Result<Vec<u8>, ClientError> {
         let path = format!("/v1/models/{}", encode_segment(model));
         self.call(Method::GET, &path, Bytes::new()).await
@@ -120,11 +141,6 @@ impl Client {
     pub async fn attestation(&self, nonce: &[u8]) -> Result<Vec<u8>, ClientError> {
         let path = format!("/v1/attestation?nonce={}", hex::encode(nonce));
         self.call(Method::GET, &path, Bytes::new()).await
-    }
-
-    /// POSTs a body to any path of the server and returns the answer (for tools and benchmarks).
-    pub async fn post(&self, path: &str, body: &[u8]) -> Result<Vec<u8>, ClientError> {
-        self.call(Method::POST, path, Bytes::copy_from_slice(body)).await
     }
 
     /// Fetches a plain GET path (e.g. `/healthz`, `/metrics`) and returns the body.
@@ -147,6 +163,11 @@ impl Client {
                 .await
                 .map_err(|e| ClientError::Connect { url: url.clone(), source: chain(&e).into() })?;
             let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
             let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
                 .await
@@ -159,7 +180,7 @@ impl Client {
                 })?
                 .to_bytes();
             if !status.is_success() {
-                return Err(ClientError::Status { status, message: error_message(&body) });
+                return Err(ClientError::Unauthenticated { status, message: error_message(&body), retry_after });
             }
             Ok(body.to_vec())
         };

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
-use veil_protocol::envelope::{DataKey, EnvelopeError, RequestTag, Sealer};
+use veil_protocol::envelope::{DataKey, EnvelopeError, ModelRef, Outcome, RequestMeta, RequestTag, Sealer};
+use veil_protocol::random::SystemRandom;
 use zeroize::Zeroizing;
 
 use crate::{Client, ClientError};
@@ -99,6 +100,8 @@ impl Default for SessionLimits {
 struct Grant {
     key: DataKey,
     encrypted: Vec<u8>,
+    /// The key's ARN as KMS named it in its answer (what the enclave's configuration lists).
+    key_arn: String,
     created: Instant,
     used: u64,
 }
@@ -152,40 +155,57 @@ impl Session {
             let plaintext = Zeroizing::new(out.plaintext().ok_or(KmsError::Incomplete("Plaintext"))?.as_ref().to_vec());
             let encrypted =
                 out.ciphertext_blob().map(Blob::as_ref).ok_or(KmsError::Incomplete("CiphertextBlob"))?.to_vec();
-            self.grant = Some(Grant { key: DataKey::new(&plaintext)?, encrypted, created: Instant::now(), used: 0 });
+            // KMS answers with the key's ARN whatever the caller named (id, alias, alias ARN): the enclave
+            // compares that ARN with its configuration, and asks KMS with it.
+            let key_arn = out.key_id().ok_or(KmsError::Incomplete("KeyId"))?.to_owned();
+            self.grant =
+                Some(Grant { key: DataKey::new(&plaintext)?, encrypted, key_arn, created: Instant::now(), used: 0 });
             self.generated += 1;
         }
         self.grant.as_mut().ok_or(KmsError::Incomplete("a data key"))
     }
 
-    /// Seals `plaintext` for `model`; returns the wire bytes and what opens the answer.
-    pub async fn seal(&mut self, model: &str, plaintext: &[u8]) -> Result<(Vec<u8>, SealedCall), KmsError> {
-        let key_id = self.key_id.clone();
+    /// Seals a v2 request `body` for `model` (its name and the SHA-384 the caller expects it to have);
+    /// returns the wire bytes and what opens the answer.
+    pub async fn seal(
+        &mut self,
+        model: &ModelRef,
+        body: &[u8],
+        meta: RequestMeta,
+    ) -> Result<(Vec<u8>, SealedCall), KmsError> {
         let context = self.context.clone();
         let grant = self.grant().await?;
         grant.used += 1;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let sealer = Sealer {
             key: &grant.key,
-            key_id: &key_id,
+            key_id: &grant.key_arn,
             encrypted_data_key: &grant.encrypted,
             encryption_context: &context,
         };
-        let (wire, tag) = sealer.seal_request(model, plaintext, now)?;
-        Ok((wire, SealedCall { tag, model: model.to_owned() }))
+        let (wire, tag) = sealer.seal_request(model, body, meta, now, &SystemRandom::new())?;
+        Ok((wire, SealedCall { tag }))
     }
 
-    /// Opens the enclave's answer to a call made with [`Session::seal`]. The data key used for the call
-    /// must still be current (answers are opened before the next seal renews it; callers do so).
-    pub fn open(&self, call: &SealedCall, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+    /// Opens the enclave's answer to a call made with [`Session::seal`], in place in `body`. The data key
+    /// used for the call must still be current (answers are opened before the next seal renews it; callers
+    /// do so).
+    pub fn open(&self, call: &SealedCall, body: Vec<u8>) -> Result<OpenedAnswer, KmsError> {
         let grant = self.grant.as_ref().ok_or(KmsError::Incomplete("a data key"))?;
         let sealer = Sealer {
             key: &grant.key,
-            key_id: &self.key_id,
+            key_id: &grant.key_arn,
             encrypted_data_key: &grant.encrypted,
             encryption_context: &self.context,
         };
-        Ok(sealer.open_response(&call.model, &call.tag, body)?)
+        let mut buf = Zeroizing::new(body);
+        let base = buf.as_ptr() as usize;
+        let opened = sealer.open_answer(&call.tag, &mut buf)?;
+        // The body is a sub-slice of `buf`: keep its place, to hand out the buffer without copying it.
+        let start = opened.body.as_ptr() as usize - base;
+        let range = start..start + opened.body.len();
+        let (outcome, model_sha384) = (opened.meta.outcome, opened.meta.model_sha384);
+        Ok(OpenedAnswer { buf, range, outcome, model_sha384 })
     }
 }
 
@@ -193,52 +213,87 @@ impl Session {
 #[derive(Debug, Clone)]
 pub struct SealedCall {
     tag: RequestTag,
-    model: String,
 }
 
-impl Client {
-    /// Sends one v2 request sealed under `session`'s data key, and returns the opened v2 answer.
-    ///
-    /// Errors about the request itself (it does not fit the model) come back sealed, are opened here, and
-    /// are returned as [`ClientError::Status`] with status 400.
-    pub async fn infer_sealed(
-        &self,
-        session: &mut Session,
-        model: &str,
-        body: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
-        let (wire, call) = session.seal(model, body).await.map_err(|e| ClientError::Kms(e.to_string()))?;
-        let answer = self.infer(model, &wire).await?;
-        let plain =
-            session.open(&call, &answer).map_err(|e| ClientError::Kms(format!("cannot open the answer: {e}")))?;
-        // The enclave's sealed errors are `{"error": ..., "kind": ...}` (keys in that order); answers start
-        // with `{"model_name"`. Looking at the first bytes spares parsing every (possibly large) answer.
-        if plain.starts_with(br#"{"error""#)
-            && let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(&plain)
-            && let (Some(error), None) = (map.get("error").and_then(|e| e.as_str()), map.get("outputs"))
-        {
-            let status = match map.get("kind").and_then(|k| k.as_str()) {
-                Some("not_found") => hyper::StatusCode::NOT_FOUND,
-                Some("internal") => hyper::StatusCode::INTERNAL_SERVER_ERROR,
-                _ => hyper::StatusCode::BAD_REQUEST,
-            };
-            return Err(ClientError::Status { status, message: error.to_owned() });
-        }
-        Ok(plain)
+/// An opened sealed answer: how the request ended, as the enclave said, and the digest of the model that
+/// answered.
+pub struct OpenedAnswer {
+    buf: Zeroizing<Vec<u8>>,
+    range: std::ops::Range<usize>,
+    /// The enclave's outcome: the answer, or its (authenticated) error.
+    pub outcome: Outcome,
+    /// The SHA-384 of the model that answered (the one the request was sealed for).
+    pub model_sha384: [u8; 48],
+}
+
+impl std::fmt::Debug for OpenedAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedAnswer").field("outcome", &self.outcome).field("len", &self.range.len()).finish()
     }
 }
 
-/// Encrypts a model file under a fresh data key of `key_id` (streamed, chunk by chunk), writing `output`
-/// atomically. `progress` prints a line every 10% for large files.
+impl OpenedAnswer {
+    /// The answer's body (a v2 response), empty for an error.
+    pub fn body(&self) -> &[u8] {
+        &self.buf[self.range.clone()]
+    }
+}
+
+/// A v2 answer the enclave authenticated: the body and the digest of the model that answered.
+#[derive(Debug)]
+pub struct Answer {
+    opened: OpenedAnswer,
+}
+
+impl Answer {
+    /// The v2 response (JSON).
+    pub fn body(&self) -> &[u8] {
+        self.opened.body()
+    }
+
+    /// The SHA-384 of the model that answered.
+    pub fn model_sha384(&self) -> &[u8; 48] {
+        &self.opened.model_sha384
+    }
+}
+
+impl Client {
+    /// Sends one v2 request (JSON) sealed under `session`'s data key for `model` (its name and the SHA-384
+    /// the caller expects: from a verified attestation document, a policy, or the model's publisher), and
+    /// returns the enclave's authenticated answer. The plaintext never leaves this process unsealed.
+    ///
+    /// An enclave that loaded any other model cannot open the request. The enclave's refusals once it held
+    /// the data key come back sealed, and are [`ClientError::Enclave`]; anything else the parent answers is
+    /// [`ClientError::Unauthenticated`].
+    pub async fn infer(&self, session: &mut Session, model: &ModelRef, body: &[u8]) -> Result<Answer, ClientError> {
+        let (wire, call) =
+            session.seal(model, body, RequestMeta::default()).await.map_err(|e| ClientError::Kms(e.to_string()))?;
+        let sealed = self.post_sealed(&model.name, wire).await?;
+        let opened =
+            session.open(&call, sealed).map_err(|e| ClientError::Kms(format!("cannot open the answer: {e}")))?;
+        match &opened.outcome {
+            Outcome::Answer { .. } => Ok(Answer { opened }),
+            Outcome::Error(e) => {
+                Err(ClientError::Enclave { kind: e.kind, message: e.message.clone(), retry_after: e.retry_after_secs })
+            }
+        }
+    }
+}
+
+/// Encrypts a model file for the model `name` under a fresh data key of `key_id` (streamed, chunk by
+/// chunk), writing `output` atomically. `progress` prints a line every 10% for large files. Returns the
+/// plaintext's length and the key's ARN (what the enclave's configuration must name).
+#[allow(clippy::too_many_arguments)] // the operator's choices, each of them
 pub async fn encrypt_model_file(
     kms: &aws_sdk_kms::Client,
+    name: &str,
     key_id: &str,
     context: BTreeMap<String, String>,
     input: &std::path::Path,
     output: &std::path::Path,
     chunk_size: u32,
     progress: bool,
-) -> Result<u64, KmsError> {
+) -> Result<(u64, String), KmsError> {
     use std::io::{Read, Write};
     use veil_protocol::model_file::ModelSealer;
     let io =
@@ -255,7 +310,11 @@ pub async fn encrypt_model_file(
         .map_err(|e| KmsError::GenerateDataKey(aws_sdk_kms::error::DisplayErrorContext(e).to_string()))?;
     let plaintext = Zeroizing::new(out.plaintext().ok_or(KmsError::Incomplete("Plaintext"))?.as_ref().to_vec());
     let encrypted = out.ciphertext_blob().map(Blob::as_ref).ok_or(KmsError::Incomplete("CiphertextBlob"))?.to_vec();
-    let (mut sealer, start) = ModelSealer::new(&plaintext, key_id, &encrypted, context, len, chunk_size)?;
+    // The ARN KMS answers with, not the alias or id the operator typed: the enclave's configuration names
+    // the ARN, and compares.
+    let key_arn = out.key_id().ok_or(KmsError::Incomplete("KeyId"))?.to_owned();
+    let (mut sealer, start) =
+        ModelSealer::new(&plaintext, name, &key_arn, &encrypted, context, len, chunk_size, &SystemRandom::new())?;
     drop(plaintext);
     let tmp = output.with_extension("partial");
     let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| io("cannot create", &tmp, e))?);
@@ -280,5 +339,5 @@ pub async fn encrypt_model_file(
     w.flush().map_err(werr)?;
     w.into_inner().map_err(|e| werr(e.into_error()))?.sync_all().map_err(werr)?;
     std::fs::rename(&tmp, output).map_err(|e| io("cannot write", output, e))?;
-    Ok(len)
+    Ok((len, key_arn))
 }

@@ -13,11 +13,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::error::EnclaveError;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynMapValueType, DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
 use serde_json::{Map, Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use veil_protocol::message::{ErrorKind, ErrorReply};
 use veil_protocol::v2::{self, Datatype, InferenceResponse, ModelMetadata, Tensor, TensorData, TensorMetadata};
 
 /// How an input must look.
@@ -91,12 +91,12 @@ fn datatype_of(ty: TensorElementType) -> Option<Datatype> {
     })
 }
 
-fn bad(msg: impl Into<String>) -> ErrorReply {
-    ErrorReply::new(ErrorKind::BadRequest, msg)
+fn bad(msg: impl Into<String>) -> EnclaveError {
+    EnclaveError::BadRequest(msg.into())
 }
 
-fn internal(msg: impl Into<String>) -> ErrorReply {
-    ErrorReply::new(ErrorKind::Internal, msg)
+fn internal(msg: impl Into<String>) -> EnclaveError {
+    EnclaveError::Internal(msg.into())
 }
 
 impl Model {
@@ -229,21 +229,24 @@ impl Model {
 
     /// Waits (asynchronously, holding no thread) until a session is free. Whoever holds the permit may call
     /// [`Model::infer_blocking`] and is sure to find an idle session.
-    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, ErrorReply> {
+    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, EnclaveError> {
         Arc::clone(&self.permits).acquire_owned().await.map_err(|_| internal("model is shutting down"))
     }
 
-    /// Runs one v2 request (JSON) and returns the v2 response (JSON).
+    /// Runs one v2 request (JSON) and returns the v2 response (JSON): for in-process benchmarks and tests.
+    /// The enclave's request path calls [`Model::infer_blocking`] itself, writing into the buffer the
+    /// sealed answer is sent from.
     ///
     /// Waits for a free session without blocking the runtime, then runs ONNX Runtime on the blocking pool.
-    pub async fn infer(self: &Arc<Self>, body: Vec<u8>) -> Result<Vec<u8>, ErrorReply> {
+    pub async fn infer(self: &Arc<Self>, body: Vec<u8>) -> Result<Vec<u8>, EnclaveError> {
         let permit = self.acquire().await?;
         let model = Arc::clone(self);
         let result = tokio::task::spawn_blocking(move || {
             let mut body = body;
-            let out = model.infer_blocking(&body);
+            let mut out = Vec::new();
+            let result = model.infer_blocking(&body, &mut out).map(|()| out);
             zeroize::Zeroize::zeroize(&mut body);
-            out
+            result
         })
         .await
         .map_err(|_| internal("inference task failed"))?;
@@ -251,8 +254,9 @@ impl Model {
         result
     }
 
-    /// The synchronous core of [`Model::infer`]: parse, check, run, convert.
-    pub fn infer_blocking(&self, body: &[u8]) -> Result<Vec<u8>, ErrorReply> {
+    /// The synchronous core of inference: parse, check, run, convert; the v2 response (JSON) is appended
+    /// to `out`.
+    pub fn infer_blocking(&self, body: &[u8], out: &mut Vec<u8>) -> Result<(), EnclaveError> {
         let request = v2::parse_request(body).map_err(|e| bad(e.0))?;
         let model_inputs = || self.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ");
         for given in &request.inputs {
@@ -330,20 +334,20 @@ impl Model {
                     .ok_or_else(|| internal(format!("ONNX Runtime returned no output {:?}", spec.name)))?;
                 tensors.push(from_ort(spec, value)?);
             }
-            Ok::<_, ErrorReply>(tensors)
+            Ok::<_, EnclaveError>(tensors)
         })();
         self.return_session(session);
         let outputs = result?;
         let response =
             InferenceResponse { model_name: self.name.clone(), model_version: None, id: request.id, outputs };
-        serde_json::to_vec(&response).map_err(|e| internal(format!("could not encode the response: {e}")))
+        serde_json::to_writer(out, &response).map_err(|e| internal(format!("could not encode the response: {e}")))
     }
 
-    fn take_session(&self) -> Result<Session, ErrorReply> {
+    fn take_session(&self) -> Result<Session, EnclaveError> {
         // The semaphore guarantees an idle session exists for each holder of a permit; `infer_blocking`
         // called directly (benchmarks, tests) without a permit may find none and says so.
         let mut idle = self.sessions.lock().map_err(|_| internal("session pool poisoned"))?;
-        idle.pop().ok_or_else(|| ErrorReply::new(ErrorKind::Unavailable, "all sessions are busy"))
+        idle.pop().ok_or(EnclaveError::Overloaded("all sessions are busy"))
     }
 
     fn return_session(&self, session: Session) {
@@ -362,7 +366,7 @@ fn format_shape(shape: &[i64]) -> String {
     format!("[{}]", dims.join(", "))
 }
 
-fn to_ort(t: Tensor) -> Result<SessionInputValue<'static>, ErrorReply> {
+fn to_ort(t: Tensor) -> Result<SessionInputValue<'static>, EnclaveError> {
     let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
     let name = t.name;
     fn mk<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
@@ -387,7 +391,7 @@ fn to_ort(t: Tensor) -> Result<SessionInputValue<'static>, ErrorReply> {
     made.map_err(|e| bad(format!("input {name:?}: {e}")))
 }
 
-fn from_ort(spec: &OutputSpec, value: &DynValue) -> Result<Tensor, ErrorReply> {
+fn from_ort(spec: &OutputSpec, value: &DynValue) -> Result<Tensor, EnclaveError> {
     let fail = |e: ort::Error| internal(format!("output {:?}: {e}", spec.name));
     match &spec.kind {
         OutputKind::Tensor(dt) => {

@@ -211,7 +211,7 @@ fn mock_nsm(dir: &Path) -> Arc<dyn Nsm> {
 
 fn config(kms: &FakeKms, max_attempts: u32, timeout_secs: u64) -> KmsConfig {
     KmsConfig {
-        region: Some("eu-west-1".into()),
+        region: "eu-west-1".into(),
         endpoint: Some(format!("localhost:{}", kms.port)),
         ca_file: Some(kms.ca_pem.clone()),
         timeout_secs,
@@ -321,7 +321,7 @@ async fn a_policy_denial_is_a_clear_error_without_retries() {
     let err = s.client.decrypt_data_key(b"blob", &context(), None).await.unwrap_err();
     assert!(matches!(err, KmsError::Refused(_)), "{err:?}");
     assert_eq!(err.to_string(), format!("KMS refused the key: {msg}"));
-    assert_eq!(err.kind(), ErrorKind::BadRequest);
+    assert_eq!(err.kind(), ErrorKind::Forbidden);
     assert_eq!(s.kms.requests.lock().unwrap().len(), 1, "a denial is not retried");
 }
 
@@ -406,7 +406,7 @@ impl Nsm for NotMock {
 async fn configuration_is_checked() {
     let addr: Address = "tcp://127.0.0.1:1".parse().unwrap();
     let with = |region: Option<&str>, endpoint: Option<&str>, ca: Option<&str>| KmsConfig {
-        region: region.map(str::to_owned),
+        region: region.unwrap_or("").to_owned(),
         endpoint: endpoint.map(str::to_owned),
         ca_file: ca.map(PathBuf::from),
         timeout_secs: 5,
@@ -418,8 +418,8 @@ async fn configuration_is_checked() {
     };
     // The mock KMS's CA is refused with a real NSM, whatever the file holds.
     let e = fails(with(Some("eu-west-1"), None, Some("/nonexistent.pem")), Arc::clone(&nsm));
-    assert!(e.contains("--kms-ca is for the mock KMS off hardware only"), "{e}");
-    assert!(fails(with(None, None, None), Arc::clone(&nsm)).contains("--kms-region"));
+    assert!(e.contains("an extra KMS CA is for the mock KMS"), "{e}");
+    assert!(fails(with(None, None, None), Arc::clone(&nsm)).contains("not an AWS region"));
     assert!(fails(with(Some("eu west 1"), None, None), Arc::clone(&nsm)).contains("not an AWS region"));
     assert!(fails(with(Some("eu-west-1"), Some("kms.example.com"), None), Arc::clone(&nsm)).contains("HOST:PORT"));
     // Defaults: the regional endpoint on 443.

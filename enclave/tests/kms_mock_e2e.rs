@@ -100,7 +100,7 @@ async fn stack(policy_pcr0: Option<&str>) -> Stack {
     ));
 
     let config = KmsConfig {
-        region: Some(kms.region.clone()),
+        region: kms.region.clone(),
         endpoint: Some(endpoint),
         ca_file: Some(kms.ca_file.clone()),
         timeout_secs: 10,

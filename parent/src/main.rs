@@ -138,11 +138,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     tracing::info!(http = %url, enclave = %args.enclave, host_services = %host_bound, models = ?model_names, "veil-parent listening");
     if let Some(path) = &args.ready_file {
-        let ready =
-            serde_json::json!({ "url": url, "listen": http_bound.to_string(), "host_listen": host_bound.to_string() });
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&ready)?)?;
-        std::fs::rename(&tmp, path)?;
+        let ready = veil_runtime::ready::ParentReady {
+            url: url.clone(),
+            listen: http_bound.to_string(),
+            host_listen: host_bound.to_string(),
+        };
+        veil_runtime::ready::write(path, &ready)?;
     }
     let app = router(state, args.max_body_bytes);
     axum::serve(HttpListener(http_listener), app)

@@ -11,6 +11,8 @@
 //! - [`message`]: the versioned CBOR messages exchanged between parent and enclave.
 //! - [`v2`]: Open Inference Protocol (KServe v2) tensors as JSON.
 //! - [`envelope`]: the KMS envelope (AES-256-GCM under HKDF-derived keys) sealing requests and answers.
+//! - [`pad`]: size buckets for sealed plaintexts, so ciphertext lengths reveal a bucket, not a length.
+//! - [`random`]: the random source sealing takes as a parameter (fixed in known-answer tests).
 //! - [`model_file`]: encrypted model files, in independently authenticated chunks (streamed).
 //! - [`attestation`]: the fail-closed verifier of Nitro attestation documents, and the commitment.
 #![forbid(unsafe_code)]
@@ -22,4 +24,6 @@ pub mod error;
 pub mod frame;
 pub mod message;
 pub mod model_file;
+pub mod pad;
+pub mod random;
 pub mod v2;

@@ -6,12 +6,17 @@
 //! chunk. Reordering, dropping, duplicating or truncating chunks, or swapping a header, fails to decrypt.
 //!
 //! ```text
-//! "VEILMDL1" ‖ u32 header length ‖ header (CBOR) ‖ chunk 0 ‖ chunk 1 ‖ … ‖ chunk n-1
-//! header = {"v": 1, "key_id": tstr, "encrypted_data_key": bstr, "encryption_context": {tstr: tstr},
+//! "VEILMDL2" ‖ u32 header length ‖ header (CBOR) ‖ chunk 0 ‖ chunk 1 ‖ … ‖ chunk n-1
+//! header = {"v": 2, "name": tstr, "key_id": tstr, "encrypted_data_key": bstr, "encryption_context": {tstr: tstr},
 //!           "file_id": bstr .size 16, "chunk_size": uint, "plaintext_len": uint}
-//! key    = HKDF-SHA256(salt = "veil/v1 model", ikm = data key, info = SHA-256(header))
+//! key    = HKDF-SHA256(salt = "veil/v2 model", ikm = data key, info = SHA-256(header))
 //! chunk i = AES-256-GCM(key, nonce = 0u32 ‖ u64 i, plaintext[i], aad = SHA-256(header) ‖ u64 i ‖ u8 last)
 //! ```
+//!
+//! The header names the model the file holds, and the key covers the header, so a file served under
+//! another name does not open: the enclave checks the name against its configuration before asking KMS for
+//! the key, and a header edited to pass that check no longer matches the key the chunks were sealed under.
+//! Every size computed from a (hostile) header uses checked arithmetic.
 //!
 //! Pure: [`ModelSealer`] and [`ModelOpener`] work on byte slices handed to them chunk by chunk; the caller
 //! does the I/O and asks KMS for the data key.
@@ -25,9 +30,13 @@ use serde_bytes::ByteBuf;
 use zeroize::Zeroizing;
 
 use crate::envelope::{DATA_KEY_LEN, EnvelopeError, MAX_ENCRYPTED_DATA_KEY, MAX_KEY_ID};
+use crate::message::is_valid_model_name;
+use crate::random::{self, RandomSource};
 
 /// The file's first bytes.
-pub const MAGIC: &[u8; 8] = b"VEILMDL1";
+pub const MAGIC: &[u8; 8] = b"VEILMDL2";
+/// The header format version.
+pub const MODEL_FILE_VERSION: u16 = 2;
 /// Default plaintext bytes per chunk.
 pub const DEFAULT_CHUNK: u32 = 1 << 20;
 /// Largest chunk size accepted (bounds the memory one chunk needs).
@@ -40,6 +49,8 @@ const TAG: usize = 16;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelHeader {
     pub v: u16,
+    /// The model's name: the enclave serves this file only under this name.
+    pub name: String,
     pub key_id: String,
     pub encrypted_data_key: ByteBuf,
     pub encryption_context: BTreeMap<String, String>,
@@ -60,19 +71,30 @@ fn err(msg: impl Into<String>) -> EnvelopeError {
 }
 
 impl ModelHeader {
-    /// Number of chunks the file holds (an empty model is one empty chunk).
+    /// Number of chunks the file holds (an empty model is one empty chunk). `chunk_size` is never zero in a
+    /// checked header.
     pub fn chunks(&self) -> u64 {
-        self.plaintext_len.div_ceil(u64::from(self.chunk_size)).max(1)
+        self.plaintext_len.div_ceil(u64::from(self.chunk_size.max(1))).max(1)
     }
 
-    /// Size of the whole encrypted file, header included.
-    pub fn file_len(&self, header_len: usize) -> u64 {
-        (MAGIC.len() + 4 + header_len) as u64 + self.plaintext_len + self.chunks() * TAG as u64
+    /// Size of the whole encrypted file, header included, or `None` when a hostile header's sizes overflow.
+    pub fn file_len(&self, header_len: usize) -> Option<u64> {
+        let head = u64::try_from(MAGIC.len() + 4).ok()?.checked_add(u64::try_from(header_len).ok()?)?;
+        head.checked_add(self.plaintext_len)?.checked_add(self.chunks().checked_mul(TAG as u64)?)
+    }
+
+    /// Plaintext bytes in the last chunk (at most `chunk_size`).
+    fn last_chunk_len(&self) -> usize {
+        let before = (self.chunks() - 1).saturating_mul(u64::from(self.chunk_size));
+        self.plaintext_len.saturating_sub(before) as usize
     }
 
     fn check(&self) -> Result<(), EnvelopeError> {
-        if self.v != 1 {
-            return Err(EnvelopeError::Version(self.v));
+        if self.v != MODEL_FILE_VERSION {
+            return Err(EnvelopeError::Version(u64::from(self.v)));
+        }
+        if !is_valid_model_name(&self.name) {
+            return Err(err("model header: the name is not a valid model name"));
         }
         if self.key_id.is_empty() || self.key_id.len() > MAX_KEY_ID {
             return Err(err("model header: bad key_id length"));
@@ -133,19 +155,21 @@ impl std::fmt::Debug for ModelSealer {
 impl ModelSealer {
     /// Starts a file for a model of `plaintext_len` bytes; returns the sealer and the file's first bytes
     /// (magic, header length, header).
+    #[allow(clippy::too_many_arguments)] // each is a field of the header; a struct would only rename them
     pub fn new(
         data_key: &[u8],
+        name: &str,
         key_id: &str,
         encrypted_data_key: &[u8],
         encryption_context: BTreeMap<String, String>,
         plaintext_len: u64,
         chunk_size: u32,
+        rng: &dyn RandomSource,
     ) -> Result<(ModelSealer, Vec<u8>), EnvelopeError> {
-        use ring::rand::SecureRandom;
-        let mut file_id = [0u8; 16];
-        ring::rand::SystemRandom::new().fill(&mut file_id).map_err(|_| EnvelopeError::Random)?;
+        let file_id = random::array::<16>(rng)?;
         let header = ModelHeader {
-            v: 1,
+            v: MODEL_FILE_VERSION,
+            name: name.to_owned(),
             key_id: key_id.to_owned(),
             encrypted_data_key: ByteBuf::from(encrypted_data_key.to_vec()),
             encryption_context,
@@ -175,11 +199,7 @@ impl ModelSealer {
             return Err(err("more chunks than the header announced"));
         }
         let last = self.next + 1 == chunks;
-        let want = if last {
-            (self.header.plaintext_len - self.next * u64::from(self.header.chunk_size)) as usize
-        } else {
-            self.chunk_size()
-        };
+        let want = if last { self.header.last_chunk_len() } else { self.chunk_size() };
         if plaintext.len() != want {
             return Err(err(format!("chunk {} must be {want} bytes, got {}", self.next, plaintext.len())));
         }
@@ -200,6 +220,9 @@ pub fn read_header(start: &[u8]) -> Result<Option<(ModelHeader, usize)>, Envelop
         return Ok(None);
     }
     if &start[..MAGIC.len()] != MAGIC {
+        if start.starts_with(b"VEILMDL1") {
+            return Err(err("the file uses the retired format VEILMDL1: encrypt the model again with this version"));
+        }
         return Err(err("not an encrypted Veil model (bad magic)"));
     }
     let mut len = [0u8; 4];
@@ -255,12 +278,9 @@ impl ModelOpener {
         if self.next >= chunks {
             return None;
         }
-        let plain = if self.next + 1 == chunks {
-            self.header.plaintext_len - self.next * u64::from(self.header.chunk_size)
-        } else {
-            u64::from(self.header.chunk_size)
-        };
-        Some(plain as usize + TAG)
+        let plain =
+            if self.next + 1 == chunks { self.header.last_chunk_len() } else { self.header.chunk_size as usize };
+        Some(plain + TAG)
     }
 
     /// Decrypts the next chunk in place and returns its plaintext part.
@@ -300,8 +320,9 @@ mod tests {
     use super::*;
 
     fn seal_all(plain: &[u8], chunk: u32) -> Vec<u8> {
+        let rng = crate::random::SystemRandom::new();
         let (mut s, mut out) =
-            ModelSealer::new(&[9; 32], "k", b"edk", BTreeMap::new(), plain.len() as u64, chunk).unwrap();
+            ModelSealer::new(&[9; 32], "m", "k", b"edk", BTreeMap::new(), plain.len() as u64, chunk, &rng).unwrap();
         let mut chunks: Vec<&[u8]> = plain.chunks(chunk as usize).collect();
         if chunks.is_empty() {
             chunks.push(&[]);
@@ -337,7 +358,8 @@ mod tests {
             assert_eq!(back, plain, "len {len}");
             assert_eq!(&sha[..], digest::digest(&digest::SHA384, &plain).as_ref());
             let (h, end) = read_header(&file).unwrap().unwrap();
-            assert_eq!(h.file_len(end - 12), file.len() as u64);
+            assert_eq!(h.file_len(end - 12), Some(file.len() as u64));
+            assert_eq!(h.name, "m");
         }
     }
 
@@ -361,6 +383,30 @@ mod tests {
         assert!(open_all(&file[..file.len() - c], &[9; 32]).is_err());
         assert_eq!(open_all(&file, &[8; 32]).unwrap_err(), EnvelopeError::Decrypt);
         assert!(read_header(b"NOTAVEIL\0\0\0\x01x").unwrap_err().to_string().contains("bad magic"));
-        assert!(read_header(b"VEILMDL1\xff\xff\xff\xff").unwrap_err().to_string().contains("header length"));
+        assert!(read_header(b"VEILMDL2\xff\xff\xff\xff").unwrap_err().to_string().contains("header length"));
+    }
+}
+
+#[cfg(test)]
+mod regression {
+    use super::*;
+
+    /// Finding 8 of the security review: a hostile header's `plaintext_len` overflowed `file_len` (a panic
+    /// in debug builds, a silent wrap in release).
+    #[test]
+    fn finding_8_a_hostile_header_cannot_overflow_the_file_length() {
+        let header = ModelHeader {
+            v: MODEL_FILE_VERSION,
+            name: "m".into(),
+            key_id: "k".into(),
+            encrypted_data_key: ByteBuf::from(vec![1]),
+            encryption_context: BTreeMap::new(),
+            file_id: ByteBuf::from(vec![0; 16]),
+            chunk_size: 1,
+            plaintext_len: u64::MAX,
+        };
+        assert_eq!(header.file_len(100), None);
+        let header = ModelHeader { chunk_size: MAX_CHUNK, plaintext_len: u64::MAX - 5, ..header };
+        assert_eq!(header.file_len(100), None);
     }
 }

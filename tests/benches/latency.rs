@@ -141,11 +141,19 @@ fn with_client<T>(base: &str, f: impl FnOnce(&tokio::runtime::Runtime, &veil_cli
     })
 }
 
-/// An HTTP target measured through the real client library.
+thread_local! {
+    /// Each load thread's plain keep-alive client for the Python baseline, with its runtime.
+    static PLAIN: (tokio::runtime::Runtime, veil_tests::PlainHttp) = (
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+        veil_tests::PlainHttp::default(),
+    );
+}
+
+/// A plaintext HTTP target that is not Veil (the Python baseline): a keep-alive client per thread.
 fn http_target(base: &str, path: String, body: Vec<u8>) -> impl Fn() + Sync {
-    let base = base.to_owned();
+    let url = format!("{base}{path}");
     move || {
-        let out = with_client(&base, |rt, client| rt.block_on(client.post(&path, &body))).expect("http request");
+        let out = PLAIN.with(|(rt, http)| rt.block_on(http.post(&url, body.clone()))).expect("http request");
         assert!(!out.is_empty());
     }
 }
@@ -164,13 +172,13 @@ fn sealed_target<'a>(stack: &'a Stack, model: &'a str, body: Vec<u8>) -> impl Fn
                     Some(s) => s,
                     None => stack.session(BTreeMap::new()).await.expect("session"),
                 };
-                let out = client.infer_sealed(&mut session, model, &body).await;
+                let out = client.infer(&mut session, &stack.model_ref(model), &body).await;
                 SESSIONS.with(|s| s.borrow_mut().insert(stack.url.clone(), session));
                 out
             })
         })
         .expect("sealed request");
-        assert!(!out.is_empty());
+        assert!(!out.body().is_empty());
     }
 }
 
@@ -204,7 +212,7 @@ fn enclave_target<'a>(stack: &'a Stack, model: &'a str, body: Vec<u8>) -> impl F
         let msg = veil_protocol::message::decode::<veil_protocol::message::EnclaveResponse>(&answer).unwrap();
         match msg.body {
             veil_protocol::message::EnclaveResponse::Infer => {
-                stack.open(model, &tag, &answer[msg.attachment]).unwrap();
+                stack.open(&tag, &answer[msg.attachment]).unwrap();
             }
             other => panic!("{other:?}"),
         }

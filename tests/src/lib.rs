@@ -1,19 +1,25 @@
 //! Test kit for Veil's end-to-end tests and benchmarks.
 //!
-//! [`Stack`] starts the real `veil-parent` and `veil-enclave` binaries as child processes on real sockets
-//! (TCP or Unix; these machines have no vsock loopback), waits until every model is loaded, and kills
-//! both when dropped. Each stack lives in its own temporary directory and binds port 0 where it can, so
-//! tests run in parallel without colliding.
+//! [`Stack`] starts the stack `veil dev` runs (through the same builder, [`veil_client::devstack`]): the
+//! mock KMS, the real `veil-parent` and `veil-enclave` binaries as child processes on real sockets (TCP or
+//! Unix; these machines have no vsock loopback), encrypted models and the enclave's configuration file;
+//! waits until every model is loaded, and kills everything when dropped. Each stack lives in its own
+//! temporary directory and binds port 0 where it can, so tests run in parallel without colliding.
 //!
 //! The binaries are found next to the test executable's `target/<profile>/` directory: run
 //! `cargo build --workspace --bins` first (scripts/test.sh does). ONNX Runtime and the sample models come
 //! from the scripts/setup.sh cache (`ORT_DYLIB_PATH`, `VEIL_MODELS_DIR`, or `~/.cache/veil`).
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use aws_sdk_kms::types::DataKeySpec;
 use serde_json::Value;
+use veil_client::devstack::{self, MockKms};
+use veil_protocol::envelope::{DataKey, ModelRef, Outcome, RequestMeta, RequestTag, Sealer};
+use veil_protocol::random::SystemRandom;
 
 /// The cache directory scripts/setup.sh fills.
 pub fn cache_dir() -> PathBuf {
@@ -78,20 +84,16 @@ pub enum Transport {
     Unix,
 }
 
-/// A running parent and enclave.
+/// A running stack: the one `veil dev` runs ([`veil_client::devstack`]), with the test kit's helpers.
 #[derive(Debug)]
 pub struct Stack {
     pub url: String,
     pub enclave_addr: String,
     pub host_addr: String,
+    /// The mock KMS and the key the stack set up.
+    pub kms: MockKms,
     pub dir: tempfile::TempDir,
-    parent: Option<Child>,
-    enclave: Option<Child>,
-    models: Vec<String>,
-    enclave_args: Vec<String>,
-    /// The mock KMS set-up, for `kms` stacks.
-    pub kms: Option<KmsInfo>,
-    kms_child: Option<Child>,
+    inner: devstack::Stack,
     recording: Recording,
     data_key: std::sync::Mutex<Option<(Vec<u8>, Vec<u8>)>>,
 }
@@ -103,11 +105,10 @@ pub struct StackOptions {
     pub models: Vec<String>,
     pub parent_args: Vec<String>,
     pub enclave_args: Vec<String>,
+    /// Lines appended to the enclave's configuration file (a `[limits]` table, say).
+    pub enclave_config: String,
     /// Start the enclave too (false: a parent whose enclave is down).
     pub start_enclave: bool,
-    /// Kept for readability at call sites: every stack is confidential (a mock KMS, a key whose policy
-    /// releases data keys only to this enclave binary's mock PCRs, sealed requests only).
-    pub kms: bool,
     /// Put recording proxies on both of the parent's links with the enclave (client traffic and host
     /// services, which carry the KMS relay): see [`Stack::recorded`].
     pub record: bool,
@@ -120,104 +121,16 @@ impl StackOptions {
             models: models.iter().map(|s| s.to_string()).collect(),
             parent_args: vec![],
             enclave_args: vec![],
+            enclave_config: String::new(),
             start_enclave: true,
-            kms: true,
             record: false,
         }
     }
-
-    /// The confidential set-up (see [`StackOptions::kms`]).
-    pub fn with_kms(mut self) -> Self {
-        self.kms = true;
-        self
-    }
-}
-
-/// What a KMS stack set up in the mock KMS.
-#[derive(Debug, Clone)]
-pub struct KmsInfo {
-    pub endpoint: String,
-    pub host_port: String,
-    pub ca_file: PathBuf,
-    pub region: String,
-    pub key_id: String,
-    pub state_dir: PathBuf,
-    pub measurements_file: PathBuf,
-    pub attestation_root: PathBuf,
-    pub log: PathBuf,
 }
 
 /// Credentials of the test stacks (the mock KMS checks their shape, not the secret).
 pub const TEST_ACCESS_KEY: &str = "AKIAVEILTESTSTACK000";
 pub const TEST_SECRET_KEY: &str = "veil-test-secret";
-
-impl KmsInfo {
-    /// A KMS client configuration for this mock KMS.
-    pub fn client_config(&self) -> veil_client::kms::KmsConfig {
-        veil_client::kms::KmsConfig {
-            region: Some(self.region.clone()),
-            endpoint_url: Some(self.endpoint.clone()),
-            ca_pem: std::fs::read(&self.ca_file).ok(),
-            static_credentials: Some((TEST_ACCESS_KEY.into(), TEST_SECRET_KEY.into())),
-        }
-    }
-
-    /// An SDK client for this mock KMS.
-    pub async fn client(&self) -> anyhow::Result<aws_sdk_kms::Client> {
-        Ok(veil_client::kms::kms_client(&self.client_config()).await?)
-    }
-
-    /// Puts a key policy from `measurements` (nitro-cli JSON) on the key.
-    pub async fn put_policy_from(&self, measurements: &Path) -> anyhow::Result<()> {
-        let policy = veil_client::cli::kms::build_policy(&veil_client::cli::kms::PolicyArgs {
-            measurements: measurements.to_path_buf(),
-            also: vec![],
-            account: "111122223333".into(),
-            enclave_role: "arn:aws:iam::111122223333:role/veil-test-parent".into(),
-            clients: vec!["arn:aws:iam::111122223333:role/veil-test-client".into()],
-            admin: None,
-            pcrs: vec![],
-            allow_debug: false,
-            output: None,
-        })?;
-        self.client()
-            .await?
-            .put_key_policy()
-            .key_id(&self.key_id)
-            .policy_name("default")
-            .policy(policy.to_string())
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("PutKeyPolicy: {}", aws_sdk_kms::error::DisplayErrorContext(e)))?;
-        Ok(())
-    }
-
-    /// Starts the mock KMS process (again) on its endpoint's port and state dir.
-    pub fn spawn(&self) -> anyhow::Result<Child> {
-        Ok(self.spawn_on(&self.host_port)?.0)
-    }
-
-    /// Starts the mock KMS listening on `host_port` (port 0: any free port); returns the process and the
-    /// endpoint it reports.
-    fn spawn_on(&self, host_port: &str) -> anyhow::Result<(Child, String)> {
-        let ready = self.state_dir.with_extension("ready.json");
-        let _ = std::fs::remove_file(&ready);
-        let args = vec![
-            "--listen".to_owned(),
-            format!("tcp://{host_port}"),
-            "--state-dir".to_owned(),
-            self.state_dir.display().to_string(),
-            "--attestation-root".to_owned(),
-            self.attestation_root.display().to_string(),
-            "--ready-file".to_owned(),
-            ready.display().to_string(),
-        ];
-        let mut child = spawn(&bin("veil-mock-kms")?, &args, &self.log, &[])?;
-        let info = wait_file(&ready, &mut child, "veil-mock-kms", &self.log)?;
-        let endpoint = info["endpoint"].as_str().context("mock KMS ready file: no endpoint")?.to_owned();
-        Ok((child, endpoint))
-    }
-}
 
 /// Bytes seen by a recording proxy, both directions.
 pub type Recording = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
@@ -271,176 +184,88 @@ fn recording_proxy(listen: PathBuf, target: String, recording: Recording) -> any
 
 /// A free TCP port on 127.0.0.1 (bound then released: fine on a quiet loopback).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    devstack::free_port()
 }
 
-fn wait_file(path: &Path, child: &mut Child, what: &str, log: &Path) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(bytes) = std::fs::read(path) {
-            return Ok(serde_json::from_slice(&bytes)?);
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("{what} exited ({status}): {}", std::fs::read_to_string(log).unwrap_or_default());
-        }
-        if Instant::now() > deadline {
-            bail!("{what} did not start within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// What a sealed request came back as: the enclave's outcome (authenticated), or the parent's word.
+#[derive(Debug)]
+pub enum Reply {
+    /// The enclave's sealed outcome, opened: the answer's JSON, or its error.
+    Sealed { outcome: Outcome, body: Vec<u8>, model_sha384: [u8; 48] },
+    /// The parent answered an error (not authenticated).
+    Clear { status: u16, body: Value },
 }
 
 impl Stack {
-    /// Starts a parent and (unless told not to) an enclave serving `options.models`.
+    /// Starts a parent and (unless told not to) an enclave serving `options.models`, through the same
+    /// builder as `veil dev`: mock KMS, a key whose policy names this enclave binary's mock PCRs, encrypted
+    /// models, the enclave's configuration file.
     pub fn start(options: StackOptions) -> anyhow::Result<Stack> {
         let dir = tempfile::Builder::new().prefix("veil-test-").tempdir()?;
-        let (enclave_addr, host_addr) = match options.transport {
-            Transport::Tcp => {
-                (format!("tcp://127.0.0.1:{}", free_port()?), format!("tcp://127.0.0.1:{}", free_port()?))
-            }
-            Transport::Unix => (
-                format!("unix://{}", dir.path().join("enclave.sock").display()),
-                format!("unix://{}", dir.path().join("host.sock").display()),
-            ),
+        let mut models = Vec::new();
+        for m in &options.models {
+            models.push((m.clone(), model_path(m)?));
+        }
+        let bin_dir = bin("veil-enclave")?.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut o = devstack::Options::new(dir.path().to_path_buf(), bin_dir, ort_dylib()?, models);
+        o.link = match options.transport {
+            Transport::Tcp => devstack::Link::Tcp,
+            Transport::Unix => devstack::Link::Unix,
         };
+        o.parent_args = options.parent_args.clone();
+        o.enclave_args = options.enclave_args.clone();
+        o.extra_config = options.enclave_config.clone();
+        o.start_enclave = options.start_enclave;
+        o.access_key = TEST_ACCESS_KEY.into();
+        o.secret_key = TEST_SECRET_KEY.into();
         let recording: Recording = Default::default();
-        // With recording, the parent dials the enclave through a proxy, and the enclave dials the parent's
-        // host services through another: every byte the parent exchanges with the enclave is recorded.
-        let (parent_enclave_addr, enclave_host_addr) = if options.record {
+        if options.record {
+            // The parent dials the enclave through a proxy, and the enclave dials the parent's host services
+            // through another: every byte the parent exchanges with the enclave is recorded.
             anyhow::ensure!(options.transport == Transport::Unix, "recording proxies are Unix-socket only");
             let to_enclave = dir.path().join("rec-enclave.sock");
             let to_host = dir.path().join("rec-host.sock");
-            recording_proxy(to_enclave.clone(), enclave_addr.clone(), recording.clone())?;
-            recording_proxy(to_host.clone(), host_addr.clone(), recording.clone())?;
-            (format!("unix://{}", to_enclave.display()), format!("unix://{}", to_host.display()))
-        } else {
-            (enclave_addr.clone(), host_addr.clone())
-        };
-        let mock_root_dir = dir.path().join("mock-nsm");
-        let (kms, kms_child) = Self::start_kms(dir.path(), &mock_root_dir).map(|(i, c)| (Some(i), Some(c)))?;
-        let mut parent_args = vec![
-            "--listen".to_owned(),
-            "tcp://127.0.0.1:0".to_owned(),
-            "--enclave".to_owned(),
-            parent_enclave_addr,
-            "--host-listen".to_owned(),
-            host_addr.clone(),
-            "--ready-file".to_owned(),
-            dir.path().join("parent.ready").display().to_string(),
-        ];
-        for m in &options.models {
-            parent_args.push("--model".into());
-            parent_args.push(format!("{m}={}", model_path(m)?.display()));
+            recording_proxy(
+                to_enclave.clone(),
+                format!("unix://{}", dir.path().join("enclave.sock").display()),
+                recording.clone(),
+            )?;
+            recording_proxy(
+                to_host.clone(),
+                format!("unix://{}", dir.path().join("host.sock").display()),
+                recording.clone(),
+            )?;
+            o.parent_to_enclave = Some(format!("unix://{}", to_enclave.display()));
+            o.enclave_to_host = Some(format!("unix://{}", to_host.display()));
         }
-        if let Some(k) = &kms {
-            parent_args.extend(["--kms-endpoint".into(), k.host_port.clone(), "--credentials".into(), "env".into()]);
-        }
-        parent_args.extend(options.parent_args.iter().cloned());
-        let parent_log = dir.path().join("parent.log");
-        let creds =
-            [("AWS_ACCESS_KEY_ID", Path::new(TEST_ACCESS_KEY)), ("AWS_SECRET_ACCESS_KEY", Path::new(TEST_SECRET_KEY))];
-        let mut parent = spawn(&bin("veil-parent")?, &parent_args, &parent_log, &creds)?;
-        let ready = wait_file(&dir.path().join("parent.ready"), &mut parent, "veil-parent", &parent_log)?;
-        let url = ready["url"].as_str().context("parent ready file has no url")?.to_owned();
-
-        let mut enclave_args = vec![
-            "--listen".to_owned(),
-            enclave_addr.clone(),
-            "--parent".to_owned(),
-            enclave_host_addr,
-            "--nsm".to_owned(),
-            "mock".to_owned(),
-            "--mock-root-dir".to_owned(),
-            mock_root_dir.display().to_string(),
-        ];
-        if let Some(k) = &kms {
-            enclave_args.extend([
-                "--kms-region".into(),
-                k.region.clone(),
-                "--kms-endpoint".into(),
-                k.host_port.clone(),
-                "--kms-ca".into(),
-                k.ca_file.display().to_string(),
-                "--kms-timeout-secs".into(),
-                "5".into(),
-            ]);
-        }
-        for m in &options.models {
-            enclave_args.push("--model".into());
-            enclave_args.push(m.clone());
-        }
-        enclave_args.extend(options.enclave_args.iter().cloned());
-        let mut stack = Stack {
-            url,
-            enclave_addr,
-            host_addr,
+        let inner = devstack::Stack::start(o)?;
+        Ok(Stack {
+            url: inner.url.clone(),
+            enclave_addr: inner.enclave_addr.clone(),
+            host_addr: inner.host_addr.clone(),
+            kms: inner.kms.clone(),
             dir,
-            parent: Some(parent),
-            enclave: None,
-            models: options.models.clone(),
-            enclave_args,
-            kms,
-            kms_child,
+            inner,
             recording,
             data_key: Default::default(),
-        };
-        if options.start_enclave {
-            stack.start_enclave()?;
-        }
-        Ok(stack)
+        })
     }
 
-    fn start_kms(dir: &Path, mock_root_dir: &Path) -> anyhow::Result<(KmsInfo, Child)> {
-        let out = Command::new(bin("veil-enclave")?)
-            .args(["--nsm", "mock", "--mock-measurements", "--mock-root-dir"])
-            .arg(mock_root_dir)
-            .stderr(Stdio::null())
-            .output()?;
-        anyhow::ensure!(out.status.success(), "veil-enclave --mock-measurements failed");
-        let measurements_file = dir.join("measurements.json");
-        std::fs::write(&measurements_file, &out.stdout)?;
-        let mut info = KmsInfo {
-            endpoint: String::new(),
-            host_port: String::new(),
-            ca_file: dir.join("kms").join("ca.pem"),
-            region: "us-east-1".into(),
-            key_id: String::new(),
-            state_dir: dir.join("kms"),
-            measurements_file: measurements_file.clone(),
-            attestation_root: mock_root_dir.join("mock-root.pem"),
-            log: dir.join("kms.log"),
-        };
-        // Port 0: the mock KMS picks a free port and reports it; restarts reuse that port.
-        let (child, endpoint) = info.spawn_on("127.0.0.1:0")?;
-        info.host_port = endpoint.trim_start_matches("https://").to_owned();
-        info.endpoint = endpoint;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        info.key_id = rt.block_on(async {
-            let kms = info.client().await?;
-            let created = kms
-                .create_key()
-                .send()
-                .await
-                .map_err(|e| anyhow::anyhow!("CreateKey: {}", aws_sdk_kms::error::DisplayErrorContext(e)))?;
-            anyhow::Ok(created.key_metadata().map(|m| m.key_id().to_owned()).context("no key id")?)
-        })?;
-        rt.block_on(info.put_policy_from(&measurements_file))?;
-        Ok((info, child))
+    /// The stack builder underneath (configuration file, logs, processes).
+    pub fn inner(&mut self) -> &mut devstack::Stack {
+        &mut self.inner
     }
 
-    /// Kills the mock KMS (as an outage would).
-    pub fn kill_kms(&mut self) {
-        if let Some(mut c) = self.kms_child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    /// The SHA-384 of a model the stack serves (of its plaintext file).
+    pub fn digest(&self, model: &str) -> [u8; 48] {
+        let path = model_path(model).unwrap_or_default();
+        let d = ring::digest::digest(&ring::digest::SHA384, &std::fs::read(path).unwrap_or_default());
+        d.as_ref().try_into().unwrap_or([0; 48])
     }
 
-    /// Restarts the mock KMS on the same port and state.
-    pub fn restart_kms(&mut self) -> anyhow::Result<()> {
-        let info = self.kms.clone().context("not a KMS stack")?;
-        self.kms_child = Some(info.spawn()?);
-        Ok(())
+    /// The model reference a client seals for: name and digest.
+    pub fn model_ref(&self, model: &str) -> ModelRef {
+        ModelRef { name: model.to_owned(), sha384: self.digest(model) }
     }
 
     /// A data key of this stack's KMS key (plaintext, blob), made on first use: the stack's own client.
@@ -449,101 +274,84 @@ impl Stack {
         if let Some(k) = slot.as_ref() {
             return Ok(k.clone());
         }
-        let k = self.kms.as_ref().context("not a KMS stack")?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let pair = rt.block_on(async {
-            let out = k
-                .client()
-                .await?
-                .generate_data_key()
-                .key_id(&k.key_id)
-                .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
-                .send()
-                .await
-                .map_err(|e| anyhow::anyhow!("GenerateDataKey: {}", aws_sdk_kms::error::DisplayErrorContext(e)))?;
-            anyhow::Ok((
-                out.plaintext().context("no plaintext")?.as_ref().to_vec(),
-                out.ciphertext_blob().context("no blob")?.as_ref().to_vec(),
-            ))
-        })?;
+        let pair = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(self.data_key(&BTreeMap::new()))?;
         *slot = Some(pair.clone());
         Ok(pair)
     }
 
+    /// A fresh data key of this stack's KMS key under `context`: (plaintext, blob).
+    pub async fn data_key(&self, context: &BTreeMap<String, String>) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+        let mut req =
+            self.kms.client().await?.generate_data_key().key_id(&self.kms.key_id).key_spec(DataKeySpec::Aes256);
+        for (a, b) in context {
+            req = req.encryption_context(a, b);
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("GenerateDataKey: {}", aws_sdk_kms::error::DisplayErrorContext(e)))?;
+        Ok((
+            out.plaintext().context("no plaintext")?.as_ref().to_vec(),
+            out.ciphertext_blob().context("no blob")?.as_ref().to_vec(),
+        ))
+    }
+
     /// Seals a v2 request for `model` under the stack's data key: the wire body and what opens the answer.
-    pub fn seal(
-        &self,
-        model: &str,
-        plaintext: &[u8],
-    ) -> anyhow::Result<(Vec<u8>, veil_protocol::envelope::RequestTag)> {
+    pub fn seal(&self, model: &str, plaintext: &[u8]) -> anyhow::Result<(Vec<u8>, RequestTag)> {
         let (dk, blob) = self.stack_key()?;
-        let key = veil_protocol::envelope::DataKey::new(&dk)?;
-        let k = self.kms.as_ref().context("not a KMS stack")?;
-        let ctx = std::collections::BTreeMap::new();
-        let sealer = veil_protocol::envelope::Sealer {
-            key: &key,
-            key_id: &k.key_id,
-            encrypted_data_key: &blob,
-            encryption_context: &ctx,
-        };
+        let key = DataKey::new(&dk)?;
+        let ctx = BTreeMap::new();
+        let sealer =
+            Sealer { key: &key, key_id: &self.kms.key_arn, encrypted_data_key: &blob, encryption_context: &ctx };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-        Ok(sealer.seal_request(model, plaintext, now)?)
+        Ok(sealer.seal_request(&self.model_ref(model), plaintext, RequestMeta::default(), now, &SystemRandom::new())?)
     }
 
-    /// Opens the enclave's sealed answer to a request made with [`Stack::seal`].
-    pub fn open(
-        &self,
-        model: &str,
-        tag: &veil_protocol::envelope::RequestTag,
-        answer: &[u8],
-    ) -> anyhow::Result<Vec<u8>> {
+    /// Opens the enclave's sealed answer to a request made with [`Stack::seal`]: the outcome and the body.
+    pub fn open(&self, tag: &RequestTag, answer: &[u8]) -> anyhow::Result<(Outcome, Vec<u8>)> {
         let (dk, blob) = self.stack_key()?;
-        let key = veil_protocol::envelope::DataKey::new(&dk)?;
-        let k = self.kms.as_ref().context("not a KMS stack")?;
-        let ctx = std::collections::BTreeMap::new();
-        let sealer = veil_protocol::envelope::Sealer {
-            key: &key,
-            key_id: &k.key_id,
-            encrypted_data_key: &blob,
-            encryption_context: &ctx,
-        };
-        Ok(sealer.open_response(model, tag, answer)?.to_vec())
+        let key = DataKey::new(&dk)?;
+        let ctx = BTreeMap::new();
+        let sealer =
+            Sealer { key: &key, key_id: &self.kms.key_arn, encrypted_data_key: &blob, encryption_context: &ctx };
+        let mut buf = answer.to_vec();
+        let opened = sealer.open_answer(tag, &mut buf)?;
+        Ok((opened.meta.outcome, opened.body.to_vec()))
     }
 
-    /// Sends a v2 request sealed, over plain HTTP, and returns (HTTP status, JSON): the opened answer, or for
-    /// failures `{"error", "kind"}`, whether the parent answered them (envelope, routing) or the enclave
-    /// sealed them (about the request itself: reported here as 400, 404 or 500 by kind).
-    pub fn infer(&self, model: &str, plaintext: &[u8]) -> anyhow::Result<(u16, Value)> {
+    /// Sends a v2 request sealed, over plain HTTP: the enclave's opened outcome, or the parent's error.
+    pub fn send(&self, model: &str, plaintext: &[u8]) -> anyhow::Result<Reply> {
         let (wire, tag) = self.seal(model, plaintext)?;
         let (status, body) = http_raw(&self.url, "POST", &format!("/v1/models/{model}/infer"), &wire)?;
         if status != 200 {
             let v = serde_json::from_slice(&body)
                 .unwrap_or_else(|_| serde_json::json!({"raw": String::from_utf8_lossy(&body)}));
-            return Ok((status, v));
+            return Ok(Reply::Clear { status, body: v });
         }
-        let opened: Value = serde_json::from_slice(&self.open(model, &tag, &body)?)?;
-        if let (Some(kind), None) = (opened.get("kind").and_then(|k| k.as_str()), opened.get("outputs")) {
-            let status = match kind {
-                "not_found" => 404,
-                "internal" => 500,
-                _ => 400,
-            };
-            return Ok((status, opened));
-        }
-        Ok((200, opened))
+        let (outcome, body) = self.open(&tag, &body)?;
+        Ok(Reply::Sealed { outcome, body, model_sha384: tag.model.sha384 })
     }
 
-    /// The environment `veil infer` needs to seal for this stack (KMS endpoint, CA, key, credentials).
+    /// As [`Stack::send`], flattened for tests that compare JSON: (HTTP status, JSON). A sealed answer is
+    /// 200 and its JSON; a sealed error is its kind's status and `{"error", "kind", "sealed": true}`; the
+    /// parent's errors are their status and body.
+    pub fn infer(&self, model: &str, plaintext: &[u8]) -> anyhow::Result<(u16, Value)> {
+        Ok(match self.send(model, plaintext)? {
+            Reply::Sealed { outcome: Outcome::Answer { .. }, body, .. } => (200, serde_json::from_slice(&body)?),
+            Reply::Sealed { outcome: Outcome::Error(e), .. } => {
+                (e.kind.http_status(), serde_json::json!({"error": e.message, "kind": e.kind.label(), "sealed": true}))
+            }
+            Reply::Clear { status, body } => (status, body),
+        })
+    }
+
+    /// The environment `veil infer` needs to seal for this stack (KMS endpoint, CA, key, credentials,
+    /// attestation root).
     pub fn client_env(&self) -> Vec<(String, String)> {
-        let Some(k) = &self.kms else { return Vec::new() };
-        vec![
-            ("AWS_ACCESS_KEY_ID".into(), TEST_ACCESS_KEY.into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), TEST_SECRET_KEY.into()),
-            ("VEIL_KMS_KEY_ID".into(), k.key_id.clone()),
-            ("VEIL_KMS_ENDPOINT".into(), k.endpoint.clone()),
-            ("VEIL_KMS_CA".into(), k.ca_file.display().to_string()),
-            ("VEIL_KMS_REGION".into(), k.region.clone()),
-        ]
+        self.inner.client_env()
     }
 
     /// Every byte the recording proxies forwarded so far (both links, both directions).
@@ -552,14 +360,10 @@ impl Stack {
     }
 
     /// A client session under this stack's KMS key.
-    pub async fn session(
-        &self,
-        context: std::collections::BTreeMap<String, String>,
-    ) -> anyhow::Result<veil_client::kms::Session> {
-        let k = self.kms.as_ref().context("not a KMS stack")?;
+    pub async fn session(&self, context: BTreeMap<String, String>) -> anyhow::Result<veil_client::kms::Session> {
         Ok(veil_client::kms::Session::new(
-            k.client().await?,
-            &k.key_id,
+            self.kms.client().await?,
+            &self.kms.key_id,
             context,
             veil_client::kms::SessionLimits::default(),
         ))
@@ -567,79 +371,53 @@ impl Stack {
 
     /// Starts (or restarts) the enclave and waits until the parent reports it ready.
     pub fn start_enclave(&mut self) -> anyhow::Result<()> {
-        let log = self.dir.path().join("enclave.log");
-        let ort = ort_dylib()?;
-        let child = spawn(&bin("veil-enclave")?, &self.enclave_args, &log, &[("ORT_DYLIB_PATH", ort.as_path())])?;
-        self.enclave = Some(child);
-        self.wait_ready(Duration::from_secs(120))
+        self.inner.start_enclave()
     }
 
     /// Kills the enclave (as a crash would).
     pub fn kill_enclave(&mut self) {
-        if let Some(mut c) = self.enclave.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.inner.kill_enclave();
+    }
+
+    /// Kills the mock KMS (as an outage would).
+    pub fn kill_kms(&mut self) {
+        self.inner.kill_kms();
+    }
+
+    /// Restarts the mock KMS on the same port and state.
+    pub fn restart_kms(&mut self) -> anyhow::Result<()> {
+        self.inner.restart_kms()
     }
 
     /// Waits until `/readyz` answers 200.
     pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(c) = self.enclave.as_mut()
-                && let Some(status) = c.try_wait()?
-            {
-                bail!("veil-enclave exited ({status}): {}", self.enclave_log());
-            }
-            if let Ok((200, _)) = http_get(&self.url, "/readyz") {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("stack not ready within {timeout:?}; enclave log:\n{}", self.enclave_log());
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        self.inner.wait_ready(timeout)
+    }
+
+    /// Puts a key policy from `measurements` (nitro-cli JSON) on the stack's key.
+    pub async fn put_policy_from(&self, measurements: &Path) -> anyhow::Result<()> {
+        self.inner.put_policy_from(measurements).await
     }
 
     /// The enclave's log so far.
     pub fn enclave_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("enclave.log")).unwrap_or_default()
+        std::fs::read_to_string(self.inner.logs.join("enclave.log")).unwrap_or_default()
     }
 
     /// The parent's log so far.
     pub fn parent_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("parent.log")).unwrap_or_default()
+        std::fs::read_to_string(self.inner.logs.join("parent.log")).unwrap_or_default()
     }
 
     /// The mock NSM's root certificate (PEM), written by the enclave at start.
     pub fn mock_root_pem(&self) -> PathBuf {
-        self.dir.path().join("mock-nsm").join("mock-root.pem")
+        self.inner.mock_root.clone()
     }
 
-    /// Models served.
-    pub fn models(&self) -> &[String] {
-        &self.models
+    /// The enclave's configuration file and its SHA-384 (what documents commit to).
+    pub fn enclave_config(&self) -> (PathBuf, String) {
+        (self.inner.config_file.clone(), self.inner.config_sha384.clone())
     }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        for c in [self.enclave.as_mut(), self.parent.as_mut(), self.kms_child.as_mut()].into_iter().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn spawn(bin: &Path, args: &[String], log: &Path, envs: &[(&str, &Path)]) -> anyhow::Result<Child> {
-    let out = std::fs::File::create(log)?;
-    let err = out.try_clone()?;
-    let mut cmd = Command::new(bin);
-    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).env("RUST_LOG", "info");
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.spawn().with_context(|| format!("starting {}", bin.display()))
 }
 
 /// A blocking HTTP/1.1 GET with no client library in between: returns the status and body.
@@ -720,4 +498,38 @@ pub fn compare_outputs(got: &Value, case: &Value) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A keep-alive HTTP client for servers that are not Veil and take plaintext (the Python baseline of the
+/// benchmarks). Veil's own client library has no such call: it sends inference only sealed.
+#[derive(Debug, Clone)]
+pub struct PlainHttp {
+    http: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+}
+
+impl Default for PlainHttp {
+    fn default() -> Self {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        PlainHttp { http }
+    }
+}
+
+impl PlainHttp {
+    /// POSTs `body` to `url` and returns the answer's body; a non-2xx status is an error.
+    pub async fn post(&self, url: &str, body: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+        use http_body_util::BodyExt;
+        let request = hyper::Request::post(url)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+        let response = self.http.request(request).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(status.is_success(), "{url}: {status}: {}", String::from_utf8_lossy(&bytes));
+        Ok(bytes.to_vec())
+    }
 }

@@ -54,7 +54,7 @@ fn assert_still_serving(stack: &Stack) {
     let answer = recv(&mut s).unwrap();
     match answer.body {
         EnclaveResponse::Infer => {
-            let opened = stack.open("breast_cancer", &tag, &answer.attachment).unwrap();
+            let (_, opened) = stack.open(&tag, &answer.attachment).unwrap();
             compare_outputs(&serde_json::from_slice(&opened).unwrap(), case).unwrap();
         }
         other => panic!("{other:?}"),
@@ -146,7 +146,7 @@ fn many_requests_in_flight_on_one_connection() {
         let case = &cases[((m.id - 1000) as usize) % cases.len()];
         match m.body {
             EnclaveResponse::Infer => {
-                let opened = stack.open("breast_cancer", &tags[&m.id], &m.attachment).unwrap();
+                let (_, opened) = stack.open(&tags[&m.id], &m.attachment).unwrap();
                 compare_outputs(&serde_json::from_slice(&opened).unwrap(), case).unwrap()
             }
             other => panic!("{other:?}"),

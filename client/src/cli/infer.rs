@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{EXIT_CONNECT, EXIT_FAILED, EXIT_USAGE};
+use super::{EXIT_CONNECT, EXIT_FAILED, EXIT_UNVERIFIED, EXIT_USAGE};
 use crate::{Client, ClientError};
+use veil_protocol::attestation::TrustAnchor;
+use veil_protocol::envelope::ModelRef;
 
 /// Largest input file `veil infer` reads.
 const MAX_INPUT_BYTES: u64 = 256 << 20;
@@ -19,11 +21,22 @@ The input is a v2 inference request:
   {\"inputs\": [{\"name\": \"input\", \"shape\": [1, 30], \"datatype\": \"FP32\", \"data\": [...]}]}
 Optionally with \"outputs\": [{\"name\": \"probabilities\"}] to choose outputs, and an \"id\".
 
+The request is sealed under a KMS data key (--kms-key-id: a key id, ARN, alias/NAME or alias ARN) for
+the model's SHA-384, so that only an enclave that loaded exactly that model can open it. The digest comes
+from --expect-model-sha384, or else from the enclave's attestation document, fetched with a fresh nonce and
+verified (chain to --root, default AWS's Nitro root; at most --max-age old) before anything is sent.
+The answer says which digest answered.
+
 Examples:
   veil infer --url http://127.0.0.1:8080 --model breast_cancer --input request.json
   echo '{...}' | veil infer --url http://127.0.0.1:8080 --model iris --input -
+  veil infer --model iris --input req.json --expect-model-sha384 $(jq -r .sha384 iris.json)
 
-Exit codes: 0 answered, 1 the server refused the request, 2 bad input or usage, 3 server unreachable.")]
+Errors name who said them: \"the enclave refused the request: ...\" came sealed from the enclave;
+\"the parent said, not authenticated by the enclave: ...\" could have been made up by the parent.
+
+Exit codes: 0 answered, 1 refused (by the enclave or the parent), 2 bad input or usage, 3 server
+unreachable, 4 the enclave's attestation did not verify (nothing was sent).")]
 pub struct InferArgs {
     /// The parent's URL.
     #[arg(long, env = "VEIL_URL", default_value = "http://127.0.0.1:8080")]
@@ -40,8 +53,24 @@ pub struct InferArgs {
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// The SHA-384 (96 hex digits) of the model the request is for. Without it, the digest is read from
+    /// the enclave's verified attestation document.
+    #[arg(long, value_parser = sha384_arg)]
+    pub expect_model_sha384: Option<[u8; 48]>,
+    /// The root the enclave's attestation must chain to (PEM; default: AWS's Nitro Enclaves Root-G1). Off
+    /// hardware: the mock root `veil dev` prints (and exports as VEIL_ATTESTATION_ROOT).
+    #[arg(long, env = "VEIL_ATTESTATION_ROOT")]
+    pub root: Option<PathBuf>,
+    /// Oldest attestation document accepted, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub max_age: u64,
     #[command(flatten)]
     pub kms: KmsArgs,
+}
+
+fn sha384_arg(s: &str) -> Result<[u8; 48], String> {
+    let bytes = hex::decode(s.trim()).map_err(|e| format!("not hex: {e}"))?;
+    bytes.try_into().map_err(|_| "a SHA-384 is 96 hex digits".to_owned())
 }
 
 /// KMS envelope options: with `--kms-key-id`, the request is sealed so only an attested enclave opens it.
@@ -110,6 +139,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Reports a client error on stderr and picks the exit code.
 pub fn report(e: &ClientError) -> ExitCode {
     eprintln!("veil: {e}");
+    if let ClientError::Unauthenticated { status, .. } = e
+        && status.is_server_error()
+    {
+        eprintln!("veil: (if the enclave is restarting or busy, try again shortly)");
+    }
     if e.is_connection() {
         ExitCode::from(EXIT_CONNECT)
     } else if matches!(e, ClientError::InvalidUrl { .. }) {
@@ -165,27 +199,58 @@ pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_USAGE));
     }
+    let root = match &args.root {
+        None => TrustAnchor::aws_nitro_root_g1(),
+        Some(p) => {
+            let pem = std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read --root {}: {e}", p.display()))?;
+            TrustAnchor::from_pem(&pem).map_err(|e| anyhow::anyhow!("--root {}: {e}", p.display()))?
+        }
+    };
     let rt = runtime()?;
-    let answer = rt.block_on(async {
-        match args.kms.session().await {
-            Ok(Some(mut session)) => {
-                Ok(client.infer_sealed(&mut session, &args.model, &body).await.map(|z| z.to_vec()))
+    rt.block_on(async {
+        let sha384 = match args.expect_model_sha384 {
+            Some(d) => d,
+            None => {
+                let policy = crate::attested::policy_now(root, Duration::from_secs(args.max_age))?;
+                let verified = match crate::attested::fetch_verified(&client, policy).await {
+                    Ok(d) => d,
+                    Err(crate::attested::AttestedError::Fetch(e)) => return Ok(report(&e)),
+                    Err(e) => {
+                        eprintln!("veil: {e}; nothing was sent");
+                        return Ok(ExitCode::from(EXIT_UNVERIFIED));
+                    }
+                };
+                match crate::attested::model_digest(&verified, &args.model) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        eprintln!("veil: {e}; nothing was sent");
+                        return Ok(ExitCode::from(EXIT_UNVERIFIED));
+                    }
+                }
             }
-            Ok(None) => Ok(client.infer(&args.model, &body).await),
-            Err(m) => Err(m),
+        };
+        let mut session = match args.kms.session().await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(ExitCode::from(EXIT_USAGE)),
+            Err(m) => {
+                eprintln!("veil: {m}");
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+        };
+        let model = ModelRef { name: args.model.clone(), sha384 };
+        match client.infer(&mut session, &model, &body).await {
+            Ok(answer) => {
+                print_json(answer.body(), args.pretty)?;
+                eprintln!(
+                    "veil: answered by model {:?}, SHA-384 {} (sealed: authenticated by the enclave)",
+                    model.name,
+                    hex::encode(answer.model_sha384())
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Ok(report(&e)),
         }
-    });
-    match answer {
-        Ok(Ok(response)) => {
-            print_json(&response, args.pretty)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Ok(Err(e)) => Ok(report(&e)),
-        Err(m) => {
-            eprintln!("veil: {m}");
-            Ok(ExitCode::from(EXIT_USAGE))
-        }
-    }
+    })
 }
 
 /// Runs `veil metadata`.

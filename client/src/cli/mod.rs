@@ -2,7 +2,8 @@
 //!
 //! Exit codes are shared by every subcommand so scripts can tell failures apart:
 //! [`EXIT_OK`], [`EXIT_FAILED`] (the server or a check said no), [`EXIT_USAGE`] (bad input on our side),
-//! [`EXIT_CONNECT`] (the server could not be reached).
+//! [`EXIT_CONNECT`] (the server could not be reached), [`EXIT_UNVERIFIED`] (the enclave's attestation did not
+//! verify, so nothing was sent).
 pub mod attest;
 pub mod dev;
 pub mod eif;
@@ -18,3 +19,5 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// The server could not be reached, or did not answer in time.
 pub const EXIT_CONNECT: u8 = 3;
+/// The enclave's attestation did not verify: nothing was sent.
+pub const EXIT_UNVERIFIED: u8 = 4;

@@ -18,10 +18,12 @@ pub enum ModelCommand {
 /// Encrypt an ONNX model for Veil.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-The output holds the model in authenticated 1 MiB chunks and, in its header, the KMS-encrypted data key.
-The parent serves the file as it is; the enclave asks KMS for the data key with its attestation document,
-so only an enclave whose PCRs match the key policy can decrypt it, and it reports the SHA-384 of the
-plaintext model in its attestation documents.
+The output holds the model in authenticated 1 MiB chunks and, in its header, the model's name and the
+KMS-encrypted data key. The parent serves the file as it is; the enclave loads it only under that name,
+only if its configuration names that KMS key ARN for the model, and asks KMS for the data key with its
+attestation document, so only an enclave whose PCRs match the key policy can decrypt it. It reports the
+SHA-384 of the plaintext model in its attestation documents; this command prints it too, for the
+configuration's optional `sha384` pin and for clients' policies.
 
 Example:
   veil model encrypt --kms-key-id alias/veil-models --input breast_cancer.onnx --output breast_cancer.onnx.veil")]
@@ -29,6 +31,9 @@ pub struct EncryptArgs {
     /// The model file.
     #[arg(long)]
     pub input: PathBuf,
+    /// The model's name, as the enclave's configuration and clients call it (default: the input's file stem).
+    #[arg(long, value_parser = model_name)]
+    pub name: Option<String>,
     /// Where to write the encrypted model (default: INPUT.veil).
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -37,6 +42,14 @@ pub struct EncryptArgs {
     pub chunk_size: u32,
     #[command(flatten)]
     pub kms: KmsArgs,
+}
+
+fn model_name(s: &str) -> Result<String, String> {
+    if veil_protocol::message::is_valid_model_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(veil_protocol::message::MODEL_NAME_RULE.into())
+    }
 }
 
 /// Runs a `model` subcommand.
@@ -52,6 +65,14 @@ fn encrypt(args: EncryptArgs) -> anyhow::Result<ExitCode> {
     if args.chunk_size == 0 || args.chunk_size > MAX_CHUNK {
         bail!("--chunk-size must be 1 to {MAX_CHUNK}");
     }
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => {
+            let stem = args.input.file_name().and_then(|s| s.to_str()).unwrap_or_default();
+            let stem = stem.split('.').next().unwrap_or_default().to_owned();
+            model_name(&stem).map_err(|e| anyhow::anyhow!("--name is needed: the file name gives {stem:?}, and {e}"))?
+        }
+    };
     let output = args.output.clone().unwrap_or_else(|| {
         let mut p = args.input.clone().into_os_string();
         p.push(".veil");
@@ -70,16 +91,36 @@ fn encrypt(args: EncryptArgs) -> anyhow::Result<ExitCode> {
     let context = args.kms.context.iter().cloned().collect();
     let started = std::time::Instant::now();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let len = rt.block_on(async {
+    let sha384 = sha384_of(&args.input)?;
+    let (len, key_arn) = rt.block_on(async {
         let kms = crate::kms::kms_client(&config).await?;
-        crate::kms::encrypt_model_file(&kms, &key_id, context, &args.input, &output, args.chunk_size, true).await
+        crate::kms::encrypt_model_file(&kms, &name, &key_id, context, &args.input, &output, args.chunk_size, true).await
     })?;
     eprintln!(
-        "veil: wrote {} ({} bytes of model, {:.1}s); serve it with veil-parent --model NAME={}",
+        "veil: wrote {} ({len} bytes of model {name:?}, {:.1}s); serve it with veil-parent --model {name}={}\n\
+         In the enclave's configuration:\n  [[models]]\n  name = \"{name}\"\n  kms_key_arn = \"{key_arn}\"\n  sha384 = \"{}\"",
         output.display(),
-        len,
         started.elapsed().as_secs_f64(),
-        output.display()
+        output.display(),
+        hex::encode(sha384),
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// SHA-384 of a file, streamed.
+fn sha384_of(path: &std::path::Path) -> anyhow::Result<[u8; 48]> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA384);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    let mut out = [0u8; 48];
+    out.copy_from_slice(ctx.finish().as_ref());
+    Ok(out)
 }

@@ -38,33 +38,41 @@ pub const CREDENTIALS_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 /// Largest ciphertext blob accepted from a client (KMS ciphertexts are at most 6 KiB).
 pub const MAX_CIPHERTEXT_BLOB: usize = 6144;
 
-/// The enclave's KMS settings (flattened into `veil-enclave`'s arguments).
-#[derive(Debug, Clone, clap::Args)]
+/// The enclave's KMS client settings: from the image's configuration (`crate::config::KmsSettings`), plus,
+/// in development builds only, the mock KMS's CA.
+#[derive(Debug, Clone)]
 pub struct KmsConfig {
-    /// AWS region of the KMS keys, e.g. eu-west-1. Without it the enclave makes no KMS calls.
-    #[arg(long = "kms-region", env = "VEIL_KMS_REGION")]
-    pub region: Option<String>,
+    /// AWS region of the KMS keys, e.g. eu-west-1.
+    pub region: String,
     /// KMS endpoint as HOST:PORT (default kms.REGION.amazonaws.com:443). The parent relays only to the
     /// endpoints on its own --kms-endpoint allow-list; TLS runs inside the enclave either way.
-    #[arg(long = "kms-endpoint", env = "VEIL_KMS_ENDPOINT")]
     pub endpoint: Option<String>,
-    /// OFF HARDWARE ONLY: an extra CA certificate (PEM) to trust for the KMS endpoint, for the mock KMS.
-    /// Refused with the real NSM: a production enclave trusts only the public web PKI roots for KMS.
-    #[arg(long = "kms-ca", env = "VEIL_KMS_CA")]
+    /// DEVELOPMENT BUILDS AND THE MOCK NSM ONLY: an extra CA certificate (PEM) to trust for the endpoint,
+    /// the mock KMS's. Refused by production builds, and with the real NSM: a production enclave trusts
+    /// only the pinned Amazon roots for KMS (see `roots`).
     pub ca_file: Option<PathBuf>,
     /// Upper bound on one KMS call, retries included, in seconds.
-    #[arg(long = "kms-timeout-secs", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub timeout_secs: u64,
     /// Attempts per KMS call (1 = no retries); throttling, 5xx and I/O failures are retried with jittered
     /// exponential backoff.
-    #[arg(long = "kms-max-attempts", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub max_attempts: u32,
 }
 
 impl KmsConfig {
     /// A configuration for `region` with defaults for the rest.
     pub fn new(region: impl Into<String>) -> Self {
-        Self { region: Some(region.into()), endpoint: None, ca_file: None, timeout_secs: 20, max_attempts: 4 }
+        Self { region: region.into(), endpoint: None, ca_file: None, timeout_secs: 20, max_attempts: 4 }
+    }
+
+    /// The client settings for the image's configuration.
+    pub fn from_settings(k: &crate::config::KmsSettings) -> Self {
+        Self {
+            region: k.region.clone(),
+            endpoint: Some(k.endpoint.clone()),
+            ca_file: None,
+            timeout_secs: k.timeout_secs,
+            max_attempts: k.max_attempts,
+        }
     }
 }
 
@@ -103,12 +111,23 @@ pub enum KmsError {
 }
 
 impl KmsError {
+    /// A copy of a definitive refusal (the key policy, the ciphertext or the key itself): what the enclave
+    /// may remember for a while instead of asking KMS again. Transient failures give `None`.
+    pub fn definitive(&self) -> Option<KmsError> {
+        match self {
+            KmsError::Refused(m) => Some(KmsError::Refused(m.clone())),
+            KmsError::InvalidCiphertext => Some(KmsError::InvalidCiphertext),
+            KmsError::KeyUnusable(m) => Some(KmsError::KeyUnusable(m.clone())),
+            KmsError::BadRequest(m) => Some(KmsError::BadRequest(m.clone())),
+            _ => None,
+        }
+    }
+
     /// How this error maps onto the enclave protocol's error kinds.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            KmsError::Refused(_) | KmsError::InvalidCiphertext | KmsError::KeyUnusable(_) | KmsError::BadRequest(_) => {
-                ErrorKind::BadRequest
-            }
+            KmsError::Refused(_) => ErrorKind::Forbidden,
+            KmsError::InvalidCiphertext | KmsError::KeyUnusable(_) | KmsError::BadRequest(_) => ErrorKind::BadRequest,
             KmsError::Unavailable | KmsError::Credentials => ErrorKind::Unavailable,
             KmsError::Config(_) | KmsError::Attestation(_) | KmsError::Answer(_) => ErrorKind::Internal,
         }
@@ -148,15 +167,17 @@ impl KmsClient {
         nsm: Arc<dyn Nsm>,
         key: RecipientKey,
     ) -> Result<Self, KmsError> {
-        let region = config.region.clone().ok_or_else(|| KmsError::Config("--kms-region is not set".into()))?;
+        let region = config.region.clone();
         if region.is_empty() || region.len() > 32 || !region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(KmsError::Config(format!("{region:?} is not an AWS region name")));
         }
         let endpoint = config.endpoint.clone().unwrap_or_else(|| format!("kms.{region}.amazonaws.com:443"));
         let (host, port) = split_endpoint(&endpoint)?;
-        if config.ca_file.is_some() && !nsm.is_mock() {
+        if config.ca_file.is_some() && !(cfg!(feature = "dev") && nsm.is_mock()) {
             return Err(KmsError::Config(
-                "--kms-ca is for the mock KMS off hardware only; with the real NSM, KMS is trusted through the public roots only".into(),
+                "an extra KMS CA is for the mock KMS, in development builds with the mock NSM only; a production \
+                 enclave trusts only the pinned Amazon roots for KMS"
+                    .into(),
             ));
         }
         let tls = tls_config(config.ca_file.as_deref())?;
@@ -275,7 +296,7 @@ fn split_endpoint(endpoint: &str) -> Result<(String, u16), KmsError> {
 
 fn tls_config(extra_ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, KmsError> {
     use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let mut roots = super::roots::kms_roots().map_err(KmsError::Config)?;
     if let Some(path) = extra_ca {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .and_then(|it| it.collect::<Result<_, _>>())

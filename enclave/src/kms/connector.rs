@@ -6,8 +6,9 @@
 //! use. Here the SDK's request goes straight into hyper 1, over tokio-rustls (ring provider: no aws-lc, no
 //! OpenSSL), over a `HostRequest::KmsRelay` connection: one TLS session per KMS call, no DNS (the endpoint
 //! is fixed in configuration; the parent resolves it and can only drop or delay the ciphertext), and the
-//! certificate is checked for the real KMS host name against the webpki roots (plus, off hardware only, the
-//! mock KMS's CA). KMS calls are rare (one per data key, cached by the caller), so no connection pool.
+//! certificate is checked for the real KMS host name against the pinned Amazon roots (plus, in development
+//! builds with the mock NSM only, the mock KMS's CA). KMS calls are rare (one per data key, cached by the
+//! caller), so no connection pool.
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -21,7 +21,9 @@ pub mod client;
 pub mod cms;
 mod connector;
 mod parent;
+mod roots;
 pub mod rsa_key;
 
 pub use client::{KmsClient, KmsConfig, KmsError};
+pub use roots::kms_root_names;
 pub use rsa_key::RecipientKey;

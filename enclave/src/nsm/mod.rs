@@ -4,16 +4,44 @@
 //! The NSM is a trust boundary of its own: it is the only source of attestation documents, and (with the
 //! kernel RNG it seeds) the enclave's only source of randomness; nothing random ever comes from the parent.
 //!
-//! The mock produces real COSE_Sign1 ES384 documents shaped like AWS's, signed by a chain root → regional
-//! → zonal → instance → leaf that starts at a generated root whose subject says MOCK. That root is
-//! written to a file which tests and `veil dev` must name explicitly: no default verifier trusts it, so a
-//! mock document can never pass for a real one (DESIGN.md invariant 6).
+//! The mock (development builds only: `--features dev`) produces real COSE_Sign1 ES384 documents shaped
+//! like AWS's, signed by a chain root → regional → zonal → instance → leaf that starts at a generated root
+//! whose subject says MOCK. That root is written to a file which tests and `veil dev` must name
+//! explicitly: no default verifier trusts it, so a mock document can never pass for a real one (DESIGN.md
+//! invariant 6), and a production build has no mock code to run at all.
 
 mod hardware;
+#[cfg(feature = "dev")]
 mod mock;
 
 pub use hardware::HardwareNsm;
+#[cfg(feature = "dev")]
 pub use mock::{MOCK_ROOT_KEY_FILE, MOCK_ROOT_PEM_FILE, MockNsm, MockPcrs};
+
+/// Which NSM to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NsmKind {
+    /// `/dev/nsm`, inside a Nitro Enclave.
+    Hardware,
+    /// Off hardware, development builds only: documents chain to a generated MOCK root that no real
+    /// verifier or KMS key policy trusts.
+    Mock,
+}
+
+impl NsmKind {
+    /// The name used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NsmKind::Hardware => "hardware",
+            NsmKind::Mock => "mock",
+        }
+    }
+}
+
+/// What a production build says when asked for development-only behaviour.
+pub const NOT_A_DEVELOPMENT_BUILD: &str = "this is a production build of veil-enclave: it has no mock NSM and no \
+     development options. Build a development build with `cargo build -p veil-enclave --features dev` (what \
+     `veil dev` and the tests use; `cargo build --workspace` makes one too)";
 
 /// Largest `user_data`, `nonce` and `public_key` the NSM accepts (AWS's documented limit).
 pub const MAX_ATTESTATION_FIELD_LEN: usize = 1024;

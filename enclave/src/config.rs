@@ -1,0 +1,486 @@
+//! The enclave's configuration: a file baked into the measured image, never anything the parent says.
+//!
+//! Which models the enclave serves, under which KMS keys (and optionally with which SHA-384), which KMS keys
+//! clients may seal requests under, the KMS region and endpoint, and the limits all come from one TOML file
+//! in the image (default `/etc/veil/enclave.toml`), so PCR0 and PCR2 cover it. Its SHA-384, over the exact
+//! bytes, is the `config_sha384` of every attestation document's commitment: an auditor checks a deployment
+//! by hashing the file that was reviewed. The parent supplies bytes only (model files, credentials, KMS
+//! traffic), and nothing it sends can change what this file says.
+//!
+//! ```toml
+//! [kms]
+//! region = "eu-west-1"
+//! # endpoint = "kms.eu-west-1.amazonaws.com:443"    # default: the region's
+//! # request_keys = ["arn:aws:kms:..."]               # default: the models' keys; ["*"]: any key
+//!
+//! [[models]]
+//! name = "breast_cancer"
+//! kms_key_arn = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+//! # sha384 = "..."                                   # optional pin of the decrypted model's digest
+//!
+//! [limits]                                           # all optional
+//! # max_request_bytes_in_flight = 268435456          # default: a quarter of the enclave's memory
+//! ```
+//!
+//! Unknown keys are refused (a typo must not silently fall back to a default). A model configured as
+//! `plaintext = true` exists only for development builds (`--features dev`): a production build refuses the
+//! file.
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::Deserialize;
+use veil_protocol::attestation::MAX_MODELS;
+use veil_protocol::message::{MODEL_NAME_RULE, is_valid_model_name};
+
+/// Where the image keeps the file.
+pub const DEFAULT_PATH: &str = "/etc/veil/enclave.toml";
+/// Largest configuration file read.
+pub const MAX_FILE_LEN: usize = 64 * 1024;
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the enclave configuration {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("the enclave configuration {path} is larger than {MAX_FILE_LEN} bytes")]
+    TooLarge { path: String },
+    #[error("the enclave configuration is not valid TOML for Veil: {0}")]
+    Parse(String),
+    #[error("the enclave configuration: {0}")]
+    Invalid(String),
+}
+
+fn invalid(m: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(m.into())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    kms: KmsFile,
+    #[serde(default)]
+    models: Vec<ModelFile>,
+    #[serde(default)]
+    limits: LimitsFile,
+    #[serde(default)]
+    inference: InferenceFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KmsFile {
+    region: String,
+    endpoint: Option<String>,
+    request_keys: Option<Vec<String>>,
+    timeout_secs: Option<u64>,
+    max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelFile {
+    name: String,
+    kms_key_arn: Option<String>,
+    sha384: Option<String>,
+    #[serde(default)]
+    plaintext: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    max_frame_bytes: Option<usize>,
+    max_model_bytes: Option<u64>,
+    max_request_bytes_in_flight: Option<u64>,
+    key_cache_capacity: Option<usize>,
+    key_ttl_secs: Option<u64>,
+    replay_window_secs: Option<u64>,
+    max_seen_requests: Option<usize>,
+    max_requests_per_key: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InferenceFile {
+    sessions: Option<u16>,
+    intra_op_threads: Option<u16>,
+}
+
+/// Where a model's bytes come from, and how they must arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// Encrypted (`veil model encrypt`) under this KMS key: any other file is refused.
+    Kms { key_arn: String },
+    /// A plaintext ONNX file: development builds only.
+    Plaintext,
+}
+
+/// One model the enclave serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelConfig {
+    pub name: String,
+    pub source: ModelSource,
+    /// The SHA-384 the decrypted model must have, when pinned.
+    pub sha384: Option<[u8; 48]>,
+}
+
+/// Which KMS keys clients may seal requests under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestKeys {
+    /// Only these key ARNs (compared exactly: clients send the key ARN KMS returned).
+    Only(BTreeSet<String>),
+    /// Any key KMS will release to this enclave.
+    Any,
+}
+
+/// KMS settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmsSettings {
+    pub region: String,
+    /// `host:port`.
+    pub endpoint: String,
+    pub request_keys: RequestKeys,
+    pub timeout_secs: u64,
+    pub max_attempts: u32,
+}
+
+/// Limits. Defaults in [`Limits::default`]; `max_request_bytes_in_flight` defaults to a quarter of the
+/// enclave's memory when not set (see `budget`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_model_bytes: u64,
+    pub max_request_bytes_in_flight: Option<u64>,
+    pub key_cache_capacity: usize,
+    pub key_ttl_secs: u64,
+    pub replay_window_secs: u64,
+    pub max_seen_requests: usize,
+    pub max_requests_per_key: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: veil_protocol::frame::DEFAULT_MAX_FRAME,
+            max_model_bytes: 8 << 30,
+            max_request_bytes_in_flight: None,
+            key_cache_capacity: 4096,
+            key_ttl_secs: 15 * 60,
+            replay_window_secs: 5 * 60,
+            max_seen_requests: 1 << 20,
+            max_requests_per_key: 100_000,
+        }
+    }
+}
+
+/// Inference settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inference {
+    /// Sessions per model: inferences that run at once per model.
+    pub sessions: u16,
+    /// Threads ONNX Runtime uses inside one inference.
+    pub intra_op_threads: u16,
+}
+
+/// The checked configuration, and the digest of the bytes it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnclaveConfig {
+    /// SHA-384 of the file's exact bytes: the attestation commitment's `config_sha384`.
+    pub sha384: [u8; 48],
+    pub kms: KmsSettings,
+    pub models: Vec<ModelConfig>,
+    pub limits: Limits,
+    pub inference: Inference,
+}
+
+impl EnclaveConfig {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path, development_build: bool) -> Result<EnclaveConfig, ConfigError> {
+        let shown = path.display().to_string();
+        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        if meta.len() > MAX_FILE_LEN as u64 {
+            return Err(ConfigError::TooLarge { path: shown });
+        }
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        if bytes.len() > MAX_FILE_LEN {
+            return Err(ConfigError::TooLarge { path: shown });
+        }
+        EnclaveConfig::parse(&bytes, development_build)
+    }
+
+    /// Checks configuration bytes. `development_build` allows plaintext models.
+    pub fn parse(bytes: &[u8], development_build: bool) -> Result<EnclaveConfig, ConfigError> {
+        let sha384 = veil_protocol::attestation::UserDataCommitment::sha384(bytes);
+        let text = std::str::from_utf8(bytes).map_err(|_| ConfigError::Parse("the file is not UTF-8".into()))?;
+        let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let kms = kms_settings(file.kms, &file.models)?;
+        let models = models(file.models, &kms.region, development_build)?;
+        let d = Limits::default();
+        let l = file.limits;
+        let limits = Limits {
+            max_frame_bytes: l.max_frame_bytes.unwrap_or(d.max_frame_bytes),
+            max_model_bytes: l.max_model_bytes.unwrap_or(d.max_model_bytes),
+            max_request_bytes_in_flight: l.max_request_bytes_in_flight,
+            key_cache_capacity: l.key_cache_capacity.unwrap_or(d.key_cache_capacity),
+            key_ttl_secs: l.key_ttl_secs.unwrap_or(d.key_ttl_secs),
+            replay_window_secs: l.replay_window_secs.unwrap_or(d.replay_window_secs),
+            max_seen_requests: l.max_seen_requests.unwrap_or(d.max_seen_requests),
+            max_requests_per_key: l.max_requests_per_key.unwrap_or(d.max_requests_per_key),
+        };
+        check_limits(&limits)?;
+        let inference = Inference {
+            sessions: file.inference.sessions.unwrap_or_else(default_sessions),
+            intra_op_threads: file.inference.intra_op_threads.unwrap_or(1),
+        };
+        if !(1..=256).contains(&inference.sessions) || !(1..=256).contains(&inference.intra_op_threads) {
+            return Err(invalid("[inference] sessions and intra_op_threads are 1 to 256"));
+        }
+        Ok(EnclaveConfig { sha384, kms, models, limits, inference })
+    }
+
+    /// The model named `name`.
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.name == name)
+    }
+
+    /// The names of the models served, in configuration order.
+    pub fn model_names(&self) -> Vec<String> {
+        self.models.iter().map(|m| m.name.clone()).collect()
+    }
+
+    /// True when clients may seal requests under `key_id`.
+    pub fn accepts_request_key(&self, key_id: &str) -> bool {
+        match &self.kms.request_keys {
+            RequestKeys::Any => true,
+            RequestKeys::Only(keys) => keys.contains(key_id),
+        }
+    }
+}
+
+fn default_sessions() -> u16 {
+    std::thread::available_parallelism().map(|n| n.get().min(64) as u16).unwrap_or(2)
+}
+
+fn kms_settings(k: KmsFile, models: &[ModelFile]) -> Result<KmsSettings, ConfigError> {
+    let region = k.region;
+    if region.is_empty()
+        || region.len() > 32
+        || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(invalid(format!("[kms] region {:?} is not an AWS region name (e.g. eu-west-1)", clip(&region))));
+    }
+    let endpoint = k.endpoint.unwrap_or_else(|| format!("kms.{region}.amazonaws.com:443"));
+    check_endpoint(&endpoint)?;
+    let request_keys = match k.request_keys {
+        Some(keys) if keys.iter().any(|k| k == "*") => {
+            if keys.len() != 1 {
+                return Err(invalid("[kms] request_keys is either [\"*\"] or a list of key ARNs, not both"));
+            }
+            RequestKeys::Any
+        }
+        Some(keys) => {
+            if keys.is_empty() {
+                return Err(invalid("[kms] request_keys is empty: no client could send a request"));
+            }
+            for key in &keys {
+                check_key_arn(key, &region)?;
+            }
+            RequestKeys::Only(keys.into_iter().collect())
+        }
+        None => {
+            let keys: BTreeSet<String> = models.iter().filter_map(|m| m.kms_key_arn.clone()).collect();
+            if keys.is_empty() {
+                return Err(invalid(
+                    "[kms] request_keys is not set and no model names a kms_key_arn: say which KMS keys clients seal requests under",
+                ));
+            }
+            RequestKeys::Only(keys)
+        }
+    };
+    let timeout_secs = k.timeout_secs.unwrap_or(20);
+    let max_attempts = k.max_attempts.unwrap_or(4);
+    if !(1..=300).contains(&timeout_secs) || !(1..=10).contains(&max_attempts) {
+        return Err(invalid("[kms] timeout_secs is 1 to 300 and max_attempts 1 to 10"));
+    }
+    Ok(KmsSettings { region, endpoint, request_keys, timeout_secs, max_attempts })
+}
+
+fn models(list: Vec<ModelFile>, region: &str, development_build: bool) -> Result<Vec<ModelConfig>, ConfigError> {
+    if list.is_empty() {
+        return Err(invalid("no [[models]]: the enclave would serve nothing"));
+    }
+    if list.len() > MAX_MODELS {
+        return Err(invalid(format!(
+            "{} models; at most {MAX_MODELS} per enclave (the attestation commitment lists each one's digest)",
+            list.len()
+        )));
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(list.len());
+    for m in list {
+        if !is_valid_model_name(&m.name) || m.name.len() > veil_protocol::attestation::MAX_MODEL_NAME_LEN {
+            return Err(invalid(format!(
+                "model {:?}: {MODEL_NAME_RULE}, at most {} here",
+                clip(&m.name),
+                veil_protocol::attestation::MAX_MODEL_NAME_LEN
+            )));
+        }
+        if !seen.insert(m.name.clone()) {
+            return Err(invalid(format!("model {:?} is configured twice", m.name)));
+        }
+        let source = match (m.kms_key_arn, m.plaintext) {
+            (Some(arn), false) => {
+                check_key_arn(&arn, region).map_err(|e| invalid(format!("model {:?}: {e}", m.name)))?;
+                ModelSource::Kms { key_arn: arn }
+            }
+            (None, true) if development_build => ModelSource::Plaintext,
+            (None, true) => {
+                return Err(invalid(format!(
+                    "model {:?} is configured as plaintext, which only development builds (--features dev) load; \
+                     encrypt it with `veil model encrypt` and name its kms_key_arn",
+                    m.name
+                )));
+            }
+            (Some(_), true) => {
+                return Err(invalid(format!("model {:?}: kms_key_arn and plaintext = true contradict", m.name)));
+            }
+            (None, false) => {
+                return Err(invalid(format!(
+                    "model {:?}: name the KMS key it is encrypted under (kms_key_arn)",
+                    m.name
+                )));
+            }
+        };
+        let sha384 = match m.sha384 {
+            None => None,
+            Some(h) => {
+                let bytes = hex::decode(&h).map_err(|_| invalid(format!("model {:?}: sha384 is not hex", m.name)))?;
+                Some(bytes.try_into().map_err(|_| invalid(format!("model {:?}: sha384 is 96 hex digits", m.name)))?)
+            }
+        };
+        out.push(ModelConfig { name: m.name, source, sha384 });
+    }
+    Ok(out)
+}
+
+/// `arn:PARTITION:kms:REGION:ACCOUNT:key/ID`, in this enclave's region.
+pub fn check_key_arn(arn: &str, region: &str) -> Result<(), ConfigError> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let ok = parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "kms"
+        && parts[4].len() == 12
+        && parts[4].bytes().all(|b| b.is_ascii_digit())
+        && parts[5].strip_prefix("key/").is_some_and(|id| {
+            !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !ok {
+        return Err(invalid(format!(
+            "{:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID; aliases are not accepted here: \
+             an alias can be moved to another key)",
+            clip(arn)
+        )));
+    }
+    if parts[3] != region {
+        return Err(invalid(format!("key {:?} is in region {}, but [kms] region is {region}", clip(arn), parts[3])));
+    }
+    Ok(())
+}
+
+fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
+    let bad = || invalid(format!("[kms] endpoint {:?} is not HOST:PORT", clip(endpoint)));
+    let (host, port) = endpoint.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if port == 0
+        || host.is_empty()
+        || host.len() > 253
+        || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn check_limits(l: &Limits) -> Result<(), ConfigError> {
+    if !(1024..=veil_protocol::frame::LIMIT_MAX_FRAME).contains(&l.max_frame_bytes) {
+        return Err(invalid(format!(
+            "[limits] max_frame_bytes must be 1024 to {}",
+            veil_protocol::frame::LIMIT_MAX_FRAME
+        )));
+    }
+    if l.max_model_bytes == 0 {
+        return Err(invalid("[limits] max_model_bytes must be positive"));
+    }
+    if l.max_request_bytes_in_flight.is_some_and(|b| b < l.max_frame_bytes as u64) {
+        return Err(invalid("[limits] max_request_bytes_in_flight must hold at least one frame (max_frame_bytes)"));
+    }
+    if l.key_cache_capacity == 0 || l.max_seen_requests == 0 || l.max_requests_per_key == 0 {
+        return Err(invalid(
+            "[limits] key_cache_capacity, max_seen_requests and max_requests_per_key must be positive",
+        ));
+    }
+    if !(1..=3600).contains(&l.replay_window_secs) || l.key_ttl_secs < l.replay_window_secs {
+        return Err(invalid("[limits] replay_window_secs is 1 to 3600, and key_ttl_secs at least that"));
+    }
+    Ok(())
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ARN: &str = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+    fn parse(text: &str, dev: bool) -> Result<EnclaveConfig, ConfigError> {
+        EnclaveConfig::parse(text.as_bytes(), dev)
+    }
+
+    #[test]
+    fn a_minimal_file_gets_defaults_and_its_digest() {
+        let text = format!("[kms]\nregion = \"eu-west-1\"\n\n[[models]]\nname = \"iris\"\nkms_key_arn = \"{ARN}\"\n");
+        let c = parse(&text, false).unwrap();
+        assert_eq!(c.kms.endpoint, "kms.eu-west-1.amazonaws.com:443");
+        assert_eq!(c.kms.request_keys, RequestKeys::Only(BTreeSet::from([ARN.to_owned()])));
+        assert_eq!(c.models[0].source, ModelSource::Kms { key_arn: ARN.into() });
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.sha384, veil_protocol::attestation::UserDataCommitment::sha384(text.as_bytes()));
+        assert!(c.accepts_request_key(ARN) && !c.accepts_request_key("alias/other"));
+        // One byte more (a comment) is another configuration.
+        let other = parse(&format!("{text}#\n"), false).unwrap();
+        assert_ne!(other.sha384, c.sha384);
+    }
+
+    #[test]
+    fn plaintext_models_need_a_development_build() {
+        let text =
+            "[kms]\nregion = \"eu-west-1\"\nrequest_keys = [\"*\"]\n\n[[models]]\nname = \"iris\"\nplaintext = true\n";
+        let e = parse(text, false).unwrap_err().to_string();
+        assert!(e.contains("only development builds"), "{e}");
+        assert_eq!(parse(text, true).unwrap().models[0].source, ModelSource::Plaintext);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let base = format!("[kms]\nregion = \"eu-west-1\"\n\n[[models]]\nname = \"iris\"\nkms_key_arn = \"{ARN}\"\n");
+        let cases = [
+            (base.replace("kms_key_arn", "kms_key"), "unknown field"),
+            (base.replace(ARN, "alias/veil"), "not a KMS key ARN"),
+            (base.replace("eu-west-1\"\n", "us-east-1\"\n"), "is in region eu-west-1"),
+            (base.replace("\"iris\"", "\"a/b\""), "model names are"),
+            (format!("{base}\n[[models]]\nname = \"iris\"\nkms_key_arn = \"{ARN}\"\n"), "configured twice"),
+            (format!("{base}\n[limits]\nmax_frame_bytes = 10\n"), "max_frame_bytes"),
+            (format!("{base}sha384 = \"abcd\"\n"), "96 hex digits"),
+            ("[kms]\nregion = \"eu-west-1\"\n".to_owned(), "request_keys is not set"),
+            (base.replace("region = \"eu-west-1\"", "region = \"eu-west-1\"\nendpoint = \"kms\""), "HOST:PORT"),
+        ];
+        for (text, want) in cases {
+            let e = parse(&text, true).unwrap_err().to_string();
+            assert!(e.contains(want), "{want:?} not in {e:?} for\n{text}");
+        }
+    }
+}
