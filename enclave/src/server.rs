@@ -9,8 +9,8 @@
 //! Limits, all fixed by the image's configuration or here:
 //!
 //! - **Bytes in flight** ([`crate::budget`]): before a frame's payload is read, its announced length is
-//!   charged against the enclave-wide budget; a frame that does not fit within [`BUDGET_WAIT`] is read and
-//!   dropped without being buffered, and answered `unavailable` with a `Retry-After`.
+//!   charged against the enclave-wide budget; a frame that does not fit at once is read and dropped without
+//!   being buffered, and answered `unavailable` with a `Retry-After`.
 //! - **Requests in flight per connection** ([`Limits::max_in_flight`]): when exhausted the reader stops
 //!   reading, which pushes back on the parent through the socket.
 //! - **Connections** ([`Limits::max_connections`]).
@@ -35,8 +35,10 @@ use crate::budget::Charge;
 use crate::error::EnclaveError;
 use crate::service::Enclave;
 
-/// How long a frame may wait for room in the byte budget before it is refused.
-pub const BUDGET_WAIT: Duration = Duration::from_millis(100);
+/// How long a frame may wait for room in the byte budget before it is refused: not at all. The reader of
+/// a connection must not stall on one frame while the frames behind it (small, legitimate requests among
+/// them) wait; a refused client retries after `Retry-After`.
+pub const BUDGET_WAIT: Duration = Duration::ZERO;
 
 /// Frames at most this long are not charged against the byte budget (status, metadata, attestation
 /// requests): they cost less than the bookkeeping.

@@ -9,8 +9,11 @@
 //! | `GET /readyz` | 200 when the enclave answers and every model is loaded, else 503 |
 //! | `GET /metrics` | Prometheus text |
 //!
-//! Errors are JSON `{"error": "...", "kind": "..."}` with the status the failure calls for: 400 bad
-//! request, 404 unknown model, 413 too large, 503 enclave unavailable or loading, 504 no answer in time.
+//! Errors are JSON `{"error": "...", "kind": "..."}` with the status the one table in
+//! `veil_protocol::error` gives the kind (400 bad request, 403 KMS refused, 404 unknown model, 413 too
+//! large, 502 protocol, 503 unavailable or overloaded, with `Retry-After`, 504 no answer in time). Nothing
+//! the parent answers is authenticated: clients treat these errors as the parent's word. What the enclave
+//! says about a request's contents travels sealed inside a 200 answer, so the parent never sees it.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,7 +113,13 @@ fn relay_outcome(
     match outcome {
         Ok((EnclaveResponse::Error(e), _)) => {
             let status = StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (error_response(status, e.kind.label(), &e.message), Some(e.kind.label()))
+            let mut r = error_response(status, e.kind.label(), &e.message);
+            if let Some(secs) = e.retry_after_secs
+                && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+            {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            (r, Some(e.kind.label()))
         }
         Ok((other, attachment)) => match ok(other, attachment) {
             Some(r) => (r, None),
@@ -119,10 +128,11 @@ fn relay_outcome(
                 Some("protocol"),
             ),
         },
-        Err(e @ LinkError::Unavailable(_)) => (
-            error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()),
-            Some("enclave_unavailable"),
-        ),
+        Err(e @ LinkError::Unavailable(_)) => {
+            let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string());
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            (r, Some("enclave_unavailable"))
+        }
         Err(e @ LinkError::Timeout(_)) => {
             (error_response(StatusCode::GATEWAY_TIMEOUT, "timeout", &e.to_string()), Some("timeout"))
         }

@@ -41,7 +41,8 @@ struct Args {
     /// A model file to serve to the enclave, as NAME=PATH (repeat for more).
     #[arg(long = "model", env = "VEIL_MODEL_FILES", value_delimiter = ',', value_parser = model_file)]
     models: Vec<(String, PathBuf)>,
-    /// Long-lived connections to the enclave (requests are multiplexed over them).
+    /// Long-lived connections to the enclave per lane (requests are multiplexed over them): one lane for
+    /// frames up to 64 KiB, one for larger ones, so small requests never queue behind large bodies.
     #[arg(long, env = "VEIL_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     connections: u16,
     /// Largest request body accepted, in bytes (larger ones get 413).
