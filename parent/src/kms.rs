@@ -44,7 +44,10 @@ pub enum CredentialsSource {
 #[derive(Debug, Clone, clap::Args)]
 pub struct KmsRelayArgs {
     /// A KMS endpoint the enclave may reach through the parent, as HOST:PORT (repeat for more), e.g.
-    /// kms.eu-west-1.amazonaws.com:443. Without any, the KMS relay is disabled.
+    /// kms.eu-west-1.amazonaws.com:443; or HOST:PORT=ADDRESS:PORT to connect the name the enclave asks for
+    /// to another address (a VPC endpoint, or the mock KMS off hardware). TLS ends in the enclave, which
+    /// checks the certificate for the name it asked for, so a route can only lead to something that holds
+    /// that name's certificate. Without any, the KMS relay is disabled.
     #[arg(long = "kms-endpoint", env = "VEIL_KMS_ENDPOINTS", value_delimiter = ',')]
     pub kms_endpoints: Vec<String>,
     /// Where AWS credentials for the enclave come from: imds (the instance role, on EC2), env (the
@@ -67,6 +70,8 @@ pub struct KmsRelayArgs {
 pub struct KmsRelayConfig {
     /// Allowed endpoints, `host:port`, host lower-cased.
     pub endpoints: Vec<String>,
+    /// Where each allowed endpoint is connected to, when not to itself.
+    pub routes: std::collections::HashMap<String, String>,
     pub credentials: CredentialsSource,
     /// IMDS base URL (scheme http, host, optional port; no path).
     pub imds: http::Uri,
@@ -83,12 +88,22 @@ impl KmsRelayConfig {
     /// Validates the flags. Endpoints must be `host:port` with a DNS name or IP and a non-zero port.
     pub fn from_args(args: &KmsRelayArgs) -> Result<Self, KmsConfigError> {
         let mut endpoints = Vec::new();
-        for e in &args.kms_endpoints {
-            let e = normalize_endpoint(e).ok_or_else(|| {
+        let mut routes = std::collections::HashMap::new();
+        for spec in &args.kms_endpoints {
+            let bad = || {
                 KmsConfigError(format!(
-                    "--kms-endpoint {e:?}: expected HOST:PORT, e.g. kms.eu-west-1.amazonaws.com:443"
+                    "--kms-endpoint {spec:?}: expected HOST:PORT (e.g. kms.eu-west-1.amazonaws.com:443) or \
+                     HOST:PORT=ADDRESS:PORT"
                 ))
-            })?;
+            };
+            let (name, to) = match spec.split_once('=') {
+                Some((n, t)) => (n, Some(normalize_endpoint(t).ok_or_else(bad)?)),
+                None => (spec.as_str(), None),
+            };
+            let e = normalize_endpoint(name).ok_or_else(bad)?;
+            if let Some(to) = to {
+                routes.insert(e.clone(), to);
+            }
             if !endpoints.contains(&e) {
                 endpoints.push(e);
             }
@@ -100,6 +115,7 @@ impl KmsRelayConfig {
         }
         Ok(Self {
             endpoints,
+            routes,
             credentials: args.credentials,
             imds,
             connect_timeout: Duration::from_millis(args.kms_connect_timeout_ms.max(1)),
@@ -262,7 +278,8 @@ impl KmsServices {
                     Err(refuse(ErrorKind::Unavailable, format!("too many KMS relays open (at most {MAX_RELAYS})")))
                 }
                 Ok(permit) => {
-                    match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(&target)).await {
+                    let address = self.config.routes.get(&target).unwrap_or(&target).clone();
+                    match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(&address)).await {
                         Ok(Ok(upstream)) => Ok((upstream, permit, target)),
                         Ok(Err(e)) => {
                             tracing::warn!(%peer, endpoint = %target, error = %e, "KMS relay: connect failed");
