@@ -147,9 +147,16 @@ pub struct KmsInfo {
     pub log: PathBuf,
 }
 
-/// Credentials of the test stacks (the mock KMS checks their shape, not the secret).
+/// Credentials of the test stacks' clients (the mock KMS checks their shape, not the secret); the mock
+/// knows them as [`TEST_CLIENT_ROLE`].
 pub const TEST_ACCESS_KEY: &str = "AKIAVEILTESTSTACK000";
 pub const TEST_SECRET_KEY: &str = "veil-test-secret";
+/// The parent's credentials (served to the enclave): a session of [`TEST_ENCLAVE_ROLE`].
+pub const TEST_PARENT_ACCESS_KEY: &str = "AKIAVEILTESTPARENT00";
+/// The role the stacks' key policy lets decrypt (with the enclave's PCRs).
+pub const TEST_ENCLAVE_ROLE: &str = "arn:aws:iam::111122223333:role/veil-test-parent";
+/// The role the stacks' key policy lets create data keys.
+pub const TEST_CLIENT_ROLE: &str = "arn:aws:iam::111122223333:role/veil-test-client";
 
 impl KmsInfo {
     /// A KMS client configuration for this mock KMS.
@@ -173,8 +180,8 @@ impl KmsInfo {
             measurements: measurements.to_path_buf(),
             also: vec![],
             account: "111122223333".into(),
-            enclave_role: "arn:aws:iam::111122223333:role/veil-test-parent".into(),
-            clients: vec!["arn:aws:iam::111122223333:role/veil-test-client".into()],
+            enclave_role: TEST_ENCLAVE_ROLE.into(),
+            clients: vec![TEST_CLIENT_ROLE.into()],
             admin: None,
             pcrs: vec![],
             allow_debug: false,
@@ -211,6 +218,10 @@ impl KmsInfo {
             self.attestation_root.display().to_string(),
             "--ready-file".to_owned(),
             ready.display().to_string(),
+            "--principal".to_owned(),
+            format!("{TEST_ACCESS_KEY}={TEST_CLIENT_ROLE}"),
+            "--principal".to_owned(),
+            format!("{TEST_PARENT_ACCESS_KEY}=arn:aws:sts::111122223333:assumed-role/veil-test-parent/i-0veiltest"),
         ];
         let mut child = spawn(&bin("veil-mock-kms")?, &args, &self.log, &[])?;
         let info = wait_file(&ready, &mut child, "veil-mock-kms", &self.log)?;
@@ -337,8 +348,10 @@ impl Stack {
         }
         parent_args.extend(options.parent_args.iter().cloned());
         let parent_log = dir.path().join("parent.log");
-        let creds =
-            [("AWS_ACCESS_KEY_ID", Path::new(TEST_ACCESS_KEY)), ("AWS_SECRET_ACCESS_KEY", Path::new(TEST_SECRET_KEY))];
+        let creds = [
+            ("AWS_ACCESS_KEY_ID", Path::new(TEST_PARENT_ACCESS_KEY)),
+            ("AWS_SECRET_ACCESS_KEY", Path::new(TEST_SECRET_KEY)),
+        ];
         let mut parent = spawn(&bin("veil-parent")?, &parent_args, &parent_log, &creds)?;
         let ready = wait_file(&dir.path().join("parent.ready"), &mut parent, "veil-parent", &parent_log)?;
         let url = ready["url"].as_str().context("parent ready file has no url")?.to_owned();

@@ -58,10 +58,12 @@ pub struct DevArgs {
     pub ready_timeout: u64,
 }
 
-/// Credentials the dev stack's parent and clients use with the mock KMS (it checks their shape, not the
-/// secret: see docs/MOCK_KMS.md).
+/// Credentials the dev stack's clients use with the mock KMS (it checks their shape, not the secret: see
+/// docs/MOCK_KMS.md). The mock knows them as the client role; `veil dev` itself sets up the key with them.
 pub const DEV_ACCESS_KEY: &str = "AKIAVEILDEVSTACK0000";
 pub const DEV_SECRET_KEY: &str = "veil-dev-stack-mock-kms-secret";
+/// The parent's credentials (which it serves to the enclave): a session of the enclave's role.
+const DEV_PARENT_ACCESS_KEY: &str = "AKIAVEILDEVPARENT000";
 /// The dev stack's AWS account and the roles its key policy names.
 const DEV_ACCOUNT: &str = "111122223333";
 
@@ -110,6 +112,11 @@ async fn setup_kms(
         mock_dir.join("mock-root.pem").display().to_string(),
         "--ready-file".to_owned(),
         ready.display().to_string(),
+        // Who each access key is, so that the key policy's principals mean what they say.
+        "--principal".to_owned(),
+        format!("{DEV_ACCESS_KEY}=arn:aws:iam::{DEV_ACCOUNT}:role/veil-dev-client"),
+        "--principal".to_owned(),
+        format!("{DEV_PARENT_ACCESS_KEY}=arn:aws:sts::{DEV_ACCOUNT}:assumed-role/veil-dev-parent/i-0veildev"),
     ];
     procs.push(Proc::spawn("veil-mock-kms", &find_bin(args, "veil-mock-kms")?, &argv, logs.join("kms.log"), &[])?);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -404,7 +411,7 @@ async fn run_async(args: DevArgs) -> anyhow::Result<ExitCode> {
 
     say(&format!("veil dev: starting parent and enclave ({} models); logs in {}", models.len(), logs.display()));
     let creds =
-        [("AWS_ACCESS_KEY_ID", Path::new(DEV_ACCESS_KEY)), ("AWS_SECRET_ACCESS_KEY", Path::new(DEV_SECRET_KEY))];
+        [("AWS_ACCESS_KEY_ID", Path::new(DEV_PARENT_ACCESS_KEY)), ("AWS_SECRET_ACCESS_KEY", Path::new(DEV_SECRET_KEY))];
     procs.push(Proc::spawn("veil-parent", &parent_bin, &parent_argv, logs.join("parent.log"), &creds)?);
     procs.push(Proc::spawn(
         "veil-enclave",
