@@ -269,6 +269,8 @@ fn veil_infer_seals_under_an_alias_name_or_alias_arn() {
         let client = kms.client().await.unwrap();
         client.create_alias().alias_name("alias/veil-test").target_key_id(&kms.key_id).send().await.unwrap();
     });
+    let help = std::process::Command::new(veil_tests::bin("veil").unwrap()).args(["infer", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("alias/NAME or alias ARN"), "the help says so");
     let infer = |key: &str| {
         std::process::Command::new(veil_tests::bin("veil").unwrap())
             .args(["infer", "--url", &stack.url, "--model", "breast_cancer", "--kms-key-id", key, "--input"])
