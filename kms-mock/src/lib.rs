@@ -227,16 +227,17 @@ impl MockKms {
         if config.region.is_empty() || !config.region.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') {
             return Err(StartError::Config("the region must be letters, digits and dashes".into()));
         }
-        for (access_key, principal) in &config.principals {
+        for access_key in config.principals.keys() {
             check_access_key(access_key)?;
-            if let Some((configured, _)) = &config.credentials
-                && configured != access_key
-                && !config.principals.contains_key(configured)
-            {
-                return Err(StartError::Config(format!(
-                    "--access-key {configured} has no --principal, while {access_key} has ({principal})"
-                )));
-            }
+        }
+        // With principals, every accepted access key needs one, the verified one included.
+        if let Some((verified, _)) = &config.credentials
+            && !config.principals.is_empty()
+            && !config.principals.contains_key(verified)
+        {
+            return Err(StartError::Config(format!(
+                "the access key whose signatures are verified ({verified}) has no principal, while others do"
+            )));
         }
         if config.principals.is_empty() {
             tracing::warn!(account = %config.account, "no principals configured: every caller is the account root");

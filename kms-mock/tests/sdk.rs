@@ -326,4 +326,18 @@ async fn signatures_are_verified_when_credentials_are_configured() {
     assert_eq!(err.meta().code(), Some("InvalidSignatureException"), "{err:?}");
     let err = sdk_client_with(&kms, "AKIDOTHER", "s3cret").list_keys().send().await.unwrap_err().into_service_error();
     assert_eq!(err.meta().code(), Some("UnrecognizedClientException"), "{err:?}");
+
+    // With principals, the verified access key must be one of them.
+    let mut config =
+        veil_mock_kms::Config::new("tcp://127.0.0.1:0".parse().unwrap(), dir.path().join("kms2"), root(&enclave))
+            .with_principal(ADMIN.0, ADMIN.1)
+            .unwrap();
+    config.credentials = Some(("AKIDVEILVERIFIED0000".to_owned(), zeroize::Zeroizing::new("s3cret".to_owned())));
+    let err = veil_mock_kms::MockKms::start(config.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("has no principal"), "{err}");
+    let config = config.with_principal("AKIDVEILVERIFIED0000", ENCLAVE.1).unwrap();
+    let kms = veil_mock_kms::MockKms::start(config).await.unwrap();
+    let err = sdk_as(&kms, ADMIN).list_keys().send().await.unwrap_err().into_service_error();
+    assert_eq!(err.meta().code(), Some("UnrecognizedClientException"), "only the verified key is accepted");
+    sdk_client_with(&kms, "AKIDVEILVERIFIED0000", "s3cret").list_keys().send().await.unwrap();
 }
