@@ -27,7 +27,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-config="${VEIL_CONFIG:-docker/enclave.toml}"
+config="${VEIL_CONFIG:-$root/docker/enclave.toml}"
 out_dir="build"
 tag=""
 signing_key=""

@@ -22,10 +22,12 @@ use veil_runtime::ready::{self, EnclaveReady, MockKmsReady, ParentReady};
 
 /// The AWS account of the dev stack's mock KMS, and the roles its key policy names.
 pub const DEV_ACCOUNT: &str = "111122223333";
-/// Credentials the dev stack's parent and clients use with the mock KMS (it checks their shape, not the
-/// secret: see docs/MOCK_KMS.md).
+/// Credentials the dev stack's clients use with the mock KMS (it checks their shape, not the secret: see
+/// docs/MOCK_KMS.md). The mock knows them as the client role; the stack sets up its key with them too.
 pub const DEV_ACCESS_KEY: &str = "AKIAVEILDEVSTACK0000";
 pub const DEV_SECRET_KEY: &str = "veil-dev-stack-mock-kms-secret";
+/// The parent's credentials (which it serves to the enclave): a session of the enclave's role.
+pub const DEV_PARENT_ACCESS_KEY: &str = "AKIAVEILDEVPARENT000";
 
 /// How the parent and the enclave reach each other (vsock on hardware).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,9 +65,13 @@ pub struct Options {
     pub start_enclave: bool,
     /// `RUST_LOG` for the children.
     pub log_filter: String,
-    /// Credentials for the mock KMS.
+    /// Credentials for the mock KMS: the clients' access key (the client role), the parent's (a session of
+    /// the enclave role, which the parent serves to the enclave), and the secret both use.
     pub access_key: String,
+    pub parent_access_key: String,
     pub secret_key: String,
+    /// The prefix of the roles the key policy names: `{roles}-client` and `{roles}-parent`.
+    pub roles: String,
 }
 
 impl Options {
@@ -87,8 +93,21 @@ impl Options {
             start_enclave: true,
             log_filter: "info".into(),
             access_key: DEV_ACCESS_KEY.into(),
+            parent_access_key: DEV_PARENT_ACCESS_KEY.into(),
             secret_key: DEV_SECRET_KEY.into(),
+            roles: "veil-dev".into(),
         }
+    }
+
+    /// The role the key policy lets decrypt (the parent instance's role, whose credentials the enclave
+    /// signs its KMS calls with).
+    pub fn enclave_role(&self) -> String {
+        format!("arn:aws:iam::{DEV_ACCOUNT}:role/{}-parent", self.roles)
+    }
+
+    /// The role the key policy lets create data keys.
+    pub fn client_role(&self) -> String {
+        format!("arn:aws:iam::{DEV_ACCOUNT}:role/{}-client", self.roles)
     }
 }
 
@@ -112,6 +131,8 @@ pub struct MockKms {
     pub log: PathBuf,
     access_key: String,
     secret_key: String,
+    /// `--principal` mappings: who each access key is.
+    principals: Vec<String>,
 }
 
 impl MockKms {
@@ -144,6 +165,10 @@ impl MockKms {
             "--ready-file".to_owned(),
             ready_file.display().to_string(),
         ];
+        let mut args = args;
+        for p in &self.principals {
+            args.extend(["--principal".to_owned(), p.clone()]);
+        }
         let mut child = spawn(&bin_dir.join("veil-mock-kms"), &args, &self.log, &[], "info")?;
         let info =
             ready::wait::<MockKmsReady>(&ready_file, "veil-mock-kms", Duration::from_secs(60), || exited(&mut child))
@@ -236,6 +261,16 @@ impl Stack {
             log: logs.join("kms.log"),
             access_key: options.access_key.clone(),
             secret_key: options.secret_key.clone(),
+            // Who each access key is, so that the key policy's principals mean what they say.
+            principals: vec![
+                format!("{}={}", options.access_key, options.client_role()),
+                format!(
+                    "{}=arn:aws:sts::{DEV_ACCOUNT}:assumed-role/{}-parent/i-0{}",
+                    options.parent_access_key,
+                    options.roles,
+                    options.roles.replace('-', "")
+                ),
+            ],
         };
         let (kms_child, info) = kms.spawn_on(&options.bin_dir, "127.0.0.1:0")?;
         kms.host_port = info.endpoint.trim_start_matches("https://").to_owned();
@@ -314,8 +349,8 @@ impl Stack {
             measurements: measurements.to_path_buf(),
             also: vec![],
             account: DEV_ACCOUNT.into(),
-            enclave_role: format!("arn:aws:iam::{DEV_ACCOUNT}:role/veil-dev-parent"),
-            clients: vec![format!("arn:aws:iam::{DEV_ACCOUNT}:role/veil-dev-client")],
+            enclave_role: self.options.enclave_role(),
+            clients: vec![self.options.client_role()],
             admin: None,
             pcrs: vec![],
             allow_debug: false,
@@ -381,7 +416,7 @@ impl Stack {
         args.extend(self.options.parent_args.iter().cloned());
         let log = self.logs.join("parent.log");
         let creds = [
-            ("AWS_ACCESS_KEY_ID", self.options.access_key.as_str()),
+            ("AWS_ACCESS_KEY_ID", self.options.parent_access_key.as_str()),
             ("AWS_SECRET_ACCESS_KEY", self.options.secret_key.as_str()),
         ];
         let mut child =

@@ -128,9 +128,16 @@ impl StackOptions {
     }
 }
 
-/// Credentials of the test stacks (the mock KMS checks their shape, not the secret).
+/// Credentials of the test stacks' clients (the mock KMS checks their shape, not the secret); the mock
+/// knows them as [`TEST_CLIENT_ROLE`].
 pub const TEST_ACCESS_KEY: &str = "AKIAVEILTESTSTACK000";
 pub const TEST_SECRET_KEY: &str = "veil-test-secret";
+/// The parent's credentials (served to the enclave): a session of [`TEST_ENCLAVE_ROLE`].
+pub const TEST_PARENT_ACCESS_KEY: &str = "AKIAVEILTESTPARENT00";
+/// The role the key policy lets decrypt (with a matching attestation document).
+pub const TEST_ENCLAVE_ROLE: &str = "arn:aws:iam::111122223333:role/veil-test-parent";
+/// The role the key policy lets create data keys.
+pub const TEST_CLIENT_ROLE: &str = "arn:aws:iam::111122223333:role/veil-test-client";
 
 /// Bytes seen by a recording proxy, both directions.
 pub type Recording = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
@@ -217,7 +224,9 @@ impl Stack {
         o.extra_config = options.enclave_config.clone();
         o.start_enclave = options.start_enclave;
         o.access_key = TEST_ACCESS_KEY.into();
+        o.parent_access_key = TEST_PARENT_ACCESS_KEY.into();
         o.secret_key = TEST_SECRET_KEY.into();
+        o.roles = "veil-test".into();
         let recording: Recording = Default::default();
         if options.record {
             // The parent dials the enclave through a proxy, and the enclave dials the parent's host services

@@ -76,8 +76,9 @@ fn sha384_arg(s: &str) -> Result<[u8; 48], String> {
 /// KMS envelope options: with `--kms-key-id`, the request is sealed so only an attested enclave opens it.
 #[derive(Debug, Clone, Args)]
 pub struct KmsArgs {
-    /// Seal the request under a data key of this KMS key (id, ARN or alias). Required: a Veil enclave
-    /// accepts only sealed requests.
+    /// Seal the request under a data key of this KMS key: key id, key ARN, alias/NAME or alias ARN (an
+    /// alias name resolves in the caller's account; from another account than the enclave's, give an
+    /// ARN). Required: a Veil enclave accepts only sealed requests.
     #[arg(long, env = "VEIL_KMS_KEY_ID")]
     pub kms_key_id: Option<String>,
     /// KMS region (default: AWS_REGION).
