@@ -49,7 +49,7 @@ mod reader;
 mod signature;
 pub mod sizing;
 
-pub use builder::{BuildInfo, BuildOutput, EifBuilder, EifIdentity, rfc3339_utc};
+pub use builder::{BuildInfo, BuildOutput, EifBuilder, EifIdentity};
 pub use error::EifError;
 pub use format::{Arch, SectionKind};
 pub use measure::{Measurements, NITRO_HASH_ALGORITHM, Pcr};

@@ -15,6 +15,7 @@
 //! - [`random`]: the random source sealing takes as a parameter (fixed in known-answer tests).
 //! - [`model_file`]: encrypted model files, in independently authenticated chunks (streamed).
 //! - [`attestation`]: the fail-closed verifier of Nitro attestation documents, and the commitment.
+//! - [`time`]: calendar arithmetic and RFC 3339 text (no clock: callers pass the time).
 #![forbid(unsafe_code)]
 
 pub mod attestation;
@@ -26,4 +27,5 @@ pub mod message;
 pub mod model_file;
 pub mod pad;
 pub mod random;
+pub mod time;
 pub mod v2;

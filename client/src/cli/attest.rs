@@ -18,9 +18,9 @@ use base64::Engine as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use veil_protocol::attestation::{
-    CheckStatus, Policy, Report, TrustAnchor, UnverifiedDocument, UserDataCommitment, VerifiedDocument,
-    format_unix_millis, format_unix_seconds, verify,
+    CheckStatus, Policy, Report, TrustAnchor, UnverifiedDocument, UserDataCommitment, VerifiedDocument, verify,
 };
+use veil_protocol::time::{format_unix_millis, format_unix_seconds, parse_rfc3339};
 
 use super::{EXIT_CONNECT, EXIT_FAILED, EXIT_OK};
 
@@ -282,9 +282,10 @@ fn parse_at(s: &str) -> anyhow::Result<At> {
             .map(At::Millis)
             .ok_or_else(|| anyhow!("--at {s:?} is out of range"));
     }
-    parse_rfc3339(s).map(At::Millis).ok_or_else(|| {
+    let since_epoch = parse_rfc3339(s).map_err(|_| {
         anyhow!("--at {s:?}: expected RFC 3339 (2025-01-06T16:07:05Z or with +01:00), @UNIX_SECONDS, or 'document'")
-    })
+    })?;
+    u64::try_from(since_epoch.as_millis()).map(At::Millis).map_err(|_| anyhow!("--at {s:?} is out of range"))
 }
 
 fn parse_fraction_ms(frac: &str) -> Option<u64> {
@@ -296,59 +297,6 @@ fn parse_fraction_ms(frac: &str) -> Option<u64> {
     }
     let padded = format!("{frac:0<3}");
     padded.get(..3)?.parse().ok()
-}
-
-/// `YYYY-MM-DD[T ]HH:MM:SS[.fff](Z|±HH:MM)` → ms since the Unix epoch.
-fn parse_rfc3339(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b.get(4) != Some(&b'-')
-        || b.get(7) != Some(&b'-')
-        || !matches!(b.get(10), Some(b'T' | b't' | b' '))
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        if t.bytes().all(|c| c.is_ascii_digit()) { t.parse().ok() } else { None }
-    };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if s.get(13..14)? != ":" || s.get(16..17)? != ":" {
-        return None;
-    }
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let rest = s.get(19..)?;
-    let (frac, zone) = match rest.strip_prefix('.') {
-        Some(r) => {
-            let end = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
-            (r.get(..end)?, r.get(end..)?)
-        }
-        None => ("", rest),
-    };
-    let ms = parse_fraction_ms(frac)? as i64;
-    let offset_s = match zone {
-        "Z" | "z" => 0,
-        z if z.len() == 6 && (z.starts_with('+') || z.starts_with('-')) && z.get(3..4) == Some(":") => {
-            let oh: i64 = z.get(1..3)?.parse().ok()?;
-            let om: i64 = z.get(4..6)?.parse().ok()?;
-            let sign = if z.starts_with('-') { -1 } else { 1 };
-            sign * (oh * 3600 + om * 60)
-        }
-        _ => return None,
-    };
-    // days_from_civil (Howard Hinnant)
-    let yy = if mo <= 2 { y - 1 } else { y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_s;
-    u64::try_from(secs.checked_mul(1000)?.checked_add(ms)?).ok()
 }
 
 fn parse_duration(s: &str) -> anyhow::Result<Duration> {

@@ -19,9 +19,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
-use veil_eif::{
-    Arch, BuildInfo, EifBuilder, EifIdentity, EifInfo, SignatureCheck, Signer, read_eif, recommend_memory, rfc3339_utc,
-};
+use veil_eif::{Arch, BuildInfo, EifBuilder, EifIdentity, EifInfo, SignatureCheck, Signer, read_eif, recommend_memory};
+use veil_protocol::time::{MAX_UNIX_SECONDS, UtcSuffix, format_rfc3339};
 
 /// Exit code when the signature section of an EIF does not verify: a failed verification.
 const EXIT_BAD_SIGNATURE: u8 = super::EXIT_FAILED;
@@ -208,7 +207,8 @@ pub struct BuildArgs {
     pub no_metadata: bool,
     /// Build time for the metadata, as Unix seconds; the standard reproducible-builds variable.
     /// Without it the build time is the Unix epoch, never the clock.
-    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS",
+          value_parser = clap::value_parser!(i64).range(0..=MAX_UNIX_SECONDS))]
     pub source_date_epoch: Option<i64>,
     /// Architecture flag written in the header.
     #[arg(long, value_enum, default_value = "x86_64")]
@@ -406,7 +406,8 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             image_name: args.name.clone(),
             image_version: args.image_version.clone(),
             build: BuildInfo {
-                build_time: rfc3339_utc(args.source_date_epoch.unwrap_or(0)),
+                build_time: format_rfc3339(args.source_date_epoch.unwrap_or(0), UtcSuffix::Offset)
+                    .context("SOURCE_DATE_EPOCH is after the year 9999")?,
                 build_tool: "veil eif build".into(),
                 build_tool_version: env!("CARGO_PKG_VERSION").into(),
                 operating_system: "Linux".into(),

@@ -37,7 +37,7 @@ mod document;
 mod error;
 mod verify;
 
-pub use chain::{CertificateSummary, format_unix_millis, format_unix_seconds};
+pub use chain::CertificateSummary;
 pub use commitment::{
     COMMITMENT_VERSION, CommitmentError, MAX_MODEL_NAME_LEN, MAX_MODELS, ModelDigest, UserDataCommitment,
 };

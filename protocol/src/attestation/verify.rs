@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::chain::{self, CertificateSummary, format_unix_millis, format_unix_seconds};
+use super::chain::{self, CertificateSummary};
 use super::document::{Claims, MAX_OPTIONAL_FIELD_LEN, PCR_LEN, UnverifiedDocument};
 use super::error::{PolicyError, VerifyError};
+use crate::time::{format_unix_millis, format_unix_seconds};
 
 /// The AWS Nitro Enclaves Root-G1 certificate (DER), as published by AWS in
 /// `AWS_NitroEnclaves_Root-G1.zip`.
