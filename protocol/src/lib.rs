@@ -6,6 +6,7 @@
 //! of hostile input small, testable and fuzzable; the I/O lives in `veil-runtime`.
 //!
 //! - [`cbor`]: a strict, zero-copy CBOR reader and the canonical writer the formats above share.
+//! - [`der`]: the DER tag-length-value writer that hand-built ASN.1 (PKCS#8, CMS) shares.
 //! - [`error`]: kinds of failure, and the one table that maps them to HTTP statuses.
 //! - [`frame`]: length-prefixed frames with an explicit maximum, checked before anything is allocated.
 //! - [`message`]: the versioned CBOR messages exchanged between parent and enclave.
@@ -20,6 +21,7 @@
 
 pub mod attestation;
 pub mod cbor;
+pub mod der;
 pub mod envelope;
 pub mod error;
 pub mod frame;
