@@ -12,13 +12,14 @@
 use std::io::Write;
 
 use serde::Serialize;
+use veil_protocol::measurements::Measurements;
 
 use crate::error::EifError;
 use crate::format::{
     Arch, CRC_FIELD_OFFSET, CURRENT_VERSION, Crc32, EIF_HEADER_LEN, EifHeader, FLAG_ARCH_ARM64, MAX_SECTIONS,
     SECTION_HEADER_LEN, SectionKind, encode_section_header,
 };
-use crate::measure::{Measurements, PcrHashers};
+use crate::measure::PcrHashers;
 use crate::signature::Signer;
 
 /// The metadata section, field for field as nitro-cli writes it (`EifIdentityInfo`), so that
@@ -179,12 +180,10 @@ impl<'a> EifBuilder<'a> {
             hashers.start_ramdisk();
             hashers.ramdisk_data(rd);
         }
-        let mut measurements = hashers.finish(None);
+        let pcrs = hashers.finish();
+        let measurements = pcrs.measurements(self.signer.map(Signer::pcr8));
         let signature = match self.signer {
-            Some(s) => {
-                measurements.pcr8 = Some(s.pcr8());
-                Some(s.signature_section(&measurements.pcr0)?)
-            }
+            Some(s) => Some(s.signature_section(&pcrs.pcr0)?),
             None => None,
         };
 

@@ -33,8 +33,8 @@
 //! let read = read_eif_bytes(&eif)?;
 //! assert_eq!(read.measurements, built.measurements);
 //! // PCR2 measures the ramdisks after the first: here just `app`.
-//! assert_eq!(read.measurements.pcr2, Pcr::of_blob(b"app"));
-//! println!("{}", read.measurements.to_nitro_json_pretty());
+//! assert_eq!(read.measurements.pcr(2), Some(&Pcr::of_blob(b"app").0));
+//! println!("{}", read.measurements.to_json_pretty());
 //! # Ok::<(), veil_eif::EifError>(())
 //! ```
 #![forbid(unsafe_code)]
@@ -52,9 +52,11 @@ pub mod sizing;
 pub use builder::{BuildInfo, BuildOutput, EifBuilder, EifIdentity};
 pub use error::EifError;
 pub use format::{Arch, SectionKind};
-pub use measure::{Measurements, NITRO_HASH_ALGORITHM, Pcr};
+pub use measure::Pcr;
 pub use reader::{
     EifInfo, MAX_CMDLINE_LEN, MAX_METADATA_LEN, MAX_SIGNATURE_LEN, SectionInfo, measure_eif, read_eif, read_eif_bytes,
 };
 pub use signature::{SignatureCheck, SignatureInfo, Signer};
 pub use sizing::{Sizing, recommend_memory};
+/// The measurements file type, shared with `veil attest` and `veil kms policy` (see its module).
+pub use veil_protocol::measurements::{Measurements, NITRO_HASH_ALGORITHM};

@@ -16,6 +16,7 @@
 //! - [`random`]: the random source sealing takes as a parameter (fixed in known-answer tests).
 //! - [`model_file`]: encrypted model files, in independently authenticated chunks (streamed).
 //! - [`attestation`]: the fail-closed verifier of Nitro attestation documents, and the commitment.
+//! - [`measurements`]: nitro-cli's measurements file (an image's PCRs), read and written by one type.
 //! - [`time`]: calendar arithmetic and RFC 3339 text (no clock: callers pass the time).
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ pub mod der;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+pub mod measurements;
 pub mod message;
 pub mod model_file;
 pub mod pad;

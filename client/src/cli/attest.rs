@@ -20,6 +20,7 @@ use serde_json::json;
 use veil_protocol::attestation::{
     CheckStatus, Policy, Report, TrustAnchor, UnverifiedDocument, UserDataCommitment, VerifiedDocument, verify,
 };
+use veil_protocol::measurements::Measurements;
 use veil_protocol::time::{format_unix_millis, format_unix_seconds, parse_rfc3339};
 
 use super::{EXIT_CONNECT, EXIT_FAILED, EXIT_OK};
@@ -329,36 +330,12 @@ fn parse_expect_pcr(s: &str) -> anyhow::Result<(u16, Vec<u8>)> {
     Ok((i, v))
 }
 
-/// PCRs from nitro-cli's measurements JSON.
-pub(crate) fn read_measurements(path: &Path) -> anyhow::Result<BTreeMap<u16, Vec<u8>>> {
+/// nitro-cli's measurements JSON, from a file; errors name the file.
+pub(crate) fn read_measurements(path: &Path) -> anyhow::Result<Measurements> {
     let bytes = read_input(path)?;
     let json: serde_json::Value =
         serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))?;
-    let m = json.get("Measurements").and_then(|m| m.as_object()).ok_or_else(|| {
-        anyhow!("{}: no \"Measurements\" object (expected nitro-cli build-enclave's output)", path.display())
-    })?;
-    if let Some(alg) = m.get("HashAlgorithm").and_then(|a| a.as_str())
-        && !alg.to_ascii_lowercase().contains("sha384")
-    {
-        bail!("{}: HashAlgorithm {alg:?} is not SHA-384", path.display());
-    }
-    let mut pcrs = BTreeMap::new();
-    for (k, v) in m {
-        let Some(index) = k.strip_prefix("PCR") else {
-            continue;
-        };
-        let index: u16 = index.parse().map_err(|_| anyhow!("{}: {k:?} is not a PCR name", path.display()))?;
-        let hex_value = v.as_str().ok_or_else(|| anyhow!("{}: {k} is not a string", path.display()))?;
-        let value = hex::decode(hex_value).map_err(|e| anyhow!("{}: {k} is not hex: {e}", path.display()))?;
-        if value.len() != 48 {
-            bail!("{}: {k} is {} bytes, not 48", path.display(), value.len());
-        }
-        pcrs.insert(index, value);
-    }
-    if pcrs.is_empty() {
-        bail!("{}: no PCRn entries in \"Measurements\"", path.display());
-    }
-    Ok(pcrs)
+    Measurements::from_json(&json).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 fn now_ms() -> anyhow::Result<u64> {
@@ -370,7 +347,7 @@ fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     // Validate every flag before any network call.
     let mut expected: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
     if let Some(path) = &args.measurements {
-        expected = read_measurements(path)?;
+        expected = read_measurements(path)?.into_pcrs().into_iter().map(|(i, v)| (i, v.to_vec())).collect();
     }
     for s in &args.expect_pcr {
         let (i, v) = parse_expect_pcr(s)?;

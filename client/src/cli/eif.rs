@@ -261,7 +261,7 @@ fn signature_exit(info: &EifInfo, path: &Path) -> ExitCode {
 fn pcrs(args: &PcrsArgs) -> anyhow::Result<ExitCode> {
     let info = load(&args.file)?;
     let m = &info.measurements;
-    let text = if args.json { m.to_nitro_json().to_string() } else { m.to_nitro_json_pretty() };
+    let text = if args.json { m.to_json().to_string() } else { m.to_json_pretty() };
     println!("{text}");
     Ok(signature_exit(&info, &args.file))
 }
@@ -272,7 +272,7 @@ fn describe(args: &DescribeArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     if args.json {
         let mut v = serde_json::to_value(&info).context("serializing the description")?;
-        if let (Some(obj), serde_json::Value::Object(m)) = (v.as_object_mut(), info.measurements.to_nitro_json()) {
+        if let (Some(obj), serde_json::Value::Object(m)) = (v.as_object_mut(), info.measurements.to_json()) {
             obj.insert("file".into(), json!(args.file.display().to_string()));
             obj.extend(m);
             if let Some(sig) = &info.signature {
@@ -316,12 +316,13 @@ fn write_text(out: &mut impl Write, path: &Path, info: &EifInfo, now: i64) -> st
     writeln!(out, "Cmdline: {}", info.cmdline)?;
     writeln!(out)?;
     writeln!(out, "Measurements (SHA-384):")?;
-    let m = &info.measurements;
-    writeln!(out, "  PCR0 {}  kernel + cmdline + all ramdisks", m.pcr0)?;
-    writeln!(out, "  PCR1 {}  kernel + cmdline + first ramdisk", m.pcr1)?;
-    writeln!(out, "  PCR2 {}  ramdisks after the first", m.pcr2)?;
-    match m.pcr8 {
-        Some(p) => writeln!(out, "  PCR8 {p}  signing certificate")?,
+    // Reading an EIF always measures PCR0, PCR1 and PCR2.
+    let pcr = |i| info.measurements.pcr(i).map(hex::encode).unwrap_or_default();
+    writeln!(out, "  PCR0 {}  kernel + cmdline + all ramdisks", pcr(0))?;
+    writeln!(out, "  PCR1 {}  kernel + cmdline + first ramdisk", pcr(1))?;
+    writeln!(out, "  PCR2 {}  ramdisks after the first", pcr(2))?;
+    match info.measurements.pcr(8) {
+        Some(p) => writeln!(out, "  PCR8 {}  signing certificate", hex::encode(p))?,
         None => writeln!(out, "  PCR8 (unsigned image: reads as all zeros in attestation documents)")?,
     }
     writeln!(out)?;
@@ -450,7 +451,7 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         out.crc32,
         if signer.is_some() { ", signed" } else { "" }
     );
-    println!("{}", out.measurements.to_nitro_json_pretty());
+    println!("{}", out.measurements.to_json_pretty());
     Ok(ExitCode::SUCCESS)
 }
 

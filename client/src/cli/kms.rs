@@ -95,9 +95,9 @@ pub fn build_policy(args: &PolicyArgs) -> anyhow::Result<Value> {
             bail!("{arn:?} is not an ARN (arn:aws:iam::ACCOUNT:role/NAME)");
         }
     }
-    let mut images: Vec<BTreeMap<u16, Vec<u8>>> = Vec::new();
+    let mut images: Vec<BTreeMap<u16, [u8; 48]>> = Vec::new();
     for path in std::iter::once(&args.measurements).chain(&args.also) {
-        images.push(super::attest::read_measurements(path)?);
+        images.push(super::attest::read_measurements(path)?.into_pcrs());
     }
     let mut statements = vec![
         json!({
