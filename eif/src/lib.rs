@@ -16,6 +16,8 @@
 //!
 //! - [`format`](mod@format): the byte layout (header, sections, CRC).
 //! - [`measure`]: how PCRs are computed, and why exactly that way.
+//! - [`Measurements`]: the PCRs in nitro-cli's measurements file, the type `veil-protocol` shares with
+//!   every reader of such files.
 //! - [`read_eif`]: check and measure an existing image ([`EifInfo`]).
 //! - [`EifBuilder`]: build a reproducible image from a kernel, a cmdline and ramdisks.
 //! - [`Signer`]: sign an image with a P-384 key and certificate (PCR8).

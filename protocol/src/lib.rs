@@ -5,7 +5,7 @@
 //! on tokio, mio or tokio-vsock (`cargo tree -p veil-protocol -e normal` shows it). That keeps the parsers
 //! of hostile input small, testable and fuzzable; the I/O lives in `veil-runtime`.
 //!
-//! - [`cbor`]: a strict, zero-copy CBOR reader and the canonical writer the formats above share.
+//! - [`cbor`]: a strict, zero-copy CBOR reader and the canonical writer the formats below share.
 //! - [`der`]: the DER tag-length-value writer that hand-built ASN.1 (PKCS#8, CMS) shares.
 //! - [`error`]: kinds of failure, and the one table that maps them to HTTP statuses.
 //! - [`frame`]: length-prefixed frames with an explicit maximum, checked before anything is allocated.
