@@ -7,6 +7,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
+use veil_protocol::random;
 
 use super::SourceArgs;
 use super::input::{decode_input, parse_nonce, read_input};
@@ -61,8 +62,7 @@ pub(super) fn fetch(source: &SourceArgs) -> anyhow::Result<Fetched> {
 }
 
 fn random_nonce() -> anyhow::Result<Vec<u8>> {
-    use ring::rand::SecureRandom;
-    let mut n = vec![0u8; NONCE_LEN];
-    ring::rand::SystemRandom::new().fill(&mut n).map_err(|_| anyhow!("the system random number generator failed"))?;
-    Ok(n)
+    let nonce: [u8; NONCE_LEN] = random::array(&random::SystemRandom::new())
+        .map_err(|_| anyhow!("the system random number generator failed"))?;
+    Ok(nonce.to_vec())
 }
