@@ -500,37 +500,9 @@ async fn imds_call(
     result
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` (IMDS's format; fractional seconds accepted) as Unix seconds.
+/// IMDS's `Expiration` (`2026-11-25T04:41:48Z`; any RFC 3339 time) as Unix seconds.
 fn parse_rfc3339_utc(s: &str) -> Option<u64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let time = time.split_once('.').map_or(time, |(t, _)| t);
-    let num = |v: &str| -> Option<u64> {
-        (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.parse().ok()).flatten()
-    };
-    let mut d = date.split('-');
-    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
-    let mut t = time.split(':');
-    let (hh, mm, ss) = (num(t.next()?)?, num(t.next()?)?, num(t.next()?)?);
-    if d.next().is_some()
-        || t.next().is_some()
-        || !(1970..=9999).contains(&y)
-        || !(1..=12).contains(&m)
-        || !(1..=31).contains(&day)
-        || hh > 23
-        || mm > 59
-        || ss > 60
-    {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm), for years from 1970.
-    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+    veil_protocol::time::parse_rfc3339(s).ok().map(|since_epoch| since_epoch.as_secs())
 }
 
 #[cfg(test)]
@@ -548,10 +520,12 @@ mod tests {
             "2026-11-25T04:41:48",
             "2026-13-01T00:00:00Z",
             "x026-11-25T04:41:48Z",
-            "2026-11-25T04:41:48+01:00",
+            "1969-12-31T23:59:59Z",
         ] {
             assert_eq!(parse_rfc3339_utc(bad), None, "{bad}");
         }
+        // IMDS writes UTC, but an offset is still the same instant.
+        assert_eq!(parse_rfc3339_utc("2026-11-25T05:41:48+01:00"), Some(1_795_581_708));
     }
 
     #[test]

@@ -253,19 +253,10 @@ async fn fake_imds(expires_in: Duration) -> (String, Arc<Mutex<ImdsLog>>) {
     (url, log)
 }
 
-/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days).
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`, as IMDS writes expirations.
 fn rfc3339(secs: u64) -> String {
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    use veil_protocol::time::{UtcSuffix, format_rfc3339};
+    format_rfc3339(i64::try_from(secs).unwrap(), UtcSuffix::Z).unwrap()
 }
 
 async fn credentials(addr: &Address) -> HostResponse {

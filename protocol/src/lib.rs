@@ -5,7 +5,8 @@
 //! on tokio, mio or tokio-vsock (`cargo tree -p veil-protocol -e normal` shows it). That keeps the parsers
 //! of hostile input small, testable and fuzzable; the I/O lives in `veil-runtime`.
 //!
-//! - [`cbor`]: a strict, zero-copy CBOR reader and the canonical writer the formats above share.
+//! - [`cbor`]: a strict, zero-copy CBOR reader and the canonical writer the formats below share.
+//! - [`der`]: the DER tag-length-value writer that hand-built ASN.1 (PKCS#8, CMS) shares.
 //! - [`error`]: kinds of failure, and the one table that maps them to HTTP statuses.
 //! - [`frame`]: length-prefixed frames with an explicit maximum, checked before anything is allocated.
 //! - [`message`]: the versioned CBOR messages exchanged between parent and enclave.
@@ -15,15 +16,20 @@
 //! - [`random`]: the random source sealing takes as a parameter (fixed in known-answer tests).
 //! - [`model_file`]: encrypted model files, in independently authenticated chunks (streamed).
 //! - [`attestation`]: the fail-closed verifier of Nitro attestation documents, and the commitment.
+//! - [`measurements`]: nitro-cli's measurements file (an image's PCRs), read and written by one type.
+//! - [`time`]: calendar arithmetic and RFC 3339 text (no clock: callers pass the time).
 #![forbid(unsafe_code)]
 
 pub mod attestation;
 pub mod cbor;
+pub mod der;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+pub mod measurements;
 pub mod message;
 pub mod model_file;
 pub mod pad;
 pub mod random;
+pub mod time;
 pub mod v2;

@@ -221,9 +221,9 @@ pub fn build_policy(args: &PolicyArgs) -> anyhow::Result<Value> {
     if let Some(p) = args.pcrs.iter().find(|p| **p > 31) {
         bail!("--pcrs: PCR{p} does not exist (Nitro PCRs are 0 to 31)");
     }
-    let mut images: Vec<BTreeMap<u16, Vec<u8>>> = Vec::new();
+    let mut images: Vec<BTreeMap<u16, [u8; 48]>> = Vec::new();
     for path in std::iter::once(&args.measurements).chain(&args.also) {
-        images.push(super::attest::read_measurements(path)?);
+        images.push(super::attest::read_measurements(path)?.into_pcrs());
     }
     // Each accepted image: the pinned condition keys and their values (lowercase hex, as KMS gives them).
     let mut sets: Vec<Vec<(String, String)>> = Vec::new();
