@@ -345,7 +345,7 @@ impl Stack {
 
     /// Puts a key policy from `measurements` (nitro-cli JSON) on the stack's key.
     pub async fn put_policy_from(&self, measurements: &Path) -> anyhow::Result<()> {
-        let policy = crate::cli::kms::build_policy(&crate::cli::kms::PolicyArgs {
+        let policy = crate::policy::build_policy(&crate::policy::PolicyArgs {
             measurements: measurements.to_path_buf(),
             also: vec![],
             account: DEV_ACCOUNT.into(),

@@ -26,9 +26,9 @@
 #![forbid(unsafe_code)]
 
 pub mod attested;
-pub mod cli;
 pub mod devstack;
 mod http;
 pub mod kms;
+pub mod policy;
 
 pub use http::{Client, ClientError};

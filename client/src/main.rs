@@ -2,7 +2,12 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use veil_client::cli;
+
+// The subcommands live in the binary, not the library: the library's surface is what other programs use
+// (the client, sessions, policies, the dev stack), the CLI's is its flags. Inside a binary, `pub` means
+// crate-wide, so the lint about unreachable `pub` items does not apply.
+#[allow(unreachable_pub)]
+mod cli;
 
 /// Veil: confidential inference on AWS Nitro Enclaves.
 ///

@@ -1,6 +1,6 @@
 //! `veil dev`: the whole off-hardware stack in one command.
 //!
-//! The stack itself is [`crate::devstack`], the same builder the tests use: the mock KMS with a key whose
+//! The stack itself is [`veil_client::devstack`], the same builder the tests use: the mock KMS with a key whose
 //! policy comes from the enclave's measurements, models encrypted under it, the enclave's configuration
 //! file, and the real `veil-parent` and `veil-enclave` (a development build, with the mock NSM) as child
 //! processes on real sockets. This command prints the endpoints (`--json`: one JSON object on stdout, for
@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use crate::devstack::{self, Options, Stack};
+use veil_client::devstack::{self, Options, Stack};
 
 /// Start the off-hardware stack: mock KMS, enclave (mock NSM), parent and the sample models.
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{EXIT_CONNECT, EXIT_FAILED, EXIT_UNVERIFIED, EXIT_USAGE};
-use crate::{Client, ClientError};
+use veil_client::{Client, ClientError};
 use veil_protocol::attestation::TrustAnchor;
 use veil_protocol::envelope::ModelRef;
 
@@ -105,21 +105,21 @@ fn context_pair(s: &str) -> Result<(String, String), String> {
 
 impl KmsArgs {
     /// A KMS session, when a key id is given.
-    pub async fn session(&self) -> Result<Option<crate::kms::Session>, String> {
+    pub async fn session(&self) -> Result<Option<veil_client::kms::Session>, String> {
         let Some(key_id) = &self.kms_key_id else { return Ok(None) };
         let ca_pem = match &self.kms_ca {
             Some(p) => Some(std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?),
             None => None,
         };
-        let config = crate::kms::KmsConfig {
+        let config = veil_client::kms::KmsConfig {
             region: self.kms_region.clone(),
             endpoint_url: self.kms_endpoint.clone(),
             ca_pem,
             static_credentials: None,
         };
-        let kms = crate::kms::kms_client(&config).await.map_err(|e| e.to_string())?;
+        let kms = veil_client::kms::kms_client(&config).await.map_err(|e| e.to_string())?;
         let context = self.context.iter().cloned().collect();
-        Ok(Some(crate::kms::Session::new(kms, key_id, context, crate::kms::SessionLimits::default())))
+        Ok(Some(veil_client::kms::Session::new(kms, key_id, context, veil_client::kms::SessionLimits::default())))
     }
 }
 
@@ -212,16 +212,16 @@ pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         let sha384 = match args.expect_model_sha384 {
             Some(d) => d,
             None => {
-                let policy = crate::attested::policy_now(root, Duration::from_secs(args.max_age))?;
-                let verified = match crate::attested::fetch_verified(&client, policy).await {
+                let policy = veil_client::attested::policy_now(root, Duration::from_secs(args.max_age))?;
+                let verified = match veil_client::attested::fetch_verified(&client, policy).await {
                     Ok(d) => d,
-                    Err(crate::attested::AttestedError::Fetch(e)) => return Ok(report(&e)),
+                    Err(veil_client::attested::AttestedError::Fetch(e)) => return Ok(report(&e)),
                     Err(e) => {
                         eprintln!("veil: {e}; nothing was sent");
                         return Ok(ExitCode::from(EXIT_UNVERIFIED));
                     }
                 };
-                match crate::attested::model_digest(&verified, &args.model) {
+                match veil_client::attested::model_digest(&verified, &args.model) {
                     Ok(d) => d,
                     Err(e) => {
                         eprintln!("veil: {e}; nothing was sent");

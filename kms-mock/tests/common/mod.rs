@@ -111,7 +111,7 @@ pub fn write_measurements(path: &Path, pcrs: &MockPcrs) -> PathBuf {
 /// The policy `veil kms policy` writes for `measurements` (and `also`), naming [`ENCLAVE_ROLE`], [`CLIENT`]
 /// and [`ADMIN`].
 pub fn veil_policy(measurements: &Path, also: &[PathBuf]) -> String {
-    let args = veil_client::cli::kms::PolicyArgs {
+    let args = veil_client::policy::PolicyArgs {
         measurements: measurements.to_owned(),
         also: also.to_vec(),
         account: ACCOUNT.into(),
@@ -122,7 +122,7 @@ pub fn veil_policy(measurements: &Path, also: &[PathBuf]) -> String {
         allow_debug: false,
         output: None,
     };
-    veil_client::cli::kms::build_policy(&args).unwrap().to_string()
+    veil_client::policy::build_policy(&args).unwrap().to_string()
 }
 
 /// The code and message of a failed SDK call (code "?" and the whole error when KMS did not answer).

@@ -35,7 +35,7 @@ pub(super) fn fetch(source: &SourceArgs) -> anyhow::Result<Fetched> {
                 Some(n) => n,
                 None => random_nonce()?,
             };
-            let client = crate::Client::new(url).map_err(|e| anyhow!("{e}"))?;
+            let client = veil_client::Client::new(url).map_err(|e| anyhow!("{e}"))?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

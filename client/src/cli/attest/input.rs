@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use base64::Engine as _;
 use veil_protocol::attestation::TrustAnchor;
-use veil_protocol::measurements::Measurements;
 use veil_protocol::time::parse_rfc3339;
 
 use super::VerifyArgs;
@@ -36,7 +35,11 @@ impl Expectations {
     pub(super) fn from_args(args: &VerifyArgs) -> anyhow::Result<Self> {
         let mut pcrs: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
         if let Some(path) = &args.measurements {
-            pcrs = read_measurements(path)?.into_pcrs().into_iter().map(|(i, v)| (i, v.to_vec())).collect();
+            pcrs = veil_client::policy::read_measurements(path)?
+                .into_pcrs()
+                .into_iter()
+                .map(|(i, v)| (i, v.to_vec()))
+                .collect();
         }
         for s in &args.expect_pcr {
             let (i, v) = parse_expect_pcr(s)?;
@@ -200,14 +203,6 @@ fn parse_expect_config(h: &str) -> anyhow::Result<Vec<u8>> {
         Ok(d) => Err(anyhow!("--expect-config: {} bytes; SHA-384 is 48 bytes (96 hex digits)", d.len())),
         Err(e) => Err(anyhow!("--expect-config {h:?} is not hex: {e}")),
     }
-}
-
-/// nitro-cli's measurements JSON, from a file; errors name the file. `veil kms policy` reads it too.
-pub(crate) fn read_measurements(path: &Path) -> anyhow::Result<Measurements> {
-    let bytes = read_input(path)?;
-    let json: serde_json::Value =
-        serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))?;
-    Measurements::from_json(&json).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -26,7 +26,6 @@ use clap::{Args, Subcommand};
 use veil_protocol::attestation::{Policy, UnverifiedDocument, VerifyError, verify};
 
 use self::fetch::{Fetched, fetch};
-pub(crate) use self::input::read_measurements;
 use self::input::{At, Expectations};
 use self::render::clean;
 use super::{EXIT_FAILED, EXIT_OK};
