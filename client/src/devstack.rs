@@ -72,6 +72,11 @@ pub struct Options {
     pub secret_key: String,
     /// The prefix of the roles the key policy names: `{roles}-client` and `{roles}-parent`.
     pub roles: String,
+    /// An enclave configuration to use byte for byte (an image's baked file, such as `docker/enclave.toml`)
+    /// instead of the one the stack writes. The mock KMS then takes that file's region and key ids (which
+    /// must be in [`DEV_ACCOUNT`]), answers as the file's KMS endpoint, and the parent routes that endpoint
+    /// to it; each model is encrypted under the key the file names for it.
+    pub image_config: Option<PathBuf>,
 }
 
 impl Options {
@@ -96,6 +101,7 @@ impl Options {
             parent_access_key: DEV_PARENT_ACCESS_KEY.into(),
             secret_key: DEV_SECRET_KEY.into(),
             roles: "veil-dev".into(),
+            image_config: None,
         }
     }
 
@@ -123,6 +129,11 @@ pub struct MockKms {
     /// The key's id, and its ARN (what clients send and the configuration names).
     pub key_id: String,
     pub key_arn: String,
+    /// With an image configuration: the endpoint the enclave dials (`HOST:PORT`), its keys, and the extra
+    /// arguments the mock is started with.
+    pub enclave_endpoint: Option<String>,
+    pub fixture_keys: Vec<String>,
+    pub extra_args: Vec<String>,
     pub state_dir: PathBuf,
     pub policy_file: PathBuf,
     pub measurements_file: PathBuf,
@@ -169,6 +180,7 @@ impl MockKms {
         for p in &self.principals {
             args.extend(["--principal".to_owned(), p.clone()]);
         }
+        args.extend(self.extra_args.iter().cloned());
         let mut child = spawn(&bin_dir.join("veil-mock-kms"), &args, &self.log, &[], "info")?;
         let info =
             ready::wait::<MockKmsReady>(&ready_file, "veil-mock-kms", Duration::from_secs(60), || exited(&mut child))
@@ -200,6 +212,69 @@ pub struct Stack {
     enclave: Option<Child>,
     kms_child: Option<Child>,
     enclave_argv: Vec<String>,
+    enclave_env: Vec<(String, String)>,
+    image: Option<ImageConfig>,
+}
+
+/// What the stack needs from an image's enclave configuration.
+#[derive(Debug, Clone)]
+struct ImageConfig {
+    path: PathBuf,
+    region: String,
+    /// `HOST:PORT`, as the enclave dials it.
+    endpoint: String,
+    /// Model name → key ARN.
+    models: Vec<(String, String)>,
+}
+
+impl ImageConfig {
+    fn read(path: &Path) -> anyhow::Result<ImageConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let kms = table.get("kms").and_then(|k| k.as_table()).context("no [kms] table")?;
+        let region = kms.get("region").and_then(|r| r.as_str()).context("no [kms] region")?.to_owned();
+        let endpoint = match kms.get("endpoint") {
+            Some(e) => e.as_str().context("[kms] endpoint is not a string")?.to_owned(),
+            None => format!("kms.{region}.amazonaws.com:443"),
+        };
+        let mut models = vec![];
+        for m in table.get("models").and_then(|m| m.as_array()).context("no [[models]]")? {
+            let name = m.get("name").and_then(|n| n.as_str()).context("a model without a name")?;
+            let arn = m.get("kms_key_arn").and_then(|n| n.as_str()).with_context(|| format!("model {name}: no key"))?;
+            let prefix = format!("arn:aws:kms:{region}:{DEV_ACCOUNT}:key/");
+            anyhow::ensure!(
+                arn.starts_with(&prefix),
+                "model {name}: the dev stack's mock KMS holds keys of {prefix}..., not {arn}"
+            );
+            models.push((name.to_owned(), arn.to_owned()));
+        }
+        Ok(ImageConfig { path: path.to_path_buf(), region, endpoint, models })
+    }
+
+    fn key_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> =
+            self.models.iter().filter_map(|(_, arn)| arn.rsplit_once('/').map(|(_, id)| id.to_owned())).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    fn host(&self) -> &str {
+        self.endpoint.rsplit_once(':').map(|(h, _)| h).unwrap_or(&self.endpoint)
+    }
+
+    fn mock_kms_args(&self) -> Vec<String> {
+        let mut args =
+            vec!["--region".to_owned(), self.region.clone(), "--hostname".to_owned(), self.host().to_owned()];
+        for id in self.key_ids() {
+            args.extend(["--fixture-key".to_owned(), id]);
+        }
+        args
+    }
+
+    fn key_for(&self, model: &str) -> Option<&str> {
+        self.models.iter().find(|(n, _)| n == model).map(|(_, arn)| arn.as_str())
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -245,6 +320,7 @@ impl Stack {
         }
         let measurements_file = state.join("measurements.json");
         std::fs::write(&measurements_file, &out.stdout)?;
+        let image = options.image_config.as_deref().map(ImageConfig::read).transpose()?;
 
         // 2. The mock KMS.
         let mut kms = MockKms {
@@ -254,6 +330,9 @@ impl Stack {
             region: String::new(),
             key_id: String::new(),
             key_arn: String::new(),
+            enclave_endpoint: image.as_ref().map(|i| i.endpoint.clone()),
+            fixture_keys: image.as_ref().map(|i| i.key_ids()).unwrap_or_default(),
+            extra_args: image.as_ref().map(ImageConfig::mock_kms_args).unwrap_or_default(),
             state_dir: state.join("kms"),
             policy_file: state.join("key-policy.json"),
             measurements_file: measurements_file.clone(),
@@ -283,7 +362,7 @@ impl Stack {
             url: String::new(),
             enclave_addr,
             host_addr,
-            config_file: state.join("enclave.toml"),
+            config_file: image.as_ref().map(|i| i.path.clone()).unwrap_or_else(|| state.join("enclave.toml")),
             config_sha384: String::new(),
             mock_root: mock_nsm_dir.join("mock-root.pem"),
             mock_nsm_dir,
@@ -293,14 +372,22 @@ impl Stack {
             enclave: None,
             kms_child: Some(kms_child),
             enclave_argv: vec![],
+            enclave_env: vec![],
+            image,
         };
 
         // 3 and 4. A key, its policy from the measurements, and the models encrypted under it.
         runtime()?.block_on(stack.set_up_kms())?;
-        // 5. The enclave's configuration.
-        let config = stack.enclave_config()?;
-        std::fs::write(&stack.config_file, &config)?;
-        stack.config_sha384 = hex::encode(ring::digest::digest(&ring::digest::SHA384, config.as_bytes()));
+        // 5. The enclave's configuration (unless an image's file is used as it is).
+        let config = match &stack.image {
+            Some(_) => std::fs::read(&stack.config_file)?,
+            None => {
+                let config = stack.enclave_config()?;
+                std::fs::write(&stack.config_file, &config)?;
+                config.into_bytes()
+            }
+        };
+        stack.config_sha384 = hex::encode(ring::digest::digest(&ring::digest::SHA384, &config));
         // 6. The parent, then the enclave.
         stack.start_parent()?;
         stack.enclave_argv = stack.enclave_args();
@@ -312,24 +399,41 @@ impl Stack {
 
     async fn set_up_kms(&mut self) -> anyhow::Result<()> {
         let client = self.kms.client().await?;
-        let created = client
-            .create_key()
-            .description("veil dev: data keys for requests and models")
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("mock KMS CreateKey: {}", aws_sdk_kms::error::DisplayErrorContext(e)))?;
-        let meta = created.key_metadata().context("CreateKey returned no key metadata")?;
-        self.kms.key_id = meta.key_id().to_owned();
-        self.kms.key_arn = meta.arn().context("CreateKey returned no ARN")?.to_owned();
-        self.put_policy_from(&self.kms.measurements_file.clone()).await?;
+        if let Some(image) = &self.image {
+            // The image names its keys: the mock made them at start; each gets the measurements' policy.
+            let ids = image.key_ids();
+            let first = image.models.first().context("the image configuration lists no models")?;
+            self.kms.key_arn = first.1.clone();
+            for id in ids {
+                self.kms.key_id = id;
+                self.put_policy_from(&self.kms.measurements_file.clone()).await?;
+            }
+            self.kms.key_id = self.kms.key_arn.rsplit_once('/').map(|(_, id)| id.to_owned()).unwrap_or_default();
+        } else {
+            let created =
+                client.create_key().description("veil dev: data keys for requests and models").send().await.map_err(
+                    |e| anyhow::anyhow!("mock KMS CreateKey: {}", aws_sdk_kms::error::DisplayErrorContext(e)),
+                )?;
+            let meta = created.key_metadata().context("CreateKey returned no key metadata")?;
+            self.kms.key_id = meta.key_id().to_owned();
+            self.kms.key_arn = meta.arn().context("CreateKey returned no ARN")?.to_owned();
+            self.put_policy_from(&self.kms.measurements_file.clone()).await?;
+        }
         let dir = self.options.state_dir.join("models");
         std::fs::create_dir_all(&dir)?;
         for (name, path) in &self.options.models {
             let out = dir.join(format!("{name}.onnx.veil"));
+            let key = match &self.image {
+                Some(image) => image
+                    .key_for(name)
+                    .with_context(|| format!("model {name} is not in {}", image.path.display()))?
+                    .to_owned(),
+                None => self.kms.key_id.clone(),
+            };
             crate::kms::encrypt_model_file(
                 &client,
                 name,
-                &self.kms.key_id,
+                &key,
                 Default::default(),
                 path,
                 &out,
@@ -405,7 +509,11 @@ impl Stack {
             "--ready-file".to_owned(),
             ready_file.display().to_string(),
             "--kms-endpoint".to_owned(),
-            self.kms.host_port.clone(),
+            match &self.kms.enclave_endpoint {
+                // The enclave dials the configured endpoint; the parent takes it to the mock.
+                Some(endpoint) => format!("{endpoint}={}", self.kms.host_port),
+                None => self.kms.host_port.clone(),
+            },
             "--credentials".to_owned(),
             "env".to_owned(),
         ];
@@ -450,13 +558,27 @@ impl Stack {
         args
     }
 
+    /// The arguments the stack starts `veil-enclave` with.
+    pub fn enclave_argv(&self) -> &[String] {
+        &self.enclave_argv
+    }
+
+    /// Starts the enclave with `argv` and `env` (besides `ORT_DYLIB_PATH` and `RUST_LOG`) instead of the
+    /// stack's own arguments (and keeps them for restarts), and waits until the parent reports it ready.
+    pub fn start_enclave_with(&mut self, argv: Vec<String>, env: Vec<(String, String)>) -> anyhow::Result<()> {
+        self.enclave_argv = argv;
+        self.enclave_env = env;
+        self.start_enclave()
+    }
+
     /// Starts (or restarts) the enclave and waits until the parent reports it ready.
     pub fn start_enclave(&mut self) -> anyhow::Result<()> {
         let log = self.logs.join("enclave.log");
         let ort = self.options.ort_dylib.display().to_string();
         let bin = self.options.bin_dir.join("veil-enclave");
-        let child =
-            spawn(&bin, &self.enclave_argv, &log, &[("ORT_DYLIB_PATH", ort.as_str())], &self.options.log_filter)?;
+        let mut env = vec![("ORT_DYLIB_PATH", ort.as_str())];
+        env.extend(self.enclave_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let child = spawn(&bin, &self.enclave_argv, &log, &env, &self.options.log_filter)?;
         self.enclave = Some(child);
         self.wait_ready(Duration::from_secs(180))
     }

@@ -70,6 +70,10 @@ pub struct Config {
     /// `(access key id, secret access key)`: when set, SigV4 signatures are verified and other access keys
     /// refused. When `None` (the default), any credentials are accepted, but the header must be well formed.
     pub credentials: Option<(String, zeroize::Zeroizing<String>)>,
+    /// Key ids (UUIDs) that must exist: created at start, with the account's default key policy, when the
+    /// store does not have them. Mock only (real KMS chooses key ids): for fixtures that name a key ARN in
+    /// advance, such as an enclave image's configuration.
+    pub fixture_keys: Vec<String>,
 }
 
 impl Config {
@@ -85,6 +89,7 @@ impl Config {
             clock: Clock::system(),
             hostnames: Vec::new(),
             credentials: None,
+            fixture_keys: Vec::new(),
         }
     }
 
@@ -247,7 +252,11 @@ impl MockKms {
         let state_dir = std::fs::canonicalize(&config.state_dir)
             .map_err(|source| StartError::StateDir { path: config.state_dir.clone(), source })?;
         let config = Config { state_dir, ..config };
-        let store = store::KeyStore::open(&config.state_dir.join("keys.json"))?;
+        let mut store = store::KeyStore::open(&config.state_dir.join("keys.json"))?;
+        for id in &config.fixture_keys {
+            server::ensure_fixture_key(&mut store, id, &config.account, config.clock.now_secs())
+                .map_err(|e| StartError::Config(format!("fixture key {id:?}: {e}")))?;
+        }
         let identity = tls::load_or_create(&config.state_dir, &config.hostnames)?;
         let listener = Listener::bind(&config.listen)
             .await

@@ -60,6 +60,11 @@ struct Args {
     /// Once listening, write {"endpoint", "ca_file", "region"} here (atomically).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Make sure a key with this id (a UUID) exists, creating it with the account's default policy if
+    /// not (repeatable). Mock only: real KMS chooses key ids; this is for fixtures that name a key ARN in
+    /// advance, such as an enclave image's configuration file.
+    #[arg(long = "fixture-key", value_name = "KEY_ID")]
+    fixture_keys: Vec<String>,
 }
 
 #[tokio::main]
@@ -87,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         config = config.with_principal(access_key, arn).with_context(|| format!("--principal {p:?}"))?;
     }
     config.hostnames = args.hostname;
+    config.fixture_keys = args.fixture_keys;
     config.credentials = args.access_key.zip(args.secret_key.map(zeroize::Zeroizing::new));
     let handle = veil_mock_kms::MockKms::start(config).await?;
     if let Some(path) = &args.ready_file {

@@ -106,6 +106,26 @@ fn fill_random(out: &mut [u8]) -> Result<(), KmsError> {
     ring::rand::SystemRandom::new().fill(out).map_err(|_| KmsError::internal("random generator failed"))
 }
 
+/// Makes sure a key with id `id` (a UUID) exists, creating it with the account's default policy.
+pub(crate) fn ensure_fixture_key(
+    store: &mut crate::store::KeyStore,
+    id: &str,
+    account: &str,
+    now_secs: f64,
+) -> Result<(), String> {
+    let id = valid_key_id(id).ok_or("not a key id (a UUID in lowercase hex)")?;
+    if store.get(id).is_some() {
+        return Ok(());
+    }
+    let mut m = Zeroizing::new([0u8; 32]);
+    fill_random(m.as_mut()).map_err(|e| e.to_string())?;
+    let key =
+        StoredKey::new(id.to_owned(), now_secs, "fixture key".into(), KeyPolicy::default_for_account(account), &m);
+    store.insert(key).map_err(|e| e.to_string())?;
+    tracing::info!(key_id = %id, "fixture key created");
+    Ok(())
+}
+
 fn new_key_id() -> Result<String, KmsError> {
     let mut b = [0u8; 16];
     fill_random(&mut b)?;

@@ -112,6 +112,8 @@ pub struct StackOptions {
     /// Put recording proxies on both of the parent's links with the enclave (client traffic and host
     /// services, which carry the KMS relay): see [`Stack::recorded`].
     pub record: bool,
+    /// An image's enclave configuration to run as it is ([`devstack::Options::image_config`]).
+    pub image_config: Option<PathBuf>,
 }
 
 impl StackOptions {
@@ -124,6 +126,7 @@ impl StackOptions {
             enclave_config: String::new(),
             start_enclave: true,
             record: false,
+            image_config: None,
         }
     }
 }
@@ -223,6 +226,7 @@ impl Stack {
         o.enclave_args = options.enclave_args.clone();
         o.extra_config = options.enclave_config.clone();
         o.start_enclave = options.start_enclave;
+        o.image_config = options.image_config.clone();
         o.access_key = TEST_ACCESS_KEY.into();
         o.parent_access_key = TEST_PARENT_ACCESS_KEY.into();
         o.secret_key = TEST_SECRET_KEY.into();
