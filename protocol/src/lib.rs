@@ -15,6 +15,7 @@
 //! - [`pad`]: size buckets for sealed plaintexts, so ciphertext lengths reveal a bucket, not a length.
 //! - [`random`]: the random source sealing takes as a parameter (fixed in known-answer tests).
 //! - [`model_file`]: encrypted model files, in independently authenticated chunks (streamed).
+//! - [`ohttp`]: Oblivious HTTP (RFC 9458) and Binary HTTP (RFC 9292), for attested-key mode.
 //! - [`attestation`]: the fail-closed verifier of Nitro attestation documents, and the commitment.
 //! - [`measurements`]: nitro-cli's measurements file (an image's PCRs), read and written by one type.
 //! - [`time`]: calendar arithmetic and RFC 3339 text (no clock: callers pass the time).
@@ -29,6 +30,7 @@ pub mod frame;
 pub mod measurements;
 pub mod message;
 pub mod model_file;
+pub mod ohttp;
 pub mod pad;
 pub mod random;
 pub mod time;
