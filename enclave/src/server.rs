@@ -199,6 +199,21 @@ pub async fn serve_connection(
                         .await;
                 });
             }
+            EnclaveRequest::Ohttp => {
+                tokio::spawn(async move {
+                    let runtime = tokio::runtime::Handle::current();
+                    enclave
+                        .ohttp(attachment, move |reply| {
+                            // On a blocking-pool thread, as for inference.
+                            runtime.block_on(async {
+                                let (response, attachment) = reply.parts();
+                                send(&writer, id, response, attachment).await;
+                            });
+                            drop((charge, permit, busy));
+                        })
+                        .await;
+                });
+            }
             other => {
                 tokio::spawn(async move {
                     let reply = enclave.handle(other);

@@ -5,6 +5,8 @@
 //! | `POST /v1/models/{model}/infer` | the enclave's answer to the (opaque) body |
 //! | `GET /v1/models/{model}` | model metadata (v2 JSON) |
 //! | `GET /v1/attestation?nonce=HEX` | a fresh attestation document (CBOR) carrying the nonce |
+//! | `GET /.well-known/ohttp-gateway` | the enclave's OHTTP key configuration list (`application/ohttp-keys`, RFC 9540) |
+//! | `POST /.well-known/ohttp-gateway` | relays a `message/ohttp-req` to the enclave, answers its `message/ohttp-res` (RFC 9458) |
 //! | `GET /healthz` | 200 while the parent runs |
 //! | `GET /readyz` | 200 when the enclave answers and every model is loaded, else 503 |
 //! | `GET /metrics` | Prometheus text |
@@ -51,6 +53,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v1/models/{model}/infer", post(infer))
         .route("/v1/models/{model}", get(metadata))
         .route("/v1/attestation", get(attestation))
+        .route(veil_protocol::ohttp::GATEWAY_PATH, get(ohttp_keys).post(ohttp_relay))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -216,6 +219,47 @@ async fn attestation(State(state): State<Arc<AppState>>, Query(q): Query<Attesta
     let outcome = state.link.call_with(&request, Bytes::new(), state.request_timeout).await;
     let (r, e) = relay_outcome(outcome, |resp, attachment| match resp {
         EnclaveResponse::Attestation => Some(bytes_response("application/cbor", attachment)),
+        _ => None,
+    });
+    track.finish(r, e)
+}
+
+/// The gateway's key configuration, from the enclave: clients check its digest against a verified
+/// attestation document before using it, so the parent cannot substitute keys of its own.
+async fn ohttp_keys(State(state): State<Arc<AppState>>) -> Response {
+    let mut track = Track::new(&state, "ohttp_keys", None);
+    let outcome = state.link.call_with(&EnclaveRequest::OhttpKeys, Bytes::new(), state.request_timeout).await;
+    let (r, e) = relay_outcome(outcome, |resp, attachment| match resp {
+        EnclaveResponse::OhttpKeys => Some(bytes_response(veil_protocol::ohttp::KEYS_MEDIA_TYPE, attachment)),
+        _ => None,
+    });
+    track.finish(r, e)
+}
+
+/// The relay of attested-key mode: the body goes to the enclave as it came; the parent learns neither the
+/// route nor the model asked for, so this route's metrics carry no model label.
+async fn ohttp_relay(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap, body: Bytes) -> Response {
+    let mut track = Track::new(&state, "ohttp", None);
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.trim().eq_ignore_ascii_case(veil_protocol::ohttp::REQUEST_MEDIA_TYPE) {
+        let r = error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_request",
+            "an OHTTP request is sent with Content-Type: message/ohttp-req (RFC 9458)",
+        );
+        return track.finish(r, Some("bad_request"));
+    }
+    if body.is_empty() {
+        let r = error_response(StatusCode::BAD_REQUEST, "bad_request", "empty request body");
+        return track.finish(r, Some("bad_request"));
+    }
+    let outcome = state.link.call_with(&EnclaveRequest::Ohttp, body, state.request_timeout).await;
+    let (r, e) = relay_outcome(outcome, |resp, attachment| match resp {
+        EnclaveResponse::Ohttp => {
+            let mut r = bytes_response(veil_protocol::ohttp::RESPONSE_MEDIA_TYPE, attachment);
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+            Some(r)
+        }
         _ => None,
     });
     track.finish(r, e)

@@ -228,10 +228,80 @@ pub fn format_unix_millis(unix_millis: u64) -> String {
     format_rfc3339_millis(unix_millis, UtcSuffix::Z).unwrap_or_else(|| format!("@{unix_millis}ms"))
 }
 
+const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]; // 1970-01-01 was a Thursday
+const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+/// An HTTP `Date` (RFC 9110 §5.6.7, IMF-fixdate): `Sun, 06 Nov 1994 08:49:37 GMT`; `None` before 1970 or
+/// after 9999.
+pub fn format_http_date(unix_seconds: u64) -> Option<String> {
+    let secs = i64::try_from(unix_seconds).ok()?;
+    let days = i32::try_from(secs.div_euclid(86_400)).ok()?;
+    let (year, month, day) = civil_from_days(days);
+    if year > 9999 {
+        return None;
+    }
+    let sod = secs.rem_euclid(86_400);
+    Some(format!(
+        "{}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",
+        WEEKDAYS[days.rem_euclid(7) as usize],
+        MONTHS[(month - 1) as usize],
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    ))
+}
+
+/// Reads an HTTP `Date` in IMF-fixdate form (the one form RFC 9110 lets senders generate) as Unix
+/// seconds; `None` for anything else. The weekday must be the date's; every field is range-checked.
+pub fn parse_http_date(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    if b.len() != 29 || &b[3..5] != b", " || b[7] != b' ' || b[11] != b' ' || b[16] != b' ' || &b[25..] != b" GMT" {
+        return None;
+    }
+    if b[19] != b':' || b[22] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let s = &b[r];
+        s.iter().all(u8::is_ascii_digit).then(|| s.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')))
+    };
+    let day = num(5..7)?;
+    let month = MONTHS.iter().position(|m| m.as_bytes() == &b[8..11])? as u32 + 1;
+    let year = num(12..16)? as i32;
+    let (hour, minute, second) = (num(17..19)?, num(20..22)?, num(23..25)?);
+    if year < 1970 || day == 0 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    if WEEKDAYS[days.rem_euclid(7) as usize].as_bytes() != &b[..3] {
+        return None;
+    }
+    Some(days as u64 * 86_400 + u64::from(hour) * 3600 + u64::from(minute) * 60 + u64::from(second.min(59)))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_round_trip_and_rfc9110s_example_reads() {
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap(), 784_111_777);
+        assert_eq!(format_http_date(784_111_777).unwrap(), "Sun, 06 Nov 1994 08:49:37 GMT");
+        for t in [0u64, 951_782_400, 1_764_547_200, 4_102_444_799] {
+            assert_eq!(parse_http_date(&format_http_date(t).unwrap()).unwrap(), t);
+        }
+        for bad in [
+            "Mon, 06 Nov 1994 08:49:37 GMT", // wrong weekday
+            "Sun, 31 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "",
+        ] {
+            assert!(parse_http_date(bad).is_none(), "{bad}");
+        }
+    }
 
     fn parse_s(text: &str) -> Result<u64, TimeError> {
         parse_rfc3339(text).map(|d| d.as_secs())

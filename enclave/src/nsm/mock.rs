@@ -660,7 +660,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let nsm = nsm(dir.path());
         let commitment = UserDataCommitment {
-            x25519: Some([5; 32]),
+            ohttp_keys_sha384: Some([5; 48]),
             recipient_rsa_spki_sha384: Some(UserDataCommitment::sha384(b"spki")),
             models: vec![ModelDigest { name: "iris".into(), sha384: [1; 48] }],
             config_sha384: [2; 48],

@@ -235,8 +235,8 @@ pub(super) fn freshness(claims: &Claims, policy: &Policy) -> Outcome {
 /// `commitment`: `user_data` is a Veil commitment naming every expected model with its digest, and the
 /// expected configuration digest (skipped when the policy expects neither).
 pub(super) fn commitment(claims: &Claims, policy: &Policy) -> Outcome {
-    if policy.expected_models.is_empty() && policy.expected_config.is_none() {
-        return Outcome::Skipped("no expected model or configuration digest given".into());
+    if policy.expected_models.is_empty() && policy.expected_config.is_none() && policy.expected_ohttp_keys.is_none() {
+        return Outcome::Skipped("no expected model, configuration or OHTTP key digest given".into());
     }
     match commitment_matches(claims.user_data.as_deref(), policy) {
         Ok(detail) => Outcome::Passed(detail),
@@ -272,9 +272,23 @@ fn commitment_matches(user_data: Option<&[u8]>, policy: &Policy) -> Result<Strin
             hex::encode(c.config_sha384)
         ));
     }
+    if let Some(expected) = &policy.expected_ohttp_keys {
+        match &c.ohttp_keys_sha384 {
+            Some(got) if got == expected => {}
+            Some(got) => {
+                return Err(format!(
+                    "OHTTP key configuration: the keys served hash to SHA-384 {}, the enclave committed to {}",
+                    hex::encode(expected),
+                    hex::encode(got)
+                ));
+            }
+            None => return Err("OHTTP key configuration: this enclave commits to no OHTTP keys".into()),
+        }
+    }
     Ok(format!(
-        "user_data commits to {} model(s){}",
+        "user_data commits to {} model(s){}{}",
         c.models.len(),
-        if policy.expected_config.is_some() { " and the expected configuration" } else { "" }
+        if policy.expected_config.is_some() { " and the expected configuration" } else { "" },
+        if policy.expected_ohttp_keys.is_some() { ", and to the OHTTP keys served" } else { "" }
     ))
 }

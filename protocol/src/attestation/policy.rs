@@ -101,6 +101,7 @@ pub struct Policy {
     pub(super) allow_debug: bool,
     pub(super) expected_models: BTreeMap<String, [u8; 48]>,
     pub(super) expected_config: Option<[u8; 48]>,
+    pub(super) expected_ohttp_keys: Option<[u8; 48]>,
 }
 
 impl Policy {
@@ -120,6 +121,7 @@ impl Policy {
             allow_debug: false,
             expected_models: BTreeMap::new(),
             expected_config: None,
+            expected_ohttp_keys: None,
         }
     }
 
@@ -187,6 +189,13 @@ impl Policy {
             .map_err(|_| PolicyError::Model(format!("config digest is {} bytes, not 48 (SHA-384)", sha384.len())))?;
         self.expected_config = Some(digest);
         Ok(self)
+    }
+
+    /// Requires `user_data` to be a Veil commitment to exactly this OHTTP key configuration list (the
+    /// `application/ohttp-keys` bytes a client was served, hashed here with SHA-384).
+    pub fn expect_ohttp_keys(mut self, key_list: &[u8]) -> Self {
+        self.expected_ohttp_keys = Some(super::UserDataCommitment::sha384(key_list));
+        self
     }
 
     /// Accepts documents of enclaves run in debug mode (PCR0/1/2 zero). Their memory is readable by the
