@@ -77,6 +77,10 @@ pub struct Options {
     /// must be in [`DEV_ACCOUNT`]), answers as the file's KMS endpoint, and the parent routes that endpoint
     /// to it; each model is encrypted under the key the file names for it.
     pub image_config: Option<PathBuf>,
+    /// Attested-key mode with a fleet key (`veil ohttp keygen`: sealed under the stack's KMS key, served by
+    /// the parent, pinned in the configuration) instead of a key generated at each enclave's boot, so that
+    /// [`Stack::start_replica`]s serve the same key configuration.
+    pub ohttp_fleet_key: bool,
 }
 
 impl Options {
@@ -102,6 +106,7 @@ impl Options {
             secret_key: DEV_SECRET_KEY.into(),
             roles: "veil-dev".into(),
             image_config: None,
+            ohttp_fleet_key: false,
         }
     }
 
@@ -207,6 +212,11 @@ pub struct Stack {
     pub mock_root: PathBuf,
     /// The encrypted model files the parent serves: name, file.
     pub model_files: Vec<(String, PathBuf)>,
+    /// The fleet key's file (name, path) and configuration entry, with `ohttp_fleet_key`.
+    pub fleet_key: Option<(String, PathBuf, String)>,
+    /// A client policy for this stack (`veil infer --policy`): its image's mock PCRs, its models' digests,
+    /// and the mock root (so: development only).
+    pub client_policy: PathBuf,
     pub logs: PathBuf,
     parent: Option<Child>,
     enclave: Option<Child>,
@@ -367,6 +377,8 @@ impl Stack {
             mock_root: mock_nsm_dir.join("mock-root.pem"),
             mock_nsm_dir,
             model_files: vec![],
+            fleet_key: None,
+            client_policy: state.join("client-policy.toml"),
             logs,
             parent: None,
             enclave: None,
@@ -378,6 +390,7 @@ impl Stack {
 
         // 3 and 4. A key, its policy from the measurements, and the models encrypted under it.
         runtime()?.block_on(stack.set_up_kms())?;
+        stack.write_client_policy()?;
         // 5. The enclave's configuration (unless an image's file is used as it is).
         let config = match &stack.image {
             Some(_) => std::fs::read(&stack.config_file)?,
@@ -444,6 +457,56 @@ impl Stack {
             .with_context(|| format!("encrypting model {name}"))?;
             self.model_files.push((name.clone(), out));
         }
+        if self.options.ohttp_fleet_key {
+            let key = veil_protocol::ohttp::GatewayKey::generate(
+                1,
+                &veil_protocol::ohttp::GATEWAY_AEADS,
+                &veil_protocol::random::SystemRandom::new(),
+            )?;
+            let secret = key.secret_bytes();
+            let (name, out) = ("ohttp-key-1".to_owned(), dir.join("ohttp-key-1.veil"));
+            let arn = crate::kms::encrypt_stream(
+                &client,
+                &name,
+                &self.kms.key_id,
+                Default::default(),
+                std::io::Cursor::new(secret.as_slice()),
+                secret.len() as u64,
+                "the fleet key",
+                &out,
+                veil_protocol::model_file::DEFAULT_CHUNK,
+                false,
+            )
+            .await
+            .context("sealing the fleet key")?;
+            let entry = format!(
+                "\n[[ohttp.keys]]\nkey_id = 1\nfile = \"{name}\"\nkms_key_arn = \"{arn}\"\npublic_key = \"{}\"\n",
+                hex::encode(key.config().public_key)
+            );
+            self.fleet_key = Some((name, out, entry));
+        }
+        Ok(())
+    }
+
+    /// Writes [`Stack::client_policy`].
+    fn write_client_policy(&self) -> anyhow::Result<()> {
+        let measurements = crate::policy::read_measurements(&self.kms.measurements_file)?;
+        let mut models = Vec::new();
+        for (name, path) in &self.options.models {
+            let d = ring::digest::digest(&ring::digest::SHA384, &std::fs::read(path)?);
+            let mut digest = [0u8; 48];
+            digest.copy_from_slice(d.as_ref());
+            models.push((name.clone(), digest));
+        }
+        let text = crate::trust::new_policy_file(
+            vec![(Some("veil dev (mock PCRs)".into()), measurements)],
+            models,
+            Duration::from_secs(300),
+            false,
+            Some(self.mock_root.clone()),
+        )
+        .map_err(|e| anyhow::anyhow!("client policy: {e}"))?;
+        std::fs::write(&self.client_policy, text)?;
         Ok(())
     }
 
@@ -488,6 +551,9 @@ impl Stack {
                 self.kms.key_arn
             ));
         }
+        if let Some((_, _, entry)) = &self.fleet_key {
+            c.push_str(entry);
+        }
         if !self.options.extra_config.is_empty() {
             c.push('\n');
             c.push_str(&self.options.extra_config);
@@ -496,16 +562,15 @@ impl Stack {
         Ok(c)
     }
 
-    fn start_parent(&mut self) -> anyhow::Result<()> {
-        let ready_file = self.options.state_dir.join("parent.ready.json");
-        let _ = std::fs::remove_file(&ready_file);
+    /// The parent's arguments for links `enclave_addr` / `host_addr`, listening on `listen`.
+    fn parent_argv(&self, listen: &str, enclave_addr: &str, host_addr: &str, ready_file: &Path) -> Vec<String> {
         let mut args = vec![
             "--listen".to_owned(),
-            self.options.listen.clone(),
+            listen.to_owned(),
             "--enclave".to_owned(),
-            self.options.parent_to_enclave.clone().unwrap_or_else(|| self.enclave_addr.clone()),
+            enclave_addr.to_owned(),
             "--host-listen".to_owned(),
-            self.host_addr.clone(),
+            host_addr.to_owned(),
             "--ready-file".to_owned(),
             ready_file.display().to_string(),
             "--kms-endpoint".to_owned(),
@@ -521,20 +586,74 @@ impl Stack {
             args.push("--model".into());
             args.push(format!("{name}={}", path.display()));
         }
+        if let Some((name, path, _)) = &self.fleet_key {
+            args.push("--ohttp-key".into());
+            args.push(format!("{name}={}", path.display()));
+        }
         args.extend(self.options.parent_args.iter().cloned());
-        let log = self.logs.join("parent.log");
+        args
+    }
+
+    /// Starts a parent with `args`, logging to `log`: the child and its URL.
+    fn launch_parent(&self, args: &[String], ready_file: &Path, log: &Path) -> anyhow::Result<(Child, String)> {
+        let _ = std::fs::remove_file(ready_file);
         let creds = [
             ("AWS_ACCESS_KEY_ID", self.options.parent_access_key.as_str()),
             ("AWS_SECRET_ACCESS_KEY", self.options.secret_key.as_str()),
         ];
-        let mut child =
-            spawn(&self.options.bin_dir.join("veil-parent"), &args, &log, &creds, &self.options.log_filter)?;
+        let mut child = spawn(&self.options.bin_dir.join("veil-parent"), args, log, &creds, &self.options.log_filter)?;
         let info =
-            ready::wait::<ParentReady>(&ready_file, "veil-parent", Duration::from_secs(60), || exited(&mut child))
-                .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(&log)))?;
-        self.url = info.url;
+            ready::wait::<ParentReady>(ready_file, "veil-parent", Duration::from_secs(60), || exited(&mut child))
+                .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(log)))?;
+        Ok((child, info.url))
+    }
+
+    fn start_parent(&mut self) -> anyhow::Result<()> {
+        let ready_file = self.options.state_dir.join("parent.ready.json");
+        let to_enclave = self.options.parent_to_enclave.clone().unwrap_or_else(|| self.enclave_addr.clone());
+        let args = self.parent_argv(&self.options.listen.clone(), &to_enclave, &self.host_addr.clone(), &ready_file);
+        let (child, url) = self.launch_parent(&args, &ready_file, &self.logs.join("parent.log"))?;
+        self.url = url;
         self.parent = Some(child);
         Ok(())
+    }
+
+    /// Starts another parent and enclave from the same image, configuration, model files and fleet key,
+    /// sharing the mock KMS (a second instance of a fleet behind a load balancer), and waits until it is
+    /// ready. Its sockets and logs are in `state_dir/replica-N`.
+    pub fn start_replica(&self, n: u32) -> anyhow::Result<Replica> {
+        let dir = self.options.state_dir.join(format!("replica-{n}"));
+        std::fs::create_dir_all(&dir)?;
+        let (enclave_addr, host_addr) = match self.options.link {
+            Link::Unix => (
+                format!("unix://{}", dir.join("enclave.sock").display()),
+                format!("unix://{}", dir.join("host.sock").display()),
+            ),
+            Link::Tcp => (format!("tcp://127.0.0.1:{}", free_port()?), format!("tcp://127.0.0.1:{}", free_port()?)),
+        };
+        let ready_file = dir.join("parent.ready.json");
+        let args = self.parent_argv("tcp://127.0.0.1:0", &enclave_addr, &host_addr, &ready_file);
+        let (parent, url) = self.launch_parent(&args, &ready_file, &dir.join("parent.log"))?;
+        let mut argv = self.enclave_argv.clone();
+        let set = |argv: &mut Vec<String>, flag: &str, value: String| {
+            if let Some(i) = argv.iter().position(|a| a == flag) {
+                argv[i + 1] = value;
+            }
+        };
+        set(&mut argv, "--listen", enclave_addr);
+        set(&mut argv, "--parent", host_addr);
+        set(&mut argv, "--ready-file", dir.join("enclave.ready.json").display().to_string());
+        let ort = self.options.ort_dylib.display().to_string();
+        let enclave = spawn(
+            &self.options.bin_dir.join("veil-enclave"),
+            &argv,
+            &dir.join("enclave.log"),
+            &[("ORT_DYLIB_PATH", ort.as_str())],
+            &self.options.log_filter,
+        )?;
+        let mut replica = Replica { url, dir, parent: Some(parent), enclave: Some(enclave) };
+        replica.wait_ready(Duration::from_secs(180))?;
+        Ok(replica)
     }
 
     fn enclave_args(&self) -> Vec<String> {
@@ -689,6 +808,42 @@ impl Drop for Stack {
         for child in [&mut self.enclave, &mut self.parent, &mut self.kms_child] {
             kill(child);
         }
+    }
+}
+
+/// A second parent and enclave of the same stack ([`Stack::start_replica`]); killed when dropped.
+#[derive(Debug)]
+pub struct Replica {
+    pub url: String,
+    pub dir: PathBuf,
+    parent: Option<Child>,
+    enclave: Option<Child>,
+}
+
+impl Replica {
+    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.enclave.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!("replica veil-enclave exited ({status}):\n{}", tail(&self.dir.join("enclave.log")));
+            }
+            if let Ok((200, _)) = http_get(&self.url, "/readyz") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the replica was not ready within {timeout:?}:\n{}", tail(&self.dir.join("enclave.log")));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        kill(&mut self.enclave);
+        kill(&mut self.parent);
     }
 }
 

@@ -29,6 +29,8 @@ pub mod attested;
 pub mod devstack;
 mod http;
 pub mod kms;
+pub mod oblivious;
 pub mod policy;
+pub mod trust;
 
 pub use http::{Client, ClientError};
