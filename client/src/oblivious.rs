@@ -143,7 +143,9 @@ impl ObliviousResponse {
     /// The error message of a JSON error response (`{"error": ...}`), if it is one.
     pub fn error_message(&self) -> Option<String> {
         let v: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
-        v.get("error").and_then(|e| e.as_str()).map(str::to_owned)
+        v.get("error")
+            .and_then(|e| e.as_str())
+            .map(str::to_owned)
             .or_else(|| v.get("title").and_then(|e| e.as_str()).map(str::to_owned))
     }
 }
@@ -160,6 +162,13 @@ pub struct ObliviousClient {
 impl ObliviousClient {
     pub fn new(client: Client, policy: ClientPolicy) -> ObliviousClient {
         ObliviousClient { client, policy, verifier: Verifier::new(), cached: tokio::sync::Mutex::new(None) }
+    }
+
+    /// A client that sends to `client` (another enclave of the same fleet, say) with a gateway verified
+    /// already: the key configuration is the same for every enclave that holds the fleet key, so one
+    /// verification covers them all. Re-verifies (against `client`) once it expires.
+    pub fn with_verified(client: Client, policy: ClientPolicy, gateway: Arc<VerifiedGateway>) -> ObliviousClient {
+        ObliviousClient { client, policy, verifier: Verifier::new(), cached: tokio::sync::Mutex::new(Some(gateway)) }
     }
 
     /// The policy.

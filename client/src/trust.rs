@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use veil_protocol::attestation::{Policy, Rejected, TrustAnchor, VerifiedDocument, VerifyError, Verifier};
+use veil_protocol::attestation::{Policy, Rejected, TrustAnchor, VerifiedDocument, Verifier, VerifyError};
 
 /// Largest policy file read.
 const MAX_POLICY_BYTES: u64 = 1 << 20;
@@ -183,9 +183,11 @@ impl ClientPolicy {
         for (i, img) in file.images.iter().enumerate() {
             let name = img.name.clone().unwrap_or_else(|| format!("#{}", i + 1));
             let mut pcrs = BTreeMap::new();
-            let listed = [(0u16, Some(&img.pcr0)), (1, Some(&img.pcr1)), (2, Some(&img.pcr2))]
-                .into_iter()
-                .chain([(3u16, img.pcr3.as_ref()), (4, img.pcr4.as_ref()), (8, img.pcr8.as_ref())]);
+            let listed = [(0u16, Some(&img.pcr0)), (1, Some(&img.pcr1)), (2, Some(&img.pcr2))].into_iter().chain([
+                (3u16, img.pcr3.as_ref()),
+                (4, img.pcr4.as_ref()),
+                (8, img.pcr8.as_ref()),
+            ]);
             for (index, value) in listed {
                 if let Some(v) = value {
                     pcrs.insert(index, digest(v, &format!("image {name}: pcr{index}"))?);

@@ -476,7 +476,9 @@ fn ohttp_settings(o: OhttpFile, region: &str, models: &[ModelConfig]) -> Result<
         if keys.iter().any(|o| o.key_id == k.key_id) {
             return Err(invalid(format!("{what} is configured twice")));
         }
-        if !is_valid_model_name(&k.file) || models.iter().any(|m| m.name == k.file) || keys.iter().any(|o| o.file == k.file)
+        if !is_valid_model_name(&k.file)
+            || models.iter().any(|m| m.name == k.file)
+            || keys.iter().any(|o| o.file == k.file)
         {
             return Err(invalid(format!(
                 "{what}: file {:?} must be a name the parent serves ({MODEL_NAME_RULE}), unique among models and keys",

@@ -294,7 +294,8 @@ async fn load_fleet_keys(
 ) -> anyhow::Result<OhttpGateway> {
     let mut out = Vec::with_capacity(config.ohttp.keys.len());
     for k in &config.ohttp.keys {
-        let mut fetched = host.fetch_model(&k.file, 64 * 1024).await.with_context(|| format!("OHTTP key file {:?}", k.file))?;
+        let mut fetched =
+            host.fetch_model(&k.file, 64 * 1024).await.with_context(|| format!("OHTTP key file {:?}", k.file))?;
         let as_file = veil_enclave::config::ModelConfig {
             name: k.file.clone(),
             source: veil_enclave::config::ModelSource::Kms { key_arn: k.kms_key_arn.clone() },

@@ -32,7 +32,7 @@ use zeroize::Zeroizing;
 
 use crate::config::OhttpSettings;
 use crate::error::EnclaveError;
-use crate::replay::{ReplayGuard, Refusal};
+use crate::replay::{Refusal, ReplayGuard};
 
 /// The request header in which a client names the model digest it expects, and the response header that
 /// carries the digest of the model that answered.
@@ -296,7 +296,11 @@ impl OpenedRequest {
     }
 }
 
-fn seal(context: &ResponseContext, writer: bhttp::ResponseWriter, rng: &dyn RandomSource) -> Result<Vec<u8>, EnclaveError> {
+fn seal(
+    context: &ResponseContext,
+    writer: bhttp::ResponseWriter,
+    rng: &dyn RandomSource,
+) -> Result<Vec<u8>, EnclaveError> {
     let mut buf = writer.finish().map_err(|e| EnclaveError::TooLarge(e.to_string()))?;
     context.seal_in_place(&mut buf, rng)?;
     Ok(buf)
@@ -322,11 +326,8 @@ fn seal_problem(
 /// retry once with a corrected date.
 fn seal_date_problem(context: &ResponseContext, now_unix: u64, rng: &dyn RandomSource) -> Result<Vec<u8>, Refused> {
     let date = veil_protocol::time::format_http_date(now_unix).unwrap_or_default();
-    let headers: Vec<(&str, &[u8])> = vec![
-        ("content-type", b"application/problem+json"),
-        ("date", date.as_bytes()),
-        ("cache-control", b"no-store"),
-    ];
+    let headers: Vec<(&str, &[u8])> =
+        vec![("content-type", b"application/problem+json"), ("date", date.as_bytes()), ("cache-control", b"no-store")];
     let mut w = bhttp::ResponseWriter::new(context.nonce_len(), 400, &headers, 256);
     let _ = serde_json::to_writer(
         w.content(),

@@ -285,7 +285,9 @@ impl Enclave {
             return Err(Reply::error(&if self.config.ohttp.enabled {
                 EnclaveError::Loading("the OHTTP keys".into())
             } else {
-                EnclaveError::NotFound("attested-key mode (OHTTP) is not enabled in this enclave's configuration".into())
+                EnclaveError::NotFound(
+                    "attested-key mode (OHTTP) is not enabled in this enclave's configuration".into(),
+                )
             }));
         };
         gateway.open(enc_request, now_unix(), &self.rng).map_err(|refused| match refused {
@@ -342,7 +344,8 @@ impl Enclave {
                     Ok(m) => m,
                     Err(reply) => return reply,
                 };
-                let body = if matches!(route, Route::ModelMetadata { .. }) { m.metadata_json().to_vec() } else { vec![] };
+                let body =
+                    if matches!(route, Route::ModelMetadata { .. }) { m.metadata_json().to_vec() } else { vec![] };
                 (200, Some(m), body)
             }
             Route::Infer { .. } => (500, None, Vec::new()),
@@ -357,7 +360,12 @@ impl Enclave {
 
     /// Inference inside OHTTP: the same model, session and blocking-pool path as [`Enclave::infer`], with
     /// the answer written straight into the Binary HTTP response it is sealed in.
-    async fn ohttp_infer(self: &Arc<Self>, name: &str, request: OhttpRequest, deliver: impl FnOnce(Reply) + Send + 'static) {
+    async fn ohttp_infer(
+        self: &Arc<Self>,
+        name: &str,
+        request: OhttpRequest,
+        deliver: impl FnOnce(Reply) + Send + 'static,
+    ) {
         let prepared = async {
             let model = self.ohttp_model(name, &request)?;
             if let Some(ct) = &request.content_type

@@ -159,8 +159,30 @@ fn bytes_response(content_type: &'static str, body: BytesMut) -> Response {
     r
 }
 
-async fn infer(State(state): State<Arc<AppState>>, Path(model): Path<String>, body: Bytes) -> Response {
+/// A body that could not be read (over `--max-body-bytes`, or cut off), as the API's JSON error.
+fn body_rejection(r: &axum::extract::rejection::BytesRejection) -> (Response, &'static str) {
+    let status = r.status();
+    let (kind, label) = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ("too_large", "too_large")
+    } else {
+        ("bad_request", "bad_request")
+    };
+    (error_response(status, kind, &r.body_text()), label)
+}
+
+async fn infer(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
     let mut track = Track::new(&state, "infer", Some(&model));
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => {
+            let (response, label) = body_rejection(&r);
+            return track.finish(response, Some(label));
+        }
+    };
     if !model_name_ok(&model) {
         return track.finish(bad_model_name(), Some("bad_request"));
     }
@@ -238,8 +260,19 @@ async fn ohttp_keys(State(state): State<Arc<AppState>>) -> Response {
 
 /// The relay of attested-key mode: the body goes to the enclave as it came; the parent learns neither the
 /// route nor the model asked for, so this route's metrics carry no model label.
-async fn ohttp_relay(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap, body: Bytes) -> Response {
+async fn ohttp_relay(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
     let mut track = Track::new(&state, "ohttp", None);
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => {
+            let (response, label) = body_rejection(&r);
+            return track.finish(response, Some(label));
+        }
+    };
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.trim().eq_ignore_ascii_case(veil_protocol::ohttp::REQUEST_MEDIA_TYPE) {
         let r = error_response(

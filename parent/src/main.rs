@@ -105,7 +105,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for (name, path) in &args.ohttp_keys {
         let meta =
             std::fs::metadata(path).with_context(|| format!("OHTTP key {name:?}: cannot read {}", path.display()))?;
-        anyhow::ensure!(meta.is_file() && meta.len() > 0, "OHTTP key {name:?}: {} is not a non-empty file", path.display());
+        anyhow::ensure!(
+            meta.is_file() && meta.len() > 0,
+            "OHTTP key {name:?}: {} is not a non-empty file",
+            path.display()
+        );
         anyhow::ensure!(
             files.insert(name.clone(), path.clone()).is_none(),
             "{name:?} names both a model and an OHTTP key file, or a key file twice"

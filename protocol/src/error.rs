@@ -146,7 +146,7 @@ mod tests {
             assert_eq!(ErrorKind::from_http_status(k.http_status()), k);
             assert_eq!(ErrorKind::from_label(k.label()), Some(k));
         }
-        assert_eq!(ErrorKind::from_http_status(422), ErrorKind::BadRequest);
+        assert_eq!(ErrorKind::from_http_status(418), ErrorKind::BadRequest);
         assert_eq!(ErrorKind::from_http_status(501), ErrorKind::Internal);
     }
 

@@ -114,6 +114,8 @@ pub struct StackOptions {
     pub record: bool,
     /// An image's enclave configuration to run as it is ([`devstack::Options::image_config`]).
     pub image_config: Option<PathBuf>,
+    /// Attested-key mode with a fleet key ([`devstack::Options::ohttp_fleet_key`]).
+    pub ohttp_fleet_key: bool,
 }
 
 impl StackOptions {
@@ -127,6 +129,7 @@ impl StackOptions {
             start_enclave: true,
             record: false,
             image_config: None,
+            ohttp_fleet_key: false,
         }
     }
 }
@@ -227,6 +230,7 @@ impl Stack {
         o.extra_config = options.enclave_config.clone();
         o.start_enclave = options.start_enclave;
         o.image_config = options.image_config.clone();
+        o.ohttp_fleet_key = options.ohttp_fleet_key;
         o.access_key = TEST_ACCESS_KEY.into();
         o.parent_access_key = TEST_PARENT_ACCESS_KEY.into();
         o.secret_key = TEST_SECRET_KEY.into();
@@ -427,6 +431,11 @@ impl Stack {
         self.inner.mock_root.clone()
     }
 
+    /// The client policy the stack wrote for itself (mock root, its PCRs, its models).
+    pub fn client_policy(&self) -> PathBuf {
+        self.inner.client_policy.clone()
+    }
+
     /// The enclave's configuration file and its SHA-384 (what documents commit to).
     pub fn enclave_config(&self) -> (PathBuf, String) {
         (self.inner.config_file.clone(), self.inner.config_sha384.clone())
@@ -440,12 +449,24 @@ pub fn http_get(base: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
 
 /// A blocking HTTP/1.1 request (Connection: close).
 pub fn http_raw(base: &str, method: &str, path: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+    http_raw_typed(base, method, path, None, body)
+}
+
+/// [`http_raw`] with a `Content-Type`.
+pub fn http_raw_typed(
+    base: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> anyhow::Result<(u16, Vec<u8>)> {
     use std::io::{Read, Write};
     let hostport = base.trim_start_matches("http://").trim_end_matches('/');
     let mut s = std::net::TcpStream::connect(hostport)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let content_type = content_type.map(|c| format!("Content-Type: {c}\r\n")).unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes())?;

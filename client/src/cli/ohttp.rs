@@ -130,7 +130,11 @@ fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(super::infer::report(&e)),
     };
     let configs = KeyConfig::decode_list(&list)?;
-    println!("application/ohttp-keys ({} bytes, SHA-384 {}), UNVERIFIED:", list.len(), hex::encode(veil_protocol::attestation::UserDataCommitment::sha384(&list)));
+    println!(
+        "application/ohttp-keys ({} bytes, SHA-384 {}), UNVERIFIED:",
+        list.len(),
+        hex::encode(veil_protocol::attestation::UserDataCommitment::sha384(&list))
+    );
     for c in configs {
         let suites: Vec<String> = c.suites.iter().map(|s| format!("KDF {:#06x} AEAD {:#06x}", s.kdf, s.aead)).collect();
         println!("  key id {}: X25519 {} ({})", c.key_id, hex::encode(c.public_key), suites.join(", "));

@@ -69,7 +69,9 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn split<'a>(s: &'a str, flag: &str) -> anyhow::Result<(&'a str, &'a str)> {
-    s.split_once('=').filter(|(n, v)| !n.is_empty() && !v.is_empty()).with_context(|| format!("{flag} {s:?}: expected NAME=VALUE"))
+    s.split_once('=')
+        .filter(|(n, v)| !n.is_empty() && !v.is_empty())
+        .with_context(|| format!("{flag} {s:?}: expected NAME=VALUE"))
 }
 
 fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
@@ -112,7 +114,8 @@ fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
     // Check what is written the way `veil infer --policy` will read it.
     let file: veil_client::trust::PolicyFile = toml::from_str(&text)?;
     let base = args.output.as_ref().and_then(|p| p.parent()).map(PathBuf::from).unwrap_or_else(|| ".".into());
-    veil_client::trust::ClientPolicy::from_file(file, &base).map_err(|e| anyhow::anyhow!("the policy would be invalid: {e}"))?;
+    veil_client::trust::ClientPolicy::from_file(file, &base)
+        .map_err(|e| anyhow::anyhow!("the policy would be invalid: {e}"))?;
     match &args.output {
         Some(p) => {
             std::fs::write(p, &text).with_context(|| format!("writing {}", p.display()))?;
@@ -121,7 +124,9 @@ fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         None => print!("{text}"),
     }
     if args.insecure_mock_root.is_some() {
-        eprintln!("veil: WARNING: this policy trusts a MOCK root: anyone can make documents under it; development only");
+        eprintln!(
+            "veil: WARNING: this policy trusts a MOCK root: anyone can make documents under it; development only"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -129,7 +134,11 @@ fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
 fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let p = veil_client::trust::ClientPolicy::load(&args.policy)?;
     println!("root: {}{}", p.root.name(), if p.mock_root { " (INSECURE: a mock root)" } else { "" });
-    println!("max age: {} s; debug-mode enclaves: {}", p.max_age.as_secs(), if p.allow_debug { "accepted" } else { "refused" });
+    println!(
+        "max age: {} s; debug-mode enclaves: {}",
+        p.max_age.as_secs(),
+        if p.allow_debug { "accepted" } else { "refused" }
+    );
     for image in &p.images {
         println!("image {}:", image.name);
         for (i, v) in &image.pcrs {

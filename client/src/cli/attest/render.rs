@@ -75,7 +75,10 @@ fn print_user_data(ud: &[u8]) {
     match UserDataCommitment::decode(ud) {
         Ok(c) => {
             println!("  user_data   Veil commitment v1:");
-            println!("    ohttp_keys_sha384         {}", c.ohttp_keys_sha384.map(hex::encode).unwrap_or_else(|| "none".into()));
+            println!(
+                "    ohttp_keys_sha384         {}",
+                c.ohttp_keys_sha384.map(hex::encode).unwrap_or_else(|| "none".into())
+            );
             println!(
                 "    recipient RSA SPKI SHA-384 {}",
                 c.recipient_rsa_spki_sha384.map(hex::encode).unwrap_or_else(|| "none".into())
