@@ -22,6 +22,20 @@ bash scripts/setup.sh
 # shellcheck source=/dev/null
 source "${VEIL_CACHE:-$HOME/.cache/veil}/env.sh"
 
+# The independent OHTTP client's environment (pyhpke; pinned in tests/python/requirements.txt), kept in the
+# cache and remade only when the requirements change. tests/tests/ohttp_interop.rs runs it.
+venv="${VEIL_CACHE:-$HOME/.cache/veil}/test-venv"
+stamp="$venv/.requirements.sha256"
+want=$(sha256sum tests/python/requirements.txt | cut -d' ' -f1)
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    step "set-up: the test Python environment in $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+    echo "$want" >"$stamp"
+fi
+export VEIL_TEST_PYTHON="$venv/bin/python"
+
 step "format: cargo fmt --check"
 cargo fmt --all --check
 

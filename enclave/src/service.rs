@@ -350,7 +350,8 @@ impl Enclave {
             }
             Route::Infer { .. } => (500, None, Vec::new()),
         };
-        let mut w = request.writer(status, model.as_ref().map(|m| m.sha384()), body.len());
+        let content_type = (!body.is_empty()).then_some("application/json");
+        let mut w = request.writer_for(status, model.as_ref().map(|m| m.sha384()), body.len(), content_type);
         w.content().extend_from_slice(&body);
         match request.seal(w, &self.rng) {
             Ok(b) => Reply::Ohttp(b),

@@ -138,8 +138,11 @@ impl<'a> Reader<'a> {
 
     /// The content: borrowed when in one piece, gathered (and wiped on drop) when chunked.
     fn content(&mut self, indeterminate: bool) -> Result<Content<'a>, BhttpError> {
+        // Empty content is an empty slice of the message itself (never a static one), so that callers may
+        // locate the content inside the buffer they parsed.
+        let here = self.buf.len().min(self.pos);
         if self.at_end() {
-            return Ok(Content::Borrowed(&[]));
+            return Ok(Content::Borrowed(&self.buf[here..here]));
         }
         if !indeterminate {
             return Ok(Content::Borrowed(self.vec("content")?));
@@ -153,7 +156,7 @@ impl<'a> Reader<'a> {
             chunks.push(self.bytes(n, "content")?);
         }
         Ok(match chunks.as_slice() {
-            [] => Content::Borrowed(&[]),
+            [] => Content::Borrowed(&self.buf[here..here]),
             [one] => Content::Borrowed(one),
             many => Content::Gathered(zeroize::Zeroizing::new(many.concat())),
         })
