@@ -38,3 +38,4 @@ cargo bench --locked -p veil-tests --bench latency -- "${args[@]}"
 if [ -f protocol/benches/verify.rs ]; then
     cargo bench --locked -p veil-protocol --bench verify -- "${args[@]}"
 fi
+cargo bench --locked -p veil-protocol --bench ohttp -- "${args[@]}"

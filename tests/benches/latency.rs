@@ -10,6 +10,8 @@
 //! - `veil`: client → parent (HTTP on loopback) → enclave (Unix socket standing in for vsock), the real
 //!   release binaries, Open Inference Protocol JSON sealed in the KMS envelope both ways (the enclave's
 //!   data key cached after the first request of each client session; the mock KMS for the first);
+//! - `attested`: the same path in attested-key mode: the client (verified against the stack's policy once
+//!   per load thread) encapsulates Binary HTTP with OHTTP to the enclave's attested key; no KMS at all;
 //! - `python`: a plain, unencrypted Python onnxruntime HTTP server speaking the same JSON
 //!   (bench/python_baseline_server.py), when `VEIL_BENCH_PYTHON` names a Python that has onnxruntime.
 //!
@@ -182,6 +184,28 @@ fn sealed_target<'a>(stack: &'a Stack, model: &'a str, body: Vec<u8>) -> impl Fn
     }
 }
 
+thread_local! {
+    /// Each load thread keeps its own attested-key client (one verification, then OHTTP per request).
+    static OBLIVIOUS: std::cell::RefCell<Option<Arc<veil_client::oblivious::ObliviousClient>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Attested-key mode: OHTTP to the verified gateway key.
+fn attested_target<'a>(stack: &'a Stack, model: &'a str, body: Vec<u8>) -> impl Fn() + Sync + 'a {
+    let policy = veil_client::trust::ClientPolicy::load(&stack.client_policy()).expect("client policy");
+    move || {
+        let client = OBLIVIOUS.with(|c| {
+            c.borrow_mut()
+                .get_or_insert_with(|| {
+                    let http = veil_client::Client::new(&stack.url).unwrap();
+                    Arc::new(veil_client::oblivious::ObliviousClient::new(http, policy.clone()))
+                })
+                .clone()
+        });
+        let out = with_client(&stack.url, |rt, _| rt.block_on(client.infer(model, &body))).expect("attested request");
+        assert_eq!(out.status, 200, "{:?}", out.error_message());
+    }
+}
+
 /// GETs a path (the HTTP floor: no body, no enclave).
 fn http_get_target(base: &str, path: &'static str) -> impl Fn() + Sync {
     let base = base.to_owned();
@@ -265,6 +289,7 @@ fn main() {
         serde_json::from_slice::<Value>(&body).unwrap()["kms_calls"].as_u64().unwrap()
     };
     let mut sealed_requests = 0u64;
+    let (mut attested_requests, mut attested_kms_calls) = (0u64, 0u64);
     let kms_before = kms_calls();
     let mut results: BTreeMap<String, Value> = BTreeMap::new();
     let mut rows = Vec::new();
@@ -308,6 +333,7 @@ fn main() {
         // Breakdown of the path: the enclave alone (frames straight to its socket, no parent, no HTTP), and
         // the HTTP floor (client and parent only: GET /healthz never reaches the enclave).
         let enclave_call = enclave_target(&stack, model, body.clone());
+        let attested_call = attested_target(&stack, model, body.clone());
         let floor_call = http_get_target(&stack.url, "/healthz");
         let py = python.as_deref().and_then(|p| start_python(p, model));
         let py_call = py.as_ref().map(|s| http_target(&s.1, format!("/v2/models/{model}/infer"), body.clone()));
@@ -319,6 +345,10 @@ fn main() {
             per.entry("ort").or_default().insert(key, measure(conc, warmup, n, ort_call));
             per.entry("inproc").or_default().insert(key, measure(conc, warmup, n, inproc_call));
             per.entry("veil").or_default().insert(key, measure(conc, warmup, n, sealed_counted));
+            let kms_at = kms_calls();
+            per.entry("attested").or_default().insert(key, measure(conc, warmup, n, &attested_call));
+            attested_kms_calls += kms_calls() - kms_at;
+            attested_requests += ((warmup + n) * conc) as u64;
             if conc == 1 {
                 per.entry("enclave").or_default().insert(key, measure(conc, warmup, n, &enclave_call));
                 per.entry("http0").or_default().insert(key, measure(conc, warmup, n, &floor_call));
@@ -334,6 +364,10 @@ fn main() {
             "veil_over_ort_p50": veil1.p50_us / ort1.p50_us,
             "veil_added_p50_us": veil1.p50_us - ort1.p50_us,
             "veil_over_ort_throughput_c16": per["veil"]["c16"].throughput_rps / per["ort"]["c16"].throughput_rps,
+            "attested_over_ort_p50": per["attested"]["c1"].p50_us / ort1.p50_us,
+            "attested_added_p50_us": per["attested"]["c1"].p50_us - ort1.p50_us,
+            "attested_over_veil_p50": per["attested"]["c1"].p50_us / veil1.p50_us,
+            "attested_over_veil_throughput_c16": per["attested"]["c16"].throughput_rps / per["veil"]["c16"].throughput_rps,
             "veil_over_python_throughput_c16": per.get("python").map(|p| per["veil"]["c16"].throughput_rps / p["c16"].throughput_rps),
             "veil_over_python_throughput_c1": per.get("python").map(|p| per["veil"]["c1"].throughput_rps / p["c1"].throughput_rps),
         });
@@ -356,6 +390,13 @@ fn main() {
             ));
         }
         rows.push(format!(
+            "| {model:<6} | ratios | attested/ort p50 = {:.3} (+{:.0} µs); attested/veil p50 = {:.3}, rps@16 = {:.3} |",
+            summary["attested_over_ort_p50"].as_f64().unwrap(),
+            summary["attested_added_p50_us"].as_f64().unwrap(),
+            summary["attested_over_veil_p50"].as_f64().unwrap(),
+            summary["attested_over_veil_throughput_c16"].as_f64().unwrap(),
+        ));
+        rows.push(format!(
             "| {model:<6} | ratios | veil/ort p50 = {:.3} (+{:.0} µs); veil/ort rps@16 = {:.3}{} |",
             summary["veil_over_ort_p50"].as_f64().unwrap(),
             summary["veil_added_p50_us"].as_f64().unwrap(),
@@ -373,6 +414,9 @@ fn main() {
 
     let kms_per_1000 = (kms_calls() - kms_before) as f64 * 1000.0 / sealed_requests.max(1) as f64;
     rows.push(format!("| all    | veil   | KMS calls per 1,000 sealed requests: {kms_per_1000:.3} ({sealed_requests} requests, one session per load thread) |"));
+    rows.push(format!(
+        "| all    | attested | KMS calls: {attested_kms_calls} over {attested_requests} attested-key requests |"
+    ));
     println!("\n| model  | target | c1 p50 µs  | c1 p99 µs  | c1 req/s    | c16 p50 µs | c16 p99 µs | c16 req/s   |");
     println!("|--------|--------|------------|------------|-------------|------------|------------|-------------|");
     for r in &rows {
@@ -388,6 +432,8 @@ fn main() {
         "models": results,
         "sealed_requests": sealed_requests,
         "kms_calls_per_1000_sealed_requests": kms_per_1000,
+        "attested_requests": attested_requests,
+        "attested_kms_calls": attested_kms_calls,
     });
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)

@@ -271,7 +271,12 @@ pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `veil infer --policy`: attested-key mode.
-fn run_attested_key(args: &InferArgs, policy: &std::path::Path, client: Client, body: &[u8]) -> anyhow::Result<ExitCode> {
+fn run_attested_key(
+    args: &InferArgs,
+    policy: &std::path::Path,
+    client: Client,
+    body: &[u8],
+) -> anyhow::Result<ExitCode> {
     use veil_client::oblivious::{ObliviousClient, ObliviousError};
     let policy = match veil_client::trust::ClientPolicy::load(policy) {
         Ok(p) => p,
