@@ -5,6 +5,10 @@
 //! carry, the key's grants. Key identifiers are resolved per operation as KMS documents: cryptographic
 //! operations and `DescribeKey` take a key id, key ARN, alias name or alias ARN; management operations
 //! (key policies, grants, alias targets) take a key id or key ARN only.
+//!
+//! Why one long file: it is the mock's whole request path (parse, authenticate, authorize, operate), every
+//! operation short and in the same shape, so that what the mock enforces can be compared with KMS's
+//! documentation operation by operation; the policy, grant, alias and blob formats live in their modules.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -44,6 +44,9 @@
 //! ```
 //!
 //! Version 1 (no model digest, no padding, errors sniffed from JSON) is retired: nothing reads it.
+//!
+//! Why one long file: the request and answer sides share the key schedule, the associated data and the
+//! padding layout, and a reviewer checks the construction in one place; the tests are at the end.
 use std::collections::BTreeMap;
 use std::ops::Range;
 
