@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Run every test Veil has: set-up (ONNX Runtime, sample models), the build, unit and end-to-end tests,
-# doc tests, clippy, and the linters for shell scripts and Dockerfiles.
+# doc tests, clippy, the linters for shell scripts and Dockerfiles, and the fuzzers.
 #
-#   scripts/test.sh              # everything
-#   scripts/test.sh -- e2e       # extra arguments go to the test runner (a filter, --no-capture, ...)
+#   scripts/test.sh                   # everything (what CI runs)
+#   scripts/test.sh -- e2e            # extra arguments go to the test runner (a filter, --no-capture, ...)
+#   VEIL_SKIP_FUZZ=1 scripts/test.sh  # everything but the fuzzers (for developers; CI never sets it)
+#
+# The fuzz step runs every target of fuzz/ for VEIL_FUZZ_SECONDS each (30 by default, and never fewer), and
+# fails on any crash, naming the input (scripts/fuzz.sh). On an idle two-core machine it adds about ten
+# minutes: installing cargo-fuzz the first time, building the instrumented targets, then 13 x 30 s.
 #
 # The end-to-end tests start the real veil-parent and veil-enclave binaries, so they are built first.
 set -euo pipefail
@@ -24,6 +29,7 @@ source "${VEIL_CACHE:-$HOME/.cache/veil}/env.sh"
 
 step "format: cargo fmt --check"
 cargo fmt --all --check
+cargo fmt --manifest-path fuzz/Cargo.toml --check
 
 step "build"
 cargo build --workspace --bins --locked
@@ -44,5 +50,16 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 if [ -f scripts/lint.sh ]; then
     step "lint: shell scripts and Dockerfiles"
     bash scripts/lint.sh
+fi
+if [ "${VEIL_SKIP_FUZZ:-0}" = 1 ]; then
+    step "fuzz: skipped (VEIL_SKIP_FUZZ=1)"
+else
+    fuzz_seconds="${VEIL_FUZZ_SECONDS:-30}"
+    if ! [[ "$fuzz_seconds" =~ ^[0-9]+$ ]] || [ "$fuzz_seconds" -lt 30 ]; then
+        fuzz_seconds=30
+    fi
+    step "fuzz: clippy on fuzz/, then every target for ${fuzz_seconds}s (scripts/fuzz.sh; VEIL_SKIP_FUZZ=1 skips)"
+    cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
+    bash scripts/fuzz.sh all "$fuzz_seconds"
 fi
 printf '\nall tests passed\n' >&2
