@@ -28,7 +28,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 targets=(
     frame_decode message_decode
-    envelope_parse envelope_mutate envelope_answer pad_unpad
+    envelope_parse envelope_mutate envelope_plaintext envelope_answer pad_unpad
     v2_request model_header model_open eif_read
     attestation_parse attestation_verify commitment_decode
 )

@@ -8,7 +8,7 @@
 #
 # The fuzz step runs every target of fuzz/ for VEIL_FUZZ_SECONDS each (30 by default, and never fewer), and
 # fails on any crash, naming the input (scripts/fuzz.sh). On an idle two-core machine it adds about ten
-# minutes: installing cargo-fuzz the first time, building the instrumented targets, then 13 x 30 s.
+# minutes: installing cargo-fuzz the first time, building the instrumented targets, then 14 x 30 s.
 #
 # The end-to-end tests start the real veil-parent and veil-enclave binaries, so they are built first.
 set -euo pipefail

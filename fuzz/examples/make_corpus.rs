@@ -123,6 +123,13 @@ fn main() {
         c.put("envelope_mutate", &format!("fixture-{which}-edits"), &[which, 0, 0xff, 0xff, 1, 0, 0, 30, 7]);
     }
 
+    // Plaintexts a client could seal (envelope_plaintext): valid padded forms, and one that is not.
+    let ihl_meta = b"\xa1\x77inference_header_length\x0d";
+    c.put("envelope_plaintext", "padded-json", &pad::pad(b"{\"inputs\":[]}", b"\xa0").unwrap());
+    c.put("envelope_plaintext", "padded-binary", &pad::pad(b"{\"inputs\":[]}\x00\x01", ihl_meta).unwrap());
+    c.put("envelope_plaintext", "padded-1500", &pad::pad(&[b'7'; 1500], b"\xa0").unwrap());
+    c.put("envelope_plaintext", "unpadded", b"{\"inputs\":[]}");
+
     // Sealed answers: mode 0 (the answer itself) and mode 1 (a fixture, then edits).
     for (name, body, ihl) in [("json", &b"{\"outputs\":[]}"[..], None), ("binary", &[b'a'; 1200][..], Some(7))] {
         let (wire, _) = sealed_answer(&key, body, ihl);
