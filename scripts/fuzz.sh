@@ -97,9 +97,11 @@ for t in "${targets[@]}"; do
     cargo fuzz run -s "$sanitizer" "$t" "corpus/$t" -- \
         -max_total_time="$seconds" -max_len="$max_len" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
         >"$logs/$t.log" 2>&1 || status=$?
+    # libFuzzer's closing lines: "Done N runs in S second(s)" and the final stats.
+    ran="$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$logs/$t.log" | tail -1)"
     runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$logs/$t.log" | tail -1)"
     rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$logs/$t.log" | tail -1)"
-    summary+=("$(printf '%-20s %6ss %12s runs %8s exec/s  %s' "$t" "$seconds" "${runs:-?}" "${rate:-?}" \
+    summary+=("$(printf '%-20s %6ss %12s runs %8s exec/s  %s' "$t" "${ran:-?}" "${runs:-?}" "${rate:-?}" \
         "$([[ $status -eq 0 ]] && echo ok || echo FAILED)")")
     if [[ $status -ne 0 ]]; then
         tail -n 40 "$logs/$t.log" >&2

@@ -47,7 +47,7 @@ fn main() {
     let key = data_key();
 
     // Link messages, as the payloads of frames.
-    let (sealed, _) = seal_request(&key, b"{\"inputs\":[]}", RequestMeta::default());
+    let (sealed, _) = seal_request(&key, b"{\"inputs\":[]}", RequestMeta::default(), 100);
     let err = ErrorReply::new(ErrorKind::Unavailable, "overloaded").retry_after(2);
     let messages: Vec<(&str, Vec<u8>)> = vec![
         ("enclave-req-infer", encode(1, &EnclaveRequest::Infer { model: "iris".into() }, &sealed).unwrap()),
@@ -113,8 +113,8 @@ fn main() {
         ("binary", b"{\"inputs\":[]}\x00\x01\x02\x03", RequestMeta { inference_header_length: Some(13) }),
         ("large", &[b'7'; 3000], RequestMeta::default()),
     ];
-    for (name, body, meta) in requests {
-        let (wire, _) = seal_request(&key, body, meta);
+    for ((name, body, meta), seed) in requests.into_iter().zip(101..) {
+        let (wire, _) = seal_request(&key, body, meta, seed);
         c.put("envelope_parse", name, &wire);
     }
     for which in 0..4u8 {
@@ -131,8 +131,10 @@ fn main() {
     c.put("envelope_plaintext", "unpadded", b"{\"inputs\":[]}");
 
     // Sealed answers: mode 0 (the answer itself) and mode 1 (a fixture, then edits).
-    for (name, body, ihl) in [("json", &b"{\"outputs\":[]}"[..], None), ("binary", &[b'a'; 1200][..], Some(7))] {
-        let (wire, _) = sealed_answer(&key, body, ihl);
+    for (name, body, ihl, seed) in
+        [("json", &b"{\"outputs\":[]}"[..], None, 1), ("binary", &[b'a'; 1200][..], Some(7), 3)]
+    {
+        let (wire, _) = sealed_answer(&key, body, ihl, seed);
         c.put("envelope_answer", name, &prefixed(&[0], &wire));
     }
     for which in 0..3u8 {

@@ -31,8 +31,9 @@ fn fixtures() -> &'static Fixtures {
         let ctx = context();
         let answers = [(&b"{\"outputs\":[]}"[..], None), (&b""[..], Some(0)), (&[b'a'; 1200][..], Some(7))]
             .into_iter()
-            .map(|(body, ihl)| {
-                let (wire, t) = sealed_answer(&key, body, ihl);
+            .zip(1..)
+            .map(|((body, ihl), seed)| {
+                let (wire, t) = sealed_answer(&key, body, ihl, seed);
                 let sealer = Sealer {
                     key: &key,
                     key_id: KEY_ID,

@@ -38,8 +38,9 @@ fn fixtures() -> &'static [Fixture] {
         ];
         cases
             .into_iter()
-            .map(|(body, meta)| {
-                let (wire, _) = seal_request(&key, &body, meta);
+            .zip(1..)
+            .map(|((body, meta), seed)| {
+                let (wire, _) = seal_request(&key, &body, meta, seed);
                 let parsed = parse_request(&wire).expect("the fixture parses");
                 Fixture { wire, parsed, body, meta }
             })

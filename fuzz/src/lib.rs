@@ -68,23 +68,32 @@ pub fn data_key() -> DataKey {
     DataKey::new(&DATA_KEY).expect("a 32-byte key")
 }
 
-/// Seals `body` (with `meta`) as the fixtures' client would, deterministically.
-pub fn seal_request(key: &DataKey, body: &[u8], meta: RequestMeta) -> (Vec<u8>, RequestTag) {
+/// Seals `body` (with `meta`) as the fixtures' client would, deterministically: `seed` picks the request id
+/// and nonce. Give each fixture its own seed (0 is [`sealed_answer`]'s), so that no two fixtures share a
+/// nonce under one key, as no real client would.
+pub fn seal_request(key: &DataKey, body: &[u8], meta: RequestMeta, seed: u64) -> (Vec<u8>, RequestTag) {
     let ctx = context();
     let sealer = Sealer { key, key_id: KEY_ID, encrypted_data_key: ENCRYPTED_DATA_KEY, encryption_context: &ctx };
-    sealer.seal_request(&model(), body, meta, ISSUED_AT, &CountingRandom::new(1)).expect("the fixture seals")
+    sealer.seal_request(&model(), body, meta, ISSUED_AT, &CountingRandom::new(seed << 32)).expect("the fixture seals")
 }
 
-/// Opens a real request sealed by [`seal_request`] and seals `answer` back: the answer's wire bytes and the
-/// tag that opens them.
-pub fn sealed_answer(key: &DataKey, answer: &[u8], inference_header_length: Option<u64>) -> (Vec<u8>, RequestTag) {
-    let (mut wire, tag) = seal_request(key, b"{\"inputs\":[]}", RequestMeta::default());
+/// Opens the one request all answer fixtures answer (sealed with seed 0) and seals `answer` back, its nonce
+/// from `seed`: the answer's wire bytes and the tag that opens them (the same tag for every seed).
+pub fn sealed_answer(
+    key: &DataKey,
+    answer: &[u8],
+    inference_header_length: Option<u64>,
+    seed: u64,
+) -> (Vec<u8>, RequestTag) {
+    let (mut wire, tag) = seal_request(key, b"{\"inputs\":[]}", RequestMeta::default(), 0);
     let parsed = parse_request(&wire).expect("the fixture parses");
     let opened = open_request_in_place(key, &model(), &parsed, &mut wire).expect("the fixture opens");
     let mut body = AnswerBody::with_capacity(answer.len());
     body.writer().extend_from_slice(answer);
-    let sealed =
-        opened.answer.seal_answer(body, inference_header_length, &CountingRandom::new(2)).expect("the fixture seals");
+    let sealed = opened
+        .answer
+        .seal_answer(body, inference_header_length, &CountingRandom::new(!seed))
+        .expect("the fixture seals");
     (sealed.bytes().to_vec(), tag)
 }
 
