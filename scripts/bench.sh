@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks, side by side in one run: in-process ONNX Runtime, the full Veil path, and a plain Python
 # onnxruntime HTTP server, on iris and MiniLM; plus attestation verification when that bench exists.
-# Prints tables and writes JSON under target/bench/. Results and the command belong in docs/BENCHMARKS.md.
+# Prints tables and writes JSON under target/bench/ (or $CARGO_TARGET_DIR/bench/). Results and the command belong in docs/BENCHMARKS.md.
 #
 #   scripts/bench.sh            # full runs (a few minutes on 2 cores)
 #   scripts/bench.sh --quick    # shorter runs, for a smoke test

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the Veil enclave image (EIF) and its measurements, reproducibly.
 #
-#   scripts/build-eif.sh [--models iris,minilm] [--output-dir build] [--tag TAG]
+#   scripts/build-eif.sh [--config docker/enclave.toml] [--output-dir build] [--tag TAG]
 #                        [--signing-key key.pem --signing-cert cert.pem] [--allow-dirty]
 #
 # Steps:
@@ -27,7 +27,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-models="${VEIL_MODELS:-iris}"
+config="${VEIL_CONFIG:-$root/docker/enclave.toml}"
 out_dir="build"
 tag=""
 signing_key=""
@@ -40,8 +40,9 @@ Usage: scripts/build-eif.sh [options]
 
 Builds docker/Dockerfile.enclave into an EIF with nitro-cli and saves the measurements beside it.
 
-  --models LIST         models the enclave serves, comma-separated (default: \$VEIL_MODELS or iris);
-                        part of the image, so part of PCR0/PCR2
+  --config FILE         the enclave's configuration (models, their KMS keys, the KMS region;
+                        default: \$VEIL_CONFIG or docker/enclave.toml, the example); baked into the
+                        image, so part of PCR0/PCR2, and its SHA-384 is in every attestation document
   --output-dir DIR      where to write veil-enclave.eif and veil-enclave.measurements.json
                         (default: build)
   --tag TAG             docker image tag (default: the short commit id)
@@ -61,7 +62,7 @@ log() { printf 'build-eif: %s\n' "$*" >&2; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
-        --models) models="${2:?--models needs a value}"; shift 2 ;;
+        --config) config="${2:?--config needs a file}"; shift 2 ;;
         --output-dir) out_dir="${2:?--output-dir needs a value}"; shift 2 ;;
         --tag) tag="${2:?--tag needs a value}"; shift 2 ;;
         --signing-key) signing_key="${2:?--signing-key needs a file}"; shift 2 ;;
@@ -78,15 +79,18 @@ fi
 for f in "$signing_key" "$signing_cert"; do
     [ -z "$f" ] || [ -r "$f" ] || die "cannot read $f"
 done
-case "$models" in
-    "" | *[!A-Za-z0-9_.,-]*) die "--models must be model names separated by commas, got '$models'" ;;
-esac
+[ -r "$config" ] || die "cannot read the enclave configuration $config"
 
 command -v docker > /dev/null || die "docker is not installed (this script builds the enclave image with it)"
 command -v nitro-cli > /dev/null || die "nitro-cli is not installed: see https://docs.aws.amazon.com/enclaves/latest/user/nitro-enclave-cli-install.html"
 docker info > /dev/null 2>&1 || die "the docker engine is not reachable (is it running, and may this user use it?)"
 
+config="$(cd "$(dirname "$config")" && pwd)/$(basename "$config")"
 cd "$root"
+case "$config" in
+    "$root"/*) config_in_context="${config#"$root"/}" ;;
+    *) die "the configuration must be inside the repository (the docker build context): $config" ;;
+esac
 if git rev-parse --git-dir > /dev/null 2>&1; then
     commit="$(git rev-parse HEAD)"
     source_date_epoch="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}"
@@ -107,11 +111,11 @@ mkdir -p "$out_dir"
 eif="$out_dir/veil-enclave.eif"
 measurements="$out_dir/veil-enclave.measurements.json"
 
-log "building $image (SOURCE_DATE_EPOCH=$source_date_epoch, models: $models)"
+log "building $image (SOURCE_DATE_EPOCH=$source_date_epoch, configuration: $config_in_context, SHA-384 $(sha384sum "$config" | cut -d' ' -f1))"
 DOCKER_BUILDKIT=1 docker build \
     --file docker/Dockerfile.enclave \
     --build-arg "SOURCE_DATE_EPOCH=$source_date_epoch" \
-    --build-arg "VEIL_MODELS=$models" \
+    --build-arg "VEIL_CONFIG=$config_in_context" \
     --label "org.opencontainers.image.revision=$commit" \
     --tag "$image" \
     .

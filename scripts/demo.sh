@@ -30,7 +30,8 @@ source "${VEIL_CACHE:-$HOME/.cache/veil}/env.sh"
 
 say "2/5 build (release)"
 cargo build --release --workspace --bins --locked
-veil=target/release/veil
+# Cargo puts the binaries in $CARGO_TARGET_DIR when it is set, else in target/.
+veil="${CARGO_TARGET_DIR:-target}/release/veil"
 
 say "3/5 start the stack: veil dev"
 state=$(mktemp -d -t veil-demo-XXXXXX)

@@ -32,6 +32,24 @@ step "format: cargo fmt --check"
 cargo fmt --all --check
 cargo fmt --manifest-path fuzz/Cargo.toml --check
 
+step "unused dependencies: cargo machete"
+if ! cargo machete --version >/dev/null 2>&1; then
+    echo "test.sh: installing cargo-machete (from crates.io)" >&2
+    cargo install cargo-machete --locked
+fi
+cargo machete
+
+target_dir="${CARGO_TARGET_DIR:-target}"
+step "production enclave build: no mock code in it"
+# The production build is `-p veil-enclave` alone (no `dev` feature). Keep a copy for the tests that check
+# it, before the workspace build below makes target/debug/veil-enclave a development build again.
+cargo build -p veil-enclave --bin veil-enclave --locked
+if cargo tree -p veil-enclave -e normal --prefix none | grep -E '^(rcgen|aws-nitro-enclaves-cose) '; then
+    echo "test.sh: the production enclave build depends on development-only crates (above)" >&2
+    exit 1
+fi
+cp "$target_dir/debug/veil-enclave" "$target_dir/debug/veil-enclave-production"
+
 step "build"
 cargo build --workspace --bins --locked
 

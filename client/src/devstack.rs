@@ -22,10 +22,12 @@ use veil_runtime::ready::{self, EnclaveReady, MockKmsReady, ParentReady};
 
 /// The AWS account of the dev stack's mock KMS, and the roles its key policy names.
 pub const DEV_ACCOUNT: &str = "111122223333";
-/// Credentials the dev stack's parent and clients use with the mock KMS (it checks their shape, not the
-/// secret: see docs/MOCK_KMS.md).
+/// Credentials the dev stack's clients use with the mock KMS (it checks their shape, not the secret: see
+/// docs/MOCK_KMS.md). The mock knows them as the client role; the stack sets up its key with them too.
 pub const DEV_ACCESS_KEY: &str = "AKIAVEILDEVSTACK0000";
 pub const DEV_SECRET_KEY: &str = "veil-dev-stack-mock-kms-secret";
+/// The parent's credentials (which it serves to the enclave): a session of the enclave's role.
+pub const DEV_PARENT_ACCESS_KEY: &str = "AKIAVEILDEVPARENT000";
 
 /// How the parent and the enclave reach each other (vsock on hardware).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,9 +65,22 @@ pub struct Options {
     pub start_enclave: bool,
     /// `RUST_LOG` for the children.
     pub log_filter: String,
-    /// Credentials for the mock KMS.
+    /// Credentials for the mock KMS: the clients' access key (the client role), the parent's (a session of
+    /// the enclave role, which the parent serves to the enclave), and the secret both use.
     pub access_key: String,
+    pub parent_access_key: String,
     pub secret_key: String,
+    /// The prefix of the roles the key policy names: `{roles}-client` and `{roles}-parent`.
+    pub roles: String,
+    /// An enclave configuration to use byte for byte (an image's baked file, such as `docker/enclave.toml`)
+    /// instead of the one the stack writes. The mock KMS then takes that file's region and key ids (which
+    /// must be in [`DEV_ACCOUNT`]), answers as the file's KMS endpoint, and the parent routes that endpoint
+    /// to it; each model is encrypted under the key the file names for it.
+    pub image_config: Option<PathBuf>,
+    /// Attested-key mode with a fleet key (`veil ohttp keygen`: sealed under the stack's KMS key, served by
+    /// the parent, pinned in the configuration) instead of a key generated at each enclave's boot, so that
+    /// [`Stack::start_replica`]s serve the same key configuration.
+    pub ohttp_fleet_key: bool,
 }
 
 impl Options {
@@ -87,8 +102,23 @@ impl Options {
             start_enclave: true,
             log_filter: "info".into(),
             access_key: DEV_ACCESS_KEY.into(),
+            parent_access_key: DEV_PARENT_ACCESS_KEY.into(),
             secret_key: DEV_SECRET_KEY.into(),
+            roles: "veil-dev".into(),
+            image_config: None,
+            ohttp_fleet_key: false,
         }
+    }
+
+    /// The role the key policy lets decrypt (the parent instance's role, whose credentials the enclave
+    /// signs its KMS calls with).
+    pub fn enclave_role(&self) -> String {
+        format!("arn:aws:iam::{DEV_ACCOUNT}:role/{}-parent", self.roles)
+    }
+
+    /// The role the key policy lets create data keys.
+    pub fn client_role(&self) -> String {
+        format!("arn:aws:iam::{DEV_ACCOUNT}:role/{}-client", self.roles)
     }
 }
 
@@ -104,6 +134,11 @@ pub struct MockKms {
     /// The key's id, and its ARN (what clients send and the configuration names).
     pub key_id: String,
     pub key_arn: String,
+    /// With an image configuration: the endpoint the enclave dials (`HOST:PORT`), its keys, and the extra
+    /// arguments the mock is started with.
+    pub enclave_endpoint: Option<String>,
+    pub fixture_keys: Vec<String>,
+    pub extra_args: Vec<String>,
     pub state_dir: PathBuf,
     pub policy_file: PathBuf,
     pub measurements_file: PathBuf,
@@ -112,6 +147,8 @@ pub struct MockKms {
     pub log: PathBuf,
     access_key: String,
     secret_key: String,
+    /// `--principal` mappings: who each access key is.
+    principals: Vec<String>,
 }
 
 impl MockKms {
@@ -144,6 +181,11 @@ impl MockKms {
             "--ready-file".to_owned(),
             ready_file.display().to_string(),
         ];
+        let mut args = args;
+        for p in &self.principals {
+            args.extend(["--principal".to_owned(), p.clone()]);
+        }
+        args.extend(self.extra_args.iter().cloned());
         let mut child = spawn(&bin_dir.join("veil-mock-kms"), &args, &self.log, &[], "info")?;
         let info =
             ready::wait::<MockKmsReady>(&ready_file, "veil-mock-kms", Duration::from_secs(60), || exited(&mut child))
@@ -170,11 +212,79 @@ pub struct Stack {
     pub mock_root: PathBuf,
     /// The encrypted model files the parent serves: name, file.
     pub model_files: Vec<(String, PathBuf)>,
+    /// The fleet key's file (name, path) and configuration entry, with `ohttp_fleet_key`.
+    pub fleet_key: Option<(String, PathBuf, String)>,
+    /// A client policy for this stack (`veil infer --policy`): its image's mock PCRs, its models' digests,
+    /// and the mock root (so: development only).
+    pub client_policy: PathBuf,
     pub logs: PathBuf,
     parent: Option<Child>,
     enclave: Option<Child>,
     kms_child: Option<Child>,
     enclave_argv: Vec<String>,
+    enclave_env: Vec<(String, String)>,
+    image: Option<ImageConfig>,
+}
+
+/// What the stack needs from an image's enclave configuration.
+#[derive(Debug, Clone)]
+struct ImageConfig {
+    path: PathBuf,
+    region: String,
+    /// `HOST:PORT`, as the enclave dials it.
+    endpoint: String,
+    /// Model name → key ARN.
+    models: Vec<(String, String)>,
+}
+
+impl ImageConfig {
+    fn read(path: &Path) -> anyhow::Result<ImageConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let kms = table.get("kms").and_then(|k| k.as_table()).context("no [kms] table")?;
+        let region = kms.get("region").and_then(|r| r.as_str()).context("no [kms] region")?.to_owned();
+        let endpoint = match kms.get("endpoint") {
+            Some(e) => e.as_str().context("[kms] endpoint is not a string")?.to_owned(),
+            None => format!("kms.{region}.amazonaws.com:443"),
+        };
+        let mut models = vec![];
+        for m in table.get("models").and_then(|m| m.as_array()).context("no [[models]]")? {
+            let name = m.get("name").and_then(|n| n.as_str()).context("a model without a name")?;
+            let arn = m.get("kms_key_arn").and_then(|n| n.as_str()).with_context(|| format!("model {name}: no key"))?;
+            let prefix = format!("arn:aws:kms:{region}:{DEV_ACCOUNT}:key/");
+            anyhow::ensure!(
+                arn.starts_with(&prefix),
+                "model {name}: the dev stack's mock KMS holds keys of {prefix}..., not {arn}"
+            );
+            models.push((name.to_owned(), arn.to_owned()));
+        }
+        Ok(ImageConfig { path: path.to_path_buf(), region, endpoint, models })
+    }
+
+    fn key_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> =
+            self.models.iter().filter_map(|(_, arn)| arn.rsplit_once('/').map(|(_, id)| id.to_owned())).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    fn host(&self) -> &str {
+        self.endpoint.rsplit_once(':').map(|(h, _)| h).unwrap_or(&self.endpoint)
+    }
+
+    fn mock_kms_args(&self) -> Vec<String> {
+        let mut args =
+            vec!["--region".to_owned(), self.region.clone(), "--hostname".to_owned(), self.host().to_owned()];
+        for id in self.key_ids() {
+            args.extend(["--fixture-key".to_owned(), id]);
+        }
+        args
+    }
+
+    fn key_for(&self, model: &str) -> Option<&str> {
+        self.models.iter().find(|(n, _)| n == model).map(|(_, arn)| arn.as_str())
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -220,6 +330,7 @@ impl Stack {
         }
         let measurements_file = state.join("measurements.json");
         std::fs::write(&measurements_file, &out.stdout)?;
+        let image = options.image_config.as_deref().map(ImageConfig::read).transpose()?;
 
         // 2. The mock KMS.
         let mut kms = MockKms {
@@ -229,6 +340,9 @@ impl Stack {
             region: String::new(),
             key_id: String::new(),
             key_arn: String::new(),
+            enclave_endpoint: image.as_ref().map(|i| i.endpoint.clone()),
+            fixture_keys: image.as_ref().map(|i| i.key_ids()).unwrap_or_default(),
+            extra_args: image.as_ref().map(ImageConfig::mock_kms_args).unwrap_or_default(),
             state_dir: state.join("kms"),
             policy_file: state.join("key-policy.json"),
             measurements_file: measurements_file.clone(),
@@ -236,6 +350,16 @@ impl Stack {
             log: logs.join("kms.log"),
             access_key: options.access_key.clone(),
             secret_key: options.secret_key.clone(),
+            // Who each access key is, so that the key policy's principals mean what they say.
+            principals: vec![
+                format!("{}={}", options.access_key, options.client_role()),
+                format!(
+                    "{}=arn:aws:sts::{DEV_ACCOUNT}:assumed-role/{}-parent/i-0{}",
+                    options.parent_access_key,
+                    options.roles,
+                    options.roles.replace('-', "")
+                ),
+            ],
         };
         let (kms_child, info) = kms.spawn_on(&options.bin_dir, "127.0.0.1:0")?;
         kms.host_port = info.endpoint.trim_start_matches("https://").to_owned();
@@ -248,24 +372,35 @@ impl Stack {
             url: String::new(),
             enclave_addr,
             host_addr,
-            config_file: state.join("enclave.toml"),
+            config_file: image.as_ref().map(|i| i.path.clone()).unwrap_or_else(|| state.join("enclave.toml")),
             config_sha384: String::new(),
             mock_root: mock_nsm_dir.join("mock-root.pem"),
             mock_nsm_dir,
             model_files: vec![],
+            fleet_key: None,
+            client_policy: state.join("client-policy.toml"),
             logs,
             parent: None,
             enclave: None,
             kms_child: Some(kms_child),
             enclave_argv: vec![],
+            enclave_env: vec![],
+            image,
         };
 
         // 3 and 4. A key, its policy from the measurements, and the models encrypted under it.
         runtime()?.block_on(stack.set_up_kms())?;
-        // 5. The enclave's configuration.
-        let config = stack.enclave_config()?;
-        std::fs::write(&stack.config_file, &config)?;
-        stack.config_sha384 = hex::encode(ring::digest::digest(&ring::digest::SHA384, config.as_bytes()));
+        stack.write_client_policy()?;
+        // 5. The enclave's configuration (unless an image's file is used as it is).
+        let config = match &stack.image {
+            Some(_) => std::fs::read(&stack.config_file)?,
+            None => {
+                let config = stack.enclave_config()?;
+                std::fs::write(&stack.config_file, &config)?;
+                config.into_bytes()
+            }
+        };
+        stack.config_sha384 = hex::encode(ring::digest::digest(&ring::digest::SHA384, &config));
         // 6. The parent, then the enclave.
         stack.start_parent()?;
         stack.enclave_argv = stack.enclave_args();
@@ -277,24 +412,41 @@ impl Stack {
 
     async fn set_up_kms(&mut self) -> anyhow::Result<()> {
         let client = self.kms.client().await?;
-        let created = client
-            .create_key()
-            .description("veil dev: data keys for requests and models")
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("mock KMS CreateKey: {}", aws_sdk_kms::error::DisplayErrorContext(e)))?;
-        let meta = created.key_metadata().context("CreateKey returned no key metadata")?;
-        self.kms.key_id = meta.key_id().to_owned();
-        self.kms.key_arn = meta.arn().context("CreateKey returned no ARN")?.to_owned();
-        self.put_policy_from(&self.kms.measurements_file.clone()).await?;
+        if let Some(image) = &self.image {
+            // The image names its keys: the mock made them at start; each gets the measurements' policy.
+            let ids = image.key_ids();
+            let first = image.models.first().context("the image configuration lists no models")?;
+            self.kms.key_arn = first.1.clone();
+            for id in ids {
+                self.kms.key_id = id;
+                self.put_policy_from(&self.kms.measurements_file.clone()).await?;
+            }
+            self.kms.key_id = self.kms.key_arn.rsplit_once('/').map(|(_, id)| id.to_owned()).unwrap_or_default();
+        } else {
+            let created =
+                client.create_key().description("veil dev: data keys for requests and models").send().await.map_err(
+                    |e| anyhow::anyhow!("mock KMS CreateKey: {}", aws_sdk_kms::error::DisplayErrorContext(e)),
+                )?;
+            let meta = created.key_metadata().context("CreateKey returned no key metadata")?;
+            self.kms.key_id = meta.key_id().to_owned();
+            self.kms.key_arn = meta.arn().context("CreateKey returned no ARN")?.to_owned();
+            self.put_policy_from(&self.kms.measurements_file.clone()).await?;
+        }
         let dir = self.options.state_dir.join("models");
         std::fs::create_dir_all(&dir)?;
         for (name, path) in &self.options.models {
             let out = dir.join(format!("{name}.onnx.veil"));
+            let key = match &self.image {
+                Some(image) => image
+                    .key_for(name)
+                    .with_context(|| format!("model {name} is not in {}", image.path.display()))?
+                    .to_owned(),
+                None => self.kms.key_id.clone(),
+            };
             crate::kms::encrypt_model_file(
                 &client,
                 name,
-                &self.kms.key_id,
+                &key,
                 Default::default(),
                 path,
                 &out,
@@ -305,17 +457,67 @@ impl Stack {
             .with_context(|| format!("encrypting model {name}"))?;
             self.model_files.push((name.clone(), out));
         }
+        if self.options.ohttp_fleet_key {
+            let key = veil_protocol::ohttp::GatewayKey::generate(
+                1,
+                &veil_protocol::ohttp::GATEWAY_AEADS,
+                &veil_protocol::random::SystemRandom::new(),
+            )?;
+            let secret = key.secret_bytes();
+            let (name, out) = ("ohttp-key-1".to_owned(), dir.join("ohttp-key-1.veil"));
+            let arn = crate::kms::encrypt_stream(
+                &client,
+                &name,
+                &self.kms.key_id,
+                Default::default(),
+                std::io::Cursor::new(secret.as_slice()),
+                secret.len() as u64,
+                "the fleet key",
+                &out,
+                veil_protocol::model_file::DEFAULT_CHUNK,
+                false,
+            )
+            .await
+            .context("sealing the fleet key")?;
+            let entry = format!(
+                "\n[[ohttp.keys]]\nkey_id = 1\nfile = \"{name}\"\nkms_key_arn = \"{arn}\"\npublic_key = \"{}\"\n",
+                hex::encode(key.config().public_key)
+            );
+            self.fleet_key = Some((name, out, entry));
+        }
+        Ok(())
+    }
+
+    /// Writes [`Stack::client_policy`].
+    fn write_client_policy(&self) -> anyhow::Result<()> {
+        let measurements = crate::policy::read_measurements(&self.kms.measurements_file)?;
+        let mut models = Vec::new();
+        for (name, path) in &self.options.models {
+            let d = ring::digest::digest(&ring::digest::SHA384, &std::fs::read(path)?);
+            let mut digest = [0u8; 48];
+            digest.copy_from_slice(d.as_ref());
+            models.push((name.clone(), digest));
+        }
+        let text = crate::trust::new_policy_file(
+            vec![(Some("veil dev (mock PCRs)".into()), measurements)],
+            models,
+            Duration::from_secs(300),
+            false,
+            Some(self.mock_root.clone()),
+        )
+        .map_err(|e| anyhow::anyhow!("client policy: {e}"))?;
+        std::fs::write(&self.client_policy, text)?;
         Ok(())
     }
 
     /// Puts a key policy from `measurements` (nitro-cli JSON) on the stack's key.
     pub async fn put_policy_from(&self, measurements: &Path) -> anyhow::Result<()> {
-        let policy = crate::cli::kms::build_policy(&crate::cli::kms::PolicyArgs {
+        let policy = crate::policy::build_policy(&crate::policy::PolicyArgs {
             measurements: measurements.to_path_buf(),
             also: vec![],
             account: DEV_ACCOUNT.into(),
-            enclave_role: format!("arn:aws:iam::{DEV_ACCOUNT}:role/veil-dev-parent"),
-            clients: vec![format!("arn:aws:iam::{DEV_ACCOUNT}:role/veil-dev-client")],
+            enclave_role: self.options.enclave_role(),
+            clients: vec![self.options.client_role()],
             admin: None,
             pcrs: vec![],
             allow_debug: false,
@@ -349,6 +551,9 @@ impl Stack {
                 self.kms.key_arn
             ));
         }
+        if let Some((_, _, entry)) = &self.fleet_key {
+            c.push_str(entry);
+        }
         if !self.options.extra_config.is_empty() {
             c.push('\n');
             c.push_str(&self.options.extra_config);
@@ -357,20 +562,23 @@ impl Stack {
         Ok(c)
     }
 
-    fn start_parent(&mut self) -> anyhow::Result<()> {
-        let ready_file = self.options.state_dir.join("parent.ready.json");
-        let _ = std::fs::remove_file(&ready_file);
+    /// The parent's arguments for links `enclave_addr` / `host_addr`, listening on `listen`.
+    fn parent_argv(&self, listen: &str, enclave_addr: &str, host_addr: &str, ready_file: &Path) -> Vec<String> {
         let mut args = vec![
             "--listen".to_owned(),
-            self.options.listen.clone(),
+            listen.to_owned(),
             "--enclave".to_owned(),
-            self.options.parent_to_enclave.clone().unwrap_or_else(|| self.enclave_addr.clone()),
+            enclave_addr.to_owned(),
             "--host-listen".to_owned(),
-            self.host_addr.clone(),
+            host_addr.to_owned(),
             "--ready-file".to_owned(),
             ready_file.display().to_string(),
             "--kms-endpoint".to_owned(),
-            self.kms.host_port.clone(),
+            match &self.kms.enclave_endpoint {
+                // The enclave dials the configured endpoint; the parent takes it to the mock.
+                Some(endpoint) => format!("{endpoint}={}", self.kms.host_port),
+                None => self.kms.host_port.clone(),
+            },
             "--credentials".to_owned(),
             "env".to_owned(),
         ];
@@ -378,20 +586,74 @@ impl Stack {
             args.push("--model".into());
             args.push(format!("{name}={}", path.display()));
         }
+        if let Some((name, path, _)) = &self.fleet_key {
+            args.push("--ohttp-key".into());
+            args.push(format!("{name}={}", path.display()));
+        }
         args.extend(self.options.parent_args.iter().cloned());
-        let log = self.logs.join("parent.log");
+        args
+    }
+
+    /// Starts a parent with `args`, logging to `log`: the child and its URL.
+    fn launch_parent(&self, args: &[String], ready_file: &Path, log: &Path) -> anyhow::Result<(Child, String)> {
+        let _ = std::fs::remove_file(ready_file);
         let creds = [
-            ("AWS_ACCESS_KEY_ID", self.options.access_key.as_str()),
+            ("AWS_ACCESS_KEY_ID", self.options.parent_access_key.as_str()),
             ("AWS_SECRET_ACCESS_KEY", self.options.secret_key.as_str()),
         ];
-        let mut child =
-            spawn(&self.options.bin_dir.join("veil-parent"), &args, &log, &creds, &self.options.log_filter)?;
+        let mut child = spawn(&self.options.bin_dir.join("veil-parent"), args, log, &creds, &self.options.log_filter)?;
         let info =
-            ready::wait::<ParentReady>(&ready_file, "veil-parent", Duration::from_secs(60), || exited(&mut child))
-                .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(&log)))?;
-        self.url = info.url;
+            ready::wait::<ParentReady>(ready_file, "veil-parent", Duration::from_secs(60), || exited(&mut child))
+                .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(log)))?;
+        Ok((child, info.url))
+    }
+
+    fn start_parent(&mut self) -> anyhow::Result<()> {
+        let ready_file = self.options.state_dir.join("parent.ready.json");
+        let to_enclave = self.options.parent_to_enclave.clone().unwrap_or_else(|| self.enclave_addr.clone());
+        let args = self.parent_argv(&self.options.listen.clone(), &to_enclave, &self.host_addr.clone(), &ready_file);
+        let (child, url) = self.launch_parent(&args, &ready_file, &self.logs.join("parent.log"))?;
+        self.url = url;
         self.parent = Some(child);
         Ok(())
+    }
+
+    /// Starts another parent and enclave from the same image, configuration, model files and fleet key,
+    /// sharing the mock KMS (a second instance of a fleet behind a load balancer), and waits until it is
+    /// ready. Its sockets and logs are in `state_dir/replica-N`.
+    pub fn start_replica(&self, n: u32) -> anyhow::Result<Replica> {
+        let dir = self.options.state_dir.join(format!("replica-{n}"));
+        std::fs::create_dir_all(&dir)?;
+        let (enclave_addr, host_addr) = match self.options.link {
+            Link::Unix => (
+                format!("unix://{}", dir.join("enclave.sock").display()),
+                format!("unix://{}", dir.join("host.sock").display()),
+            ),
+            Link::Tcp => (format!("tcp://127.0.0.1:{}", free_port()?), format!("tcp://127.0.0.1:{}", free_port()?)),
+        };
+        let ready_file = dir.join("parent.ready.json");
+        let args = self.parent_argv("tcp://127.0.0.1:0", &enclave_addr, &host_addr, &ready_file);
+        let (parent, url) = self.launch_parent(&args, &ready_file, &dir.join("parent.log"))?;
+        let mut argv = self.enclave_argv.clone();
+        let set = |argv: &mut Vec<String>, flag: &str, value: String| {
+            if let Some(i) = argv.iter().position(|a| a == flag) {
+                argv[i + 1] = value;
+            }
+        };
+        set(&mut argv, "--listen", enclave_addr);
+        set(&mut argv, "--parent", host_addr);
+        set(&mut argv, "--ready-file", dir.join("enclave.ready.json").display().to_string());
+        let ort = self.options.ort_dylib.display().to_string();
+        let enclave = spawn(
+            &self.options.bin_dir.join("veil-enclave"),
+            &argv,
+            &dir.join("enclave.log"),
+            &[("ORT_DYLIB_PATH", ort.as_str())],
+            &self.options.log_filter,
+        )?;
+        let mut replica = Replica { url, dir, parent: Some(parent), enclave: Some(enclave) };
+        replica.wait_ready(Duration::from_secs(180))?;
+        Ok(replica)
     }
 
     fn enclave_args(&self) -> Vec<String> {
@@ -415,13 +677,27 @@ impl Stack {
         args
     }
 
+    /// The arguments the stack starts `veil-enclave` with.
+    pub fn enclave_argv(&self) -> &[String] {
+        &self.enclave_argv
+    }
+
+    /// Starts the enclave with `argv` and `env` (besides `ORT_DYLIB_PATH` and `RUST_LOG`) instead of the
+    /// stack's own arguments (and keeps them for restarts), and waits until the parent reports it ready.
+    pub fn start_enclave_with(&mut self, argv: Vec<String>, env: Vec<(String, String)>) -> anyhow::Result<()> {
+        self.enclave_argv = argv;
+        self.enclave_env = env;
+        self.start_enclave()
+    }
+
     /// Starts (or restarts) the enclave and waits until the parent reports it ready.
     pub fn start_enclave(&mut self) -> anyhow::Result<()> {
         let log = self.logs.join("enclave.log");
         let ort = self.options.ort_dylib.display().to_string();
         let bin = self.options.bin_dir.join("veil-enclave");
-        let child =
-            spawn(&bin, &self.enclave_argv, &log, &[("ORT_DYLIB_PATH", ort.as_str())], &self.options.log_filter)?;
+        let mut env = vec![("ORT_DYLIB_PATH", ort.as_str())];
+        env.extend(self.enclave_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let child = spawn(&bin, &self.enclave_argv, &log, &env, &self.options.log_filter)?;
         self.enclave = Some(child);
         self.wait_ready(Duration::from_secs(180))
     }
@@ -532,6 +808,42 @@ impl Drop for Stack {
         for child in [&mut self.enclave, &mut self.parent, &mut self.kms_child] {
             kill(child);
         }
+    }
+}
+
+/// A second parent and enclave of the same stack ([`Stack::start_replica`]); killed when dropped.
+#[derive(Debug)]
+pub struct Replica {
+    pub url: String,
+    pub dir: PathBuf,
+    parent: Option<Child>,
+    enclave: Option<Child>,
+}
+
+impl Replica {
+    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.enclave.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!("replica veil-enclave exited ({status}):\n{}", tail(&self.dir.join("enclave.log")));
+            }
+            if let Ok((200, _)) = http_get(&self.url, "/readyz") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the replica was not ready within {timeout:?}:\n{}", tail(&self.dir.join("enclave.log")));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        kill(&mut self.enclave);
+        kill(&mut self.parent);
     }
 }
 

@@ -148,12 +148,39 @@ impl Client {
         self.call(Method::GET, path, Bytes::new()).await
     }
 
+    /// Fetches the OHTTP gateway's key configuration list (`application/ohttp-keys`). Unauthenticated: a
+    /// client uses it only once a verified attestation document commits to exactly these bytes.
+    pub async fn ohttp_keys(&self) -> Result<Vec<u8>, ClientError> {
+        self.call(Method::GET, veil_protocol::ohttp::GATEWAY_PATH, Bytes::new()).await
+    }
+
+    /// Posts an OHTTP encapsulated request (already encrypted) and returns the encapsulated response.
+    pub(crate) async fn post_ohttp(&self, encapsulated: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        self.call_typed(
+            Method::POST,
+            veil_protocol::ohttp::GATEWAY_PATH,
+            Bytes::from(encapsulated),
+            veil_protocol::ohttp::REQUEST_MEDIA_TYPE,
+        )
+        .await
+    }
+
     async fn call(&self, method: Method, path: &str, body: Bytes) -> Result<Vec<u8>, ClientError> {
+        self.call_typed(method, path, body, "application/octet-stream").await
+    }
+
+    async fn call_typed(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<Vec<u8>, ClientError> {
         let url = format!("{}{}", self.base, path);
         let request = Request::builder()
             .method(method)
             .uri(&url)
-            .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+            .header(hyper::header::CONTENT_TYPE, content_type)
             .body(Full::new(body))
             .map_err(|e| ClientError::InvalidUrl { url: url.clone(), reason: e.to_string() })?;
         let exchange = async {

@@ -294,12 +294,35 @@ pub async fn encrypt_model_file(
     chunk_size: u32,
     progress: bool,
 ) -> Result<(u64, String), KmsError> {
-    use std::io::{Read, Write};
-    use veil_protocol::model_file::ModelSealer;
     let io =
         |what: &str, p: &std::path::Path, e: std::io::Error| KmsError::Config(format!("{what} {}: {e}", p.display()));
     let file = std::fs::File::open(input).map_err(|e| io("cannot read", input, e))?;
     let len = file.metadata().map_err(|e| io("cannot read", input, e))?.len();
+    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let what = input.display().to_string();
+    let key_arn = encrypt_stream(kms, name, key_id, context, reader, len, &what, output, chunk_size, progress).await?;
+    Ok((len, key_arn))
+}
+
+/// [`encrypt_model_file`] from a reader of `len` bytes (`what` names it in errors): the fleet keys of
+/// attested-key mode are sealed this way, straight from memory, never written in the clear.
+#[allow(clippy::too_many_arguments)]
+pub async fn encrypt_stream(
+    kms: &aws_sdk_kms::Client,
+    name: &str,
+    key_id: &str,
+    context: BTreeMap<String, String>,
+    mut reader: impl std::io::Read,
+    len: u64,
+    what: &str,
+    output: &std::path::Path,
+    chunk_size: u32,
+    progress: bool,
+) -> Result<String, KmsError> {
+    use std::io::Write;
+    use veil_protocol::model_file::ModelSealer;
+    let io =
+        |what: &str, p: &std::path::Path, e: std::io::Error| KmsError::Config(format!("{what} {}: {e}", p.display()));
     let mut req = kms.generate_data_key().key_id(key_id).key_spec(DataKeySpec::Aes256);
     for (k, v) in &context {
         req = req.encryption_context(k, v);
@@ -320,12 +343,13 @@ pub async fn encrypt_model_file(
     let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| io("cannot create", &tmp, e))?);
     let werr = |e: std::io::Error| KmsError::Config(format!("writing {}: {e}", tmp.display()));
     w.write_all(&start).map_err(werr)?;
-    let mut r = std::io::BufReader::with_capacity(1 << 20, file);
     let mut chunk = Zeroizing::new(vec![0u8; chunk_size as usize]);
     let (mut done, mut next_report) = (0u64, len / 10);
     loop {
         let want = (len - done).min(u64::from(chunk_size)) as usize;
-        r.read_exact(&mut chunk[..want]).map_err(|e| io("the model changed while reading", input, e))?;
+        reader
+            .read_exact(&mut chunk[..want])
+            .map_err(|e| KmsError::Config(format!("{what} changed while reading: {e}")))?;
         w.write_all(&sealer.seal_chunk(&chunk[..want])?).map_err(werr)?;
         done += want as u64;
         if progress && len > (64 << 20) && done >= next_report {
@@ -339,5 +363,5 @@ pub async fn encrypt_model_file(
     w.flush().map_err(werr)?;
     w.into_inner().map_err(|e| werr(e.into_error()))?.sync_all().map_err(werr)?;
     std::fs::rename(&tmp, output).map_err(|e| io("cannot write", output, e))?;
-    Ok((len, key_arn))
+    Ok(key_arn)
 }

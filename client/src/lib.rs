@@ -26,9 +26,11 @@
 #![forbid(unsafe_code)]
 
 pub mod attested;
-pub mod cli;
 pub mod devstack;
 mod http;
 pub mod kms;
+pub mod oblivious;
+pub mod policy;
+pub mod trust;
 
 pub use http::{Client, ClientError};

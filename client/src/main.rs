@@ -2,7 +2,12 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use veil_client::cli;
+
+// The subcommands live in the binary, not the library: the library's surface is what other programs use
+// (the client, sessions, policies, the dev stack), the CLI's is its flags. Inside a binary, `pub` means
+// crate-wide, so the lint about unreachable `pub` items does not apply.
+#[allow(unreachable_pub)]
+mod cli;
 
 /// Veil: confidential inference on AWS Nitro Enclaves.
 ///
@@ -38,6 +43,16 @@ enum Command {
         #[command(subcommand)]
         command: cli::model::ModelCommand,
     },
+    /// Client policies for attested-key mode: which images, models and root a client accepts.
+    Policy {
+        #[command(subcommand)]
+        command: cli::policy::PolicyCommand,
+    },
+    /// Attested-key mode's keys (Oblivious HTTP): fleet keys, and a gateway's key configuration.
+    Ohttp {
+        #[command(subcommand)]
+        command: cli::ohttp::OhttpCommand,
+    },
     /// Measure, describe and build Enclave Image Files (EIF).
     Eif {
         #[command(subcommand)]
@@ -55,6 +70,8 @@ fn main() -> ExitCode {
         Command::Eif { command } => cli::eif::run(command),
         Command::Kms { command } => cli::kms::run(command),
         Command::Model { command } => cli::model::run(command),
+        Command::Policy { command } => cli::policy::run(command),
+        Command::Ohttp { command } => cli::ohttp::run(command),
     };
     match result {
         Ok(code) => code,

@@ -12,13 +12,14 @@
 use std::io::Write;
 
 use serde::Serialize;
+use veil_protocol::measurements::Measurements;
 
 use crate::error::EifError;
 use crate::format::{
     Arch, CRC_FIELD_OFFSET, CURRENT_VERSION, Crc32, EIF_HEADER_LEN, EifHeader, FLAG_ARCH_ARM64, MAX_SECTIONS,
     SECTION_HEADER_LEN, SectionKind, encode_section_header,
 };
-use crate::measure::{Measurements, PcrHashers};
+use crate::measure::PcrHashers;
 use crate::signature::Signer;
 
 /// The metadata section, field for field as nitro-cli writes it (`EifIdentityInfo`), so that
@@ -45,7 +46,9 @@ pub struct EifIdentity {
 /// The `BuildMetadata` object of the metadata section.
 #[derive(Debug, Clone, Serialize)]
 pub struct BuildInfo {
-    /// Build time. For reproducible builds this comes from `SOURCE_DATE_EPOCH`, never the clock.
+    /// Build time, RFC 3339 in nitro-cli's `+00:00` shape
+    /// (`veil_protocol::time::format_rfc3339(secs, UtcSuffix::Offset)`). For reproducible builds it comes
+    /// from `SOURCE_DATE_EPOCH`, never the clock.
     #[serde(rename = "BuildTime")]
     pub build_time: String,
     /// Tool name.
@@ -60,24 +63,6 @@ pub struct BuildInfo {
     /// Kernel version of the image.
     #[serde(rename = "KernelVersion")]
     pub kernel_version: String,
-}
-
-/// Formats Unix seconds as RFC 3339 UTC (`1970-01-01T00:00:00+00:00`, nitro-cli's shape), without
-/// a clock or a date crate; used to turn `SOURCE_DATE_EPOCH` into a build time.
-pub fn rfc3339_utc(unix_secs: i64) -> String {
-    let days = unix_secs.div_euclid(86_400);
-    let secs = unix_secs.rem_euclid(86_400);
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}+00:00", secs / 3600, (secs / 60) % 60, secs % 60)
 }
 
 /// Assembles an EIF from in-memory parts.
@@ -195,12 +180,10 @@ impl<'a> EifBuilder<'a> {
             hashers.start_ramdisk();
             hashers.ramdisk_data(rd);
         }
-        let mut measurements = hashers.finish(None);
+        let pcrs = hashers.finish();
+        let measurements = pcrs.measurements(self.signer.map(Signer::pcr8));
         let signature = match self.signer {
-            Some(s) => {
-                measurements.pcr8 = Some(s.pcr8());
-                Some(s.signature_section(&measurements.pcr0)?)
-            }
+            Some(s) => Some(s.signature_section(&pcrs.pcr0)?),
             None => None,
         };
 
@@ -261,15 +244,6 @@ impl<'a> EifBuilder<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_matches_known_dates() {
-        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00+00:00");
-        // `date -u -d @1700000000` = Tue Nov 14 22:13:20 UTC 2023
-        assert_eq!(rfc3339_utc(1_700_000_000), "2023-11-14T22:13:20+00:00");
-        // A leap day: `date -u -d @951782400` = Tue Feb 29 00:00:00 UTC 2000
-        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00+00:00");
-    }
 
     #[test]
     fn refuses_unbootable_inputs() {

@@ -1,12 +1,17 @@
-//! The small subset of CBOR (RFC 8949) that EIF signature sections use, decoded without trusting
-//! a single length field.
+//! The small subset of CBOR (RFC 8949) that EIF signature sections use, as a tree of values.
 //!
 //! nitro-cli writes the signature section with `serde_cbor`: an array of maps with text keys,
 //! whose `Vec<u8>` fields come out as *arrays of small integers* (serde's default for `Vec<u8>`),
-//! not byte strings; the COSE_Sign1 inside uses byte strings. This decoder accepts definite-length
-//! items of major types 0-5 and tag 6, plus simple values; it refuses indefinite lengths, floats
-//! and nesting deeper than [`MAX_DEPTH`]. Every declared count is checked against the bytes that
-//! remain before anything is allocated, so a hostile length costs nothing.
+//! not byte strings; the COSE_Sign1 inside uses byte strings. Maps are looked up by key in whatever
+//! order serde_cbor wrote them, so this module builds a [`Value`] tree, which Veil's own formats never
+//! need. The bytes are read by `veil_protocol::cbor::Reader`, the bounded reader every Veil format
+//! shares (lengths checked against the data, UTF-8 checked, floats and undefined refused); on top of
+//! it this module refuses indefinite lengths (serde_cbor writes none) and nesting deeper than
+//! [`MAX_DEPTH`], and checks every declared element count against the bytes that remain before
+//! allocating for it, so a hostile length costs nothing. The writer is `veil_protocol::cbor`'s too,
+//! with the serde_cbor shapes named in [`enc`].
+
+use veil_protocol::cbor::{CborError, Item, Len, Reader};
 
 /// Nesting limit: the real structures are at most four deep.
 const MAX_DEPTH: usize = 16;
@@ -22,7 +27,8 @@ pub(crate) enum Value<'a> {
     Array(Vec<Value<'a>>),
     Map(Vec<(Value<'a>, Value<'a>)>),
     Tag(u64, Box<Value<'a>>),
-    Simple(u8),
+    Bool(bool),
+    Null,
 }
 
 impl<'a> Value<'a> {
@@ -62,172 +68,89 @@ impl<'a> Value<'a> {
             Value::Array(_) => "an array",
             Value::Map(_) => "a map",
             Value::Tag(..) => "a tagged item",
-            Value::Simple(_) => "a simple value",
+            Value::Bool(_) => "a boolean",
+            Value::Null => "null",
         }
     }
 }
 
 /// Decodes exactly one item that must span all of `input`.
 pub(crate) fn decode(input: &[u8]) -> Result<Value<'_>, String> {
-    let mut d = Decoder { input, pos: 0 };
-    let v = d.item(0)?;
-    if d.pos != input.len() {
-        return Err(format!("{} bytes of trailing data after the CBOR item at offset {}", input.len() - d.pos, d.pos));
+    let mut r = Reader::new(input);
+    let v = value(&mut r, 0)?;
+    if !r.is_empty() {
+        return Err(format!("{} bytes of trailing data after the CBOR item at offset {}", r.remaining(), r.offset()));
     }
     Ok(v)
 }
 
-struct Decoder<'a> {
-    input: &'a [u8],
-    pos: usize,
+fn at(e: CborError) -> String {
+    format!("CBOR at offset {}: {}", e.offset, e.reason)
 }
 
-impl<'a> Decoder<'a> {
-    fn remaining(&self) -> usize {
-        self.input.len() - self.pos
+fn value<'a>(r: &mut Reader<'a>, depth: usize) -> Result<Value<'a>, String> {
+    if depth > MAX_DEPTH {
+        return Err(format!("CBOR nested deeper than {MAX_DEPTH} levels"));
     }
-
-    fn byte(&mut self) -> Result<u8, String> {
-        let b = *self.input.get(self.pos).ok_or_else(|| format!("CBOR ends early at offset {}", self.pos))?;
-        self.pos += 1;
-        Ok(b)
-    }
-
-    fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
-        let n_usize = usize::try_from(n).ok().filter(|n| *n <= self.remaining()).ok_or_else(|| {
-            format!("CBOR item at offset {} declares {n} bytes but only {} remain", self.pos, self.remaining())
-        })?;
-        let out = &self.input[self.pos..self.pos + n_usize];
-        self.pos += n_usize;
-        Ok(out)
-    }
-
-    fn argument(&mut self, info: u8) -> Result<u64, String> {
-        Ok(match info {
-            0..=23 => u64::from(info),
-            24 => u64::from(self.byte()?),
-            25 => u64::from(u16::from_be_bytes(self.fixed()?)),
-            26 => u64::from(u32::from_be_bytes(self.fixed()?)),
-            27 => u64::from_be_bytes(self.fixed()?),
-            31 => {
-                return Err(format!("indefinite-length CBOR at offset {} is not accepted", self.pos));
+    let start = r.offset();
+    Ok(match r.item().map_err(at)? {
+        Item::Uint(n) => Value::Uint(n),
+        Item::Nint(n) => Value::Nint(n),
+        Item::Bytes(b) => Value::Bytes(b),
+        Item::Text(t) => Value::Text(t),
+        Item::Array(len) => {
+            let n = count(r, len, 1, start)?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                items.push(value(r, depth + 1)?);
             }
-            _ => {
-                return Err(format!("reserved CBOR additional info {info} at offset {}", self.pos));
-            }
-        })
-    }
-
-    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        let s = self.take(N as u64)?;
-        let mut out = [0u8; N];
-        out.copy_from_slice(s);
-        Ok(out)
-    }
-
-    /// Checks a declared element count against the remaining input (each element needs at least
-    /// `min_bytes` bytes) before any allocation sized by it.
-    fn count(&self, n: u64, min_bytes: usize) -> Result<usize, String> {
-        usize::try_from(n).ok().filter(|n| n.saturating_mul(min_bytes) <= self.remaining()).ok_or_else(|| {
-            format!(
-                "CBOR container at offset {} declares {n} elements but only {} bytes remain",
-                self.pos,
-                self.remaining()
-            )
-        })
-    }
-
-    fn item(&mut self, depth: usize) -> Result<Value<'a>, String> {
-        if depth > MAX_DEPTH {
-            return Err(format!("CBOR nested deeper than {MAX_DEPTH} levels"));
+            Value::Array(items)
         }
-        let start = self.pos;
-        let initial = self.byte()?;
-        let major = initial >> 5;
-        let info = initial & 0x1f;
-        if major == 7 {
-            return match info {
-                0..=23 => Ok(Value::Simple(info)),
-                24 => Ok(Value::Simple(self.byte()?)),
-                _ => Err(format!("CBOR floats and breaks are not accepted (offset {start})")),
-            };
+        Item::Map(len) => {
+            let n = count(r, len, 2, start)?;
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                let k = value(r, depth + 1)?;
+                let v = value(r, depth + 1)?;
+                entries.push((k, v));
+            }
+            Value::Map(entries)
         }
-        let arg = self.argument(info)?;
-        match major {
-            0 => Ok(Value::Uint(arg)),
-            1 => Ok(Value::Nint(arg)),
-            2 => Ok(Value::Bytes(self.take(arg)?)),
-            3 => {
-                let raw = self.take(arg)?;
-                std::str::from_utf8(raw)
-                    .map(Value::Text)
-                    .map_err(|_| format!("CBOR text string at offset {start} is not UTF-8"))
-            }
-            4 => {
-                let n = self.count(arg, 1)?;
-                let mut items = Vec::with_capacity(n);
-                for _ in 0..n {
-                    items.push(self.item(depth + 1)?);
-                }
-                Ok(Value::Array(items))
-            }
-            5 => {
-                let n = self.count(arg, 2)?;
-                let mut entries = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let k = self.item(depth + 1)?;
-                    let v = self.item(depth + 1)?;
-                    entries.push((k, v));
-                }
-                Ok(Value::Map(entries))
-            }
-            6 => Ok(Value::Tag(arg, Box::new(self.item(depth + 1)?))),
-            _ => Err(format!("invalid CBOR major type at offset {start}")),
-        }
-    }
+        Item::Tag(tag) => Value::Tag(tag, Box::new(value(r, depth + 1)?)),
+        Item::Bool(b) => Value::Bool(b),
+        Item::Null => Value::Null,
+    })
 }
 
-/// Minimal definite-length CBOR encoder, producing the canonical (shortest) heads that
-/// serde_cbor produces.
+/// Checks a container's declared element count against the remaining input (each element needs at least
+/// `min_bytes` bytes) before any allocation sized by it.
+fn count(r: &Reader<'_>, len: Len, min_bytes: usize, start: usize) -> Result<usize, String> {
+    let Len::Definite(n) = len else {
+        return Err(format!("indefinite-length CBOR at offset {start} is not accepted"));
+    };
+    usize::try_from(n).ok().filter(|n| n.saturating_mul(min_bytes) <= r.remaining()).ok_or_else(|| {
+        format!("CBOR container at offset {start} declares {n} elements but only {} bytes remain", r.remaining())
+    })
+}
+
+/// The definite-length CBOR nitro-cli's serde_cbor writes, in the canonical (shortest) heads of
+/// `veil_protocol::cbor::write_head`.
 pub(crate) mod enc {
-    fn head(out: &mut Vec<u8>, major: u8, n: u64) {
-        let m = major << 5;
-        if n < 24 {
-            out.push(m | n as u8);
-        } else if let Ok(b) = u8::try_from(n) {
-            out.extend_from_slice(&[m | 24, b]);
-        } else if let Ok(s) = u16::try_from(n) {
-            out.push(m | 25);
-            out.extend_from_slice(&s.to_be_bytes());
-        } else if let Ok(w) = u32::try_from(n) {
-            out.push(m | 26);
-            out.extend_from_slice(&w.to_be_bytes());
-        } else {
-            out.push(m | 27);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
+    use veil_protocol::cbor::write_head;
+    pub(crate) use veil_protocol::cbor::{write_bytes as bytes, write_text as text};
 
     pub(crate) fn uint(out: &mut Vec<u8>, n: u64) {
-        head(out, 0, n);
+        write_head(out, 0, n);
     }
     /// Encodes the negative integer `-1 - n`.
     pub(crate) fn nint(out: &mut Vec<u8>, n: u64) {
-        head(out, 1, n);
-    }
-    pub(crate) fn bytes(out: &mut Vec<u8>, b: &[u8]) {
-        head(out, 2, b.len() as u64);
-        out.extend_from_slice(b);
-    }
-    pub(crate) fn text(out: &mut Vec<u8>, s: &str) {
-        head(out, 3, s.len() as u64);
-        out.extend_from_slice(s.as_bytes());
+        write_head(out, 1, n);
     }
     pub(crate) fn array(out: &mut Vec<u8>, n: usize) {
-        head(out, 4, n as u64);
+        write_head(out, 4, n as u64);
     }
     pub(crate) fn map(out: &mut Vec<u8>, n: usize) {
-        head(out, 5, n as u64);
+        write_head(out, 5, n as u64);
     }
     /// A `Vec<u8>` the way serde_cbor writes it: an array of unsigned integers.
     pub(crate) fn byte_array(out: &mut Vec<u8>, b: &[u8]) {
@@ -262,13 +185,13 @@ mod tests {
     #[test]
     fn hostile_lengths_are_refused_without_allocating() {
         // An array claiming 2^64-1 elements, a byte string claiming 4 GiB, a map claiming 2^32.
-        for input in [
-            &[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
-            &[0x5a, 0xff, 0xff, 0xff, 0xff, 0x00][..],
-            &[0xba, 0xff, 0xff, 0xff, 0xff][..],
+        for (input, expected) in [
+            (&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..], "declares"),
+            (&[0x5a, 0xff, 0xff, 0xff, 0xff, 0x00][..], "length runs past the end of the data"),
+            (&[0xba, 0xff, 0xff, 0xff, 0xff][..], "declares"),
         ] {
             let err = decode(input).expect_err("must fail");
-            assert!(err.contains("declares"), "{err}");
+            assert!(err.contains(expected), "{err}");
         }
     }
 
@@ -279,6 +202,8 @@ mod tests {
         assert!(decode(&deep).expect_err("deep").contains("nested"));
         assert!(decode(&[0x01, 0x02]).expect_err("trailing").contains("trailing"));
         assert!(decode(&[0x62, 0xff, 0xfe]).expect_err("utf8").contains("UTF-8"));
+        assert!(decode(&[0xbf, 0xff]).expect_err("indefinite map").contains("indefinite"));
+        assert!(decode(&[0xfb, 0, 0, 0, 0, 0, 0, 0, 0]).expect_err("float").contains("floating-point"));
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //!
 //! - [`format`](mod@format): the byte layout (header, sections, CRC).
 //! - [`measure`]: how PCRs are computed, and why exactly that way.
+//! - [`Measurements`]: the PCRs in nitro-cli's measurements file, the type `veil-protocol` shares with
+//!   every reader of such files.
 //! - [`read_eif`]: check and measure an existing image ([`EifInfo`]).
 //! - [`EifBuilder`]: build a reproducible image from a kernel, a cmdline and ramdisks.
 //! - [`Signer`]: sign an image with a P-384 key and certificate (PCR8).
@@ -33,8 +35,8 @@
 //! let read = read_eif_bytes(&eif)?;
 //! assert_eq!(read.measurements, built.measurements);
 //! // PCR2 measures the ramdisks after the first: here just `app`.
-//! assert_eq!(read.measurements.pcr2, Pcr::of_blob(b"app"));
-//! println!("{}", read.measurements.to_nitro_json_pretty());
+//! assert_eq!(read.measurements.pcr(2), Some(&Pcr::of_blob(b"app").0));
+//! println!("{}", read.measurements.to_json_pretty());
 //! # Ok::<(), veil_eif::EifError>(())
 //! ```
 #![forbid(unsafe_code)]
@@ -49,12 +51,14 @@ mod reader;
 mod signature;
 pub mod sizing;
 
-pub use builder::{BuildInfo, BuildOutput, EifBuilder, EifIdentity, rfc3339_utc};
+pub use builder::{BuildInfo, BuildOutput, EifBuilder, EifIdentity};
 pub use error::EifError;
 pub use format::{Arch, SectionKind};
-pub use measure::{Measurements, NITRO_HASH_ALGORITHM, Pcr};
+pub use measure::Pcr;
 pub use reader::{
     EifInfo, MAX_CMDLINE_LEN, MAX_METADATA_LEN, MAX_SIGNATURE_LEN, SectionInfo, measure_eif, read_eif, read_eif_bytes,
 };
 pub use signature::{SignatureCheck, SignatureInfo, Signer};
 pub use sizing::{Sizing, recommend_memory};
+/// The measurements file type, shared with `veil attest` and `veil kms policy` (see its module).
+pub use veil_protocol::measurements::{Measurements, NITRO_HASH_ALGORITHM};

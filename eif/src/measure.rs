@@ -40,13 +40,8 @@ use std::fmt;
 
 use ring::digest::{self, Context, SHA384};
 use serde::Serialize;
-
-/// Length of a SHA-384 PCR value.
-pub const PCR_LEN: usize = 48;
-
-/// What nitro-cli prints as `HashAlgorithm`: the `Debug` text of the `sha2` crate's hasher.
-/// Kept byte-for-byte so that tools diffing measurement files see no difference.
-pub const NITRO_HASH_ALGORITHM: &str = "Sha384 { ... }";
+pub use veil_protocol::attestation::PCR_LEN;
+use veil_protocol::measurements::Measurements;
 
 /// One 48-byte PCR value.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,43 +92,25 @@ impl Serialize for Pcr {
     }
 }
 
-/// The PCRs an EIF determines.
+/// PCR0, PCR1 and PCR2 of an image, as the hashers finish them; PCR8 comes from the signature, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Measurements {
+pub(crate) struct ImagePcrs {
     /// Kernel, cmdline and every ramdisk.
-    pub pcr0: Pcr,
+    pub(crate) pcr0: Pcr,
     /// Kernel, cmdline and the first ramdisk.
-    pub pcr1: Pcr,
+    pub(crate) pcr1: Pcr,
     /// The ramdisks after the first.
-    pub pcr2: Pcr,
-    /// The signing certificate; `None` for unsigned images (the register then reads all zeros
-    /// in attestation documents).
-    pub pcr8: Option<Pcr>,
+    pub(crate) pcr2: Pcr,
 }
 
-impl Measurements {
-    /// The measurements in nitro-cli's JSON shape (`build-enclave`'s output):
-    /// `{"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": ..., "PCR1": ..., "PCR2": ...}}`
-    /// with `PCR8` added for signed images. Keys are in nitro-cli's (sorted) order.
-    pub fn to_nitro_json(&self) -> serde_json::Value {
-        let mut inner = serde_json::Map::new();
-        inner.insert("HashAlgorithm".into(), NITRO_HASH_ALGORITHM.into());
-        inner.insert("PCR0".into(), self.pcr0.to_hex().into());
-        inner.insert("PCR1".into(), self.pcr1.to_hex().into());
-        inner.insert("PCR2".into(), self.pcr2.to_hex().into());
-        if let Some(p8) = self.pcr8 {
-            inner.insert("PCR8".into(), p8.to_hex().into());
-        }
-        let mut outer = serde_json::Map::new();
-        outer.insert("Measurements".into(), serde_json::Value::Object(inner));
-        serde_json::Value::Object(outer)
-    }
-
-    /// [`Self::to_nitro_json`] pretty-printed the way nitro-cli prints it (two-space indent).
-    pub fn to_nitro_json_pretty(&self) -> String {
-        // Serializing a `Value` built from strings cannot fail; fall back to compact just in case.
-        let v = self.to_nitro_json();
-        serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+impl ImagePcrs {
+    /// The image's measurements, with PCR8 for a signed image (an unsigned one reads all zeros there in
+    /// attestation documents, and nitro-cli prints no PCR8).
+    pub(crate) fn measurements(&self, pcr8: Option<Pcr>) -> Measurements {
+        let Self { pcr0, pcr1, pcr2 } = *self;
+        Measurements::from_pcrs(
+            [(0, pcr0), (1, pcr1), (2, pcr2)].into_iter().chain(pcr8.map(|p| (8, p))).map(|(i, p)| (i, p.0)),
+        )
     }
 }
 
@@ -176,12 +153,11 @@ impl PcrHashers {
         }
     }
 
-    pub(crate) fn finish(self, signing_cert_der: Option<&[u8]>) -> Measurements {
-        Measurements {
+    pub(crate) fn finish(self) -> ImagePcrs {
+        ImagePcrs {
             pcr0: Pcr::extend_zero(self.image.finish().as_ref()),
             pcr1: Pcr::extend_zero(self.bootstrap.finish().as_ref()),
             pcr2: Pcr::extend_zero(self.app.finish().as_ref()),
-            pcr8: signing_cert_der.map(Pcr::of_blob),
         }
     }
 }
@@ -206,23 +182,9 @@ mod tests {
         h.boot_data(b"kernel");
         h.start_ramdisk();
         h.ramdisk_data(b"init");
-        let m = h.finish(None);
+        let m = h.finish();
         assert_eq!(m.pcr2, Pcr::of_blob(b""));
         assert_eq!(m.pcr1, m.pcr0, "one ramdisk: PCR0 and PCR1 cover the same bytes");
-        assert_eq!(m.pcr8, None);
-    }
-
-    #[test]
-    fn nitro_json_has_nitro_clis_keys_in_order() {
-        let m = Measurements { pcr0: Pcr([1; 48]), pcr1: Pcr([2; 48]), pcr2: Pcr([3; 48]), pcr8: Some(Pcr([8; 48])) };
-        let s = m.to_nitro_json_pretty();
-        let expected = format!(
-            "{{\n  \"Measurements\": {{\n    \"HashAlgorithm\": \"Sha384 {{ ... }}\",\n    \"PCR0\": \"{}\",\n    \"PCR1\": \"{}\",\n    \"PCR2\": \"{}\",\n    \"PCR8\": \"{}\"\n  }}\n}}",
-            "01".repeat(48),
-            "02".repeat(48),
-            "03".repeat(48),
-            "08".repeat(48)
-        );
-        assert_eq!(s, expected);
+        assert_eq!(m.measurements(None).pcr(8), None);
     }
 }

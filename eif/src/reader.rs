@@ -15,13 +15,14 @@ use std::io::Read;
 
 use ring::digest::{Context, SHA384};
 use serde::Serialize;
+use veil_protocol::measurements::Measurements;
 
 use crate::error::EifError;
 use crate::format::{
     Arch, CRC_FIELD_OFFSET, Crc32, EIF_HEADER_LEN, EIF_MAGIC, EifHeader, MAX_SECTIONS, SECTION_HEADER_LEN, SectionKind,
     decode_section_header,
 };
-use crate::measure::{Measurements, PcrHashers};
+use crate::measure::PcrHashers;
 use crate::signature::{self, SignatureInfo};
 
 /// Largest cmdline section accepted (real ones are a few hundred bytes; Linux caps the command
@@ -273,16 +274,18 @@ pub fn read_eif(reader: impl Read) -> Result<EifInfo, EifError> {
         return Err(EifError::CrcMismatch { stored: header.crc32, computed });
     }
 
-    let mut measurements = hashers.finish(None);
+    let pcrs = hashers.finish();
     let signature = match signature_section {
         Some((index, offset, bytes)) => {
-            let info = signature::parse_section(&bytes, &measurements.pcr0)
-                .map_err(|reason| EifError::BadSignatureSection { index, offset, reason })?;
-            measurements.pcr8 = Some(info.pcr8);
-            Some(info)
+            Some(signature::parse_section(&bytes, &pcrs.pcr0).map_err(|reason| EifError::BadSignatureSection {
+                index,
+                offset,
+                reason,
+            })?)
         }
         None => None,
     };
+    let measurements = pcrs.measurements(signature.as_ref().map(|s| s.pcr8));
 
     Ok(EifInfo {
         version: header.version,

@@ -22,6 +22,7 @@
 
 use base64::Engine as _;
 use ring::signature::{self as rsig, KeyPair as _};
+use veil_protocol::der::tlv;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use crate::cbor::{self, Value, enc};
@@ -250,29 +251,14 @@ impl std::fmt::Debug for Signer {
 const OID_EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 const OID_SECP384R1: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
 
-fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
 /// Wraps a SEC1 `ECPrivateKey` (P-384) in a PKCS#8 `PrivateKeyInfo`, the only form ring reads.
 fn sec1_to_pkcs8(sec1: &[u8]) -> Vec<u8> {
     let mut alg = OID_EC_PUBLIC_KEY.to_vec();
     alg.extend_from_slice(OID_SECP384R1);
     let mut body = vec![0x02, 0x01, 0x00]; // version 0
-    body.extend(der_tlv(0x30, &alg));
-    body.extend(der_tlv(0x04, sec1));
-    der_tlv(0x30, &body)
+    body.extend(tlv(0x30, &alg));
+    body.extend(tlv(0x04, sec1));
+    tlv(0x30, &body)
 }
 
 impl Signer {

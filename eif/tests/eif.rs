@@ -5,7 +5,8 @@
 
 use ring::digest::{SHA384, digest};
 use veil_eif::{
-    BuildInfo, EifBuilder, EifError, EifIdentity, SectionKind, SignatureCheck, Signer, read_eif, read_eif_bytes,
+    BuildInfo, EifBuilder, EifError, EifIdentity, Measurements, SectionKind, SignatureCheck, Signer, read_eif,
+    read_eif_bytes,
 };
 
 // ---------------------------------------------------------------- independent reference code
@@ -29,6 +30,11 @@ fn ref_pcr(data: &[u8]) -> String {
     let mut buf = vec![0u8; 48];
     buf.extend_from_slice(inner.as_ref());
     hex::encode(digest(&SHA384, &buf))
+}
+
+/// PCR `index` of `m` as hex (every image measures PCR0, PCR1 and PCR2).
+fn pcr_hex(m: &Measurements, index: u16) -> String {
+    hex::encode(m.pcr(index).unwrap())
 }
 
 /// Writes an EIF by hand: header, then (type, flags=0, size, data) per section, CRC over all
@@ -111,12 +117,12 @@ fn pcrs_of_a_hand_written_eif_match_the_independent_formula() {
     let info = read_eif_bytes(&eif).unwrap();
     let m = info.measurements;
     let cat = |parts: &[&[u8]]| parts.concat();
-    assert_eq!(m.pcr0.to_hex(), ref_pcr(&cat(&[KERNEL, CMDLINE.as_bytes(), &rd0, &rd1, &rd2])));
-    assert_eq!(m.pcr1.to_hex(), ref_pcr(&cat(&[KERNEL, CMDLINE.as_bytes(), &rd0])));
-    assert_eq!(m.pcr2.to_hex(), ref_pcr(&cat(&[&rd1, &rd2])));
-    assert_eq!(m.pcr8, None);
+    assert_eq!(pcr_hex(&m, 0), ref_pcr(&cat(&[KERNEL, CMDLINE.as_bytes(), &rd0, &rd1, &rd2])));
+    assert_eq!(pcr_hex(&m, 1), ref_pcr(&cat(&[KERNEL, CMDLINE.as_bytes(), &rd0])));
+    assert_eq!(pcr_hex(&m, 2), ref_pcr(&cat(&[&rd1, &rd2])));
+    assert_eq!(m.pcr(8), None);
     // The metadata is not measured: PCR0 is not the hash with it included.
-    assert_ne!(m.pcr0.to_hex(), ref_pcr(&cat(&[KERNEL, CMDLINE.as_bytes(), meta, &rd0, &rd1, &rd2])));
+    assert_ne!(pcr_hex(&m, 0), ref_pcr(&cat(&[KERNEL, CMDLINE.as_bytes(), meta, &rd0, &rd1, &rd2])));
     // And one hash over the concatenation, not one extend per section.
     let mut chained = [0u8; 48].to_vec();
     for part in [KERNEL, CMDLINE.as_bytes(), &rd0[..], &rd1[..], &rd2[..]] {
@@ -124,7 +130,7 @@ fn pcrs_of_a_hand_written_eif_match_the_independent_formula() {
         buf.extend_from_slice(digest(&SHA384, part).as_ref());
         chained = digest(&SHA384, &buf).as_ref().to_vec();
     }
-    assert_ne!(m.pcr0.to_hex(), hex::encode(chained));
+    assert_ne!(pcr_hex(&m, 0), hex::encode(chained));
 
     assert_eq!(info.version, 4);
     assert_eq!(info.cmdline, CMDLINE);
@@ -145,8 +151,8 @@ fn single_ramdisk_gives_pcr2_of_nothing_and_pcr1_equal_to_pcr0() {
     let rd = ramdisk(9, 1000);
     let eif = ref_eif(&[(1, KERNEL), (2, CMDLINE.as_bytes()), (3, &rd)]);
     let m = read_eif_bytes(&eif).unwrap().measurements;
-    assert_eq!(m.pcr0, m.pcr1);
-    assert_eq!(m.pcr2.to_hex(), ref_pcr(b""));
+    assert_eq!(m.pcr(0), m.pcr(1));
+    assert_eq!(pcr_hex(&m, 2), ref_pcr(b""));
 }
 
 #[test]
@@ -279,9 +285,9 @@ fn a_tampered_ramdisk_with_a_recomputed_crc_reads_but_changes_pcr0_and_pcr2_only
     bad[last] ^= 1;
     fix_crc(&mut bad);
     let m = read_eif_bytes(&bad).unwrap().measurements;
-    assert_ne!(m.pcr0, good.pcr0);
-    assert_eq!(m.pcr1, good.pcr1);
-    assert_ne!(m.pcr2, good.pcr2);
+    assert_ne!(m.pcr(0), good.pcr(0));
+    assert_eq!(m.pcr(1), good.pcr(1));
+    assert_ne!(m.pcr(2), good.pcr(2));
 }
 
 #[test]
@@ -422,20 +428,20 @@ fn signed_eif_has_pcr8_of_the_certificate_and_a_valid_signature() {
         .unwrap();
     let info = read_eif_bytes(&v).unwrap();
     let expected_pcr8 = ref_pcr(cert.der());
-    assert_eq!(info.measurements.pcr8.unwrap().to_hex(), expected_pcr8);
+    assert_eq!(hex::encode(info.measurements.pcr(8).unwrap()), expected_pcr8);
     assert_eq!(out.measurements, info.measurements);
     // PCR0-2 are the same as unsigned.
     let mut u = Vec::new();
     let unsigned = EifBuilder::new(KERNEL, CMDLINE).unwrap().ramdisk(&rd0).ramdisk(&rd1).write_to(&mut u).unwrap();
     assert_eq!(
-        (unsigned.measurements.pcr0, unsigned.measurements.pcr1, unsigned.measurements.pcr2),
-        (info.measurements.pcr0, info.measurements.pcr1, info.measurements.pcr2)
+        (unsigned.measurements.pcr(0), unsigned.measurements.pcr(1), unsigned.measurements.pcr(2)),
+        (info.measurements.pcr(0), info.measurements.pcr(1), info.measurements.pcr(2))
     );
     let sig = info.signature.unwrap();
     assert_eq!(sig.check, SignatureCheck::Valid);
     assert!(sig.subject.contains("Veil EIF test signer"), "{}", sig.subject);
     assert_eq!(info.sections.last().unwrap().kind, SectionKind::Signature);
-    let json = info.measurements.to_nitro_json();
+    let json = info.measurements.to_json();
     assert_eq!(json["Measurements"]["PCR8"], expected_pcr8);
 }
 
@@ -527,7 +533,7 @@ const VECTOR_CMDLINE: &str = "reboot=k panic=30 pci=off nomodules console=ttyS0"
 #[test]
 fn reads_an_unsigned_eif_built_by_aws_with_awss_pcrs() {
     let info = read_eif_bytes(&vector("aws-unsigned.eif")).unwrap();
-    assert_eq!(info.measurements.to_nitro_json(), vector_measurements("aws-unsigned"));
+    assert_eq!(info.measurements.to_json(), vector_measurements("aws-unsigned"));
     assert_eq!(info.version, 4);
     assert_eq!(info.cmdline, VECTOR_CMDLINE);
     assert_eq!(info.default_mem, 1 << 30);
@@ -540,7 +546,7 @@ fn reads_an_unsigned_eif_built_by_aws_with_awss_pcrs() {
 #[test]
 fn reads_a_signed_eif_built_by_aws_with_pcr8_and_a_valid_signature() {
     let info = read_eif_bytes(&vector("aws-signed.eif")).unwrap();
-    assert_eq!(info.measurements.to_nitro_json(), vector_measurements("aws-signed"));
+    assert_eq!(info.measurements.to_json(), vector_measurements("aws-signed"));
     let sig = info.signature.unwrap();
     assert_eq!(sig.check, SignatureCheck::Valid);
     assert!(sig.subject.contains("Veil CLI test signer"), "{}", sig.subject);

@@ -20,6 +20,17 @@
 //!
 //! [limits]                                           # all optional
 //! # max_request_bytes_in_flight = 268435456          # default: a quarter of the enclave's memory
+//!
+//! [ohttp]                                            # attested-key mode; all optional
+//! # enabled = true
+//! # require_date = false                             # refuse requests without a Date header
+//! # date_window_secs = 60
+//!
+//! # [[ohttp.keys]]                                   # fleet keys (`veil ohttp keygen`); none: a boot key
+//! # key_id = 1
+//! # file = "ohttp-key-1"                             # the name the parent serves it under
+//! # kms_key_arn = "arn:aws:kms:..."
+//! # public_key = "..."                               # pinned: 64 hex digits
 //! ```
 //!
 //! Unknown keys are refused (a typo must not silently fall back to a default). A model configured as
@@ -64,6 +75,28 @@ struct File {
     limits: LimitsFile,
     #[serde(default)]
     inference: InferenceFile,
+    #[serde(default)]
+    ohttp: OhttpFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OhttpFile {
+    enabled: Option<bool>,
+    require_date: Option<bool>,
+    date_window_secs: Option<u64>,
+    max_seen_requests: Option<usize>,
+    #[serde(default)]
+    keys: Vec<OhttpKeyFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OhttpKeyFile {
+    key_id: u8,
+    file: String,
+    kms_key_arn: String,
+    public_key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +215,33 @@ pub struct Inference {
     pub intra_op_threads: u16,
 }
 
+/// A fleet key of attested-key mode: an HPKE private key that `veil ohttp keygen` encrypted under a KMS key
+/// (as a model file is), served by the parent as the file `file`, and pinned here by its public key, so that
+/// the keys an enclave serves are fixed by its image and attested with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OhttpKey {
+    pub key_id: u8,
+    pub file: String,
+    pub kms_key_arn: String,
+    pub public_key: [u8; 32],
+}
+
+/// Attested-key mode (Oblivious HTTP, RFC 9458).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OhttpSettings {
+    /// Serve `/.well-known/ohttp-gateway` (default: yes).
+    pub enabled: bool,
+    /// Fleet keys; none: a key generated at boot (key id 0), for a single enclave.
+    pub keys: Vec<OhttpKey>,
+    /// Refuse requests whose Binary HTTP request has no `Date` header (RFC 9458 §6.5.1).
+    pub require_date: bool,
+    /// How far a request's `Date` may be from the enclave's clock, and how long an encapsulated key is
+    /// remembered against replay.
+    pub date_window_secs: u64,
+    /// Most encapsulated keys remembered at once.
+    pub max_seen_requests: usize,
+}
+
 /// The checked configuration, and the digest of the bytes it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnclaveConfig {
@@ -191,6 +251,7 @@ pub struct EnclaveConfig {
     pub models: Vec<ModelConfig>,
     pub limits: Limits,
     pub inference: Inference,
+    pub ohttp: OhttpSettings,
 }
 
 impl EnclaveConfig {
@@ -235,7 +296,8 @@ impl EnclaveConfig {
         if !(1..=256).contains(&inference.sessions) || !(1..=256).contains(&inference.intra_op_threads) {
             return Err(invalid("[inference] sessions and intra_op_threads are 1 to 256"));
         }
-        Ok(EnclaveConfig { sha384, kms, models, limits, inference })
+        let ohttp = ohttp_settings(file.ohttp, &kms.region, &models)?;
+        Ok(EnclaveConfig { sha384, kms, models, limits, inference, ohttp })
     }
 
     /// The model named `name`.
@@ -386,6 +448,51 @@ pub fn check_key_arn(arn: &str, region: &str) -> Result<(), ConfigError> {
         return Err(invalid(format!("key {:?} is in region {}, but [kms] region is {region}", clip(arn), parts[3])));
     }
     Ok(())
+}
+
+fn ohttp_settings(o: OhttpFile, region: &str, models: &[ModelConfig]) -> Result<OhttpSettings, ConfigError> {
+    let settings = OhttpSettings {
+        enabled: o.enabled.unwrap_or(true),
+        keys: Vec::new(),
+        require_date: o.require_date.unwrap_or(false),
+        date_window_secs: o.date_window_secs.unwrap_or(60),
+        max_seen_requests: o.max_seen_requests.unwrap_or(1 << 20),
+    };
+    if !(1..=3600).contains(&settings.date_window_secs) {
+        return Err(invalid("[ohttp] date_window_secs is 1 to 3600"));
+    }
+    if !(1..=1 << 24).contains(&settings.max_seen_requests) {
+        return Err(invalid("[ohttp] max_seen_requests is 1 to 16777216"));
+    }
+    if o.keys.len() > 4 {
+        return Err(invalid("[[ohttp.keys]]: at most 4 fleet keys (two side by side while rotating)"));
+    }
+    if !settings.enabled && !o.keys.is_empty() {
+        return Err(invalid("[ohttp] enabled = false, but [[ohttp.keys]] are configured"));
+    }
+    let mut keys: Vec<OhttpKey> = Vec::with_capacity(o.keys.len());
+    for k in o.keys {
+        let what = format!("[[ohttp.keys]] key_id {}", k.key_id);
+        if keys.iter().any(|o| o.key_id == k.key_id) {
+            return Err(invalid(format!("{what} is configured twice")));
+        }
+        if !is_valid_model_name(&k.file)
+            || models.iter().any(|m| m.name == k.file)
+            || keys.iter().any(|o| o.file == k.file)
+        {
+            return Err(invalid(format!(
+                "{what}: file {:?} must be a name the parent serves ({MODEL_NAME_RULE}), unique among models and keys",
+                clip(&k.file)
+            )));
+        }
+        check_key_arn(&k.kms_key_arn, region).map_err(|e| invalid(format!("{what}: {e}")))?;
+        let public_key = hex::decode(&k.public_key)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| invalid(format!("{what}: public_key is the X25519 public key, 64 hex digits")))?;
+        keys.push(OhttpKey { key_id: k.key_id, file: k.file, kms_key_arn: k.kms_key_arn, public_key });
+    }
+    Ok(OhttpSettings { keys, ..settings })
 }
 
 fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {

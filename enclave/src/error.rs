@@ -6,6 +6,7 @@
 //! statuses. Messages name what was wrong, never values, keys or plaintext.
 use veil_protocol::envelope::EnvelopeError;
 use veil_protocol::error::{ErrorKind, ErrorReply};
+use veil_protocol::ohttp::OhttpError;
 
 use crate::kms::KmsError;
 
@@ -60,6 +61,9 @@ pub enum EnclaveError {
     /// The request is larger than the enclave takes.
     #[error("{0}")]
     TooLarge(String),
+    /// An OHTTP request that did not decapsulate (attested-key mode).
+    #[error("OHTTP: {0}")]
+    Ohttp(veil_protocol::ohttp::OhttpError),
     /// Something inside the enclave failed.
     #[error("{0}")]
     Internal(String),
@@ -84,6 +88,14 @@ impl EnclaveError {
             EnclaveError::Kms(k) => k.kind(),
             EnclaveError::TooLarge(_) => ErrorKind::TooLarge,
             EnclaveError::Internal(_) => ErrorKind::Internal,
+            EnclaveError::Ohttp(e) => match e {
+                OhttpError::UnknownKeyId(_) | OhttpError::Unsupported { .. } | OhttpError::RequestDecrypt => {
+                    ErrorKind::Unprocessable
+                }
+                OhttpError::Random => ErrorKind::Internal,
+                OhttpError::TooLarge(_) => ErrorKind::TooLarge,
+                _ => ErrorKind::BadRequest,
+            },
         }
     }
 
@@ -114,6 +126,9 @@ impl EnclaveError {
             EnclaveError::Overloaded(_) => "overloaded",
             EnclaveError::TooLarge(_) => "too_large",
             EnclaveError::Internal(_) => "internal",
+            EnclaveError::Ohttp(OhttpError::UnknownKeyId(_)) => "ohttp_key_id",
+            EnclaveError::Ohttp(OhttpError::RequestDecrypt) => "ohttp_decrypt",
+            EnclaveError::Ohttp(_) => "ohttp",
         }
     }
 }

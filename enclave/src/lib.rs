@@ -7,7 +7,7 @@
 //! never from the parent. Everything that arrives over vsock is hostile: see `docs/SECURITY.md`.
 //!
 //! The request path: [`server`] (frames, limits, shutdown) → [`service`] (what is served) → [`sealed`]
-//! (the KMS envelope: [`keys`], [`replay`]) → [`model`]. Errors keep their type ([`error`]) until they
+//! (the KMS envelope: [`keys`], [`replay`]) or [`ohttp`] (attested-key mode) → [`model`]. Errors keep their type ([`error`]) until they
 //! become wire errors, in one place.
 //!
 //! Production builds (`cargo build --release -p veil-enclave`) contain no mock code; development builds
@@ -24,6 +24,7 @@ pub mod kms;
 pub mod model;
 pub mod model_file;
 pub mod nsm;
+pub mod ohttp;
 pub mod replay;
 pub mod sealed;
 pub mod server;

@@ -12,10 +12,12 @@ use veil_enclave::host::HostClient;
 use veil_enclave::kms::{KmsClient, KmsConfig, KmsError};
 use veil_enclave::model::{Model, SessionOptions};
 use veil_enclave::nsm::{HardwareNsm, NOT_A_DEVELOPMENT_BUILD, Nsm, NsmKind};
+use veil_enclave::ohttp::OhttpGateway;
 use veil_enclave::sealed::{BoxFuture, KeySource, Unsealer};
 use veil_enclave::server::{self, Limits};
 use veil_enclave::service::{AttestFn, Enclave};
 use veil_protocol::attestation::{ModelDigest, UserDataCommitment};
+use veil_protocol::ohttp::GatewayKey;
 use veil_runtime::transport::{Address, Listener};
 
 /// The Veil enclave: serves confidential inference from inside an AWS Nitro Enclave.
@@ -175,9 +177,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let recipient_sha384 = UserDataCommitment::sha384(kms.recipient_public_key());
     let attest: AttestFn = {
         let (nsm, config_sha384) = (Arc::clone(&nsm), config.sha384);
-        Box::new(move |nonce: &[u8], models: &[(String, [u8; 48])]| {
+        Box::new(move |nonce: &[u8], models: &[(String, [u8; 48])], ohttp_keys_sha384: Option<[u8; 48]>| {
             let commitment = UserDataCommitment {
-                x25519: None,
+                ohttp_keys_sha384,
                 recipient_rsa_spki_sha384: Some(recipient_sha384),
                 models: models
                     .iter()
@@ -196,6 +198,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let kms_timeout = Duration::from_secs(config.kms.timeout_secs + 5);
     let unsealer = Unsealer::new(Arc::clone(&keys), Arc::clone(&config), kms_timeout);
     let enclave = Arc::new(Enclave::new(Arc::clone(&config), unsealer, attest));
+    if config.ohttp.enabled && config.ohttp.keys.is_empty() {
+        let gateway = OhttpGateway::boot_key(&config.ohttp, &veil_protocol::random::SystemRandom::new())?;
+        tracing::info!(
+            key_list_sha384 = %hex::encode(gateway.key_list_sha384()),
+            "attested-key mode: OHTTP key generated at boot (key id 0)"
+        );
+        enclave.set_ohttp(gateway);
+    }
     let limits = Limits { max_frame: config.limits.max_frame_bytes, ..Limits::default() };
     tracing::info!(budget_bytes = enclave.budget().total(), "request bytes in flight are bounded");
     let listener =
@@ -224,6 +234,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let config = Arc::clone(&config);
         tokio::spawn(async move {
             let mut host = HostClient::connect(&parent, config.limits.max_frame_bytes, patience).await?;
+            if config.ohttp.enabled && !config.ohttp.keys.is_empty() {
+                let gateway = load_fleet_keys(&config, &mut host, keys.as_ref(), kms_timeout).await?;
+                tracing::info!(
+                    key_ids = ?config.ohttp.keys.iter().map(|k| k.key_id).collect::<Vec<_>>(),
+                    key_list_sha384 = %hex::encode(gateway.key_list_sha384()),
+                    "attested-key mode: fleet OHTTP keys opened"
+                );
+                enclave.set_ohttp(gateway);
+            }
             for m in &config.models {
                 let mut fetched = host.fetch_model(&m.name, config.limits.max_model_bytes).await?;
                 let sha384 = veil_enclave::model_file::prepare(
@@ -263,6 +282,41 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = server.await;
     Ok(())
+}
+
+/// Fetches each configured fleet key from the parent, opens it with the KMS key the configuration names
+/// (exactly as an encrypted model), and checks it against the public key the configuration pins.
+async fn load_fleet_keys(
+    config: &EnclaveConfig,
+    host: &mut HostClient,
+    keys: &dyn KeySource,
+    kms_timeout: Duration,
+) -> anyhow::Result<OhttpGateway> {
+    let mut out = Vec::with_capacity(config.ohttp.keys.len());
+    for k in &config.ohttp.keys {
+        let mut fetched =
+            host.fetch_model(&k.file, 64 * 1024).await.with_context(|| format!("OHTTP key file {:?}", k.file))?;
+        let as_file = veil_enclave::config::ModelConfig {
+            name: k.file.clone(),
+            source: veil_enclave::config::ModelSource::Kms { key_arn: k.kms_key_arn.clone() },
+            sha384: None,
+        };
+        veil_enclave::model_file::prepare(&as_file, &mut fetched.bytes, fetched.sha384, keys, kms_timeout)
+            .await
+            .with_context(|| format!("OHTTP key {} (file {:?})", k.key_id, k.file))?;
+        let key = GatewayKey::from_secret(k.key_id, &veil_protocol::ohttp::GATEWAY_AEADS, &fetched.bytes)
+            .map_err(|e| anyhow::anyhow!("OHTTP key {} (file {:?}): {e}", k.key_id, k.file))?;
+        anyhow::ensure!(
+            key.config().public_key == k.public_key,
+            "OHTTP key {} (file {:?}): its public key is {}, but the configuration pins {}: the parent served another key",
+            k.key_id,
+            k.file,
+            hex::encode(key.config().public_key),
+            hex::encode(k.public_key)
+        );
+        out.push(key);
+    }
+    Ok(OhttpGateway::new(out, &config.ohttp)?)
 }
 
 /// Opens the NSM the arguments name. Fails closed: `hardware` without /dev/nsm is an error, never a

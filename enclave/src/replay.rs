@@ -85,13 +85,28 @@ impl ReplayGuard {
         issued_at: u64,
         now_unix: u64,
     ) -> Result<(), Refusal> {
+        self.admit_record(record(key, request_id), issued_at, now_unix)
+    }
+
+    /// Checks and records an OHTTP request by its encapsulated key (fresh for every request, and bound to
+    /// the request's ciphertext by HPKE), dated `issued_at`: the request's `Date`, or its arrival for a
+    /// request without one.
+    pub fn admit_encapsulated_key(&self, enc: &[u8; 32], issued_at: u64, now_unix: u64) -> Result<(), Refusal> {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(b"veil ohttp enc\0");
+        ctx.update(enc);
+        let mut r = [0u8; 16];
+        r.copy_from_slice(&ctx.finish().as_ref()[..16]);
+        self.admit_record(r, issued_at, now_unix)
+    }
+
+    fn admit_record(&self, r: Record, issued_at: u64, now_unix: u64) -> Result<(), Refusal> {
         let mut inner = self.inner.lock().map_err(|_| Refusal::Full)?;
         inner.expire(now_unix);
         let skew = issued_at.abs_diff(now_unix);
         if skew > self.window_secs {
             return Err(Refusal::OutsideWindow(skew));
         }
-        let r = record(key, request_id);
         if inner.seen.contains(&r) {
             return Err(Refusal::Replayed);
         }

@@ -9,8 +9,8 @@
 //! Limits, all fixed by the image's configuration or here:
 //!
 //! - **Bytes in flight** ([`crate::budget`]): before a frame's payload is read, its announced length is
-//!   charged against the enclave-wide budget; a frame that does not fit within [`BUDGET_WAIT`] is read and
-//!   dropped without being buffered, and answered `unavailable` with a `Retry-After`.
+//!   charged against the enclave-wide budget; a frame that does not fit at once is read and dropped without
+//!   being buffered, and answered `unavailable` with a `Retry-After`.
 //! - **Requests in flight per connection** ([`Limits::max_in_flight`]): when exhausted the reader stops
 //!   reading, which pushes back on the parent through the socket.
 //! - **Connections** ([`Limits::max_connections`]).
@@ -35,8 +35,10 @@ use crate::budget::Charge;
 use crate::error::EnclaveError;
 use crate::service::Enclave;
 
-/// How long a frame may wait for room in the byte budget before it is refused.
-pub const BUDGET_WAIT: Duration = Duration::from_millis(100);
+/// How long a frame may wait for room in the byte budget before it is refused: not at all. The reader of
+/// a connection must not stall on one frame while the frames behind it (small, legitimate requests among
+/// them) wait; a refused client retries after `Retry-After`.
+pub const BUDGET_WAIT: Duration = Duration::ZERO;
 
 /// Frames at most this long are not charged against the byte budget (status, metadata, attestation
 /// requests): they cost less than the bookkeeping.
@@ -188,6 +190,21 @@ pub async fn serve_connection(
                         .infer(&model, attachment, move |reply| {
                             // Called on a blocking-pool thread (the one that ran the model): block_on is
                             // allowed there, and the frame is written whole.
+                            runtime.block_on(async {
+                                let (response, attachment) = reply.parts();
+                                send(&writer, id, response, attachment).await;
+                            });
+                            drop((charge, permit, busy));
+                        })
+                        .await;
+                });
+            }
+            EnclaveRequest::Ohttp => {
+                tokio::spawn(async move {
+                    let runtime = tokio::runtime::Handle::current();
+                    enclave
+                        .ohttp(attachment, move |reply| {
+                            // On a blocking-pool thread, as for inference.
                             runtime.block_on(async {
                                 let (response, attachment) = reply.parts();
                                 send(&writer, id, response, attachment).await;

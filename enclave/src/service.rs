@@ -8,7 +8,7 @@
 //! request drops, the answer's plaintext is encrypted where it lies.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
@@ -21,11 +21,14 @@ use crate::budget::ByteBudget;
 use crate::config::EnclaveConfig;
 use crate::error::EnclaveError;
 use crate::model::Model;
+use crate::ohttp::{OhttpGateway, OpenedRequest as OhttpRequest, Refused, Route};
 use crate::sealed::{OpenedRequest, Unsealed, Unsealer};
 
 /// Makes an attestation document for a client's nonce, committing to the loaded models (name, SHA-384),
-/// sorted by name. Wired to the NSM by the binary.
-pub type AttestFn = Box<dyn Fn(&[u8], &[(String, [u8; 48])]) -> Result<Vec<u8>, EnclaveError> + Send + Sync>;
+/// sorted by name, and to the OHTTP key configuration list served (its SHA-384), if any. Wired to the NSM
+/// by the binary.
+pub type AttestFn =
+    Box<dyn Fn(&[u8], &[(String, [u8; 48])], Option<[u8; 48]>) -> Result<Vec<u8>, EnclaveError> + Send + Sync>;
 
 /// Longest nonce accepted in an attestation request (the NSM takes at most 512 bytes; 64 is plenty).
 pub const MAX_NONCE: usize = 64;
@@ -37,6 +40,8 @@ pub enum Reply {
     Plain(EnclaveResponse, Vec<u8>),
     /// A sealed answer (or sealed error): `Infer` with the sealed bytes.
     Sealed(SealedAnswer),
+    /// An OHTTP encapsulated response (answer or error).
+    Ohttp(Vec<u8>),
 }
 
 impl Reply {
@@ -49,6 +54,7 @@ impl Reply {
         match self {
             Reply::Plain(r, a) => (r, a),
             Reply::Sealed(s) => (&EnclaveResponse::Infer, s.bytes()),
+            Reply::Ohttp(b) => (&EnclaveResponse::Ohttp, b),
         }
     }
 }
@@ -64,6 +70,8 @@ pub struct Enclave {
     attest: AttestFn,
     budget: ByteBudget,
     rng: SystemRandom,
+    /// Attested-key mode's gateway, once its keys are at hand (a fleet key needs KMS first).
+    ohttp: OnceLock<Arc<OhttpGateway>>,
 }
 
 impl std::fmt::Debug for Enclave {
@@ -90,6 +98,7 @@ impl Enclave {
             attest,
             budget,
             rng: SystemRandom::new(),
+            ohttp: OnceLock::new(),
         }
     }
 
@@ -108,14 +117,34 @@ impl Enclave {
         &self.unsealer
     }
 
-    /// Adds a loaded model; the enclave is ready once every configured model is in.
+    /// Adds a loaded model; the enclave is ready once every configured model is in (and the OHTTP gateway,
+    /// when enabled).
     pub fn add_model(&self, model: Model) {
         let Ok(mut models) = self.models.write() else { return };
         if let Ok(mut hints) = self.answer_hints.write() {
             hints.insert(model.name().to_owned(), Arc::new(AtomicUsize::new(4096)));
         }
         models.insert(model.name().to_owned(), Arc::new(model));
-        if self.config.models.iter().all(|m| models.contains_key(&m.name)) {
+        drop(models);
+        self.update_ready();
+    }
+
+    /// Installs attested-key mode's gateway (once).
+    pub fn set_ohttp(&self, gateway: OhttpGateway) {
+        let _ = self.ohttp.set(Arc::new(gateway));
+        self.update_ready();
+    }
+
+    /// The gateway, once installed.
+    pub fn ohttp_gateway(&self) -> Option<&Arc<OhttpGateway>> {
+        self.ohttp.get()
+    }
+
+    fn update_ready(&self) {
+        let Ok(models) = self.models.read() else { return };
+        let all = self.config.models.iter().all(|m| models.contains_key(&m.name));
+        let gateway = !self.config.ohttp.enabled || self.ohttp.get().is_some();
+        if all && gateway {
             self.ready.store(true, Ordering::Release);
         }
     }
@@ -167,7 +196,16 @@ impl Enclave {
                 Ok(m) => Reply::Plain(EnclaveResponse::ModelMetadata, m.metadata_json().to_vec()),
                 Err(e) => Reply::error(&e),
             },
-            EnclaveRequest::Infer { .. } => Reply::error(&EnclaveError::Internal("inference has its own path".into())),
+            EnclaveRequest::Infer { .. } | EnclaveRequest::Ohttp => {
+                Reply::error(&EnclaveError::Internal("inference has its own path".into()))
+            }
+            EnclaveRequest::OhttpKeys => match self.ohttp.get() {
+                Some(g) => Reply::Plain(EnclaveResponse::OhttpKeys, g.key_list().to_vec()),
+                None if !self.config.ohttp.enabled => Reply::error(&EnclaveError::NotFound(
+                    "attested-key mode (OHTTP) is not enabled in this enclave's configuration".into(),
+                )),
+                None => Reply::error(&EnclaveError::Loading("the OHTTP keys".into())),
+            },
             EnclaveRequest::Attestation { nonce } => {
                 if nonce.is_empty() || nonce.len() > MAX_NONCE {
                     return Reply::error(&EnclaveError::BadRequest(format!(
@@ -179,7 +217,8 @@ impl Enclave {
                     // The document commits to every model's digest, so it waits until all are loaded.
                     return Reply::error(&EnclaveError::Loading("all models".into()));
                 }
-                match (self.attest)(&nonce, &self.model_digests()) {
+                let keys = self.ohttp.get().map(|g| g.key_list_sha384());
+                match (self.attest)(&nonce, &self.model_digests(), keys) {
                     Ok(doc) => Reply::Plain(EnclaveResponse::Attestation, doc),
                     Err(e) => Reply::error(&e),
                 }
@@ -221,6 +260,161 @@ impl Enclave {
             };
             drop(opened);
             deliver(sealed.map(Reply::Sealed).unwrap_or_else(|e| Reply::error(&e)));
+        });
+    }
+
+    /// Answers an OHTTP encapsulated request (attested-key mode): decapsulate, refuse replays, route the
+    /// Binary HTTP request, and seal the response. As with [`Enclave::infer`], `deliver` is called once, on
+    /// a blocking-pool thread.
+    pub async fn ohttp(self: &Arc<Self>, enc_request: BytesMut, deliver: impl FnOnce(Reply) + Send + 'static) {
+        let reply = match self.ohttp_open(&enc_request) {
+            Ok(request) => {
+                drop(enc_request);
+                match request.route.clone() {
+                    Route::Infer { model } => return self.ohttp_infer(&model, request, deliver).await,
+                    route => self.ohttp_answer(&route, &request),
+                }
+            }
+            Err(reply) => reply,
+        };
+        tokio::task::spawn_blocking(move || deliver(reply));
+    }
+
+    fn ohttp_open(&self, enc_request: &[u8]) -> Result<OhttpRequest, Reply> {
+        let Some(gateway) = self.ohttp.get() else {
+            return Err(Reply::error(&if self.config.ohttp.enabled {
+                EnclaveError::Loading("the OHTTP keys".into())
+            } else {
+                EnclaveError::NotFound(
+                    "attested-key mode (OHTTP) is not enabled in this enclave's configuration".into(),
+                )
+            }));
+        };
+        gateway.open(enc_request, now_unix(), &self.rng).map_err(|refused| match refused {
+            Refused::Clear(e) => {
+                tracing::debug!(refusal = e.label(), "OHTTP request refused before decapsulation");
+                Reply::error(&e)
+            }
+            Refused::Sealed(bytes) => Reply::Ohttp(bytes),
+        })
+    }
+
+    /// A sealed JSON error for `request`, or the clear error that sealing it became.
+    fn ohttp_error(&self, request: &OhttpRequest, e: &EnclaveError, model: Option<&[u8; 48]>) -> Reply {
+        match request.seal_error(e.kind().http_status(), &e.to_string(), model, &self.rng) {
+            Ok(b) => Reply::Ohttp(b),
+            Err(e) => Reply::error(&e),
+        }
+    }
+
+    /// The model a route names, checked against the digest the client expects.
+    fn ohttp_model(&self, name: &str, request: &OhttpRequest) -> Result<Arc<Model>, Reply> {
+        let model = self.lookup(name).map_err(|e| self.ohttp_error(request, &e, None))?;
+        if let Some(expected) = &request.expected_sha384
+            && expected != model.sha384()
+        {
+            let e = EnclaveError::WrongModel {
+                model: model.name().to_owned(),
+                expected: hex::encode(expected),
+                loaded: hex::encode(model.sha384()),
+            };
+            return Err(self.ohttp_error(request, &e, Some(model.sha384())));
+        }
+        Ok(model)
+    }
+
+    /// The routes that are not inference: health, server and model metadata.
+    fn ohttp_answer(&self, route: &Route, request: &OhttpRequest) -> Reply {
+        let (status, model, body): (u16, Option<Arc<Model>>, Vec<u8>) = match route {
+            Route::ServerLive => (200, None, Vec::new()),
+            // KServe v2: a 4xx status says "not ready".
+            Route::ServerReady => (if self.is_ready() { 200 } else { 400 }, None, Vec::new()),
+            Route::ServerMetadata => (
+                200,
+                None,
+                serde_json::to_vec(&serde_json::json!({
+                    "name": "veil",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "extensions": [],
+                }))
+                .unwrap_or_default(),
+            ),
+            Route::ModelMetadata { model } | Route::ModelReady { model } => {
+                let m = match self.ohttp_model(model, request) {
+                    Ok(m) => m,
+                    Err(reply) => return reply,
+                };
+                let body =
+                    if matches!(route, Route::ModelMetadata { .. }) { m.metadata_json().to_vec() } else { vec![] };
+                (200, Some(m), body)
+            }
+            Route::Infer { .. } => (500, None, Vec::new()),
+        };
+        let mut w = request.writer(status, model.as_ref().map(|m| m.sha384()), body.len());
+        w.content().extend_from_slice(&body);
+        match request.seal(w, &self.rng) {
+            Ok(b) => Reply::Ohttp(b),
+            Err(e) => Reply::error(&e),
+        }
+    }
+
+    /// Inference inside OHTTP: the same model, session and blocking-pool path as [`Enclave::infer`], with
+    /// the answer written straight into the Binary HTTP response it is sealed in.
+    async fn ohttp_infer(
+        self: &Arc<Self>,
+        name: &str,
+        request: OhttpRequest,
+        deliver: impl FnOnce(Reply) + Send + 'static,
+    ) {
+        let prepared = async {
+            let model = self.ohttp_model(name, &request)?;
+            if let Some(ct) = &request.content_type
+                && !ct.trim_start().to_ascii_lowercase().starts_with("application/json")
+            {
+                let e = EnclaveError::BadRequest(format!(
+                    "content type {:?} is not served: send the v2 request as application/json",
+                    ct.chars().take(64).collect::<String>()
+                ));
+                return Err(self.ohttp_error(&request, &e, Some(model.sha384())));
+            }
+            match model.acquire().await {
+                Ok(session) => Ok((model, session)),
+                Err(e) => Err(self.ohttp_error(&request, &e, Some(model.sha384()))),
+            }
+        }
+        .await;
+        let (model, session) = match prepared {
+            Ok(p) => p,
+            Err(reply) => {
+                tokio::task::spawn_blocking(move || deliver(reply));
+                return;
+            }
+        };
+        let hint = self.answer_hints.read().ok().and_then(|h| h.get(model.name()).cloned());
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let capacity = hint.as_ref().map_or(4096, |h| h.load(Ordering::Relaxed));
+            let mut w = request.writer(200, Some(model.sha384()), capacity);
+            let result = model.infer_blocking(request.content(), w.content());
+            drop(session);
+            let reply = match result {
+                Ok(()) => {
+                    if let Some(h) = &hint {
+                        h.store(w.written().len(), Ordering::Relaxed);
+                    }
+                    match request.seal(w, &this.rng) {
+                        Ok(b) => Reply::Ohttp(b),
+                        Err(e) => Reply::error(&e),
+                    }
+                }
+                Err(e) => {
+                    w.clear_content();
+                    drop(w);
+                    this.ohttp_error(&request, &e, Some(model.sha384()))
+                }
+            };
+            drop(request);
+            deliver(reply);
         });
     }
 

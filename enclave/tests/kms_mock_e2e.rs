@@ -68,10 +68,11 @@ async fn stack(policy_pcr0: Option<&str>) -> Stack {
     let policy = policy(policy_pcr0.unwrap_or(&pcr0));
     store.insert(StoredKey::new(KEY_ID.into(), 1.7e9, "e2e".into(), policy, &material)).unwrap();
     let ciphertext = veil_mock_kms::blob::seal(KEY_ID, &material, &context(), &data_key).unwrap();
-    let kms =
-        veil_mock_kms::MockKms::start(veil_mock_kms::Config::new("tcp://127.0.0.1:0".parse().unwrap(), &state, root))
-            .await
-            .unwrap();
+    // The parent's credentials belong to a session of the role the policy lets decrypt.
+    let config = veil_mock_kms::Config::new("tcp://127.0.0.1:0".parse().unwrap(), &state, root)
+        .with_principal("AKIDMOCKMOCKMOCK", "arn:aws:sts::111122223333:assumed-role/veil-enclave/i-0123456789abcdef0")
+        .unwrap();
+    let kms = veil_mock_kms::MockKms::start(config).await.unwrap();
     let endpoint = kms.endpoint.strip_prefix("https://").unwrap().to_owned();
 
     // The real parent host services: relay to the mock only, fixed credentials.

@@ -20,6 +20,7 @@
 
 use aes::cipher::{BlockModeEncrypt, KeyIvInit, block_padding::Pkcs7};
 use rsa::pkcs8::DecodePublicKey;
+use veil_protocol::der::tlv;
 use zeroize::Zeroizing;
 
 /// Largest recipient key accepted, in bits: bounds the cost of a hostile document's key.
@@ -98,23 +99,6 @@ fn build(ski: &[u8], encrypted_key: &[u8], iv: &[u8], content: &[u8]) -> Vec<u8>
 /// The ciphertext as OCTET STRINGs of at most [`CHUNK`] bytes each, as KMS splits it.
 fn chunks(content: &[u8]) -> Vec<u8> {
     content.chunks(CHUNK).flat_map(|c| tlv(0x04, c)).collect()
-}
-
-/// A definite-length TLV (DER length form).
-fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(value.len() + 6);
-    out.push(tag);
-    let len = value.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(value);
-    out
 }
 
 /// An indefinite-length constructed TLV, closed by end-of-contents (as KMS writes its outer layers).

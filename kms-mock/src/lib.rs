@@ -7,18 +7,29 @@
 //! `kms:RecipientAttestation:ImageSha384` / `PCR0..PCR8` as KMS does, answering with a
 //! `CiphertextForRecipient` shaped exactly like KMS's.
 //!
-//! Pieces, each testable alone: [`policy`] (key policy evaluation), [`cms`] (the `CiphertextForRecipient`
-//! builder), [`blob`] (the mock's ciphertext format), [`store`] (the persistent key file), [`tls`] (its CA).
+//! It also enforces *who* may do what, so that "only the enclave role may decrypt" is tested for real:
+//! each access key maps to a principal ARN ([`Config::principals`]), key policies are evaluated against
+//! that caller, grants ([`grants`]) can add permissions but never lift an explicit `Deny`, aliases
+//! ([`alias`]) work wherever KMS takes them, and `Recipient` documents older than five minutes on the
+//! mock's clock are refused.
+//!
+//! Pieces, each testable alone: [`principal`] (callers and how policies name them), [`policy`] (key
+//! policy evaluation), [`grants`], [`alias`], [`cms`] (the `CiphertextForRecipient` builder), [`blob`]
+//! (the mock's ciphertext format), [`store`] (the persistent key file), [`tls`] (its CA).
 //! [`MockKms::start`] runs it in-process; the `veil-mock-kms` binary wraps that. See `docs/MOCK_KMS.md`.
 #![forbid(unsafe_code)]
 
+pub mod alias;
 pub mod blob;
 pub mod cms;
+pub mod grants;
 pub mod policy;
+pub mod principal;
 mod server;
 pub mod store;
 pub mod tls;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -28,7 +39,8 @@ use hyper::{Request, Response, StatusCode};
 use veil_protocol::attestation::{TrustAnchor, Verifier};
 use veil_runtime::transport::{Address, Listener};
 
-pub use server::{KmsError, MAX_ATTESTATION, MAX_BODY, MAX_CIPHERTEXT, MAX_PLAINTEXT};
+pub use principal::Principal;
+pub use server::{KmsError, MAX_ATTESTATION, MAX_BODY, MAX_CIPHERTEXT, MAX_PLAINTEXT, RECIPIENT_MAX_AGE};
 
 /// Most connections served at once; more are closed on accept (a hostile client cannot exhaust the process).
 pub const MAX_CONNECTIONS: usize = 512;
@@ -44,13 +56,24 @@ pub struct Config {
     pub attestation_roots: Vec<TrustAnchor>,
     /// The region in ARNs and in the SigV4 credential scope it accepts.
     pub region: String,
-    /// The account in ARNs; its root is the mock's one caller.
+    /// The account that holds the mock's keys (in ARNs).
     pub account: String,
+    /// Access key id → the principal it belongs to (what IAM would know). Every request's access key must
+    /// be one of them (else `UnrecognizedClientException`). When empty (the default, kept for callers that
+    /// predate principals), every caller is the account root `arn:aws:iam::ACCOUNT:root`, which key
+    /// policies naming one role will then refuse.
+    pub principals: BTreeMap<String, Principal>,
+    /// The mock's clock: it dates keys, aliases and grants, and judges `Recipient` documents' age.
+    pub clock: Clock,
     /// Extra DNS names or IP addresses for the server certificate (besides `localhost`, `127.0.0.1`).
     pub hostnames: Vec<String>,
     /// `(access key id, secret access key)`: when set, SigV4 signatures are verified and other access keys
     /// refused. When `None` (the default), any credentials are accepted, but the header must be well formed.
     pub credentials: Option<(String, zeroize::Zeroizing<String>)>,
+    /// Key ids (UUIDs) that must exist: created at start, with the account's default key policy, when the
+    /// store does not have them. Mock only (real KMS chooses key ids): for fixtures that name a key ARN in
+    /// advance, such as an enclave image's configuration.
+    pub fixture_keys: Vec<String>,
 }
 
 impl Config {
@@ -62,9 +85,65 @@ impl Config {
             attestation_roots: vec![attestation_root],
             region: "us-east-1".to_owned(),
             account: "111122223333".to_owned(),
+            principals: BTreeMap::new(),
+            clock: Clock::system(),
             hostnames: Vec::new(),
             credentials: None,
+            fixture_keys: Vec::new(),
         }
+    }
+
+    /// Maps `access_key` to the principal `arn` (checked), as `--principal ACCESS_KEY=ARN` does.
+    pub fn with_principal(mut self, access_key: &str, arn: &str) -> Result<Self, StartError> {
+        check_access_key(access_key)?;
+        let p = Principal::parse(arn).map_err(|e| StartError::Config(e.to_string()))?;
+        self.principals.insert(access_key.to_owned(), p);
+        Ok(self)
+    }
+}
+
+/// An access key id as AWS makes them: 16 to 128 characters, letters and digits.
+fn check_access_key(access_key: &str) -> Result<(), StartError> {
+    if !(16..=128).contains(&access_key.len()) || !access_key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(StartError::Config(format!(
+            "access key id {access_key:?}: AWS access key ids are 16 to 128 letters and digits"
+        )));
+    }
+    Ok(())
+}
+
+/// The mock's clock: the system clock, shifted by a fixed offset (tests move it to age documents).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Clock {
+    offset_ms: i64,
+}
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self::default()
+    }
+
+    /// The system clock plus `secs` (negative: behind).
+    pub fn shifted_by_secs(secs: i64) -> Self {
+        Self { offset_ms: secs.saturating_mul(1000) }
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        let system = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        u64::try_from(system.saturating_add(self.offset_ms)).unwrap_or(0)
+    }
+
+    /// Seconds since the Unix epoch, as KMS dates things (JSON numbers with a fraction).
+    pub fn now_secs(&self) -> f64 {
+        // u64 ms → f64 loses nothing below 2^53 ms (year 287396).
+        #[allow(clippy::cast_precision_loss)]
+        let ms = self.now_ms() as f64;
+        ms / 1000.0
     }
 }
 
@@ -153,12 +232,31 @@ impl MockKms {
         if config.region.is_empty() || !config.region.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') {
             return Err(StartError::Config("the region must be letters, digits and dashes".into()));
         }
+        for access_key in config.principals.keys() {
+            check_access_key(access_key)?;
+        }
+        // With principals, every accepted access key needs one, the verified one included.
+        if let Some((verified, _)) = &config.credentials
+            && !config.principals.is_empty()
+            && !config.principals.contains_key(verified)
+        {
+            return Err(StartError::Config(format!(
+                "the access key whose signatures are verified ({verified}) has no principal, while others do"
+            )));
+        }
+        if config.principals.is_empty() {
+            tracing::warn!(account = %config.account, "no principals configured: every caller is the account root");
+        }
         create_state_dir(&config.state_dir)?;
         // Absolute, so that the ready file's `ca_file` means the same thing to every reader.
         let state_dir = std::fs::canonicalize(&config.state_dir)
             .map_err(|source| StartError::StateDir { path: config.state_dir.clone(), source })?;
         let config = Config { state_dir, ..config };
-        let store = store::KeyStore::open(&config.state_dir.join("keys.json"))?;
+        let mut store = store::KeyStore::open(&config.state_dir.join("keys.json"))?;
+        for id in &config.fixture_keys {
+            server::ensure_fixture_key(&mut store, id, &config.account, config.clock.now_secs())
+                .map_err(|e| StartError::Config(format!("fixture key {id:?}: {e}")))?;
+        }
         let identity = tls::load_or_create(&config.state_dir, &config.hostnames)?;
         let listener = Listener::bind(&config.listen)
             .await
@@ -178,6 +276,8 @@ impl MockKms {
             roots: config.attestation_roots.clone(),
             verifier: Verifier::new(),
             credentials: config.credentials.clone(),
+            principals: config.principals.clone(),
+            clock: config.clock,
         });
         let acceptor = tokio_rustls::TlsAcceptor::from(identity.config.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -287,12 +387,12 @@ async fn handle_inner(
 ) -> Result<serde_json::Value, KmsError> {
     let (parts, body) = req.into_parts();
     if parts.method != hyper::Method::POST || parts.uri.path() != "/" {
-        return Err(KmsError::new_pub("UnknownOperationException", "the KMS protocol is POST / with X-Amz-Target"));
+        return Err(KmsError::new("UnknownOperationException", "the KMS protocol is POST / with X-Amz-Target"));
     }
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
     let target = header("x-amz-target")
         .and_then(|t| t.strip_prefix("TrentService."))
-        .ok_or_else(|| KmsError::new_pub("UnknownOperationException", "X-Amz-Target must be TrentService.OPERATION"))?
+        .ok_or_else(|| KmsError::new("UnknownOperationException", "X-Amz-Target must be TrentService.OPERATION"))?
         .to_owned();
     match header("content-type").map(|c| c.split(';').next().unwrap_or("").trim()) {
         Some("application/x-amz-json-1.1" | "application/x-amz-json-1.0") => {}
@@ -302,21 +402,22 @@ async fn handle_inner(
     let body = Limited::new(body, MAX_BODY)
         .collect()
         .await
-        .map_err(|_| KmsError::new_pub("SerializationException", format!("the body must be at most {MAX_BODY} bytes")))?
+        .map_err(|_| KmsError::new("SerializationException", format!("the body must be at most {MAX_BODY} bytes")))?
         .to_bytes();
     if let Some((access_key, secret)) = &state.credentials {
         server::verify_signature(&sig, &parts, &body, &state.region, access_key, secret)?;
     }
+    let caller = state.caller(sig.access_key())?;
     let request: serde_json::Value = if body.is_empty() {
         serde_json::json!({})
     } else {
         serde_json::from_slice(&body)
-            .map_err(|e| KmsError::new_pub("SerializationException", format!("the body is not JSON: {e}")))?
+            .map_err(|e| KmsError::new("SerializationException", format!("the body is not JSON: {e}")))?
     };
-    let result = server::dispatch(state, &target, &request);
+    let result = server::dispatch(state, &caller, &target, &request);
     match &result {
-        Ok(_) => tracing::debug!(operation = %target, "ok"),
-        Err(e) => tracing::info!(operation = %target, error = e.name, "refused"),
+        Ok(_) => tracing::debug!(operation = %target, caller = %caller, "ok"),
+        Err(e) => tracing::info!(operation = %target, caller = %caller, error = e.name, "refused"),
     }
     result
 }

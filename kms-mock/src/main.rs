@@ -15,9 +15,14 @@ use veil_runtime::transport::Address;
 ///
 ///   AWS_CA_BUNDLE=STATE/ca.pem aws --endpoint-url https://127.0.0.1:PORT kms create-key
 ///
-/// By default any access key and secret are accepted (the SigV4 header must be present and well formed,
-/// for the region given here; the signature is not checked). With --access-key and --secret-key (or
-/// VEIL_MOCK_KMS_SECRET_KEY), signatures are verified and other access keys refused.
+/// Callers: each --principal ACCESS_KEY=ARN says whose an access key is (IAM's job in AWS), and key
+/// policies and grants are then evaluated for that principal; other access keys are refused. Without
+/// any --principal, every caller is the account root (arn:aws:iam::ACCOUNT:root), whom a key policy
+/// that names a role does not cover.
+///
+/// By default any secret is accepted (the SigV4 header must be present and well formed, for the region
+/// given here; the signature is not checked). With --access-key and --secret-key (or
+/// VEIL_MOCK_KMS_SECRET_KEY), that key's signatures are verified and other access keys refused.
 #[derive(Debug, Parser)]
 #[command(name = "veil-mock-kms", version)]
 struct Args {
@@ -35,9 +40,14 @@ struct Args {
     /// AWS region, used in key ARNs and required in the SigV4 credential scope.
     #[arg(long, default_value = "us-east-1")]
     region: String,
-    /// AWS account id used in key ARNs; its root is the caller that key policies see.
+    /// AWS account id that holds the keys (in key ARNs).
     #[arg(long, default_value = "111122223333")]
     account: String,
+    /// ACCESS_KEY=ARN: requests signed with this access key id come from this principal
+    /// (arn:aws:iam::ACCOUNT:root|user/NAME|role/NAME, arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION).
+    /// Repeatable; once any is given, unknown access keys are refused.
+    #[arg(long = "principal", value_name = "ACCESS_KEY=ARN")]
+    principals: Vec<String>,
     /// Extra DNS name or IP address for the server certificate (localhost and 127.0.0.1 are always in).
     #[arg(long)]
     hostname: Vec<String>,
@@ -50,6 +60,11 @@ struct Args {
     /// Once listening, write {"endpoint", "ca_file", "region"} here (atomically).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Make sure a key with this id (a UUID) exists, creating it with the account's default policy if
+    /// not (repeatable). Mock only: real KMS chooses key ids; this is for fixtures that name a key ARN in
+    /// advance, such as an enclave image's configuration file.
+    #[arg(long = "fixture-key", value_name = "KEY_ID")]
+    fixture_keys: Vec<String>,
 }
 
 #[tokio::main]
@@ -71,7 +86,13 @@ async fn main() -> anyhow::Result<()> {
     config.attestation_roots.extend(roots);
     config.region = args.region;
     config.account = args.account;
+    for p in &args.principals {
+        let (access_key, arn) =
+            p.split_once('=').with_context(|| format!("--principal {p:?}: expected ACCESS_KEY=ARN"))?;
+        config = config.with_principal(access_key, arn).with_context(|| format!("--principal {p:?}"))?;
+    }
     config.hostnames = args.hostname;
+    config.fixture_keys = args.fixture_keys;
     config.credentials = args.access_key.zip(args.secret_key.map(zeroize::Zeroizing::new));
     let handle = veil_mock_kms::MockKms::start(config).await?;
     if let Some(path) = &args.ready_file {

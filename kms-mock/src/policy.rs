@@ -1,12 +1,17 @@
 //! Key policy evaluation: the subset of IAM policy logic that KMS key policies with Nitro conditions need.
 //!
 //! Rules, as AWS documents them: an explicit `Deny` that applies wins; otherwise some `Allow` must apply;
-//! otherwise the request is denied. A statement applies when its `Principal`, its `Action` and every
-//! condition in its `Condition` block match. Supported condition operators: `StringEquals`,
-//! `StringEqualsIgnoreCase`, `StringNotEquals`, `StringNotEqualsIgnoreCase` (and their `...IfExists` forms);
-//! a value list matches if any value matches. A condition key absent from the request does not match
-//! (`StringNotEquals` on an absent key matches, as in IAM). Anything else is refused when the policy is
-//! stored (`MalformedPolicyDocumentException`), so evaluation never meets an element it does not understand.
+//! otherwise the request is denied (and the server may still find a grant that allows it: a grant can add
+//! an `Allow`, never lift an explicit `Deny`). A statement applies when its `Principal` names the caller
+//! (see [`crate::principal`]), its `Action` matches, and every condition in its `Condition` block holds.
+//! Supported condition operators: `StringEquals`, `StringEqualsIgnoreCase`, `StringNotEquals`,
+//! `StringNotEqualsIgnoreCase`, `Bool` (and their `...IfExists` forms), and `Null`. For the positive
+//! operators a value list matches if any value matches; for the negated ones the request value must differ
+//! from every value ("none of these"). A condition key absent from the request does not match, except
+//! under a negated operator, where it does (as in IAM: a `Deny` with `StringNotEquals` also applies to a
+//! request without the key). Several keys under one operator, and several operators, must *all* hold.
+//! Anything else is refused when the policy is stored (`MalformedPolicyDocumentException`), so evaluation
+//! never meets an element it does not understand.
 //!
 //! Denials say *why*, naming the first condition that failed in an `Allow` statement that otherwise
 //! applied, because "denied" alone is what makes PCR mistakes so hard to find with the real KMS.
@@ -14,6 +19,8 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+
+use crate::principal::{Principal, PrincipalPattern};
 
 /// Largest policy document accepted, as KMS (32 KiB).
 pub const MAX_POLICY_LEN: usize = 32 * 1024;
@@ -74,7 +81,7 @@ enum Effect {
 struct Statement {
     sid: Option<String>,
     effect: Effect,
-    principals: Vec<String>,
+    principals: Vec<PrincipalPattern>,
     actions: Vec<String>,
     conditions: Vec<Condition>,
 }
@@ -95,6 +102,8 @@ enum Operator {
     StringEqualsIgnoreCase,
     StringNotEquals,
     StringNotEqualsIgnoreCase,
+    /// `Bool`: `"true"`/`"false"`, compared without case.
+    Bool,
     /// `Null`: value "true" matches when the key is absent, "false" when it is present.
     Null,
 }
@@ -104,10 +113,24 @@ enum Operator {
 #[error("malformed key policy: {0}")]
 pub struct MalformedPolicy(pub String);
 
+impl MalformedPolicy {
+    /// Whether the document was refused for its length (KMS answers that with `LimitExceededException`).
+    pub fn is_too_long(&self) -> bool {
+        self.0.starts_with(TOO_LONG)
+    }
+}
+
+const TOO_LONG: &str = "longer than";
+
 /// Why a request was denied: a message for `AccessDeniedException`, naming the reason (never key material).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0}")]
-pub struct Denied(pub String);
+#[error("{message}")]
+pub struct Denied {
+    /// An explicit `Deny` applied (nothing can lift it); otherwise no `Allow` did (a grant still might).
+    pub explicit: bool,
+    /// The reason.
+    pub message: String,
+}
 
 fn malformed(why: impl Into<String>) -> MalformedPolicy {
     MalformedPolicy(why.into())
@@ -129,7 +152,7 @@ impl KeyPolicy {
     /// Parses and checks a policy document; refuses what the evaluator would not understand.
     pub fn parse(text: &str) -> Result<Self, MalformedPolicy> {
         if text.len() > MAX_POLICY_LEN {
-            return Err(malformed(format!("longer than {MAX_POLICY_LEN} bytes")));
+            return Err(malformed(format!("{TOO_LONG} {MAX_POLICY_LEN} bytes")));
         }
         let doc: Value = serde_json::from_str(text).map_err(|e| malformed(format!("not JSON: {e}")))?;
         let obj = doc.as_object().ok_or_else(|| malformed("the document must be a JSON object"))?;
@@ -163,19 +186,29 @@ impl KeyPolicy {
         .to_string()
     }
 
-    /// Decides whether the mock's caller (of `account`) may perform `action` (e.g. `kms:Decrypt`).
-    pub fn evaluate(&self, account: &str, action: &str, ctx: &RequestContext) -> Result<(), Denied> {
+    /// Decides whether `caller` may perform `action` (e.g. `kms:Decrypt`) by this policy alone.
+    pub fn evaluate(&self, caller: &Principal, action: &str, ctx: &RequestContext) -> Result<(), Denied> {
         let mut allowed = false;
         let mut failed_condition: Option<String> = None;
         for st in &self.statements {
-            if !st.principal_matches(account) || !st.action_matches(action) {
+            if !st.principals.iter().any(|p| p.matches(caller)) || !st.action_matches(action) {
                 continue;
             }
             let failed = st.conditions.iter().find(|c| !c.matches(ctx));
             match (&st.effect, failed) {
                 (Effect::Deny, None) => {
-                    let sid = st.sid.as_deref().map(|s| format!(" (statement {s:?})")).unwrap_or_default();
-                    return Err(Denied(format!("{action} is denied by an explicit Deny in the key policy{sid}")));
+                    // Name the statement and the condition keys that made it apply (a PCR, say).
+                    let mut why: Vec<String> = st.sid.iter().map(|s| format!("statement {s:?}")).collect();
+                    let mut keys: Vec<&str> = st.conditions.iter().map(|c| c.key.as_str()).collect();
+                    keys.dedup();
+                    if !keys.is_empty() {
+                        why.push(format!("condition {}", keys.join(", ")));
+                    }
+                    let why = if why.is_empty() { String::new() } else { format!(" ({})", why.join(", ")) };
+                    return Err(Denied {
+                        explicit: true,
+                        message: format!("{action} is denied by an explicit Deny in the key policy{why}"),
+                    });
                 }
                 (Effect::Allow, None) => allowed = true,
                 (Effect::Allow, Some(c)) => {
@@ -187,12 +220,13 @@ impl KeyPolicy {
         if allowed {
             return Ok(());
         }
-        Err(Denied(match failed_condition {
-            Some(why) => format!("{action} is not allowed: {why}"),
-            None => format!(
-                "{action} is not allowed: no statement of the key policy allows it for arn:aws:iam::{account}:root"
-            ),
-        }))
+        Err(Denied {
+            explicit: false,
+            message: match failed_condition {
+                Some(why) => format!("{action} is not allowed: {why}"),
+                None => format!("{action} is not allowed: no statement of the key policy allows it for {caller}"),
+            },
+        })
     }
 }
 
@@ -211,12 +245,18 @@ impl Statement {
             _ => return Err(malformed("Effect must be \"Allow\" or \"Deny\"")),
         };
         let principals = match obj.get("Principal") {
-            Some(Value::String(s)) if s == "*" => vec!["*".to_owned()],
+            Some(Value::String(s)) if s == "*" => vec![PrincipalPattern::Anyone],
             Some(Value::Object(p)) => {
                 if p.keys().any(|k| k != "AWS") {
-                    return Err(malformed("only AWS principals are supported"));
+                    return Err(malformed("only AWS principals are supported (no Service or Federated)"));
                 }
                 strings(p.get("AWS").unwrap_or(&Value::Null), "Principal.AWS")?
+                    .iter()
+                    .map(|v| PrincipalPattern::parse(v))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        malformed(format!("Policy contains a statement with one or more invalid principals: {e}"))
+                    })?
             }
             _ => return Err(malformed("Principal must be \"*\" or {\"AWS\": ...}")),
         };
@@ -237,27 +277,23 @@ impl Statement {
                     "StringEqualsIgnoreCase" => Operator::StringEqualsIgnoreCase,
                     "StringNotEquals" => Operator::StringNotEquals,
                     "StringNotEqualsIgnoreCase" => Operator::StringNotEqualsIgnoreCase,
+                    "Bool" => Operator::Bool,
                     "Null" if !if_exists => Operator::Null,
                     _ => return Err(malformed(format!("unsupported condition operator {op_name:?}"))),
                 };
                 let keys = keys.as_object().ok_or_else(|| malformed(format!("{op_name} must be an object")))?;
                 for (key, values) in keys {
-                    conditions.push(Condition {
-                        operator,
-                        if_exists,
-                        key: key.clone(),
-                        values: strings(values, "condition values")?,
-                    });
+                    let values = strings(values, "condition values")?;
+                    if matches!(operator, Operator::Bool | Operator::Null)
+                        && values.iter().any(|v| !v.eq_ignore_ascii_case("true") && !v.eq_ignore_ascii_case("false"))
+                    {
+                        return Err(malformed(format!("{op_name} takes \"true\" or \"false\"")));
+                    }
+                    conditions.push(Condition { operator, if_exists, key: key.clone(), values });
                 }
             }
         }
         Ok(Self { sid, effect, principals, actions, conditions })
-    }
-
-    /// The mock has one caller, its account's root; it also stands for any IAM principal of that account.
-    fn principal_matches(&self, account: &str) -> bool {
-        let prefix = format!("arn:aws:iam::{account}:");
-        self.principals.iter().any(|p| p == "*" || p == account || p.starts_with(&prefix))
     }
 
     fn action_matches(&self, action: &str) -> bool {
@@ -280,7 +316,7 @@ impl Condition {
         };
         match self.operator {
             Operator::StringEquals => any_equal(false),
-            Operator::StringEqualsIgnoreCase => any_equal(true),
+            Operator::StringEqualsIgnoreCase | Operator::Bool => any_equal(true),
             Operator::StringNotEquals => !any_equal(false),
             Operator::StringNotEqualsIgnoreCase => !any_equal(true),
             // Answered before the key lookup; kept here so the match stays exhaustive.
@@ -334,13 +370,25 @@ mod tests {
 
     const ACCOUNT: &str = "111122223333";
 
+    fn root() -> Principal {
+        Principal::account_root(ACCOUNT)
+    }
+
+    fn enclave() -> Principal {
+        Principal::parse("arn:aws:sts::111122223333:assumed-role/enclave/i-0123456789abcdef0").unwrap()
+    }
+
+    fn client() -> Principal {
+        Principal::parse("arn:aws:iam::111122223333:role/client").unwrap()
+    }
+
     fn nitro_policy(pcr0: &str) -> KeyPolicy {
         KeyPolicy::parse(
             &serde_json::json!({
                 "Version": "2012-10-17",
                 "Statement": [
                     {"Sid": "admin", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"},
-                     "Action": ["kms:Create*", "kms:Describe*", "kms:GetKeyPolicy", "kms:PutKeyPolicy", "kms:Encrypt",
+                     "Action": ["kms:Describe*", "kms:GetKeyPolicy", "kms:PutKeyPolicy", "kms:Encrypt",
                                 "kms:GenerateDataKey"], "Resource": "*"},
                     {"Sid": "enclave", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:role/enclave"},
                      "Action": "kms:Decrypt", "Resource": "*",
@@ -359,26 +407,41 @@ mod tests {
     }
 
     #[test]
-    fn default_policy_allows_everything_for_the_account() {
+    fn default_policy_allows_everything_for_the_account_and_nothing_for_others() {
         let p = KeyPolicy::parse(&KeyPolicy::default_for_account(ACCOUNT)).unwrap();
-        assert_eq!(p.evaluate(ACCOUNT, "kms:Decrypt", &RequestContext::new()), Ok(()));
-        let err = p.evaluate("999999999999", "kms:Decrypt", &RequestContext::new()).unwrap_err();
-        assert!(err.0.contains("no statement"), "{err}");
+        assert_eq!(p.evaluate(&root(), "kms:Decrypt", &RequestContext::new()), Ok(()));
+        assert_eq!(p.evaluate(&client(), "kms:Decrypt", &RequestContext::new()), Ok(()), "delegated to IAM");
+        let stranger = Principal::parse("arn:aws:iam::999999999999:root").unwrap();
+        let err = p.evaluate(&stranger, "kms:Decrypt", &RequestContext::new()).unwrap_err();
+        assert!(!err.explicit);
+        assert!(err.message.contains("no statement") && err.message.contains("999999999999"), "{err}");
+    }
+
+    #[test]
+    fn a_statement_naming_a_role_applies_to_that_role_only() {
+        let p = nitro_policy(&hex::encode([0xabu8; 48]));
+        assert_eq!(p.evaluate(&enclave(), "kms:Decrypt", &attested(0xab)), Ok(()));
+        for other in [root(), client()] {
+            let err = p.evaluate(&other, "kms:Decrypt", &attested(0xab)).unwrap_err();
+            assert!(!err.explicit && err.message.contains("no statement"), "{other}: {err}");
+        }
+        // The account statement covers the enclave role too, for what it lists.
+        assert_eq!(p.evaluate(&enclave(), "kms:DescribeKey", &RequestContext::new()), Ok(()));
     }
 
     #[test]
     fn pcr_condition_matches_ignoring_case_and_names_the_key_when_it_does_not() {
         let p = nitro_policy(&hex::encode_upper([0xabu8; 48]));
-        assert_eq!(p.evaluate(ACCOUNT, "kms:Decrypt", &attested(0xab)), Ok(()));
-        let err = p.evaluate(ACCOUNT, "kms:Decrypt", &attested(0xac)).unwrap_err();
+        assert_eq!(p.evaluate(&enclave(), "kms:Decrypt", &attested(0xab)), Ok(()));
+        let err = p.evaluate(&enclave(), "kms:Decrypt", &attested(0xac)).unwrap_err();
         assert_eq!(
-            err.0,
+            err.message,
             "kms:Decrypt is not allowed: the key policy's condition kms:RecipientAttestation:PCR0 does not match the attestation document"
         );
-        let err = p.evaluate(ACCOUNT, "kms:Decrypt", &RequestContext::new()).unwrap_err();
-        assert!(err.0.contains("requires a Recipient attestation document"), "{err}");
-        assert_eq!(p.evaluate(ACCOUNT, "kms:GenerateDataKey", &RequestContext::new()), Ok(()));
-        assert!(p.evaluate(ACCOUNT, "kms:GenerateRandom", &RequestContext::new()).is_err());
+        let err = p.evaluate(&enclave(), "kms:Decrypt", &RequestContext::new()).unwrap_err();
+        assert!(err.message.contains("requires a Recipient attestation document"), "{err}");
+        assert_eq!(p.evaluate(&root(), "kms:GenerateDataKey", &RequestContext::new()), Ok(()));
+        assert!(p.evaluate(&root(), "kms:GenerateRandom", &RequestContext::new()).is_err());
     }
 
     #[test]
@@ -387,25 +450,75 @@ mod tests {
         let doc = serde_json::json!({"Statement": {"Effect": "Allow", "Principal": "*", "Action": "kms:*",
             "Condition": {"StringEquals": {"kms:RecipientAttestation:ImageSha384": pcr0.to_uppercase()}}}});
         let p = KeyPolicy::parse(&doc.to_string()).unwrap();
-        assert!(p.evaluate(ACCOUNT, "kms:Decrypt", &attested(0xab)).is_err());
+        assert!(p.evaluate(&root(), "kms:Decrypt", &attested(0xab)).is_err());
         let doc = serde_json::json!({"Statement": {"Effect": "Allow", "Principal": "*", "Action": "kms:*",
             "Condition": {"StringEquals": {"kms:RecipientAttestation:ImageSha384": [pcr0, "00"]}}}});
         let p = KeyPolicy::parse(&doc.to_string()).unwrap();
-        assert_eq!(p.evaluate(ACCOUNT, "kms:Decrypt", &attested(0xab)), Ok(()));
+        assert_eq!(p.evaluate(&root(), "kms:Decrypt", &attested(0xab)), Ok(()));
     }
 
     #[test]
-    fn explicit_deny_wins() {
+    fn explicit_deny_wins_and_says_so() {
         let doc = serde_json::json!({"Statement": [
             {"Effect": "Allow", "Principal": {"AWS": ["arn:aws:iam::111122223333:root"]}, "Action": "kms:*"},
             {"Sid": "no-plain-decrypt", "Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt",
              "Condition": {"StringNotEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": hex::encode([0xab; 48])}}}
         ]});
         let p = KeyPolicy::parse(&doc.to_string()).unwrap();
-        let err = p.evaluate(ACCOUNT, "kms:Decrypt", &RequestContext::new()).unwrap_err();
-        assert!(err.0.contains("explicit Deny") && err.0.contains("no-plain-decrypt"), "{err}");
-        assert_eq!(p.evaluate(ACCOUNT, "kms:Decrypt", &attested(0xab)), Ok(()));
-        assert_eq!(p.evaluate(ACCOUNT, "kms:Encrypt", &RequestContext::new()), Ok(()));
+        let err = p.evaluate(&root(), "kms:Decrypt", &RequestContext::new()).unwrap_err();
+        assert!(err.explicit, "a negated operator applies when the key is absent");
+        assert!(err.message.contains("explicit Deny") && err.message.contains("no-plain-decrypt"), "{err}");
+        let err = p.evaluate(&root(), "kms:Decrypt", &attested(0xac)).unwrap_err();
+        assert!(err.explicit, "{err}");
+        assert_eq!(p.evaluate(&root(), "kms:Decrypt", &attested(0xab)), Ok(()));
+        assert_eq!(p.evaluate(&root(), "kms:Encrypt", &RequestContext::new()), Ok(()));
+    }
+
+    /// Several keys under one operator must all hold: a `Deny` listing PCR0 and PCR1 together applies only
+    /// when both differ. That is IAM's rule, and the reason `veil kms policy` writes one `Deny` per PCR.
+    #[test]
+    fn keys_under_one_operator_are_anded_also_in_a_deny() {
+        let doc = serde_json::json!({"Statement": [
+            {"Effect": "Allow", "Principal": "*", "Action": "kms:Decrypt"},
+            {"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt",
+             "Condition": {"StringNotEqualsIgnoreCase": {
+                 "kms:RecipientAttestation:PCR0": hex::encode([0xab; 48]),
+                 "kms:RecipientAttestation:PCR1": hex::encode([1; 48])}}}
+        ]});
+        let p = KeyPolicy::parse(&doc.to_string()).unwrap();
+        // PCR0 wrong, PCR1 right: this single Deny does not apply.
+        assert_eq!(p.evaluate(&root(), "kms:Decrypt", &attested(0xac)), Ok(()));
+        let mut both_wrong = RequestContext::new();
+        both_wrong.set_attestation(&[(0u8, vec![0xac; 48]), (1, vec![2; 48])].into_iter().collect());
+        assert!(p.evaluate(&root(), "kms:Decrypt", &both_wrong).unwrap_err().explicit);
+        // A list under a negated operator means "none of these".
+        let doc = serde_json::json!({"Statement": [
+            {"Effect": "Allow", "Principal": "*", "Action": "kms:Decrypt"},
+            {"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt",
+             "Condition": {"StringNotEquals": {"kms:RecipientAttestation:PCR0": [hex::encode([0xab; 48]), hex::encode([0xcd; 48])]}}}
+        ]});
+        let p = KeyPolicy::parse(&doc.to_string()).unwrap();
+        assert_eq!(p.evaluate(&root(), "kms:Decrypt", &attested(0xab)), Ok(()));
+        assert_eq!(p.evaluate(&root(), "kms:Decrypt", &attested(0xcd)), Ok(()));
+        assert!(p.evaluate(&root(), "kms:Decrypt", &attested(0xef)).unwrap_err().explicit);
+    }
+
+    #[test]
+    fn bool_and_caller_account_conditions() {
+        let doc = serde_json::json!({"Statement": [
+            {"Effect": "Allow", "Principal": "*", "Action": "kms:CreateGrant",
+             "Condition": {"Bool": {"kms:GrantIsForAWSResource": "true"}, "StringEquals": {"kms:CallerAccount": ACCOUNT}}}
+        ]});
+        let p = KeyPolicy::parse(&doc.to_string()).unwrap();
+        let mut ctx = RequestContext::new();
+        ctx.set("kms:CallerAccount", ACCOUNT);
+        ctx.set("kms:GrantIsForAWSResource", "false");
+        assert!(p.evaluate(&root(), "kms:CreateGrant", &ctx).is_err());
+        ctx.set("kms:GrantIsForAWSResource", "TRUE");
+        assert_eq!(p.evaluate(&root(), "kms:CreateGrant", &ctx), Ok(()));
+        ctx.set("kms:CallerAccount", "444455556666");
+        assert!(p.evaluate(&root(), "kms:CreateGrant", &ctx).is_err());
+        assert!(KeyPolicy::parse(&doc.to_string().replace("\"true\"", "\"yes\"")).is_err());
     }
 
     #[test]
@@ -415,13 +528,13 @@ mod tests {
         let p = KeyPolicy::parse(&doc.to_string()).unwrap();
         let mut ctx = RequestContext::new();
         ctx.set_encryption_context(&[("model".to_owned(), "iris".to_owned())].into_iter().collect());
-        assert_eq!(p.evaluate(ACCOUNT, "kms:Decrypt", &ctx), Ok(()));
-        let err = p.evaluate(ACCOUNT, "kms:Decrypt", &RequestContext::new()).unwrap_err();
-        assert!(err.0.contains("kms:EncryptionContext:model"), "{err}");
+        assert_eq!(p.evaluate(&root(), "kms:Decrypt", &ctx), Ok(()));
+        let err = p.evaluate(&root(), "kms:Decrypt", &RequestContext::new()).unwrap_err();
+        assert!(err.message.contains("kms:EncryptionContext:model"), "{err}");
     }
 
     #[test]
-    fn unsupported_elements_are_refused_when_stored() {
+    fn unsupported_elements_and_invalid_principals_are_refused_when_stored() {
         for doc in [
             "nope",
             "[]",
@@ -429,12 +542,19 @@ mod tests {
             r#"{"Statement": {"Effect": "Maybe", "Principal": "*", "Action": "kms:*"}}"#,
             r#"{"Statement": {"Effect": "Allow", "Principal": "*", "NotAction": "kms:*"}}"#,
             r#"{"Statement": {"Effect": "Allow", "Principal": {"Service": "x"}, "Action": "kms:*"}}"#,
+            r#"{"Statement": {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:role/*"}, "Action": "kms:*"}}"#,
+            r#"{"Statement": {"Effect": "Allow", "Principal": {"AWS": "bob"}, "Action": "kms:*"}}"#,
+            r#"{"Statement": {"Effect": "Allow", "Action": "kms:*"}}"#,
             r#"{"Statement": {"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"NumericLessThan": {"a": "1"}}}}"#,
             r#"{"Statement": {"Effect": "Allow", "Principal": "*", "Action": []}}"#,
         ] {
             assert!(KeyPolicy::parse(doc).is_err(), "{doc}");
         }
-        assert!(KeyPolicy::parse(&"x".repeat(MAX_POLICY_LEN + 1)).is_err());
+        let err =
+            KeyPolicy::parse(r#"{"Statement": {"Effect": "Allow", "Principal": {"AWS": "bob"}, "Action": "kms:*"}}"#)
+                .unwrap_err();
+        assert!(err.0.contains("invalid principals") && !err.is_too_long(), "{err}");
+        assert!(KeyPolicy::parse(&"x".repeat(MAX_POLICY_LEN + 1)).unwrap_err().is_too_long());
     }
 
     #[test]
@@ -446,11 +566,6 @@ mod tests {
         assert!(!glob_matches("kms:generate*", "kms:decrypt"));
         assert!(!glob_matches("kms:decrypt", "kms:decrypt2"));
     }
-}
-
-#[cfg(test)]
-mod null_operator_tests {
-    use super::*;
 
     #[test]
     fn null_denies_decrypt_without_attestation_and_only_then() {
@@ -463,9 +578,9 @@ mod null_operator_tests {
             .to_string(),
         )
         .unwrap();
-        let plain = RequestContext::default();
-        let err = policy.evaluate("111122223333", "kms:Decrypt", &plain).unwrap_err();
-        assert!(err.0.to_lowercase().contains("deny"), "{err}");
-        policy.evaluate("111122223333", "kms:GenerateDataKey", &plain).unwrap();
+        let err = policy.evaluate(&root(), "kms:Decrypt", &RequestContext::new()).unwrap_err();
+        assert!(err.explicit, "{err}");
+        assert_eq!(policy.evaluate(&root(), "kms:Decrypt", &attested(1)), Ok(()));
+        policy.evaluate(&root(), "kms:GenerateDataKey", &RequestContext::new()).unwrap();
     }
 }

@@ -1,4 +1,5 @@
-//! The key store: keys with their material and policy, persisted to `keys.json` after every change.
+//! The key store: keys with their material and policy, their aliases and grants, persisted to `keys.json`
+//! after every change.
 //!
 //! Written atomically (a temporary file in the same directory, mode 0600, synced, then renamed over the old
 //! one), so a crash or a restart never loses or half-writes a key, and a restarted mock decrypts what the
@@ -9,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::alias::Alias;
+use crate::grants::Grant;
 
 /// Most keys one store holds (bounds the file and `ListKeys`).
 pub const MAX_KEYS: usize = 10_000;
@@ -74,17 +78,26 @@ impl StoredKey {
     }
 }
 
+/// The file format version written; version 1 (keys only, before aliases and grants) is still read.
+const VERSION: u32 = 2;
+
 #[derive(Serialize, Deserialize, Default)]
 struct File {
     version: u32,
     keys: Vec<StoredKey>,
+    #[serde(default)]
+    aliases: Vec<Alias>,
+    #[serde(default)]
+    grants: Vec<Grant>,
 }
 
-/// The keys, in creation order, and the file they live in.
+/// The keys in creation order, their aliases and grants, and the file they live in.
 #[derive(Debug)]
 pub struct KeyStore {
     path: PathBuf,
     keys: Vec<StoredKey>,
+    aliases: Vec<Alias>,
+    grants: Vec<Grant>,
 }
 
 impl KeyStore {
@@ -92,10 +105,10 @@ impl KeyStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let io = |source| StoreError::Io { path: path.to_owned(), source };
         let corrupt = |reason: String| StoreError::Corrupt { path: path.to_owned(), reason };
-        let keys = match std::fs::read(path) {
+        let file = match std::fs::read(path) {
             Ok(bytes) => {
                 let file: File = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-                if file.version != 1 {
+                if !(1..=VERSION).contains(&file.version) {
                     return Err(corrupt(format!("unknown version {}", file.version)));
                 }
                 for key in &file.keys {
@@ -103,12 +116,23 @@ impl KeyStore {
                         return Err(corrupt(format!("key {:?} is damaged", key.key_id)));
                     }
                 }
-                file.keys
+                let has_key = |id: &str| file.keys.iter().any(|k| k.key_id == id);
+                for alias in &file.aliases {
+                    if crate::alias::check_name(&alias.alias_name).is_err() || !has_key(&alias.target_key_id) {
+                        return Err(corrupt(format!("alias {:?} is damaged", alias.alias_name)));
+                    }
+                }
+                for grant in &file.grants {
+                    if !crate::grants::valid_grant_id(&grant.grant_id) || !has_key(&grant.key_id) {
+                        return Err(corrupt(format!("grant {:?} is damaged", grant.grant_id)));
+                    }
+                }
+                file
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
             Err(e) => return Err(io(e)),
         };
-        Ok(Self { path: path.to_owned(), keys })
+        Ok(Self { path: path.to_owned(), keys: file.keys, aliases: file.aliases, grants: file.grants })
     }
 
     /// The keys in creation order.
@@ -144,8 +168,71 @@ impl KeyStore {
         Ok(())
     }
 
+    /// The aliases, in creation order.
+    pub fn aliases(&self) -> &[Alias] {
+        &self.aliases
+    }
+
+    /// The alias with this name (`alias/NAME`).
+    pub fn alias(&self, name: &str) -> Option<&Alias> {
+        self.aliases.iter().find(|a| a.alias_name == name)
+    }
+
+    /// Adds an alias and persists; on failure the store is unchanged. The caller checked name and target.
+    pub fn insert_alias(&mut self, alias: Alias) -> Result<(), StoreError> {
+        self.aliases.push(alias);
+        self.persist().inspect_err(|_| {
+            self.aliases.pop();
+        })
+    }
+
+    /// Points an alias at another key and persists; on failure the store is unchanged.
+    pub fn retarget_alias(&mut self, name: &str, key_id: &str, now: f64) -> Result<(), StoreError> {
+        let Some(alias) = self.aliases.iter_mut().find(|a| a.alias_name == name) else { return Ok(()) };
+        let old = alias.clone();
+        alias.target_key_id = key_id.to_owned();
+        alias.last_updated_date = now;
+        self.persist().inspect_err(|_| {
+            if let Some(a) = self.aliases.iter_mut().find(|a| a.alias_name == name) {
+                *a = old;
+            }
+        })
+    }
+
+    /// Removes an alias and persists; on failure the store is unchanged.
+    pub fn remove_alias(&mut self, name: &str) -> Result<(), StoreError> {
+        let Some(index) = self.aliases.iter().position(|a| a.alias_name == name) else { return Ok(()) };
+        let old = self.aliases.remove(index);
+        self.persist().inspect_err(|_| self.aliases.insert(index, old))
+    }
+
+    /// The grants of every key, in creation order.
+    pub fn grants(&self) -> &[Grant] {
+        &self.grants
+    }
+
+    /// Adds a grant and persists; on failure the store is unchanged.
+    pub fn insert_grant(&mut self, grant: Grant) -> Result<(), StoreError> {
+        self.grants.push(grant);
+        self.persist().inspect_err(|_| {
+            self.grants.pop();
+        })
+    }
+
+    /// Removes a grant (revoked or retired) and persists; on failure the store is unchanged.
+    pub fn remove_grant(&mut self, grant_id: &str) -> Result<(), StoreError> {
+        let Some(index) = self.grants.iter().position(|g| g.grant_id == grant_id) else { return Ok(()) };
+        let old = self.grants.remove(index);
+        self.persist().inspect_err(|_| self.grants.insert(index, old))
+    }
+
     fn persist(&self) -> Result<(), StoreError> {
-        let file = File { version: 1, keys: self.keys.clone() };
+        let file = File {
+            version: VERSION,
+            keys: self.keys.clone(),
+            aliases: self.aliases.clone(),
+            grants: self.grants.clone(),
+        };
         let bytes = zeroize::Zeroizing::new(
             serde_json::to_vec_pretty(&file)
                 .map_err(|e| StoreError::Corrupt { path: self.path.clone(), reason: e.to_string() })?,
@@ -192,10 +279,56 @@ mod tests {
     }
 
     #[test]
+    fn aliases_and_grants_persist_and_version_1_files_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let id = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9".to_owned();
+        let v1 = serde_json::json!({"version": 1, "keys": [StoredKey::new(id.clone(), 1.0, "d".into(), "{}".into(), &[9u8; 32])]});
+        std::fs::write(&path, v1.to_string()).unwrap();
+        let mut store = KeyStore::open(&path).unwrap();
+        assert!(store.aliases().is_empty() && store.grants().is_empty());
+        store
+            .insert_alias(Alias {
+                alias_name: "alias/a".into(),
+                target_key_id: id.clone(),
+                creation_date: 1.0,
+                last_updated_date: 1.0,
+            })
+            .unwrap();
+        store.retarget_alias("alias/a", &id, 2.0).unwrap();
+        let grant = Grant {
+            grant_id: "cd".repeat(32),
+            key_id: id.clone(),
+            name: None,
+            grantee_principal: "arn:aws:iam::111122223333:role/x".into(),
+            retiring_principal: None,
+            operations: vec!["Decrypt".into()],
+            constraints: None,
+            creation_date: 3.0,
+            issuing_account: "arn:aws:iam::111122223333:root".into(),
+        };
+        store.insert_grant(grant.clone()).unwrap();
+        let again = KeyStore::open(&path).unwrap();
+        assert_eq!(again.alias("alias/a").unwrap().last_updated_date, 2.0);
+        assert_eq!(again.grants(), &[grant]);
+        let mut again = again;
+        again.remove_alias("alias/a").unwrap();
+        again.remove_grant(&"cd".repeat(32)).unwrap();
+        let last = KeyStore::open(&path).unwrap();
+        assert!(last.aliases().is_empty() && last.grants().is_empty());
+
+        // An alias whose key is gone is damage, not something to serve.
+        let broken = serde_json::json!({"version": 2, "keys": [], "aliases": [
+            {"alias_name": "alias/a", "target_key_id": id, "creation_date": 1.0, "last_updated_date": 1.0}], "grants": []});
+        std::fs::write(&path, broken.to_string()).unwrap();
+        assert!(matches!(KeyStore::open(&path), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
     fn corrupt_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.json");
-        std::fs::write(&path, b"{\"version\": 2, \"keys\": []}").unwrap();
+        std::fs::write(&path, b"{\"version\": 3, \"keys\": []}").unwrap();
         assert!(matches!(KeyStore::open(&path), Err(StoreError::Corrupt { .. })));
         std::fs::write(&path, b"garbage").unwrap();
         assert!(matches!(KeyStore::open(&path), Err(StoreError::Corrupt { .. })));

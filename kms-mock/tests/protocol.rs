@@ -85,6 +85,18 @@ async fn errors_have_aws_shapes_and_hostile_requests_are_refused() {
         ("GenerateRandom", Some(AUTH),
          br#"{"NumberOfBytes": 8, "Recipient": {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "AttestationDocument": "AAAA"}}"#.to_vec(),
          "AccessDeniedException"),
+        // Aliases, grants and pagination under hostile input.
+        ("CreateAlias", Some(AUTH), br#"{"AliasName": 7, "TargetKeyId": "x"}"#.to_vec(), "ValidationException"),
+        ("CreateAlias", Some(AUTH), br#"{"AliasName": "alias/aws/x", "TargetKeyId": "x"}"#.to_vec(), "InvalidAliasNameException"),
+        ("DeleteAlias", Some(AUTH), br#"{}"#.to_vec(), "ValidationException"),
+        ("ListAliases", Some(AUTH), br#"{"Limit": 0}"#.to_vec(), "ValidationException"),
+        ("ListKeys", Some(AUTH), br#"{"Marker": "-1"}"#.to_vec(), "InvalidMarkerException"),
+        ("ListGrants", Some(AUTH), br#"{}"#.to_vec(), "ValidationException"),
+        ("CreateGrant", Some(AUTH), br#"{"KeyId": "00000000-0000-4000-8000-000000000000", "GranteePrincipal": "arn:aws:iam::111122223333:root", "Operations": ["Decrypt"]}"#.to_vec(), "NotFoundException"),
+        ("RetireGrant", Some(AUTH), br#"{"GrantToken": "not-a-token"}"#.to_vec(), "InvalidGrantTokenException"),
+        ("RevokeGrant", Some(AUTH), br#"{"KeyId": "00000000-0000-4000-8000-000000000000", "GrantId": "00"}"#.to_vec(), "NotFoundException"),
+        ("Decrypt", Some(AUTH), format!(r#"{{"CiphertextBlob": "AAAA", "GrantTokens": [{}]}}"#, ["\"t\""; 11].join(",")).into_bytes(), "ValidationException"),
+        ("DescribeKey", Some(AUTH), br#"{"KeyId": "arn:aws:kms:us-east-1:111122223333:keys/x"}"#.to_vec(), "NotFoundException"),
     ];
     for (target, auth, body, expected) in cases {
         let (status, answer) = call(target, auth, body).await;
@@ -93,9 +105,53 @@ async fn errors_have_aws_shapes_and_hostile_requests_are_refused() {
         assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
     }
 
-    // Encrypt's plaintext limit.
+    // Encrypt's plaintext limit (and, below, grants and policies on a key that exists).
     let created = call("CreateKey", Some(AUTH), b"{}".to_vec()).await.1;
     let key_id = created["KeyMetadata"]["KeyId"].as_str().unwrap().to_owned();
+    // Grants with hostile parts, on a key that exists.
+    for (body, expected) in [
+        (
+            serde_json::json!({"KeyId": key_id, "GranteePrincipal": "arn:aws:iam::111122223333:root", "Operations": "Decrypt"}),
+            "ValidationException",
+        ),
+        (
+            serde_json::json!({"KeyId": key_id, "GranteePrincipal": "arn:aws:iam::111122223333:root", "Operations": vec!["Decrypt"; 33]}),
+            "ValidationException",
+        ),
+        (
+            serde_json::json!({"KeyId": key_id, "GranteePrincipal": "arn:aws:iam::111122223333:root", "Operations": [1]}),
+            "ValidationException",
+        ),
+        (
+            serde_json::json!({"KeyId": key_id, "GranteePrincipal": "x".repeat(5000), "Operations": ["Decrypt"]}),
+            "InvalidArnException",
+        ),
+        (
+            serde_json::json!({"KeyId": key_id, "GranteeServicePrincipal": "ebs.amazonaws.com", "Operations": ["Decrypt"]}),
+            "ValidationException",
+        ),
+        (
+            serde_json::json!({"KeyId": key_id, "GranteePrincipal": "arn:aws:iam::111122223333:root", "Operations": ["Decrypt"],
+            "Constraints": {"EncryptionContextSubset": {"k": 1}}}),
+            "ValidationException",
+        ),
+        (
+            serde_json::json!({"KeyId": key_id, "GranteePrincipal": "arn:aws:iam::111122223333:root", "Operations": ["Decrypt"],
+            "Constraints": {"SourceArn": "arn:aws:ec2:us-east-1:111122223333:volume/vol-1"}}),
+            "ValidationException",
+        ),
+        (
+            serde_json::json!({"KeyId": key_id, "GranteePrincipal": "arn:aws:iam::111122223333:root", "Operations": ["Decrypt"], "Name": "has space"}),
+            "ValidationException",
+        ),
+    ] {
+        let (status, answer) = call("CreateGrant", Some(AUTH), body.to_string().into_bytes()).await;
+        assert_eq!((status, answer["__type"].as_str()), (400, Some(expected)), "{body}: {answer}");
+    }
+    // Key policies over KMS's 32 KiB are LimitExceededException, as in KMS.
+    let body = serde_json::json!({"KeyId": key_id, "Policy": "x".repeat(40_000)}).to_string().into_bytes();
+    let (status, answer) = call("PutKeyPolicy", Some(AUTH), body).await;
+    assert_eq!((status, answer["__type"].as_str()), (400, Some("LimitExceededException")), "{answer}");
     use base64::Engine as _;
     let big = base64::engine::general_purpose::STANDARD.encode(vec![0u8; veil_mock_kms::MAX_PLAINTEXT + 1]);
     let body = serde_json::json!({"KeyId": key_id, "Plaintext": big}).to_string().into_bytes();
@@ -157,8 +213,32 @@ fn help_explains_the_flags() {
         "--account",
         "--hostname",
         "--ready-file",
+        "--principal",
         "NOT AWS",
     ] {
         assert!(text.contains(flag), "missing {flag} in:\n{text}");
+    }
+}
+
+#[test]
+fn the_binary_refuses_a_malformed_principal_and_says_which() {
+    let dir = tempfile::tempdir().unwrap();
+    let enclave = nsm(dir.path(), "nsm", 1);
+    for (flag, says) in [
+        ("AKIAVEILTEST00000000", "expected ACCESS_KEY=ARN"),
+        ("AKIAVEILTEST00000000=arn:aws:iam::111122223333:group/x", "is not a principal ARN"),
+        ("short=arn:aws:iam::111122223333:role/x", "16 to 128 letters and digits"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_veil-mock-kms"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--attestation-root")
+            .arg(enclave.root_pem_path())
+            .args(["--principal", flag])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{flag}: {stderr}");
     }
 }

@@ -99,8 +99,10 @@ async fn create_generate_decrypt_round_trip_and_context_binding() {
 async fn recipient_gets_ciphertext_for_recipient_and_policy_pcrs_are_enforced() {
     let dir = tempfile::tempdir().unwrap();
     let enclave = nsm(dir.path(), "nsm", 1);
-    let kms = start_kms(dir.path().join("kms"), root(&enclave), "tcp://127.0.0.1:0").await;
-    let client = sdk_client(&kms);
+    let kms = start_kms_with_principals(dir.path().join("kms"), root(&enclave), veil_mock_kms::Clock::system()).await;
+    // The administrator makes keys and data keys; the enclave role (a session of it) decrypts.
+    let client = sdk_as(&kms, ADMIN);
+    let enclave_role = sdk_as(&kms, ENCLAVE);
     let key = recipient_key();
     let spki = spki_der(&key);
     let pcr0 = hex::encode_upper(enclave.pcrs().get(0).unwrap());
@@ -123,12 +125,12 @@ async fn recipient_gets_ciphertext_for_recipient_and_policy_pcrs_are_enforced() 
     let blob = dk.ciphertext_blob().unwrap().clone();
 
     // Without Recipient, the policy's PCR0 condition cannot hold.
-    let err = client.decrypt().ciphertext_blob(blob.clone()).send().await.unwrap_err().into_service_error();
+    let err = enclave_role.decrypt().ciphertext_blob(blob.clone()).send().await.unwrap_err().into_service_error();
     assert_eq!(err.meta().code(), Some("AccessDeniedException"));
     assert!(err.meta().message().unwrap().contains("requires a Recipient attestation document"), "{err:?}");
 
     // With the enclave's document: CiphertextForRecipient, no Plaintext, and it unwraps to the data key.
-    let dec = client
+    let dec = enclave_role
         .decrypt()
         .ciphertext_blob(blob.clone())
         .recipient(recipient(attestation(&enclave, &spki)))
@@ -163,7 +165,7 @@ async fn recipient_gets_ciphertext_for_recipient_and_policy_pcrs_are_enforced() 
     // A policy pinning another PCR0: a clear denial naming the condition.
     let wrong = hex::encode([0x42u8; 48]);
     client.put_key_policy().key_id(&key_id).policy_name("default").policy(nitro_policy(&wrong)).send().await.unwrap();
-    let err = client
+    let err = enclave_role
         .decrypt()
         .ciphertext_blob(blob.clone())
         .recipient(recipient(attestation(&enclave, &spki)))
@@ -192,7 +194,7 @@ async fn recipient_gets_ciphertext_for_recipient_and_policy_pcrs_are_enforced() 
             .unwrap(),
     )
     .unwrap();
-    let err = client
+    let err = enclave_role
         .decrypt()
         .ciphertext_blob(blob.clone())
         .recipient(recipient(attestation(&debug, &spki)))
@@ -207,7 +209,7 @@ async fn recipient_gets_ciphertext_for_recipient_and_policy_pcrs_are_enforced() 
     client.put_key_policy().key_id(&key_id).policy_name("default").policy(nitro_policy(&pcr0)).send().await.unwrap();
     let stranger = nsm(dir.path(), "other-nsm", 1);
     assert_eq!(stranger.pcrs().get(0), enclave.pcrs().get(0), "same image, different root");
-    let err = client
+    let err = enclave_role
         .decrypt()
         .ciphertext_blob(blob.clone())
         .recipient(recipient(attestation(&stranger, &spki)))
@@ -219,7 +221,7 @@ async fn recipient_gets_ciphertext_for_recipient_and_policy_pcrs_are_enforced() 
     assert!(err.meta().message().unwrap().contains("did not verify"), "{err:?}");
 
     // A document whose public_key is not an RSA key.
-    let err = client
+    let err = enclave_role
         .decrypt()
         .ciphertext_blob(blob)
         .recipient(recipient(attestation(&enclave, b"not a key")))
@@ -324,4 +326,18 @@ async fn signatures_are_verified_when_credentials_are_configured() {
     assert_eq!(err.meta().code(), Some("InvalidSignatureException"), "{err:?}");
     let err = sdk_client_with(&kms, "AKIDOTHER", "s3cret").list_keys().send().await.unwrap_err().into_service_error();
     assert_eq!(err.meta().code(), Some("UnrecognizedClientException"), "{err:?}");
+
+    // With principals, the verified access key must be one of them.
+    let mut config =
+        veil_mock_kms::Config::new("tcp://127.0.0.1:0".parse().unwrap(), dir.path().join("kms2"), root(&enclave))
+            .with_principal(ADMIN.0, ADMIN.1)
+            .unwrap();
+    config.credentials = Some(("AKIDVEILVERIFIED0000".to_owned(), zeroize::Zeroizing::new("s3cret".to_owned())));
+    let err = veil_mock_kms::MockKms::start(config.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("has no principal"), "{err}");
+    let config = config.with_principal("AKIDVEILVERIFIED0000", ENCLAVE.1).unwrap();
+    let kms = veil_mock_kms::MockKms::start(config).await.unwrap();
+    let err = sdk_as(&kms, ADMIN).list_keys().send().await.unwrap_err().into_service_error();
+    assert_eq!(err.meta().code(), Some("UnrecognizedClientException"), "only the verified key is accepted");
+    sdk_client_with(&kms, "AKIDVEILVERIFIED0000", "s3cret").list_keys().send().await.unwrap();
 }

@@ -5,12 +5,17 @@
 //! | `POST /v1/models/{model}/infer` | the enclave's answer to the (opaque) body |
 //! | `GET /v1/models/{model}` | model metadata (v2 JSON) |
 //! | `GET /v1/attestation?nonce=HEX` | a fresh attestation document (CBOR) carrying the nonce |
+//! | `GET /.well-known/ohttp-gateway` | the enclave's OHTTP key configuration list (`application/ohttp-keys`, RFC 9540) |
+//! | `POST /.well-known/ohttp-gateway` | relays a `message/ohttp-req` to the enclave, answers its `message/ohttp-res` (RFC 9458) |
 //! | `GET /healthz` | 200 while the parent runs |
 //! | `GET /readyz` | 200 when the enclave answers and every model is loaded, else 503 |
 //! | `GET /metrics` | Prometheus text |
 //!
-//! Errors are JSON `{"error": "...", "kind": "..."}` with the status the failure calls for: 400 bad
-//! request, 404 unknown model, 413 too large, 503 enclave unavailable or loading, 504 no answer in time.
+//! Errors are JSON `{"error": "...", "kind": "..."}` with the status the one table in
+//! `veil_protocol::error` gives the kind (400 bad request, 403 KMS refused, 404 unknown model, 413 too
+//! large, 502 protocol, 503 unavailable or overloaded, with `Retry-After`, 504 no answer in time). Nothing
+//! the parent answers is authenticated: clients treat these errors as the parent's word. What the enclave
+//! says about a request's contents travels sealed inside a 200 answer, so the parent never sees it.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +53,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v1/models/{model}/infer", post(infer))
         .route("/v1/models/{model}", get(metadata))
         .route("/v1/attestation", get(attestation))
+        .route(veil_protocol::ohttp::GATEWAY_PATH, get(ohttp_keys).post(ohttp_relay))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -110,7 +116,13 @@ fn relay_outcome(
     match outcome {
         Ok((EnclaveResponse::Error(e), _)) => {
             let status = StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (error_response(status, e.kind.label(), &e.message), Some(e.kind.label()))
+            let mut r = error_response(status, e.kind.label(), &e.message);
+            if let Some(secs) = e.retry_after_secs
+                && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+            {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            (r, Some(e.kind.label()))
         }
         Ok((other, attachment)) => match ok(other, attachment) {
             Some(r) => (r, None),
@@ -119,10 +131,11 @@ fn relay_outcome(
                 Some("protocol"),
             ),
         },
-        Err(e @ LinkError::Unavailable(_)) => (
-            error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()),
-            Some("enclave_unavailable"),
-        ),
+        Err(e @ LinkError::Unavailable(_)) => {
+            let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string());
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            (r, Some("enclave_unavailable"))
+        }
         Err(e @ LinkError::Timeout(_)) => {
             (error_response(StatusCode::GATEWAY_TIMEOUT, "timeout", &e.to_string()), Some("timeout"))
         }
@@ -146,8 +159,30 @@ fn bytes_response(content_type: &'static str, body: BytesMut) -> Response {
     r
 }
 
-async fn infer(State(state): State<Arc<AppState>>, Path(model): Path<String>, body: Bytes) -> Response {
+/// A body that could not be read (over `--max-body-bytes`, or cut off), as the API's JSON error.
+fn body_rejection(r: &axum::extract::rejection::BytesRejection) -> (Response, &'static str) {
+    let status = r.status();
+    let (kind, label) = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ("too_large", "too_large")
+    } else {
+        ("bad_request", "bad_request")
+    };
+    (error_response(status, kind, &r.body_text()), label)
+}
+
+async fn infer(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
     let mut track = Track::new(&state, "infer", Some(&model));
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => {
+            let (response, label) = body_rejection(&r);
+            return track.finish(response, Some(label));
+        }
+    };
     if !model_name_ok(&model) {
         return track.finish(bad_model_name(), Some("bad_request"));
     }
@@ -206,6 +241,58 @@ async fn attestation(State(state): State<Arc<AppState>>, Query(q): Query<Attesta
     let outcome = state.link.call_with(&request, Bytes::new(), state.request_timeout).await;
     let (r, e) = relay_outcome(outcome, |resp, attachment| match resp {
         EnclaveResponse::Attestation => Some(bytes_response("application/cbor", attachment)),
+        _ => None,
+    });
+    track.finish(r, e)
+}
+
+/// The gateway's key configuration, from the enclave: clients check its digest against a verified
+/// attestation document before using it, so the parent cannot substitute keys of its own.
+async fn ohttp_keys(State(state): State<Arc<AppState>>) -> Response {
+    let mut track = Track::new(&state, "ohttp_keys", None);
+    let outcome = state.link.call_with(&EnclaveRequest::OhttpKeys, Bytes::new(), state.request_timeout).await;
+    let (r, e) = relay_outcome(outcome, |resp, attachment| match resp {
+        EnclaveResponse::OhttpKeys => Some(bytes_response(veil_protocol::ohttp::KEYS_MEDIA_TYPE, attachment)),
+        _ => None,
+    });
+    track.finish(r, e)
+}
+
+/// The relay of attested-key mode: the body goes to the enclave as it came; the parent learns neither the
+/// route nor the model asked for, so this route's metrics carry no model label.
+async fn ohttp_relay(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let mut track = Track::new(&state, "ohttp", None);
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => {
+            let (response, label) = body_rejection(&r);
+            return track.finish(response, Some(label));
+        }
+    };
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.trim().eq_ignore_ascii_case(veil_protocol::ohttp::REQUEST_MEDIA_TYPE) {
+        let r = error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_request",
+            "an OHTTP request is sent with Content-Type: message/ohttp-req (RFC 9458)",
+        );
+        return track.finish(r, Some("bad_request"));
+    }
+    if body.is_empty() {
+        let r = error_response(StatusCode::BAD_REQUEST, "bad_request", "empty request body");
+        return track.finish(r, Some("bad_request"));
+    }
+    let outcome = state.link.call_with(&EnclaveRequest::Ohttp, body, state.request_timeout).await;
+    let (r, e) = relay_outcome(outcome, |resp, attachment| match resp {
+        EnclaveResponse::Ohttp => {
+            let mut r = bytes_response(veil_protocol::ohttp::RESPONSE_MEDIA_TYPE, attachment);
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+            Some(r)
+        }
         _ => None,
     });
     track.finish(r, e)

@@ -44,7 +44,10 @@ pub enum CredentialsSource {
 #[derive(Debug, Clone, clap::Args)]
 pub struct KmsRelayArgs {
     /// A KMS endpoint the enclave may reach through the parent, as HOST:PORT (repeat for more), e.g.
-    /// kms.eu-west-1.amazonaws.com:443. Without any, the KMS relay is disabled.
+    /// kms.eu-west-1.amazonaws.com:443; or HOST:PORT=ADDRESS:PORT to connect the name the enclave asks for
+    /// to another address (a VPC endpoint, or the mock KMS off hardware). TLS ends in the enclave, which
+    /// checks the certificate for the name it asked for, so a route can only lead to something that holds
+    /// that name's certificate. Without any, the KMS relay is disabled.
     #[arg(long = "kms-endpoint", env = "VEIL_KMS_ENDPOINTS", value_delimiter = ',')]
     pub kms_endpoints: Vec<String>,
     /// Where AWS credentials for the enclave come from: imds (the instance role, on EC2), env (the
@@ -67,6 +70,8 @@ pub struct KmsRelayArgs {
 pub struct KmsRelayConfig {
     /// Allowed endpoints, `host:port`, host lower-cased.
     pub endpoints: Vec<String>,
+    /// Where each allowed endpoint is connected to, when not to itself.
+    pub routes: std::collections::HashMap<String, String>,
     pub credentials: CredentialsSource,
     /// IMDS base URL (scheme http, host, optional port; no path).
     pub imds: http::Uri,
@@ -83,12 +88,22 @@ impl KmsRelayConfig {
     /// Validates the flags. Endpoints must be `host:port` with a DNS name or IP and a non-zero port.
     pub fn from_args(args: &KmsRelayArgs) -> Result<Self, KmsConfigError> {
         let mut endpoints = Vec::new();
-        for e in &args.kms_endpoints {
-            let e = normalize_endpoint(e).ok_or_else(|| {
+        let mut routes = std::collections::HashMap::new();
+        for spec in &args.kms_endpoints {
+            let bad = || {
                 KmsConfigError(format!(
-                    "--kms-endpoint {e:?}: expected HOST:PORT, e.g. kms.eu-west-1.amazonaws.com:443"
+                    "--kms-endpoint {spec:?}: expected HOST:PORT (e.g. kms.eu-west-1.amazonaws.com:443) or \
+                     HOST:PORT=ADDRESS:PORT"
                 ))
-            })?;
+            };
+            let (name, to) = match spec.split_once('=') {
+                Some((n, t)) => (n, Some(normalize_endpoint(t).ok_or_else(bad)?)),
+                None => (spec.as_str(), None),
+            };
+            let e = normalize_endpoint(name).ok_or_else(bad)?;
+            if let Some(to) = to {
+                routes.insert(e.clone(), to);
+            }
             if !endpoints.contains(&e) {
                 endpoints.push(e);
             }
@@ -100,6 +115,7 @@ impl KmsRelayConfig {
         }
         Ok(Self {
             endpoints,
+            routes,
             credentials: args.credentials,
             imds,
             connect_timeout: Duration::from_millis(args.kms_connect_timeout_ms.max(1)),
@@ -262,7 +278,8 @@ impl KmsServices {
                     Err(refuse(ErrorKind::Unavailable, format!("too many KMS relays open (at most {MAX_RELAYS})")))
                 }
                 Ok(permit) => {
-                    match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(&target)).await {
+                    let address = self.config.routes.get(&target).unwrap_or(&target).clone();
+                    match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(&address)).await {
                         Ok(Ok(upstream)) => Ok((upstream, permit, target)),
                         Ok(Err(e)) => {
                             tracing::warn!(%peer, endpoint = %target, error = %e, "KMS relay: connect failed");
@@ -483,37 +500,9 @@ async fn imds_call(
     result
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` (IMDS's format; fractional seconds accepted) as Unix seconds.
+/// IMDS's `Expiration` (`2026-11-25T04:41:48Z`; any RFC 3339 time) as Unix seconds.
 fn parse_rfc3339_utc(s: &str) -> Option<u64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let time = time.split_once('.').map_or(time, |(t, _)| t);
-    let num = |v: &str| -> Option<u64> {
-        (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.parse().ok()).flatten()
-    };
-    let mut d = date.split('-');
-    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
-    let mut t = time.split(':');
-    let (hh, mm, ss) = (num(t.next()?)?, num(t.next()?)?, num(t.next()?)?);
-    if d.next().is_some()
-        || t.next().is_some()
-        || !(1970..=9999).contains(&y)
-        || !(1..=12).contains(&m)
-        || !(1..=31).contains(&day)
-        || hh > 23
-        || mm > 59
-        || ss > 60
-    {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm), for years from 1970.
-    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+    veil_protocol::time::parse_rfc3339(s).ok().map(|since_epoch| since_epoch.as_secs())
 }
 
 #[cfg(test)]
@@ -531,10 +520,12 @@ mod tests {
             "2026-11-25T04:41:48",
             "2026-13-01T00:00:00Z",
             "x026-11-25T04:41:48Z",
-            "2026-11-25T04:41:48+01:00",
+            "1969-12-31T23:59:59Z",
         ] {
             assert_eq!(parse_rfc3339_utc(bad), None, "{bad}");
         }
+        // IMDS writes UTC, but an offset is still the same instant.
+        assert_eq!(parse_rfc3339_utc("2026-11-25T05:41:48+01:00"), Some(1_795_581_708));
     }
 
     #[test]

@@ -45,13 +45,23 @@ struct Conn {
     alive: Arc<AtomicBool>,
 }
 
+/// Frames at most this long travel on the express connection.
+pub const EXPRESS_MAX_FRAME: usize = 64 * 1024;
+
 /// A pool of multiplexed connections to one enclave.
+///
+/// The connections come in two lanes of `connections` each: small messages (status, metadata, attestation,
+/// and the sealed requests of small models, up to [`EXPRESS_MAX_FRAME`]) take the express lane, larger ones
+/// the bulk lane, so a small request never queues behind megabytes of large ones on a shared socket (a
+/// flood of 8 MiB bodies costs small requests nothing but CPU).
 #[derive(Debug)]
 pub struct EnclaveLink {
     addr: Address,
     max_frame: usize,
     connect_timeout: Duration,
+    /// The express lane is `slots[..lane]`, the bulk lane `slots[lane..]`.
     slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
+    lane: usize,
     next_slot: AtomicUsize,
     next_id: AtomicU64,
 }
@@ -71,14 +81,16 @@ impl Drop for PendingGuard {
 }
 
 impl EnclaveLink {
-    /// A pool of `connections` connections to `addr`, dialed lazily.
+    /// Two lanes of `connections` connections each to `addr`, dialed lazily.
     pub fn new(addr: Address, connections: usize, max_frame: usize, connect_timeout: Duration) -> EnclaveLink {
-        let slots = (0..connections.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect();
+        let lane = connections.max(1);
+        let slots = (0..2 * lane).map(|_| tokio::sync::Mutex::new(None)).collect();
         EnclaveLink {
             addr,
             max_frame,
             connect_timeout,
             slots,
+            lane,
             next_slot: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
         }
@@ -99,8 +111,9 @@ impl EnclaveLink {
             .count()
     }
 
-    async fn connection(&self) -> Result<Arc<Conn>, LinkError> {
-        let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+    async fn connection(&self, frame_len: usize) -> Result<Arc<Conn>, LinkError> {
+        let n = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.lane;
+        let i = if frame_len <= EXPRESS_MAX_FRAME { n } else { self.lane + n };
         let mut slot = self.slots[i].lock().await;
         if let Some(c) = slot.as_ref()
             && c.alive.load(Ordering::Acquire)
@@ -136,7 +149,7 @@ impl EnclaveLink {
         if len > self.max_frame {
             return Err(LinkError::TooLarge(format!("{len} bytes encoded, the frame limit is {}", self.max_frame)));
         }
-        let conn = self.connection().await?;
+        let conn = self.connection(len).await?;
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().map_err(|_| LinkError::Unavailable("link state poisoned".into()))?.insert(id, tx);
         let _guard = PendingGuard { pending: Arc::clone(&conn.pending), id };

@@ -41,7 +41,12 @@ struct Args {
     /// A model file to serve to the enclave, as NAME=PATH (repeat for more).
     #[arg(long = "model", env = "VEIL_MODEL_FILES", value_delimiter = ',', value_parser = model_file)]
     models: Vec<(String, PathBuf)>,
-    /// Long-lived connections to the enclave (requests are multiplexed over them).
+    /// An OHTTP fleet key file (`veil ohttp keygen`) to serve to the enclave, as NAME=PATH, NAME being the
+    /// `file` of its `[[ohttp.keys]]` entry in the enclave's configuration (repeat while rotating).
+    #[arg(long = "ohttp-key", env = "VEIL_OHTTP_KEY_FILES", value_delimiter = ',', value_parser = model_file)]
+    ohttp_keys: Vec<(String, PathBuf)>,
+    /// Long-lived connections to the enclave per lane (requests are multiplexed over them): one lane for
+    /// frames up to 64 KiB, one for larger ones, so small requests never queue behind large bodies.
     #[arg(long, env = "VEIL_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     connections: u16,
     /// Largest request body accepted, in bytes (larger ones get 413).
@@ -96,6 +101,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
             std::fs::metadata(path).with_context(|| format!("model {name:?}: cannot read {}", path.display()))?;
         anyhow::ensure!(meta.is_file() && meta.len() > 0, "model {name:?}: {} is not a non-empty file", path.display());
         anyhow::ensure!(files.insert(name.clone(), path.clone()).is_none(), "model {name:?} is named twice");
+    }
+    for (name, path) in &args.ohttp_keys {
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("OHTTP key {name:?}: cannot read {}", path.display()))?;
+        anyhow::ensure!(
+            meta.is_file() && meta.len() > 0,
+            "OHTTP key {name:?}: {} is not a non-empty file",
+            path.display()
+        );
+        anyhow::ensure!(
+            files.insert(name.clone(), path.clone()).is_none(),
+            "{name:?} names both a model and an OHTTP key file, or a key file twice"
+        );
     }
     let model_names: Vec<String> = args.models.iter().map(|(n, _)| n.clone()).collect();
 

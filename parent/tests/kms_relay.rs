@@ -95,6 +95,25 @@ async fn endpoints_off_the_allow_list_are_refused_and_logged() {
 }
 
 #[tokio::test]
+async fn a_routed_endpoint_connects_where_its_route_says() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = echo_server().await;
+    let route = format!("kms.eu-west-1.amazonaws.com:443={echo}");
+    let (addr, _stop) = host_services(Some(config(&["--kms-endpoint", &route]))).await;
+    // The enclave asks for the name; the parent connects the route's address.
+    let (mut stream, answer) =
+        ask(&addr, &HostRequest::KmsRelay { endpoint: "kms.eu-west-1.amazonaws.com:443".into() }).await;
+    assert_eq!(answer, HostResponse::RelayReady);
+    stream.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    stream.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+    // The route's address itself is not on the allow-list.
+    let (_, answer) = ask(&addr, &HostRequest::KmsRelay { endpoint: echo.clone() }).await;
+    assert!(matches!(answer, HostResponse::Error(_)), "{answer:?}");
+}
+
+#[tokio::test]
 async fn without_kms_configuration_relay_and_credentials_are_refused() {
     let (addr, _stop) = host_services(None).await;
     for req in [HostRequest::KmsRelay { endpoint: "kms.eu-west-1.amazonaws.com:443".into() }, HostRequest::Credentials]
@@ -234,19 +253,10 @@ async fn fake_imds(expires_in: Duration) -> (String, Arc<Mutex<ImdsLog>>) {
     (url, log)
 }
 
-/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days).
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`, as IMDS writes expirations.
 fn rfc3339(secs: u64) -> String {
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    use veil_protocol::time::{UtcSuffix, format_rfc3339};
+    format_rfc3339(i64::try_from(secs).unwrap(), UtcSuffix::Z).unwrap()
 }
 
 async fn credentials(addr: &Address) -> HostResponse {
@@ -321,6 +331,11 @@ fn flags_are_validated() {
     ])
     .unwrap();
     assert_eq!(c.endpoints, ["kms.eu-west-1.amazonaws.com:443"]);
+    assert!(c.routes.is_empty());
+    let c = parse(&["--kms-endpoint", "kms.eu-west-1.amazonaws.com:443=127.0.0.1:4443"]).unwrap();
+    assert_eq!(c.endpoints, ["kms.eu-west-1.amazonaws.com:443"]);
+    assert_eq!(c.routes["kms.eu-west-1.amazonaws.com:443"], "127.0.0.1:4443");
+    assert!(parse(&["--kms-endpoint", "kms.eu-west-1.amazonaws.com:443=nowhere"]).is_err());
     assert!(parse(&["--kms-endpoint", "kms.eu-west-1.amazonaws.com"]).is_err());
     assert!(parse(&["--imds-url", "https://169.254.169.254"]).is_err());
     assert!(parse(&["--imds-url", "http://169.254.169.254/latest"]).is_err());

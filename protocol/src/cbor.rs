@@ -26,6 +26,25 @@ pub enum Len {
     Indefinite,
 }
 
+/// One data item's head, as [`Reader::item`] returns it: scalars and strings whole (strings borrowed from the
+/// input), containers and tags as their head only, with their contents still to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Item<'a> {
+    Uint(u64),
+    /// The negative integer `-1 - n`, as `n`.
+    Nint(u64),
+    Bytes(&'a [u8]),
+    Text(&'a str),
+    /// An array of this many items (or up to a break), which follow.
+    Array(Len),
+    /// A map of this many key-value pairs (or up to a break), which follow.
+    Map(Len),
+    /// A tag, whose one item follows.
+    Tag(u64),
+    Bool(bool),
+    Null,
+}
+
 /// The head of one data item, with its argument decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Head {
@@ -120,8 +139,39 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn bounded_len(&self, len: u64) -> Result<usize, CborError> {
-        usize::try_from(len).map_err(|_| self.err("length does not fit in memory"))
+    /// The `len` bytes of a string's body.
+    fn body(&mut self, len: u64) -> Result<&'a [u8], CborError> {
+        let n = usize::try_from(len).map_err(|_| self.err("length does not fit in memory"))?;
+        self.take(n)
+    }
+
+    /// The body of the text string whose head starts at `start`.
+    fn text_body(&mut self, len: u64, start: usize) -> Result<&'a str, CborError> {
+        let raw = self.body(len)?;
+        std::str::from_utf8(raw).map_err(|_| CborError { offset: start, reason: "text is not valid UTF-8" })
+    }
+
+    /// Bytes left to read.
+    pub fn remaining(&self) -> usize {
+        self.data.len() - self.pos
+    }
+
+    /// Reads the next item, whatever its type: for readers of formats whose shape is not fixed in advance.
+    /// Same checks as the typed reads (lengths bounded by the data, UTF-8, no floats or undefined).
+    pub fn item(&mut self) -> Result<Item<'a>, CborError> {
+        let start = self.pos;
+        Ok(match self.head()? {
+            Head::Uint(v) => Item::Uint(v),
+            Head::Nint(v) => Item::Nint(v),
+            Head::Bytes(len) => Item::Bytes(self.body(len)?),
+            Head::Text(len) => Item::Text(self.text_body(len, start)?),
+            Head::Array(len) => Item::Array(len),
+            Head::Map(len) => Item::Map(len),
+            Head::Tag(t) => Item::Tag(t),
+            Head::False => Item::Bool(false),
+            Head::True => Item::Bool(true),
+            Head::Null => Item::Null,
+        })
     }
 
     /// Peeks at the next item: true when it is `null` (without consuming it).
@@ -163,10 +213,7 @@ impl<'a> Reader<'a> {
     pub fn bytes(&mut self) -> Result<&'a [u8], CborError> {
         let start = self.pos;
         match self.head()? {
-            Head::Bytes(len) => {
-                let n = self.bounded_len(len)?;
-                self.take(n)
-            }
+            Head::Bytes(len) => self.body(len),
             _ => Err(CborError { offset: start, reason: "expected a byte string" }),
         }
     }
@@ -174,11 +221,7 @@ impl<'a> Reader<'a> {
     pub fn text(&mut self) -> Result<&'a str, CborError> {
         let start = self.pos;
         match self.head()? {
-            Head::Text(len) => {
-                let n = self.bounded_len(len)?;
-                let raw = self.take(n)?;
-                std::str::from_utf8(raw).map_err(|_| CborError { offset: start, reason: "text is not valid UTF-8" })
-            }
+            Head::Text(len) => self.text_body(len, start),
             _ => Err(CborError { offset: start, reason: "expected a text string" }),
         }
     }
@@ -228,10 +271,7 @@ impl<'a> Reader<'a> {
         }
         match self.head()? {
             Head::Uint(_) | Head::Nint(_) | Head::False | Head::True | Head::Null => Ok(()),
-            Head::Bytes(len) | Head::Text(len) => {
-                let n = self.bounded_len(len)?;
-                self.take(n).map(|_| ())
-            }
+            Head::Bytes(len) | Head::Text(len) => self.body(len).map(|_| ()),
             Head::Tag(_) => self.skip_at(depth + 1),
             Head::Array(len) => self.skip_items(len, 1, depth),
             Head::Map(len) => self.skip_items(len, 2, depth),
@@ -330,6 +370,42 @@ mod tests {
             write_head(&mut out, 0, v);
             assert_eq!(Reader::new(&out).uint().unwrap(), v);
         }
+    }
+
+    #[test]
+    fn item_reads_any_item_with_the_same_checks() {
+        let mut out = Vec::new();
+        write_head(&mut out, 4, 7);
+        write_head(&mut out, 0, 500);
+        write_head(&mut out, 1, 34);
+        write_bytes(&mut out, b"ab");
+        write_text(&mut out, "cd");
+        write_head(&mut out, 6, 18);
+        write_null(&mut out);
+        out.extend_from_slice(&[0xf5, 0xbf]);
+        let mut r = Reader::new(&out);
+        let items: Vec<Item<'_>> = std::iter::from_fn(|| (!r.is_empty()).then(|| r.item().unwrap())).collect();
+        assert_eq!(
+            items,
+            [
+                Item::Array(Len::Definite(7)),
+                Item::Uint(500),
+                Item::Nint(34),
+                Item::Bytes(b"ab"),
+                Item::Text("cd"),
+                Item::Tag(18),
+                Item::Null,
+                Item::Bool(true),
+                Item::Map(Len::Indefinite),
+            ]
+        );
+        assert_eq!(Reader::new(&[0xff]).item().unwrap_err().reason, "unexpected break");
+        assert_eq!(Reader::new(&[0x61, 0xff]).item().unwrap_err().reason, "text is not valid UTF-8");
+        assert_eq!(Reader::new(&[0x42, 0x00]).item().unwrap_err().reason, "length runs past the end of the data");
+        assert_eq!(Reader::new(&[0xf9, 0, 0]).item().unwrap_err().reason, "floating-point values are not allowed");
+        let mut r = Reader::new(&[0x01, 0x02]);
+        r.item().unwrap();
+        assert_eq!(r.remaining(), 1);
     }
 
     #[test]

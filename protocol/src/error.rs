@@ -26,11 +26,14 @@ pub enum ErrorKind {
     Unavailable,
     /// No answer in time.
     Timeout,
+    /// The request was well formed but cannot be processed: an OHTTP request for a key this gateway does
+    /// not hold, or that does not decrypt under it (RFC 9458 §6.4 suggests 422).
+    Unprocessable,
 }
 
 impl ErrorKind {
     /// Every kind, for tables and tests.
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::BadRequest,
         ErrorKind::Forbidden,
         ErrorKind::NotFound,
@@ -39,6 +42,7 @@ impl ErrorKind {
         ErrorKind::Protocol,
         ErrorKind::Unavailable,
         ErrorKind::Timeout,
+        ErrorKind::Unprocessable,
     ];
 
     /// The HTTP status this kind maps to: the one table.
@@ -52,6 +56,7 @@ impl ErrorKind {
             ErrorKind::Protocol => 502,
             ErrorKind::Unavailable => 503,
             ErrorKind::Timeout => 504,
+            ErrorKind::Unprocessable => 422,
         }
     }
 
@@ -76,6 +81,7 @@ impl ErrorKind {
             ErrorKind::Protocol => "protocol",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::Unprocessable => "unprocessable",
         }
     }
 
@@ -140,7 +146,7 @@ mod tests {
             assert_eq!(ErrorKind::from_http_status(k.http_status()), k);
             assert_eq!(ErrorKind::from_label(k.label()), Some(k));
         }
-        assert_eq!(ErrorKind::from_http_status(422), ErrorKind::BadRequest);
+        assert_eq!(ErrorKind::from_http_status(418), ErrorKind::BadRequest);
         assert_eq!(ErrorKind::from_http_status(501), ErrorKind::Internal);
     }
 

@@ -75,11 +75,16 @@ pub enum EnclaveRequest {
     Attestation { nonce: ByteBuf },
     /// Is the enclave ready, and what does it serve?
     Status,
+    /// Attested-key mode: the attachment is an OHTTP encapsulated request (`message/ohttp-req`, RFC 9458),
+    /// opaque to the parent, which does not even learn the model or route asked for.
+    Ohttp,
+    /// The OHTTP key configuration list the enclave serves (`application/ohttp-keys`).
+    OhttpKeys,
 }
 
 impl Body for EnclaveRequest {
     fn takes_attachment(&self) -> bool {
-        matches!(self, EnclaveRequest::Infer { .. })
+        matches!(self, EnclaveRequest::Infer { .. } | EnclaveRequest::Ohttp)
     }
 
     fn name(&self) -> &'static str {
@@ -88,6 +93,8 @@ impl Body for EnclaveRequest {
             EnclaveRequest::ModelMetadata { .. } => "ModelMetadata",
             EnclaveRequest::Attestation { .. } => "Attestation",
             EnclaveRequest::Status => "Status",
+            EnclaveRequest::Ohttp => "Ohttp",
+            EnclaveRequest::OhttpKeys => "OhttpKeys",
         }
     }
 }
@@ -112,11 +119,22 @@ pub enum EnclaveResponse {
     /// The request failed, in the clear: only failures that are not about a request's contents (a malformed
     /// envelope, a data key KMS refused, an overloaded enclave) travel this way.
     Error(ErrorReply),
+    /// The attachment is an OHTTP encapsulated response (`message/ohttp-res`).
+    Ohttp,
+    /// The attachment is the OHTTP key configuration list (`application/ohttp-keys`).
+    OhttpKeys,
 }
 
 impl Body for EnclaveResponse {
     fn takes_attachment(&self) -> bool {
-        matches!(self, EnclaveResponse::Infer | EnclaveResponse::ModelMetadata | EnclaveResponse::Attestation)
+        matches!(
+            self,
+            EnclaveResponse::Infer
+                | EnclaveResponse::ModelMetadata
+                | EnclaveResponse::Attestation
+                | EnclaveResponse::Ohttp
+                | EnclaveResponse::OhttpKeys
+        )
     }
 
     fn name(&self) -> &'static str {
@@ -126,6 +144,8 @@ impl Body for EnclaveResponse {
             EnclaveResponse::Attestation => "Attestation",
             EnclaveResponse::Status { .. } => "Status",
             EnclaveResponse::Error(_) => "Error",
+            EnclaveResponse::Ohttp => "Ohttp",
+            EnclaveResponse::OhttpKeys => "OhttpKeys",
         }
     }
 }

@@ -43,23 +43,9 @@ fn decode_file(raw: &[u8], encoding: &str) -> Vec<u8> {
     }
 }
 
-/// `2022-10-13T11:58:02+00:00` → Unix seconds (the manifest's format; UTC only).
+/// `2022-10-13T11:58:02+00:00` → Unix seconds (the manifest's format).
 fn parse_utc(s: &str) -> i64 {
-    let (date, time) = s.split_once('T').unwrap();
-    let mut d = date.split('-').map(|x| x.parse::<i64>().unwrap());
-    let (y, m, day) = (d.next().unwrap(), d.next().unwrap(), d.next().unwrap());
-    assert!(time.ends_with("+00:00"), "{s}");
-    let mut t = time.trim_end_matches("+00:00").split(':').map(|x| x.parse::<f64>().unwrap());
-    let (hh, mm, ss) = (t.next().unwrap() as i64, t.next().unwrap() as i64, t.next().unwrap() as i64);
-    // days_from_civil (Howard Hinnant)
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    days * 86_400 + hh * 3600 + mm * 60 + ss
+    i64::try_from(veil_protocol::time::parse_rfc3339(s).unwrap().as_secs()).unwrap()
 }
 
 fn manifest() -> Vec<Entry> {

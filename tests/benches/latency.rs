@@ -389,7 +389,10 @@ fn main() {
         "sealed_requests": sealed_requests,
         "kms_calls_per_1000_sealed_requests": kms_per_1000,
     });
-    let dir = veil_tests::repo_root().join("target/bench");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| veil_tests::repo_root().join("target"));
+    let dir = target.join("bench");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("latency.json"), serde_json::to_vec_pretty(&out).unwrap()).unwrap();
     println!("\nwrote {}", dir.join("latency.json").display());

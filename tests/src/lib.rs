@@ -112,6 +112,10 @@ pub struct StackOptions {
     /// Put recording proxies on both of the parent's links with the enclave (client traffic and host
     /// services, which carry the KMS relay): see [`Stack::recorded`].
     pub record: bool,
+    /// An image's enclave configuration to run as it is ([`devstack::Options::image_config`]).
+    pub image_config: Option<PathBuf>,
+    /// Attested-key mode with a fleet key ([`devstack::Options::ohttp_fleet_key`]).
+    pub ohttp_fleet_key: bool,
 }
 
 impl StackOptions {
@@ -124,13 +128,22 @@ impl StackOptions {
             enclave_config: String::new(),
             start_enclave: true,
             record: false,
+            image_config: None,
+            ohttp_fleet_key: false,
         }
     }
 }
 
-/// Credentials of the test stacks (the mock KMS checks their shape, not the secret).
+/// Credentials of the test stacks' clients (the mock KMS checks their shape, not the secret); the mock
+/// knows them as [`TEST_CLIENT_ROLE`].
 pub const TEST_ACCESS_KEY: &str = "AKIAVEILTESTSTACK000";
 pub const TEST_SECRET_KEY: &str = "veil-test-secret";
+/// The parent's credentials (served to the enclave): a session of [`TEST_ENCLAVE_ROLE`].
+pub const TEST_PARENT_ACCESS_KEY: &str = "AKIAVEILTESTPARENT00";
+/// The role the key policy lets decrypt (with a matching attestation document).
+pub const TEST_ENCLAVE_ROLE: &str = "arn:aws:iam::111122223333:role/veil-test-parent";
+/// The role the key policy lets create data keys.
+pub const TEST_CLIENT_ROLE: &str = "arn:aws:iam::111122223333:role/veil-test-client";
 
 /// Bytes seen by a recording proxy, both directions.
 pub type Recording = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
@@ -216,8 +229,12 @@ impl Stack {
         o.enclave_args = options.enclave_args.clone();
         o.extra_config = options.enclave_config.clone();
         o.start_enclave = options.start_enclave;
+        o.image_config = options.image_config.clone();
+        o.ohttp_fleet_key = options.ohttp_fleet_key;
         o.access_key = TEST_ACCESS_KEY.into();
+        o.parent_access_key = TEST_PARENT_ACCESS_KEY.into();
         o.secret_key = TEST_SECRET_KEY.into();
+        o.roles = "veil-test".into();
         let recording: Recording = Default::default();
         if options.record {
             // The parent dials the enclave through a proxy, and the enclave dials the parent's host services
@@ -414,6 +431,11 @@ impl Stack {
         self.inner.mock_root.clone()
     }
 
+    /// The client policy the stack wrote for itself (mock root, its PCRs, its models).
+    pub fn client_policy(&self) -> PathBuf {
+        self.inner.client_policy.clone()
+    }
+
     /// The enclave's configuration file and its SHA-384 (what documents commit to).
     pub fn enclave_config(&self) -> (PathBuf, String) {
         (self.inner.config_file.clone(), self.inner.config_sha384.clone())
@@ -427,12 +449,24 @@ pub fn http_get(base: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
 
 /// A blocking HTTP/1.1 request (Connection: close).
 pub fn http_raw(base: &str, method: &str, path: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+    http_raw_typed(base, method, path, None, body)
+}
+
+/// [`http_raw`] with a `Content-Type`.
+pub fn http_raw_typed(
+    base: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> anyhow::Result<(u16, Vec<u8>)> {
     use std::io::{Read, Write};
     let hostport = base.trim_start_matches("http://").trim_end_matches('/');
     let mut s = std::net::TcpStream::connect(hostport)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let content_type = content_type.map(|c| format!("Content-Type: {c}\r\n")).unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes())?;

@@ -312,3 +312,70 @@ fn the_parent_relays_no_plaintext_and_no_data_key() {
     // Proof the recorder sees what crosses: the model's name and the KMS endpoint go by in the clear.
     assert!(recorded.windows(13).any(|w| w == b"breast_cancer"));
 }
+
+/// `veil infer --help` says the key may be an alias: the client's GenerateDataKey resolves it, and the
+/// envelope then names the key's ARN (what KMS answered), which the enclave's configuration accepts.
+#[test]
+fn veil_infer_seals_under_an_alias_name_or_alias_arn() {
+    let stack = Stack::start(StackOptions::new(Transport::Unix, &["breast_cancer"])).unwrap();
+    let kms = stack.kms.clone();
+    let refs = references("breast_cancer").unwrap();
+    let case = &refs["cases"][0];
+    let file = stack.dir.path().join("req.json");
+    std::fs::write(&file, serde_json::to_vec(&case["request"]).unwrap()).unwrap();
+    rt().block_on(async {
+        let client = kms.client().await.unwrap();
+        client.create_alias().alias_name("alias/veil-test").target_key_id(&kms.key_id).send().await.unwrap();
+    });
+    let help = std::process::Command::new(veil_tests::bin("veil").unwrap()).args(["infer", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("alias/NAME or alias ARN"), "the help says so");
+    let infer = |key: &str| {
+        std::process::Command::new(veil_tests::bin("veil").unwrap())
+            .args(["infer", "--url", &stack.url, "--model", "breast_cancer", "--kms-key-id", key, "--input"])
+            .arg(&file)
+            .envs(stack.client_env())
+            .output()
+            .unwrap()
+    };
+    for key in ["alias/veil-test".to_owned(), format!("arn:aws:kms:{}:111122223333:alias/veil-test", kms.region)] {
+        let out = infer(&key);
+        assert!(out.status.success(), "{key}: {}", String::from_utf8_lossy(&out.stderr));
+        compare_outputs(&serde_json::from_slice(&out.stdout).unwrap(), case).unwrap();
+    }
+    // The alias really was what named the key: without it, the same command fails, saying why.
+    rt().block_on(async {
+        kms.client().await.unwrap().delete_alias().alias_name("alias/veil-test").send().await.unwrap();
+    });
+    let out = infer("alias/veil-test");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("alias/veil-test is not found"), "{stderr}");
+}
+
+/// The key policy `veil kms policy` writes, enforced per principal by the mock: the parent's role (whose
+/// credentials the enclave uses) and the client's role get no data key from a plain Decrypt.
+#[test]
+fn neither_the_parent_role_nor_a_client_decrypts_without_the_enclave() {
+    let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris"])).unwrap();
+    let kms = stack.kms.clone();
+    rt().block_on(async {
+        let (_, blob) = stack.data_key(&BTreeMap::new()).await.unwrap();
+        let parent_config = veil_client::kms::KmsConfig {
+            static_credentials: Some((veil_tests::TEST_PARENT_ACCESS_KEY.into(), veil_tests::TEST_SECRET_KEY.into())),
+            ..kms.client_config()
+        };
+        let parent = veil_client::kms::kms_client(&parent_config).await.unwrap();
+        for (who, client) in [("parent", parent), ("client", kms.client().await.unwrap())] {
+            let err = client
+                .decrypt()
+                .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(blob.clone()))
+                .send()
+                .await
+                .unwrap_err()
+                .into_service_error();
+            assert_eq!(aws_sdk_kms::error::ProvideErrorMetadata::code(&err), Some("AccessDeniedException"), "{who}");
+            let message = aws_sdk_kms::error::ProvideErrorMetadata::message(&err).unwrap_or_default().to_owned();
+            assert!(message.contains("NoDecryptWithoutAttestation"), "{who}: {message}");
+        }
+    });
+}

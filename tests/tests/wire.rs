@@ -155,3 +155,43 @@ fn many_requests_in_flight_on_one_connection() {
     }
     assert_eq!(seen.len() as u64, n);
 }
+
+/// Finding 4: frames are charged against the enclave's budget of request bytes in flight before they are
+/// buffered; one that does not fit is read and dropped, and answered `unavailable` with a Retry-After,
+/// while the connection keeps serving.
+#[test]
+fn finding_4_frames_over_the_byte_budget_are_refused_without_being_buffered() {
+    let mut opts = StackOptions::new(Transport::Unix, &["breast_cancer"]);
+    opts.enclave_config = "[limits]\nmax_frame_bytes = 1048576\nmax_request_bytes_in_flight = 1048576\n".into();
+    let stack = Stack::start(opts).unwrap();
+    // Connection A announces 900 KiB and sends ten bytes: its charge is held while it dawdles.
+    let mut a = connect(&stack);
+    a.write_all(&(900u32 * 1024).to_be_bytes()).unwrap();
+    a.write_all(&[0; 10]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Connection B sends a whole 900 KiB request: no room left, so it is refused by id, unread.
+    let mut b = connect(&stack);
+    send(&mut b, 77, &EnclaveRequest::Infer { model: "breast_cancer".into() }, &vec![0u8; 900 * 1024]);
+    let reply = recv(&mut b).unwrap();
+    assert_eq!(reply.id, 77);
+    match reply.body {
+        EnclaveResponse::Error(e) => {
+            assert_eq!(e.kind, ErrorKind::Unavailable, "{}", e.message);
+            assert!(e.message.contains("budget"), "{}", e.message);
+            assert_eq!(e.retry_after_secs, Some(1));
+        }
+        other => panic!("{other:?}"),
+    }
+    // B's connection is still in service, and once A gives up its charge, big frames fit again.
+    send(&mut b, 78, &EnclaveRequest::Status, b"");
+    assert!(matches!(recv(&mut b).unwrap().body, EnclaveResponse::Status { ready: true, .. }));
+    drop(a);
+    std::thread::sleep(Duration::from_millis(300));
+    send(&mut b, 79, &EnclaveRequest::Infer { model: "breast_cancer".into() }, &vec![0u8; 900 * 1024]);
+    match recv(&mut b).unwrap().body {
+        // Not an envelope at all: refused for what it is, no longer for the budget.
+        EnclaveResponse::Error(e) => assert!(e.message.contains("malformed envelope"), "{}", e.message),
+        other => panic!("{other:?}"),
+    }
+    assert_still_serving(&stack);
+}

@@ -1,6 +1,6 @@
 //! `veil dev`: the whole off-hardware stack in one command.
 //!
-//! The stack itself is [`crate::devstack`], the same builder the tests use: the mock KMS with a key whose
+//! The stack itself is [`veil_client::devstack`], the same builder the tests use: the mock KMS with a key whose
 //! policy comes from the enclave's measurements, models encrypted under it, the enclave's configuration
 //! file, and the real `veil-parent` and `veil-enclave` (a development build, with the mock NSM) as child
 //! processes on real sockets. This command prints the endpoints (`--json`: one JSON object on stdout, for
@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use crate::devstack::{self, Options, Stack};
+use veil_client::devstack::{self, Options, Stack};
 
 /// Start the off-hardware stack: mock KMS, enclave (mock NSM), parent and the sample models.
 #[derive(Debug, Args)]
@@ -57,6 +57,10 @@ pub struct DevArgs {
     /// Print the endpoints as one JSON object on stdout (logs stay in files).
     #[arg(long)]
     pub json: bool,
+    /// Attested-key mode with a fleet key sealed under the mock KMS key (`veil ohttp keygen`), instead
+    /// of a key the enclave generates at boot.
+    #[arg(long)]
+    pub ohttp_fleet_key: bool,
 }
 
 fn cache_dir() -> PathBuf {
@@ -145,6 +149,8 @@ fn endpoints(stack: &Stack) -> serde_json::Value {
         "mock_root": stack.mock_root.display().to_string(),
         "enclave_config": stack.config_file.display().to_string(),
         "config_sha384": stack.config_sha384,
+        "client_policy": stack.client_policy.display().to_string(),
+        "ohttp_gateway": format!("{}{}", stack.url, veil_protocol::ohttp::GATEWAY_PATH),
         "state_dir": stack.options.state_dir.display().to_string(),
         "logs": {
             "parent": stack.logs.join("parent.log").display().to_string(),
@@ -200,6 +206,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let mut options = Options::new(state, bin_dir(&args)?, dylib, models);
     options.listen = format!("tcp://127.0.0.1:{}", args.port);
     options.intra_op_threads = args.intra_op_threads;
+    options.ohttp_fleet_key = args.ohttp_fleet_key;
     say(&format!(
         "veil dev: starting the mock KMS, encrypting {} models, starting parent and enclave; logs in {}",
         options.models.len(),
@@ -258,7 +265,8 @@ fn print_human(stack: &Stack) {
          mock KMS: {} key {}\n  mock NSM root: {}\n  logs:     {}\n\n\
          For clients, in this shell:\n  export {}\n\nTry:\n  \
          veil metadata --url {url} {first}\n  \
-         veil infer --url {url} --model {first} --input examples/{first}.json --pretty\n  \
+         veil infer --url {url} --model {first} --input examples/{first}.json --pretty   # KMS envelope\n  \
+         veil infer --url {url} --policy {} --model {first} --input examples/{first}.json --pretty   # attested key, no AWS credentials\n  \
          veil attest verify --url {url} --root {}\n\nCtrl-C stops everything.",
         names.join(", "),
         stack.enclave_addr,
@@ -269,6 +277,7 @@ fn print_human(stack: &Stack) {
         stack.mock_root.display(),
         stack.logs.display(),
         exports.join(" \\\n    "),
+        stack.client_policy.display(),
         stack.mock_root.display(),
     );
 }

@@ -19,9 +19,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
-use veil_eif::{
-    Arch, BuildInfo, EifBuilder, EifIdentity, EifInfo, SignatureCheck, Signer, read_eif, recommend_memory, rfc3339_utc,
-};
+use veil_eif::{Arch, BuildInfo, EifBuilder, EifIdentity, EifInfo, SignatureCheck, Signer, read_eif, recommend_memory};
+use veil_protocol::time::{MAX_UNIX_SECONDS, UtcSuffix, format_rfc3339};
 
 /// Exit code when the signature section of an EIF does not verify: a failed verification.
 const EXIT_BAD_SIGNATURE: u8 = super::EXIT_FAILED;
@@ -208,7 +207,8 @@ pub struct BuildArgs {
     pub no_metadata: bool,
     /// Build time for the metadata, as Unix seconds; the standard reproducible-builds variable.
     /// Without it the build time is the Unix epoch, never the clock.
-    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS",
+          value_parser = clap::value_parser!(i64).range(0..=MAX_UNIX_SECONDS))]
     pub source_date_epoch: Option<i64>,
     /// Architecture flag written in the header.
     #[arg(long, value_enum, default_value = "x86_64")]
@@ -261,7 +261,7 @@ fn signature_exit(info: &EifInfo, path: &Path) -> ExitCode {
 fn pcrs(args: &PcrsArgs) -> anyhow::Result<ExitCode> {
     let info = load(&args.file)?;
     let m = &info.measurements;
-    let text = if args.json { m.to_nitro_json().to_string() } else { m.to_nitro_json_pretty() };
+    let text = if args.json { m.to_json().to_string() } else { m.to_json_pretty() };
     println!("{text}");
     Ok(signature_exit(&info, &args.file))
 }
@@ -272,7 +272,7 @@ fn describe(args: &DescribeArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     if args.json {
         let mut v = serde_json::to_value(&info).context("serializing the description")?;
-        if let (Some(obj), serde_json::Value::Object(m)) = (v.as_object_mut(), info.measurements.to_nitro_json()) {
+        if let (Some(obj), serde_json::Value::Object(m)) = (v.as_object_mut(), info.measurements.to_json()) {
             obj.insert("file".into(), json!(args.file.display().to_string()));
             obj.extend(m);
             if let Some(sig) = &info.signature {
@@ -316,12 +316,13 @@ fn write_text(out: &mut impl Write, path: &Path, info: &EifInfo, now: i64) -> st
     writeln!(out, "Cmdline: {}", info.cmdline)?;
     writeln!(out)?;
     writeln!(out, "Measurements (SHA-384):")?;
-    let m = &info.measurements;
-    writeln!(out, "  PCR0 {}  kernel + cmdline + all ramdisks", m.pcr0)?;
-    writeln!(out, "  PCR1 {}  kernel + cmdline + first ramdisk", m.pcr1)?;
-    writeln!(out, "  PCR2 {}  ramdisks after the first", m.pcr2)?;
-    match m.pcr8 {
-        Some(p) => writeln!(out, "  PCR8 {p}  signing certificate")?,
+    // Reading an EIF always measures PCR0, PCR1 and PCR2.
+    let pcr = |i| info.measurements.pcr(i).map(hex::encode).unwrap_or_default();
+    writeln!(out, "  PCR0 {}  kernel + cmdline + all ramdisks", pcr(0))?;
+    writeln!(out, "  PCR1 {}  kernel + cmdline + first ramdisk", pcr(1))?;
+    writeln!(out, "  PCR2 {}  ramdisks after the first", pcr(2))?;
+    match info.measurements.pcr(8) {
+        Some(p) => writeln!(out, "  PCR8 {}  signing certificate", hex::encode(p))?,
         None => writeln!(out, "  PCR8 (unsigned image: reads as all zeros in attestation documents)")?,
     }
     writeln!(out)?;
@@ -406,7 +407,8 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             image_name: args.name.clone(),
             image_version: args.image_version.clone(),
             build: BuildInfo {
-                build_time: rfc3339_utc(args.source_date_epoch.unwrap_or(0)),
+                build_time: format_rfc3339(args.source_date_epoch.unwrap_or(0), UtcSuffix::Offset)
+                    .context("SOURCE_DATE_EPOCH is after the year 9999")?,
                 build_tool: "veil eif build".into(),
                 build_tool_version: env!("CARGO_PKG_VERSION").into(),
                 operating_system: "Linux".into(),
@@ -449,7 +451,7 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         out.crc32,
         if signer.is_some() { ", signed" } else { "" }
     );
-    println!("{}", out.measurements.to_nitro_json_pretty());
+    println!("{}", out.measurements.to_json_pretty());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{EXIT_CONNECT, EXIT_FAILED, EXIT_UNVERIFIED, EXIT_USAGE};
-use crate::{Client, ClientError};
+use veil_client::{Client, ClientError};
 use veil_protocol::attestation::TrustAnchor;
 use veil_protocol::envelope::ModelRef;
 
@@ -21,14 +21,22 @@ The input is a v2 inference request:
   {\"inputs\": [{\"name\": \"input\", \"shape\": [1, 30], \"datatype\": \"FP32\", \"data\": [...]}]}
 Optionally with \"outputs\": [{\"name\": \"probabilities\"}] to choose outputs, and an \"id\".
 
-The request is sealed under a KMS data key (--kms-key-id: a key id, ARN, alias/NAME or alias ARN) for
-the model's SHA-384, so that only an enclave that loaded exactly that model can open it. The digest comes
-from --expect-model-sha384, or else from the enclave's attestation document, fetched with a fresh nonce and
-verified (chain to --root, default AWS's Nitro root; at most --max-age old) before anything is sent.
-The answer says which digest answered.
+Two modes:
+  --policy FILE    attested-key mode (Oblivious HTTP, RFC 9458): no AWS credentials. A fresh attestation
+                   document is verified against the policy (`veil policy new`: root, accepted images'
+                   PCRs, models and digests, maximum age), it must commit to the gateway's OHTTP keys,
+                   and only then is the request encrypted to that key. The verification is cached until
+                   the policy's maximum age.
+  --kms-key-id K   KMS envelope mode: the request is sealed under a KMS data key (a key id, ARN,
+                   alias/NAME or alias ARN) for the model's SHA-384, so only an enclave that loaded exactly
+                   that model can open it. The digest comes from --expect-model-sha384, or else from the
+                   enclave's attestation document, fetched with a fresh nonce and verified (chain to
+                   --root, default AWS's Nitro root; at most --max-age old) before anything is sent.
+Either way the answer says which model digest answered.
 
 Examples:
-  veil infer --url http://127.0.0.1:8080 --model breast_cancer --input request.json
+  veil infer --policy policy.toml --model breast_cancer --input request.json
+  veil infer --url http://127.0.0.1:8080 --kms-key-id alias/veil --model breast_cancer --input request.json
   echo '{...}' | veil infer --url http://127.0.0.1:8080 --model iris --input -
   veil infer --model iris --input req.json --expect-model-sha384 $(jq -r .sha384 iris.json)
 
@@ -36,7 +44,8 @@ Errors name who said them: \"the enclave refused the request: ...\" came sealed 
 \"the parent said, not authenticated by the enclave: ...\" could have been made up by the parent.
 
 Exit codes: 0 answered, 1 refused (by the enclave or the parent), 2 bad input or usage, 3 server
-unreachable, 4 the enclave's attestation did not verify (nothing was sent).")]
+unreachable, 4 the enclave's attestation did not verify or failed the policy (nothing was sent; the
+message names the check that failed).")]
 pub struct InferArgs {
     /// The parent's URL.
     #[arg(long, env = "VEIL_URL", default_value = "http://127.0.0.1:8080")]
@@ -64,6 +73,10 @@ pub struct InferArgs {
     /// Oldest attestation document accepted, in seconds.
     #[arg(long, default_value_t = 300)]
     pub max_age: u64,
+    /// Attested-key mode: the client policy (`veil policy new`) the enclave must satisfy. The KMS options
+    /// are then not used.
+    #[arg(long, env = "VEIL_POLICY")]
+    pub policy: Option<PathBuf>,
     #[command(flatten)]
     pub kms: KmsArgs,
 }
@@ -76,8 +89,9 @@ fn sha384_arg(s: &str) -> Result<[u8; 48], String> {
 /// KMS envelope options: with `--kms-key-id`, the request is sealed so only an attested enclave opens it.
 #[derive(Debug, Clone, Args)]
 pub struct KmsArgs {
-    /// Seal the request under a data key of this KMS key (id, ARN or alias). Required: a Veil enclave
-    /// accepts only sealed requests.
+    /// Seal the request under a data key of this KMS key: key id, key ARN, alias/NAME or alias ARN (an
+    /// alias name resolves in the caller's account; from another account than the enclave's, give an
+    /// ARN). Required: a Veil enclave accepts only sealed requests.
     #[arg(long, env = "VEIL_KMS_KEY_ID")]
     pub kms_key_id: Option<String>,
     /// KMS region (default: AWS_REGION).
@@ -104,21 +118,21 @@ fn context_pair(s: &str) -> Result<(String, String), String> {
 
 impl KmsArgs {
     /// A KMS session, when a key id is given.
-    pub async fn session(&self) -> Result<Option<crate::kms::Session>, String> {
+    pub async fn session(&self) -> Result<Option<veil_client::kms::Session>, String> {
         let Some(key_id) = &self.kms_key_id else { return Ok(None) };
         let ca_pem = match &self.kms_ca {
             Some(p) => Some(std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?),
             None => None,
         };
-        let config = crate::kms::KmsConfig {
+        let config = veil_client::kms::KmsConfig {
             region: self.kms_region.clone(),
             endpoint_url: self.kms_endpoint.clone(),
             ca_pem,
             static_credentials: None,
         };
-        let kms = crate::kms::kms_client(&config).await.map_err(|e| e.to_string())?;
+        let kms = veil_client::kms::kms_client(&config).await.map_err(|e| e.to_string())?;
         let context = self.context.iter().cloned().collect();
-        Ok(Some(crate::kms::Session::new(kms, key_id, context, crate::kms::SessionLimits::default())))
+        Ok(Some(veil_client::kms::Session::new(kms, key_id, context, veil_client::kms::SessionLimits::default())))
     }
 }
 
@@ -192,6 +206,9 @@ pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c.with_timeout(Duration::from_secs(args.timeout)),
         Err(e) => return Ok(report(&e)),
     };
+    if let Some(policy) = &args.policy {
+        return run_attested_key(&args, policy, client, &body);
+    }
     if args.kms.kms_key_id.is_none() {
         eprintln!(
             "veil: --kms-key-id (or VEIL_KMS_KEY_ID) is required: the enclave accepts only requests sealed under \
@@ -211,16 +228,16 @@ pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         let sha384 = match args.expect_model_sha384 {
             Some(d) => d,
             None => {
-                let policy = crate::attested::policy_now(root, Duration::from_secs(args.max_age))?;
-                let verified = match crate::attested::fetch_verified(&client, policy).await {
+                let policy = veil_client::attested::policy_now(root, Duration::from_secs(args.max_age))?;
+                let verified = match veil_client::attested::fetch_verified(&client, policy).await {
                     Ok(d) => d,
-                    Err(crate::attested::AttestedError::Fetch(e)) => return Ok(report(&e)),
+                    Err(veil_client::attested::AttestedError::Fetch(e)) => return Ok(report(&e)),
                     Err(e) => {
                         eprintln!("veil: {e}; nothing was sent");
                         return Ok(ExitCode::from(EXIT_UNVERIFIED));
                     }
                 };
-                match crate::attested::model_digest(&verified, &args.model) {
+                match veil_client::attested::model_digest(&verified, &args.model) {
                     Ok(d) => d,
                     Err(e) => {
                         eprintln!("veil: {e}; nothing was sent");
@@ -249,6 +266,66 @@ pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => Ok(report(&e)),
+        }
+    })
+}
+
+/// `veil infer --policy`: attested-key mode.
+fn run_attested_key(args: &InferArgs, policy: &PathBuf, client: Client, body: &[u8]) -> anyhow::Result<ExitCode> {
+    use veil_client::oblivious::{ObliviousClient, ObliviousError};
+    let policy = match veil_client::trust::ClientPolicy::load(policy) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("veil: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    if policy.mock_root {
+        eprintln!("veil: WARNING: the policy trusts a MOCK attestation root (development only)");
+    }
+    let oblivious = ObliviousClient::new(client, policy);
+    runtime()?.block_on(async {
+        let gateway = match oblivious.gateway().await {
+            Ok(g) => g,
+            Err(ObliviousError::Fetch(e)) => return Ok(report(&e)),
+            Err(ObliviousError::Untrusted(u)) => {
+                eprintln!("veil: the enclave failed the policy, check {}: {u}; nothing was sent", u.failed_check());
+                return Ok(ExitCode::from(EXIT_UNVERIFIED));
+            }
+            Err(e) => {
+                eprintln!("veil: {e}; nothing was sent");
+                return Ok(ExitCode::from(EXIT_UNVERIFIED));
+            }
+        };
+        match oblivious.infer(&args.model, body).await {
+            Ok(r) if r.status == 200 => {
+                print_json(&r.body, args.pretty)?;
+                eprintln!(
+                    "veil: answered by model {:?}, SHA-384 {} (attested-key mode: image {}, OHTTP key {})",
+                    args.model,
+                    r.model_sha384().map(hex::encode).unwrap_or_default(),
+                    gateway.image,
+                    gateway.key_config.key_id
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Ok(r) => {
+                eprintln!(
+                    "veil: the enclave answered HTTP {}: {} (inside the encryption: authenticated by the enclave)",
+                    r.status,
+                    r.error_message().unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned())
+                );
+                Ok(ExitCode::from(EXIT_FAILED))
+            }
+            Err(ObliviousError::Fetch(e)) => Ok(report(&e)),
+            Err(e @ ObliviousError::ModelNotInPolicy { .. }) => {
+                eprintln!("veil: {e}; nothing was sent");
+                Ok(ExitCode::from(EXIT_USAGE))
+            }
+            Err(e) => {
+                eprintln!("veil: {e}");
+                Ok(ExitCode::from(EXIT_FAILED))
+            }
         }
     })
 }

@@ -10,6 +10,8 @@ pub mod eif;
 pub mod infer;
 pub mod kms;
 pub mod model;
+pub mod ohttp;
+pub mod policy;
 
 /// Everything worked.
 pub const EXIT_OK: u8 = 0;

@@ -82,7 +82,7 @@ fn encrypt(args: EncryptArgs) -> anyhow::Result<ExitCode> {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
         None => None,
     };
-    let config = crate::kms::KmsConfig {
+    let config = veil_client::kms::KmsConfig {
         region: args.kms.kms_region.clone(),
         endpoint_url: args.kms.kms_endpoint.clone(),
         ca_pem,
@@ -93,8 +93,9 @@ fn encrypt(args: EncryptArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let sha384 = sha384_of(&args.input)?;
     let (len, key_arn) = rt.block_on(async {
-        let kms = crate::kms::kms_client(&config).await?;
-        crate::kms::encrypt_model_file(&kms, &name, &key_id, context, &args.input, &output, args.chunk_size, true).await
+        let kms = veil_client::kms::kms_client(&config).await?;
+        veil_client::kms::encrypt_model_file(&kms, &name, &key_id, context, &args.input, &output, args.chunk_size, true)
+            .await
     })?;
     eprintln!(
         "veil: wrote {} ({len} bytes of model {name:?}, {:.1}s); serve it with veil-parent --model {name}={}\n\

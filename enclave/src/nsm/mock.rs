@@ -1,10 +1,17 @@
-//! The mock NSM: real COSE_Sign1 ES384 attestation documents, shaped like AWS's, for off-hardware runs.
+//! The mock NSM: real COSE_Sign1 ES384 attestation documents, encoded by AWS's own code, for off-hardware
+//! runs.
 //!
-//! Shape: the nine payload fields in AWS's order; `cabundle` = [root, regional, zonal, instance], all
-//! ECDSA P-384 / SHA-384 CAs with critical basic constraints (path lengths 2, 1, 0 below the root) and
-//! key usage; a leaf (not a CA, digitalSignature) that lives three hours and is renewed half an hour before
-//! it expires, as the NSM does; PCRs 0..=15 of 48 bytes; a `module_id` like `i-mock…-enc…`; timestamps in
-//! milliseconds from the wall clock (the real NSM uses its own clock too).
+//! Encoding: the payload is `aws-nitro-enclaves-nsm-api`'s `AttestationDoc`, serialized with serde_cbor as
+//! its `to_binary()` does (the nine fields in AWS's order, PCRs as an integer-keyed map of byte strings,
+//! `null` for an absent optional field); the COSE_Sign1 around it is `aws-nitro-enclaves-cose`'s
+//! `CoseSign1` (protected header `{1: -35}`, empty unprotected header, untagged), signed with ring through
+//! that crate's key traits ([`RingEs384`]). Veil writes no CBOR of its own here.
+//!
+//! Shape: `cabundle` = [root, regional, zonal, instance], all ECDSA P-384 / SHA-384 CAs with critical basic
+//! constraints (path lengths 2, 1, 0 below the root) and key usage; a leaf (not a CA, digitalSignature) that
+//! lives three hours and is renewed half an hour before it expires, as the NSM does; PCRs 0..=15 of 48
+//! bytes; a `module_id` like `i-mock…-enc…`; timestamps in milliseconds from the wall clock (the real NSM
+//! uses its own clock too).
 //!
 //! Trust: the root's subject says MOCK; its key lives in `mock-root.key.pem` (mode 0600) next to
 //! `mock-root.pem`. Verifiers trust it only when given that file explicitly (`--root`); the default AWS
@@ -16,12 +23,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_nitro_enclaves_cose::CoseSign1;
+use aws_nitro_enclaves_cose::crypto::{Hash, MessageDigest, SignatureAlgorithm, SigningPrivateKey, SigningPublicKey};
+use aws_nitro_enclaves_cose::error::CoseError;
+use aws_nitro_enclaves_cose::header_map::HeaderMap;
+use aws_nitro_enclaves_nsm_api::api::{AttestationDoc, Digest};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
-use ring::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
+use ring::signature::{ECDSA_P384_SHA384_FIXED, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 use zeroize::Zeroize;
 
 use super::{Nsm, NsmError, check_len};
@@ -347,6 +359,9 @@ impl MockNsm {
         &self.pcrs
     }
 
+    /// The payload: nsm-api's own `AttestationDoc`, serialized by serde_cbor exactly as its `to_binary()`
+    /// does (which unwraps; this returns the error instead). Its field order, integer PCR keys, byte
+    /// strings and `null`s for absent optional fields are AWS's, not ours.
     fn payload(
         &self,
         leaf_der: &[u8],
@@ -354,66 +369,67 @@ impl MockNsm {
         user_data: Option<&[u8]>,
         nonce: Option<&[u8]>,
         public_key: Option<&[u8]>,
-    ) -> Vec<u8> {
-        let mut p = Vec::with_capacity(8192);
-        head(&mut p, 5, 9);
-        text(&mut p, "module_id");
-        text(&mut p, &self.module_id);
-        text(&mut p, "digest");
-        text(&mut p, "SHA384");
-        text(&mut p, "timestamp");
-        head(&mut p, 0, timestamp_ms);
-        text(&mut p, "pcrs");
-        head(&mut p, 5, self.pcrs.values.len() as u64);
-        for (i, v) in &self.pcrs.values {
-            head(&mut p, 0, u64::from(*i));
-            bytes(&mut p, v);
-        }
-        text(&mut p, "certificate");
-        bytes(&mut p, leaf_der);
-        text(&mut p, "cabundle");
-        head(&mut p, 4, self.cabundle.len() as u64);
-        for c in &self.cabundle {
-            bytes(&mut p, c);
-        }
-        for (k, v) in [("public_key", public_key), ("user_data", user_data), ("nonce", nonce)] {
-            text(&mut p, k);
-            match v {
-                Some(b) => bytes(&mut p, b),
-                None => p.push(0xf6),
-            }
-        }
-        p
+    ) -> Result<Vec<u8>, NsmError> {
+        let doc = AttestationDoc::new(
+            self.module_id.clone(),
+            Digest::SHA384,
+            timestamp_ms,
+            self.pcrs.values.iter().map(|(i, v)| (usize::from(*i), v.to_vec())).collect(),
+            leaf_der.to_vec(),
+            self.cabundle.clone(),
+            user_data.map(<[u8]>::to_vec),
+            nonce.map(<[u8]>::to_vec),
+            public_key.map(<[u8]>::to_vec),
+        );
+        serde_cbor::to_vec(&doc).map_err(mock)
     }
 }
 
-/// Protected header `{1: -35}` (alg ES384), as AWS encodes it.
-const PROTECTED: [u8; 4] = [0xa1, 0x01, 0x38, 0x22];
+/// The leaf key as `aws-nitro-enclaves-cose` wants it (ES384: ECDSA P-384 with SHA-384, signature `r‖s`),
+/// backed by ring.
+///
+/// ring signs and verifies *messages*: it hashes inside the ECDSA operation and has no API for a
+/// precomputed digest. So the crate's "digest" step is [`HashedByRing`], which hands the Sig_structure
+/// through unchanged, and `sign` / `verify` here run ring's ES384 over it. The result is exactly COSE
+/// ES384 (RFC 9052 §8.1: ECDSA P-384 over SHA-384 of the Sig_structure); the agreement test in
+/// `protocol/tests/attestation_aws_agreement.rs` checks the same construction against real NSM signatures.
+struct RingEs384<'a> {
+    key: &'a EcdsaKeyPair,
+    rng: &'a SystemRandom,
+}
 
-fn head(out: &mut Vec<u8>, major: u8, arg: u64) {
-    let m = major << 5;
-    if arg < 24 {
-        out.push(m | arg as u8);
-    } else if arg <= 0xff {
-        out.extend_from_slice(&[m | 24, arg as u8]);
-    } else if arg <= 0xffff {
-        out.push(m | 25);
-        out.extend_from_slice(&(arg as u16).to_be_bytes());
-    } else if arg <= 0xffff_ffff {
-        out.push(m | 26);
-        out.extend_from_slice(&(arg as u32).to_be_bytes());
-    } else {
-        out.push(m | 27);
-        out.extend_from_slice(&arg.to_be_bytes());
+impl SigningPublicKey for RingEs384<'_> {
+    fn get_parameters(&self) -> Result<(SignatureAlgorithm, MessageDigest), CoseError> {
+        Ok((SignatureAlgorithm::ES384, MessageDigest::Sha384))
+    }
+
+    fn verify(&self, sig_structure: &[u8], signature: &[u8]) -> Result<bool, CoseError> {
+        let public = ring::signature::UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, self.key.public_key().as_ref());
+        Ok(public.verify(sig_structure, signature).is_ok())
     }
 }
-fn bytes(out: &mut Vec<u8>, b: &[u8]) {
-    head(out, 2, b.len() as u64);
-    out.extend_from_slice(b);
+
+impl SigningPrivateKey for RingEs384<'_> {
+    fn sign(&self, sig_structure: &[u8]) -> Result<Vec<u8>, CoseError> {
+        let sig = self
+            .key
+            .sign(self.rng, sig_structure)
+            .map_err(|_| CoseError::SignatureError("ring: ES384 signing failed".into()))?;
+        Ok(sig.as_ref().to_vec())
+    }
 }
-fn text(out: &mut Vec<u8>, s: &str) {
-    head(out, 3, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
+
+/// The crate's digest step for [`RingEs384`]: SHA-384 happens inside ring's ES384, so the bytes pass
+/// through. Any other digest is refused, so this can never stand in for a real hash elsewhere.
+struct HashedByRing;
+
+impl Hash for HashedByRing {
+    fn hash(digest: MessageDigest, data: &[u8]) -> Result<Vec<u8>, CoseError> {
+        match digest {
+            MessageDigest::Sha384 => Ok(data.to_vec()),
+            other => Err(CoseError::UnsupportedError(format!("{other:?}: the mock NSM signs ES384 (SHA-384) only"))),
+        }
+    }
 }
 
 impl Nsm for MockNsm {
@@ -432,23 +448,14 @@ impl Nsm for MockNsm {
         if now + LEAF_RENEW_BEFORE >= leaf.not_after {
             *leaf = Self::issue_leaf(&self.instance, &self.module_id, &self.rng, now)?;
         }
-        let payload = self.payload(&leaf.der, timestamp_ms, user_data, nonce, public_key);
-        // Sig_structure = ["Signature1", protected, h'', payload]
-        let mut tbs = Vec::with_capacity(payload.len() + 32);
-        head(&mut tbs, 4, 4);
-        text(&mut tbs, "Signature1");
-        bytes(&mut tbs, &PROTECTED);
-        bytes(&mut tbs, &[]);
-        bytes(&mut tbs, &payload);
-        let sig = leaf.key.sign(&self.rng, &tbs).map_err(|_| mock("ES384 signing failed"))?;
+        let payload = self.payload(&leaf.der, timestamp_ms, user_data, nonce, public_key)?;
+        // COSE_Sign1 by AWS's crate: protected header {1: -35} (ES384), empty unprotected header, untagged
+        // (as the NSM sends it).
+        let cose =
+            CoseSign1::new::<HashedByRing>(&payload, &HeaderMap::new(), &RingEs384 { key: &leaf.key, rng: &self.rng })
+                .map_err(mock)?;
         drop(leaf);
-        let mut doc = Vec::with_capacity(payload.len() + 128);
-        head(&mut doc, 4, 4);
-        bytes(&mut doc, &PROTECTED);
-        head(&mut doc, 5, 0);
-        bytes(&mut doc, &payload);
-        bytes(&mut doc, sig.as_ref());
-        Ok(doc)
+        cose.as_bytes(false).map_err(mock)
     }
 
     fn random(&self, buf: &mut [u8]) -> Result<(), NsmError> {
@@ -592,6 +599,46 @@ mod tests {
     }
 
     #[test]
+    fn documents_are_aws_encodings_that_aws_code_reads_back_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let nsm = nsm(dir.path());
+        let doc = nsm.attestation(Some(b"commitment"), Some(&[1; 32]), None).unwrap();
+        // AWS's COSE reader takes the document, re-encodes it byte for byte and verifies its signature.
+        let cose = CoseSign1::from_bytes(&doc).unwrap();
+        assert_eq!(cose.as_bytes(false).unwrap(), doc);
+        let leaf = nsm.leaf.lock().unwrap();
+        assert!(cose.verify_signature::<HashedByRing>(&RingEs384 { key: &leaf.key, rng: &nsm.rng }).unwrap());
+        // nsm-api's reader takes the payload and writes it back byte for byte.
+        let payload = cose.get_payload::<HashedByRing>(None).unwrap();
+        let aws = AttestationDoc::from_binary(&payload).unwrap();
+        assert_eq!(aws.to_binary(), payload);
+        assert_eq!(aws.digest, Digest::SHA384);
+        assert_eq!(aws.certificate.as_slice(), leaf.der.as_slice());
+        // Veil's reader sees the same fields.
+        let parsed = UnverifiedDocument::parse(&doc).unwrap();
+        assert_eq!(parsed.unverified_payload(), payload.as_slice());
+        let claims = parsed.unverified_claims();
+        assert_eq!(claims.module_id, aws.module_id);
+        assert_eq!(claims.timestamp_ms, aws.timestamp);
+        assert_eq!(claims.pcrs.len(), aws.pcrs.len());
+        for (i, v) in &aws.pcrs {
+            assert_eq!(claims.pcrs.get(&u8::try_from(*i).unwrap()).unwrap(), v.as_slice(), "PCR{i}");
+        }
+        assert_eq!(claims.cabundle, aws.cabundle.iter().map(|c| c.to_vec()).collect::<Vec<_>>());
+        assert_eq!(claims.user_data.as_deref(), Some(&b"commitment"[..]));
+        assert_eq!(aws.user_data.as_deref().map(|b| b.as_slice()), Some(&b"commitment"[..]));
+        assert_eq!(claims.nonce.as_deref(), aws.nonce.as_deref().map(|b| b.as_slice()));
+        assert_eq!((claims.public_key.as_deref(), aws.public_key.as_deref()), (None, None));
+    }
+
+    #[test]
+    fn the_digest_step_refuses_anything_but_sha384() {
+        assert_eq!(HashedByRing::hash(MessageDigest::Sha384, b"x").unwrap(), b"x");
+        assert!(HashedByRing::hash(MessageDigest::Sha256, b"x").is_err());
+        assert!(HashedByRing::hash(MessageDigest::Sha512, b"x").is_err());
+    }
+
+    #[test]
     fn oversized_inputs_are_refused_and_random_fills() {
         let dir = tempfile::tempdir().unwrap();
         let nsm = nsm(dir.path());
@@ -613,7 +660,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let nsm = nsm(dir.path());
         let commitment = UserDataCommitment {
-            x25519: Some([5; 32]),
+            ohttp_keys_sha384: Some([5; 48]),
             recipient_rsa_spki_sha384: Some(UserDataCommitment::sha384(b"spki")),
             models: vec![ModelDigest { name: "iris".into(), sha384: [1; 48] }],
             config_sha384: [2; 48],

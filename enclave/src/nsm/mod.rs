@@ -4,11 +4,12 @@
 //! The NSM is a trust boundary of its own: it is the only source of attestation documents, and (with the
 //! kernel RNG it seeds) the enclave's only source of randomness; nothing random ever comes from the parent.
 //!
-//! The mock (development builds only: `--features dev`) produces real COSE_Sign1 ES384 documents shaped
-//! like AWS's, signed by a chain root → regional → zonal → instance → leaf that starts at a generated root
-//! whose subject says MOCK. That root is written to a file which tests and `veil dev` must name
-//! explicitly: no default verifier trusts it, so a mock document can never pass for a real one (DESIGN.md
-//! invariant 6), and a production build has no mock code to run at all.
+//! The mock (development builds only: `--features dev`) produces real COSE_Sign1 ES384 documents encoded
+//! by AWS's own crates (nsm-api's `AttestationDoc`, `aws-nitro-enclaves-cose`'s `CoseSign1`), signed by a
+//! chain root → regional → zonal → instance → leaf that starts at a generated root whose subject says MOCK.
+//! That root is written to a file which tests and `veil dev` must name explicitly: no default verifier
+//! trusts it, so a mock document can never pass for a real one (DESIGN.md invariant 6), and a production
+//! build has no mock code to run at all.
 
 mod hardware;
 #[cfg(feature = "dev")]

@@ -9,7 +9,7 @@ use cms::der::{Decode, Encode, asn1::ObjectIdentifier, asn1::OctetString};
 use cms::enveloped_data::{EnvelopedData, RecipientIdentifier, RecipientInfo};
 use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
 use veil_enclave::nsm::{MockNsm, MockPcrs, Nsm};
-use veil_mock_kms::{Config, Handle, MockKms};
+use veil_mock_kms::{Clock, Config, Handle, MockKms};
 use veil_protocol::attestation::TrustAnchor;
 
 pub const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/vectors");
@@ -65,6 +65,78 @@ pub async fn start_kms(state_dir: PathBuf, root: TrustAnchor, listen: &str) -> H
     MockKms::start(Config::new(listen.parse().unwrap(), state_dir, root)).await.unwrap()
 }
 
+/// The account that holds the keys.
+pub const ACCOUNT: &str = "111122223333";
+/// The callers of [`start_kms_with_principals`]: (access key id, principal ARN).
+pub const ADMIN: (&str, &str) = ("AKIAVEILADMIN0000000", "arn:aws:iam::111122223333:role/veil-admin");
+/// The enclave's credentials are its parent instance role's: a session of that role.
+pub const ENCLAVE: (&str, &str) =
+    ("AKIAVEILENCLAVE00000", "arn:aws:sts::111122223333:assumed-role/veil-enclave/i-0123456789abcdef0");
+/// The role key policies name for the enclave.
+pub const ENCLAVE_ROLE: &str = "arn:aws:iam::111122223333:role/veil-enclave";
+/// A client in its own account (cross-account use: it names the key by ARN).
+pub const CLIENT: (&str, &str) = ("AKIAVEILCLIENT000000", "arn:aws:iam::444455556666:role/hospital");
+/// Another principal of the key's account (a grantee).
+pub const HELPER: (&str, &str) = ("AKIAVEILHELPER000000", "arn:aws:iam::111122223333:role/helper");
+
+/// A mock KMS whose callers are [`ADMIN`], [`ENCLAVE`], [`CLIENT`] and [`HELPER`], on `clock`.
+pub async fn start_kms_with_principals(state_dir: PathBuf, root: TrustAnchor, clock: Clock) -> Handle {
+    let mut config = Config::new("tcp://127.0.0.1:0".parse().unwrap(), state_dir, root);
+    for (key, arn) in [ADMIN, ENCLAVE, CLIENT, HELPER] {
+        config = config.with_principal(key, arn).unwrap();
+    }
+    config.clock = clock;
+    MockKms::start(config).await.unwrap()
+}
+
+/// An SDK client signing with `who`'s access key.
+pub fn sdk_as(handle: &Handle, who: (&str, &str)) -> aws_sdk_kms::Client {
+    sdk_client_with(handle, who.0, "any-secret")
+}
+
+/// nitro-cli's measurements JSON for PCR0, PCR1, PCR2 (and PCR8 if set) of `pcrs`.
+pub fn write_measurements(path: &Path, pcrs: &MockPcrs) -> PathBuf {
+    let mut m = serde_json::Map::new();
+    m.insert("HashAlgorithm".into(), serde_json::json!("Sha384 { ... }"));
+    for i in [0u16, 1, 2, 8] {
+        let v = pcrs.get(i).unwrap();
+        if i < 3 || v.iter().any(|b| *b != 0) {
+            m.insert(format!("PCR{i}"), serde_json::json!(hex::encode(v)));
+        }
+    }
+    std::fs::write(path, serde_json::to_vec(&serde_json::json!({"Measurements": m})).unwrap()).unwrap();
+    path.to_owned()
+}
+
+/// The policy `veil kms policy` writes for `measurements` (and `also`), naming [`ENCLAVE_ROLE`], [`CLIENT`]
+/// and [`ADMIN`].
+pub fn veil_policy(measurements: &Path, also: &[PathBuf]) -> String {
+    let args = veil_client::policy::PolicyArgs {
+        measurements: measurements.to_owned(),
+        also: also.to_vec(),
+        account: ACCOUNT.into(),
+        enclave_role: ENCLAVE_ROLE.into(),
+        clients: vec![CLIENT.1.into()],
+        admin: Some(ADMIN.1.into()),
+        pcrs: vec![],
+        allow_debug: false,
+        output: None,
+    };
+    veil_client::policy::build_policy(&args).unwrap().to_string()
+}
+
+/// The code and message of a failed SDK call (code "?" and the whole error when KMS did not answer).
+pub fn code_and_message<E, R>(err: aws_sdk_kms::error::SdkError<E, R>) -> (String, String)
+where
+    E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_kms::error::ProvideErrorMetadata as _;
+    match err.code() {
+        Some(code) => (code.to_owned(), err.message().unwrap_or("").to_owned()),
+        None => ("?".to_owned(), aws_sdk_kms::error::DisplayErrorContext(&err).to_string()),
+    }
+}
 /// The real `aws-sdk-kms` client, TLS by rustls + ring, trusting only the mock's CA.
 pub fn sdk_client(handle: &Handle) -> aws_sdk_kms::Client {
     sdk_client_with(handle, "AKIDMOCK", "mock-secret")

@@ -6,8 +6,10 @@
 //!
 //! ```text
 //! {
-//!   "v": 1,                                  ; format version
-//!   "x25519": bstr .size 32 / null,          ; HPKE public key of attested-key mode
+//!   "v": 2,                                  ; format version
+//!   "ohttp_keys_sha384": bstr .size 48 / null,
+//!                                            ; SHA-384 of the exact application/ohttp-keys bytes the
+//!                                            ; enclave serves (attested-key mode, RFC 9458)
 //!   "recipient_rsa_spki_sha384": bstr .size 48 / null,
 //!                                            ; SHA-384 of the DER SubjectPublicKeyInfo of the
 //!                                            ; enclave's RSA key for KMS Recipient
@@ -24,7 +26,7 @@ use super::document::MAX_OPTIONAL_FIELD_LEN;
 use crate::cbor::{CborError, Len, Reader, write_bytes, write_head, write_null, write_text};
 
 /// The only version this code writes and reads.
-pub const COMMITMENT_VERSION: u64 = 1;
+pub const COMMITMENT_VERSION: u64 = 2;
 /// Most models in one commitment.
 pub const MAX_MODELS: usize = 6;
 /// Longest model name, in bytes.
@@ -37,11 +39,12 @@ pub struct ModelDigest {
     pub sha384: [u8; 48],
 }
 
-/// The decoded `user_data` commitment (format version 1).
+/// The decoded `user_data` commitment (format version 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserDataCommitment {
-    /// The enclave's X25519 public key (attested-key mode), if it has one.
-    pub x25519: Option<[u8; 32]>,
+    /// SHA-384 of the enclave's OHTTP key configuration list (`application/ohttp-keys`, exactly as served
+    /// at `/.well-known/ohttp-gateway`), if it serves attested-key mode.
+    pub ohttp_keys_sha384: Option<[u8; 48]>,
     /// SHA-384 of the DER SubjectPublicKeyInfo of the enclave's RSA recipient key, if it has one.
     pub recipient_rsa_spki_sha384: Option<[u8; 48]>,
     /// Loaded models, sorted by name.
@@ -56,7 +59,7 @@ pub struct UserDataCommitment {
 pub enum CommitmentError {
     #[error("malformed commitment CBOR at byte {offset}: {reason}")]
     Cbor { offset: usize, reason: &'static str },
-    #[error("unsupported commitment version {0} (this build reads version 1)")]
+    #[error("unsupported commitment version {0} (this build reads version 2)")]
     Version(u64),
     #[error("commitment field {field:?}: {reason}")]
     Field { field: &'static str, reason: String },
@@ -93,8 +96,8 @@ impl UserDataCommitment {
         write_head(&mut out, 5, 5);
         write_text(&mut out, "v");
         write_head(&mut out, 0, COMMITMENT_VERSION);
-        write_text(&mut out, "x25519");
-        match &self.x25519 {
+        write_text(&mut out, "ohttp_keys_sha384");
+        match &self.ohttp_keys_sha384 {
             Some(k) => write_bytes(&mut out, k),
             None => write_null(&mut out),
         }
@@ -120,7 +123,7 @@ impl UserDataCommitment {
         Ok(out)
     }
 
-    /// Decodes strictly: version 1 only, exactly the five keys in order, exact sizes, and only the
+    /// Decodes strictly: version 2 only, exactly the five keys in order, exact sizes, and only the
     /// canonical encoding (re-encoding must give back the same bytes).
     pub fn decode(bytes: &[u8]) -> Result<Self, CommitmentError> {
         if bytes.len() > MAX_OPTIONAL_FIELD_LEN {
@@ -135,8 +138,8 @@ impl UserDataCommitment {
         if v != COMMITMENT_VERSION {
             return Err(CommitmentError::Version(v));
         }
-        key(&mut r, "x25519")?;
-        let x25519 = optional_fixed::<32>(&mut r, "x25519")?;
+        key(&mut r, "ohttp_keys_sha384")?;
+        let ohttp_keys_sha384 = optional_fixed::<48>(&mut r, "ohttp_keys_sha384")?;
         key(&mut r, "recipient_rsa_spki_sha384")?;
         let recipient_rsa_spki_sha384 = optional_fixed::<48>(&mut r, "recipient_rsa_spki_sha384")?;
         key(&mut r, "models")?;
@@ -171,7 +174,7 @@ impl UserDataCommitment {
                 return Err(field("models", "not sorted by name"));
             }
         }
-        let c = UserDataCommitment { x25519, recipient_rsa_spki_sha384, models, config_sha384 };
+        let c = UserDataCommitment { ohttp_keys_sha384, recipient_rsa_spki_sha384, models, config_sha384 };
         if c.encode()? != bytes {
             return Err(CommitmentError::NotCanonical);
         }
@@ -182,7 +185,7 @@ impl UserDataCommitment {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "v": COMMITMENT_VERSION,
-            "x25519": self.x25519.map(hex::encode),
+            "ohttp_keys_sha384": self.ohttp_keys_sha384.map(hex::encode),
             "recipient_rsa_spki_sha384": self.recipient_rsa_spki_sha384.map(hex::encode),
             "models": self.models.iter().map(|m| serde_json::json!({"name": m.name, "sha384": hex::encode(m.sha384)})).collect::<Vec<_>>(),
             "config_sha384": hex::encode(self.config_sha384),
@@ -245,7 +248,7 @@ mod tests {
 
     fn sample() -> UserDataCommitment {
         UserDataCommitment {
-            x25519: Some([7; 32]),
+            ohttp_keys_sha384: Some([7; 48]),
             recipient_rsa_spki_sha384: Some([9; 48]),
             models: vec![
                 ModelDigest { name: "minilm".into(), sha384: [2; 48] },
@@ -260,7 +263,7 @@ mod tests {
         let bytes = sample().encode().unwrap();
         let back = UserDataCommitment::decode(&bytes).unwrap();
         assert_eq!(back.models[0].name, "iris");
-        assert_eq!(back.x25519, Some([7; 32]));
+        assert_eq!(back.ohttp_keys_sha384, Some([7; 48]));
         assert_eq!(back.encode().unwrap(), bytes);
     }
 
@@ -277,12 +280,14 @@ mod tests {
     #[test]
     fn refuses_other_versions_noncanonical_and_bad_names() {
         let mut bytes = sample().encode().unwrap();
-        // "v": 1 sits at bytes 1..=3: a1 'v' 01 -> version 2.
-        assert_eq!(&bytes[1..4], &[0x61, b'v', 0x01]);
-        bytes[3] = 0x02;
-        assert_eq!(UserDataCommitment::decode(&bytes), Err(CommitmentError::Version(2)));
-        // Non-shortest encoding of 1 (0x18 0x01).
-        let mut long = vec![0xa5, 0x61, b'v', 0x18, 0x01];
+        // "v": 2 sits at bytes 1..=3: a1 'v' 02 -> version 1 (the retired format) and 3.
+        assert_eq!(&bytes[1..4], &[0x61, b'v', 0x02]);
+        for other in [1u8, 3] {
+            bytes[3] = other;
+            assert_eq!(UserDataCommitment::decode(&bytes), Err(CommitmentError::Version(u64::from(other))));
+        }
+        // Non-shortest encoding of 2 (0x18 0x02).
+        let mut long = vec![0xa5, 0x61, b'v', 0x18, 0x02];
         long.extend_from_slice(&sample().encode().unwrap()[4..]);
         assert_eq!(UserDataCommitment::decode(&long), Err(CommitmentError::NotCanonical));
         let mut bad = sample();
@@ -299,7 +304,7 @@ mod tests {
         bytes.push(0);
         assert!(matches!(UserDataCommitment::decode(&bytes), Err(CommitmentError::Field { field: "commitment", .. })));
         let c = UserDataCommitment {
-            x25519: None,
+            ohttp_keys_sha384: None,
             recipient_rsa_spki_sha384: None,
             models: vec![],
             config_sha384: [0; 48],

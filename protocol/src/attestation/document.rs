@@ -122,6 +122,21 @@ impl UnverifiedDocument {
         self.tagged
     }
 
+    /// The COSE protected header, as the bytes of its `bstr` (decoding checked it is exactly `{1: -35}`).
+    pub fn protected_header(&self) -> &[u8] {
+        &self.protected
+    }
+
+    /// The payload, as the bytes of its `bstr`. **Unverified**, like [`Self::unverified_claims`].
+    pub fn unverified_payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The COSE signature (P-384 `r‖s`), not yet checked.
+    pub fn signature(&self) -> &[u8; 96] {
+        &self.signature
+    }
+
     /// The COSE Sig_structure that the signature covers: `["Signature1", protected, h'', payload]`.
     pub(crate) fn sig_structure(&self) -> Vec<u8> {
         use crate::cbor::{write_bytes, write_head, write_text};

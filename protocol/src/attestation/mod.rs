@@ -17,6 +17,11 @@
 //!    [`VerifiedDocument`], whose accessors give the PCRs, module id, timestamp, public key, user data
 //!    and nonce. Either way there is a [`Report`] (serde-serializable) naming each check.
 //!
+//! Files: `document.rs` decodes; `policy.rs` holds the root and the expectations; `checks.rs` has one
+//! function per check, named as the report names it; `report.rs` collects their outcomes and alone can
+//! make the proof that all passed, which `verify.rs` needs to build a [`VerifiedDocument`]; `chain.rs` is
+//! the X.509 profile; `commitment.rs` the `user_data` format.
+//!
 //! ```no_run
 //! use veil_protocol::attestation::{verify, Policy};
 //! # fn demo(document: &[u8], expected_pcr0: &[u8], nonce: &[u8], now_ms: u64) -> Result<(), Box<dyn std::error::Error>> {
@@ -32,12 +37,15 @@
 //! The format of `user_data` that Veil's enclave writes is [`UserDataCommitment`]; see `docs/ATTESTATION.md`.
 
 mod chain;
+mod checks;
 mod commitment;
 mod document;
 mod error;
+mod policy;
+mod report;
 mod verify;
 
-pub use chain::{CertificateSummary, format_unix_millis, format_unix_seconds};
+pub use chain::CertificateSummary;
 pub use commitment::{
     COMMITMENT_VERSION, CommitmentError, MAX_MODEL_NAME_LEN, MAX_MODELS, ModelDigest, UserDataCommitment,
 };
@@ -46,6 +54,6 @@ pub use document::{
     PCR_LEN, UnverifiedDocument,
 };
 pub use error::{CertError, DecodeError, PolicyError, VerifyError};
-pub use verify::{
-    AWS_ROOT_G1_SHA256, Check, CheckStatus, Policy, Rejected, Report, TrustAnchor, VerifiedDocument, Verifier, verify,
-};
+pub use policy::{AWS_ROOT_G1_SHA256, Policy, TrustAnchor};
+pub use report::{Check, CheckStatus, Rejected, Report};
+pub use verify::{VerifiedDocument, Verifier, verify};

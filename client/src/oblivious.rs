@@ -1,0 +1,279 @@
+//! Attested-key mode, the client's side: Oblivious HTTP (RFC 9458) to a key the client has verified.
+//!
+//! Before anything is sent, [`ObliviousClient::gateway`] fetches the gateway's key configuration list
+//! (`/.well-known/ohttp-gateway`) and a fresh attestation document (with a random nonce), and verifies the
+//! document against the client's policy ([`crate::trust::ClientPolicy`]): the chain to the trusted root,
+//! one accepted image's PCRs, the age, debug mode, the expected models' digests, and that the commitment
+//! covers exactly the key list served. Only then is the key used. The verified key is cached until the
+//! policy's maximum age or the document's leaf certificate runs out, whichever comes first.
+//!
+//! Each request is a Binary HTTP request for the KServe v2 API, with a `Date` (RFC 9458 §6.5.1) and the
+//! model digest the policy expects (`Veil-Model-Sha384`), padded and encapsulated; the answer names the
+//! digest of the model that answered. No AWS credentials, no KMS call.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use veil_protocol::attestation::Verifier;
+use veil_protocol::ohttp::{self, KeyConfig, OhttpError, bhttp};
+use veil_protocol::random::SystemRandom;
+
+use crate::trust::{ClientPolicy, Untrusted};
+use crate::{Client, ClientError};
+
+/// The response header carrying the digest of the model that answered (and the request header naming the
+/// one expected).
+pub const MODEL_DIGEST_HEADER: &str = "veil-model-sha384";
+
+/// Largest key configuration list accepted.
+const MAX_KEY_LIST: usize = 64 * 1024;
+
+/// Why attested-key mode failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ObliviousError {
+    /// The parent could not be reached, or answered an error (unauthenticated).
+    #[error(transparent)]
+    Fetch(#[from] ClientError),
+    /// The enclave failed the client's policy: nothing was sent.
+    #[error("the enclave is not trusted: {0}")]
+    Untrusted(#[from] Untrusted),
+    /// The key configuration list is malformed or holds no usable key.
+    #[error("the gateway's key configuration is unusable: {0}")]
+    Keys(String),
+    /// The policy does not name the model asked for.
+    #[error("the policy lists no model {model:?} (it lists: {listed}); add it with its digest")]
+    ModelNotInPolicy { model: String, listed: String },
+    /// Encapsulation, or opening the response, failed.
+    #[error("OHTTP: {0}")]
+    Ohttp(#[from] OhttpError),
+    /// The response decrypted but is not a valid Binary HTTP response, or contradicts the request.
+    #[error("the enclave's response is invalid: {0}")]
+    Response(String),
+    /// The clock or the random generator failed.
+    #[error("{0}")]
+    System(&'static str),
+}
+
+impl ObliviousError {
+    /// True when the failure is the enclave's attestation failing the policy.
+    pub fn is_untrusted(&self) -> bool {
+        matches!(self, ObliviousError::Untrusted(_) | ObliviousError::Keys(_))
+    }
+}
+
+/// A gateway whose key configuration a verified attestation document committed to.
+#[derive(Debug, Clone)]
+pub struct VerifiedGateway {
+    /// The key requests are encapsulated to (the first in the list with a suite this client speaks).
+    pub key_config: KeyConfig,
+    /// SHA-384 of the key list served (and committed to).
+    pub key_list_sha384: [u8; 48],
+    /// Which accepted image the enclave is.
+    pub image: String,
+    /// The models the enclave's commitment lists, with their digests.
+    pub models: BTreeMap<String, [u8; 48]>,
+    pub module_id: String,
+    /// Until when (ms since the epoch) the verification is reused.
+    pub valid_until_ms: u64,
+}
+
+fn now_ms() -> Result<u64, ObliviousError> {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|_| ObliviousError::System("the system clock is before 1970"))
+}
+
+/// Fetches and verifies the gateway's keys (see the module documentation).
+pub async fn verify_gateway(
+    client: &Client,
+    policy: &ClientPolicy,
+    verifier: &Verifier,
+) -> Result<VerifiedGateway, ObliviousError> {
+    let key_list = client.ohttp_keys().await?;
+    if key_list.len() > MAX_KEY_LIST {
+        return Err(ObliviousError::Keys(format!("{} bytes, more than {MAX_KEY_LIST}", key_list.len())));
+    }
+    let configs = KeyConfig::decode_list(&key_list).map_err(|e| ObliviousError::Keys(e.to_string()))?;
+    let key_config = configs
+        .into_iter()
+        .find(|c| c.preferred_suite().is_some())
+        .ok_or_else(|| ObliviousError::Keys("no key offers HKDF-SHA256 with AES-GCM or ChaCha20-Poly1305".into()))?;
+    let nonce = veil_protocol::random::array::<32>(&SystemRandom::new())
+        .map_err(|_| ObliviousError::System("the system random number generator failed"))?;
+    let document = client.attestation(&nonce).await?;
+    let now = now_ms()?;
+    let (verified, image) = policy.verify(verifier, &document, now, &nonce, Some(&key_list))?;
+    let commitment = verified
+        .commitment()
+        .ok_or_else(|| ObliviousError::Response("the verified document carries no commitment".into()))?;
+    let leaf_not_after_ms =
+        verified.certificates().last().map(|c| u64::try_from(c.not_after).unwrap_or(0).saturating_mul(1000));
+    let by_age = verified.timestamp_ms().saturating_add(policy.max_age.as_millis() as u64);
+    Ok(VerifiedGateway {
+        key_config,
+        key_list_sha384: veil_protocol::attestation::UserDataCommitment::sha384(&key_list),
+        image,
+        models: commitment.models.iter().map(|m| (m.name.clone(), m.sha384)).collect(),
+        module_id: verified.module_id().to_owned(),
+        valid_until_ms: leaf_not_after_ms.map_or(by_age, |l| l.min(by_age)),
+    })
+}
+
+/// A response from the enclave, decrypted: authenticated by the OHTTP response key.
+#[derive(Debug)]
+pub struct ObliviousResponse {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+impl ObliviousResponse {
+    /// The first header named `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+    }
+
+    /// The digest of the model that answered, when the response names one.
+    pub fn model_sha384(&self) -> Option<[u8; 48]> {
+        self.header(MODEL_DIGEST_HEADER).and_then(|v| hex::decode(v).ok()).and_then(|b| b.try_into().ok())
+    }
+
+    /// The error message of a JSON error response (`{"error": ...}`), if it is one.
+    pub fn error_message(&self) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        v.get("error")
+            .and_then(|e| e.as_str())
+            .map(str::to_owned)
+            .or_else(|| v.get("title").and_then(|e| e.as_str()).map(str::to_owned))
+    }
+}
+
+/// A client of attested-key mode: one parent (or load balancer), one policy, the verification cached.
+#[derive(Debug)]
+pub struct ObliviousClient {
+    client: Client,
+    policy: ClientPolicy,
+    verifier: Verifier,
+    cached: tokio::sync::Mutex<Option<Arc<VerifiedGateway>>>,
+}
+
+impl ObliviousClient {
+    pub fn new(client: Client, policy: ClientPolicy) -> ObliviousClient {
+        ObliviousClient { client, policy, verifier: Verifier::new(), cached: tokio::sync::Mutex::new(None) }
+    }
+
+    /// A client that sends to `client` (another enclave of the same fleet, say) with a gateway verified
+    /// already: the key configuration is the same for every enclave that holds the fleet key, so one
+    /// verification covers them all. Re-verifies (against `client`) once it expires.
+    pub fn with_verified(client: Client, policy: ClientPolicy, gateway: Arc<VerifiedGateway>) -> ObliviousClient {
+        ObliviousClient { client, policy, verifier: Verifier::new(), cached: tokio::sync::Mutex::new(Some(gateway)) }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &ClientPolicy {
+        &self.policy
+    }
+
+    /// The verified gateway: the cached verification while it holds, else a fresh one.
+    pub async fn gateway(&self) -> Result<Arc<VerifiedGateway>, ObliviousError> {
+        let mut cached = self.cached.lock().await;
+        if let Some(g) = cached.as_ref()
+            && now_ms()? < g.valid_until_ms
+        {
+            return Ok(Arc::clone(g));
+        }
+        let fresh = Arc::new(verify_gateway(&self.client, &self.policy, &self.verifier).await?);
+        *cached = Some(Arc::clone(&fresh));
+        Ok(fresh)
+    }
+
+    /// Forgets the cached verification (the next request verifies again).
+    pub async fn forget(&self) {
+        *self.cached.lock().await = None;
+    }
+
+    /// Sends one request to the enclave through OHTTP: `method` and `path` of the KServe v2 API, with
+    /// `headers` and `body`. Adds `Date`; retries once with the enclave's own `Date` if the enclave
+    /// refuses the client's clock (RFC 9458 §6.5.2).
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+    ) -> Result<ObliviousResponse, ObliviousError> {
+        let gateway = self.gateway().await?;
+        let now_secs = now_ms()? / 1000;
+        let first = self.exchange(&gateway, method, path, headers, body, now_secs).await?;
+        let date_problem = first.status == 400
+            && first.header("content-type").is_some_and(|c| c.starts_with(b"application/problem+json"))
+            && String::from_utf8_lossy(&first.body).contains("http-problem-types#date");
+        if !date_problem {
+            return Ok(first);
+        }
+        let Some(theirs) = first
+            .header("date")
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(veil_protocol::time::parse_http_date)
+        else {
+            return Ok(first);
+        };
+        self.exchange(&gateway, method, path, headers, body, theirs).await
+    }
+
+    async fn exchange(
+        &self,
+        gateway: &VerifiedGateway,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+        date_secs: u64,
+    ) -> Result<ObliviousResponse, ObliviousError> {
+        let date = veil_protocol::time::format_http_date(date_secs).ok_or(ObliviousError::System("bad clock"))?;
+        let mut all: Vec<(&str, &[u8])> = vec![("date", date.as_bytes())];
+        if !body.is_empty() {
+            all.push(("content-type", b"application/json"));
+        }
+        all.extend_from_slice(headers);
+        let inner = zeroize::Zeroizing::new(bhttp::encode_request(method, "https", "veil", path, &all, body, true));
+        let (encapsulated, context) = ohttp::encapsulate(&gateway.key_config, &inner, &SystemRandom::new())?;
+        drop(inner);
+        let mut sealed = self.client.post_ohttp(encapsulated).await?;
+        let opened = context.open_in_place(&mut sealed)?;
+        let response = bhttp::parse_response(opened).map_err(|e| ObliviousError::Response(e.to_string()))?;
+        let out = ObliviousResponse {
+            status: response.status,
+            headers: response
+                .headers
+                .iter()
+                .map(|f| (String::from_utf8_lossy(f.name).to_ascii_lowercase(), f.value.to_vec()))
+                .collect(),
+            body: response.content.as_slice().to_vec(),
+        };
+        zeroize::Zeroize::zeroize(&mut sealed);
+        Ok(out)
+    }
+
+    /// Runs inference on `model` with a v2 request (JSON), naming the digest the policy expects: the
+    /// enclave refuses (400) if it serves another model under that name. Returns the response, whose
+    /// [`ObliviousResponse::model_sha384`] is the digest that answered.
+    pub async fn infer(&self, model: &str, request_json: &[u8]) -> Result<ObliviousResponse, ObliviousError> {
+        let expected = self.policy.models.get(model).ok_or_else(|| ObliviousError::ModelNotInPolicy {
+            model: model.to_owned(),
+            listed: self.policy.models.keys().cloned().collect::<Vec<_>>().join(", "),
+        })?;
+        let digest = hex::encode(expected);
+        let path = format!("/v2/models/{model}/infer");
+        let response = self.send("POST", &path, &[(MODEL_DIGEST_HEADER, digest.as_bytes())], request_json).await?;
+        if response.status == 200 && response.model_sha384().as_ref() != Some(expected) {
+            return Err(ObliviousError::Response(format!(
+                "the answer names model digest {:?}, not the {digest} asked for",
+                response.model_sha384().map(hex::encode)
+            )));
+        }
+        Ok(response)
+    }
+}
