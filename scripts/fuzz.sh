@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Fuzz everything the parent can reach, with cargo-fuzz (libFuzzer): frames, link messages, the KMS
 # envelope v2 (requests parsed, sealed requests mutated, answers), padding, v2 JSON, encrypted model files
-# (header and chunks), EIFs, attestation documents and the user_data commitment.
+# (header and chunks), EIFs, attestation documents and the user_data commitment, and attested-key mode:
+# OHTTP encapsulated requests and responses (arbitrary, and real ones mutated), key lists, and the Binary
+# HTTP inside (against the bhttp crate).
 #
 #   scripts/fuzz.sh                      every target, 60 s each
 #   scripts/fuzz.sh all 30               every target, 30 s each (what scripts/test.sh runs in CI)
@@ -13,7 +15,8 @@
 #
 # Seeds: the real attestation documents of tests/vectors (decoded to raw CBOR), and what
 # fuzz/examples/make_corpus.rs writes: real frames and messages, envelopes sealed under the fixture key,
-# the v2 requests of examples/ and tests/data/references, a model file, and EIFs. Inputs the fuzzer finds
+# the v2 requests of examples/ and tests/data/references, a model file, EIFs, and OHTTP exchanges under the
+# fixture gateway keys (RFC 9458's worked example among them), their key lists and Binary HTTP messages. Inputs the fuzzer finds
 # interesting accumulate in fuzz/corpus/<target>/ (not committed).
 #
 # A crash, a panic, a failed assertion, a leak, an input slower than 10 s or over 2 GiB makes libFuzzer
@@ -31,6 +34,7 @@ targets=(
     envelope_parse envelope_mutate envelope_plaintext envelope_answer pad_unpad
     v2_request model_header model_open eif_read
     attestation_parse attestation_verify commitment_decode
+    ohttp_decapsulate ohttp_response_open ohttp_key_list bhttp_request
 )
 which="${1:-all}"
 seconds="${2:-60}"
@@ -71,11 +75,11 @@ for e in json.load(open(os.path.join(vectors, "MANIFEST.json"))):
     name = hashlib.sha256(doc).hexdigest()[:16]
     for t in ("attestation_parse", "attestation_verify"):
         open(os.path.join(seed, t, name), "wb").write(doc)
-# Commitment v1: {"v":1,"x25519":null,"recipient_rsa_spki_sha384":null,"models":[],"config_sha384":h'00'*48}
+# Commitment v2: {"v":2,"ohttp_keys_sha384":null,"recipient_rsa_spki_sha384":null,"models":[],"config_sha384":h'00'*48}
 def t(s): return bytes([0x60 + len(s)]) + s.encode()
-c = b"\xa5" + t("v") + b"\x01" + t("x25519") + b"\xf6" + b"\x78\x19recipient_rsa_spki_sha384" + b"\xf6" \
+c = b"\xa5" + t("v") + b"\x02" + t("ohttp_keys_sha384") + b"\xf6" + b"\x78\x19recipient_rsa_spki_sha384" + b"\xf6" \
     + t("models") + b"\x80" + t("config_sha384") + b"\x58\x30" + bytes(48)
-open(os.path.join(seed, "commitment_decode", "empty-v1"), "wb").write(c)
+open(os.path.join(seed, "commitment_decode", "empty-v2"), "wb").write(c)
 PY
 # Part 2: Veil's own formats, made with the code that makes them (and the fixture key the targets use).
 echo "== fuzz.sh: writing the seed corpus (fuzz/examples/make_corpus.rs)" >&2

@@ -1,7 +1,10 @@
 //! Writes the seed corpus of the fuzz targets that take Veil's own formats: real frames and link messages,
 //! real sealed requests and answers (under the fixture key of `src/lib.rs`), padded plaintexts, the v2
-//! request bodies of `examples/` and `tests/data/references`, a real encrypted model file, and EIFs (one
-//! built here with veil-eif's builder from small stand-in blobs, plus the images of `eif/tests/data`).
+//! request bodies of `examples/` and `tests/data/references`, a real encrypted model file, EIFs (one
+//! built here with veil-eif's builder from small stand-in blobs, plus the images of `eif/tests/data`), and
+//! for attested-key mode, real encapsulated OHTTP requests and responses (RFC 9458's worked example and
+//! Veil's, under the fixture gateway keys), the gateways' key lists, and Binary HTTP messages of both
+//! framings (Veil's, RFC 9458's and the `bhttp` crate's).
 //!
 //!     cargo run --manifest-path fuzz/Cargo.toml --example make_corpus -- REPO_ROOT CORPUS_DIR
 //!
@@ -11,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use serde_bytes::ByteBuf;
 use veil_eif::{BuildInfo, EifBuilder, EifIdentity};
-use veil_fuzz::{data_key, model_file, model_plaintext, seal_request, sealed_answer};
+use veil_fuzz::{
+    data_key, model_file, model_plaintext, ohttp_exchanges, ohttp_gateways, rfc9458, seal_request, sealed_answer, unhex,
+};
 use veil_protocol::attestation::{ModelDigest, UserDataCommitment};
 use veil_protocol::envelope::RequestMeta;
 use veil_protocol::error::{ErrorKind, ErrorReply};
@@ -207,7 +212,7 @@ fn main() {
 
     // A commitment with models and keys (commitment_decode; the script adds an empty one).
     let commitment = UserDataCommitment {
-        x25519: Some([5; 32]),
+        ohttp_keys_sha384: Some([5; 48]),
         recipient_rsa_spki_sha384: Some([6; 48]),
         models: vec![
             ModelDigest { name: "breast_cancer".into(), sha384: [1; 48] },
@@ -215,7 +220,109 @@ fn main() {
         ],
         config_sha384: [7; 48],
     };
-    c.put("commitment_decode", "full-v1", &commitment.encode().unwrap());
+    c.put("commitment_decode", "full-v2", &commitment.encode().unwrap());
+
+    ohttp_seeds(&root, &c);
+}
+
+/// Attested-key mode: OHTTP requests, responses and key lists, and Binary HTTP messages.
+fn ohttp_seeds(root: &Path, c: &Corpus) {
+    // The fixtures transcribe RFC 9458's example: check them against the vector file the tests use.
+    let vector: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.join("protocol/tests/vectors/rfc9458-appendix-a.json")).expect("the RFC 9458 vector"),
+    )
+    .unwrap();
+    for (field, ours) in [
+        ("skR", rfc9458::SK_R),
+        ("key_config", rfc9458::KEY_CONFIG),
+        ("request", rfc9458::REQUEST),
+        ("encapsulated_request", rfc9458::ENCAPSULATED_REQUEST),
+        ("response", rfc9458::RESPONSE),
+        ("response_nonce", rfc9458::RESPONSE_NONCE),
+        ("encapsulated_response", rfc9458::ENCAPSULATED_RESPONSE),
+    ] {
+        assert_eq!(vector[field].as_str(), Some(ours), "fuzz/src/lib.rs transcribes the RFC's {field} wrongly");
+    }
+    assert_eq!(vector["key_id"].as_u64(), Some(u64::from(rfc9458::KEY_ID)));
+
+    // Encapsulated requests (ohttp_decapsulate): each real one as is, edited (a ciphertext byte, the key id,
+    // the AEAD), and as a raw message; encapsulated responses (ohttp_response_open): each as is, edited,
+    // raw, and its Binary HTTP response to seal.
+    let exchanges = ohttp_exchanges();
+    for (i, x) in exchanges.iter().enumerate() {
+        let i = u8::try_from(i).unwrap();
+        let last = u16::try_from(x.encapsulated_request.len() - 1).unwrap().to_be_bytes();
+        c.put("ohttp_decapsulate", &format!("real-{i}"), &[0x80 + i]);
+        c.put("ohttp_decapsulate", &format!("real-{i}-tag"), &[0x80 + i, 0, last[0], last[1], 0x01]);
+        c.put("ohttp_decapsulate", &format!("real-{i}-key-id"), &[0x80 + i, 4, 0, 0, 8]);
+        c.put("ohttp_decapsulate", &format!("real-{i}-aead"), &[0x80 + i, 4, 0, 6, 2]);
+        c.put("ohttp_decapsulate", &format!("raw-{i}"), &prefixed(&[0], &x.encapsulated_request));
+        c.put("ohttp_response_open", &format!("real-{i}"), &[i]);
+        c.put("ohttp_response_open", &format!("real-{i}-nonce"), &[i, 0, 0, 0, 0x80]);
+        c.put("ohttp_response_open", &format!("real-{i}-cut"), &[i, 3, 0, 40, 0]);
+        c.put("ohttp_response_open", &format!("raw-{i}"), &prefixed(&[0x80 + i], &x.encapsulated_response));
+        c.put("ohttp_response_open", &format!("seal-{i}"), &prefixed(&[0xc0 + i], &x.response));
+        c.put("bhttp_request", &format!("exchange-{i}-request"), &x.request);
+        c.put("bhttp_request", &format!("exchange-{i}-response"), &x.response);
+    }
+
+    // Key lists (ohttp_key_list): the gateways', both at once, the RFC's configuration, another KEM's
+    // configuration skipped before one of X25519, and a configuration with no suite a client can use.
+    let gateways = ohttp_gateways();
+    let (rfc_list, veil_list) = (gateways[0].key_list(), gateways[1].key_list());
+    c.put("ohttp_key_list", "rfc9458", rfc_list);
+    c.put("ohttp_key_list", "veil-two-keys", veil_list);
+    c.put("ohttp_key_list", "both", &[rfc_list, veil_list].concat());
+    let config = unhex(rfc9458::KEY_CONFIG);
+    let mut p256 = vec![0, 5, 9, 0x00, 0x10, 0xaa, 0xbb];
+    p256.extend_from_slice(veil_list);
+    c.put("ohttp_key_list", "p256-skipped", &p256);
+    let mut unusable = config.clone();
+    let n = unusable.len();
+    unusable[n - 4..].copy_from_slice(&[0x00, 0x02, 0x00, 0x09]); // HKDF-SHA384, an unknown AEAD
+    c.put("ohttp_key_list", "unusable-suites", &prefixed(&u16::try_from(n).unwrap().to_be_bytes(), &unusable));
+
+    // Binary HTTP (bhttp_request): RFC 9458's messages, Veil's (plain and padded), and the bhttp crate's of
+    // both framings, with chunked content, trailers and repeated cookies; an informational response; and
+    // indeterminate-length messages truncated where a section starts.
+    c.put("bhttp_request", "rfc9458-request", &unhex(rfc9458::REQUEST));
+    c.put("bhttp_request", "rfc9458-response", &unhex(rfc9458::RESPONSE));
+    let veil = |pad| {
+        veil_protocol::ohttp::bhttp::encode_request(
+            "POST",
+            "https",
+            "veil",
+            "/v2/models/iris/infer",
+            &[("date", b"Sun, 15 Jun 2025 15:06:40 GMT"), ("content-type", b"application/json")],
+            br#"{"inputs":[]}"#,
+            pad,
+        )
+    };
+    c.put("bhttp_request", "veil-request", &veil(false));
+    c.put("bhttp_request", "veil-request-padded", &veil(true));
+    for (mode, name) in [(bhttp::Mode::KnownLength, "known"), (bhttp::Mode::IndeterminateLength, "indeterminate")] {
+        let mut m = bhttp::Message::request(b"POST".to_vec(), b"https".to_vec(), b"veil".to_vec(), b"/v2/models/iris/infer".to_vec());
+        m.put_header("content-type", "application/json");
+        m.put_header("cookie", "a=1");
+        m.put_header("cookie", "b=2");
+        m.write_content(b"{\"inputs\":");
+        m.write_content(b"[]}");
+        m.put_trailer("x-trailer", "t");
+        let mut enc = Vec::new();
+        m.write_bhttp(mode, &mut enc).unwrap();
+        c.put("bhttp_request", &format!("bhttp-{name}-request"), &enc);
+        let mut r = bhttp::Message::response(bhttp::StatusCode::try_from(503u16).unwrap());
+        r.put_header("retry-after", "1");
+        r.write_content(b"{\"error\":\"busy\"}");
+        let mut enc = Vec::new();
+        r.write_bhttp(mode, &mut enc).unwrap();
+        c.put("bhttp_request", &format!("bhttp-{name}-response"), &enc);
+    }
+    // 103 Early Hints (one link field), then 200 with no fields and "ok", known-length.
+    c.put("bhttp_request", "informational", b"\x01\x40\x67\x0c\x04link\x06<a.js>\x40\xc8\x00\x02ok\x00");
+    // Indeterminate-length GET /: truncated after the control data, and after the header section.
+    c.put("bhttp_request", "indeterminate-truncated", b"\x02\x03GET\x05https\x00\x01/");
+    c.put("bhttp_request", "indeterminate-no-trailer", b"\x02\x03GET\x05https\x00\x01/\x00\x00");
 }
 
 fn file_name(p: &Path) -> String {
