@@ -9,7 +9,7 @@
 //! "VEILMDL2" ‖ u32 header length ‖ header (CBOR) ‖ chunk 0 ‖ chunk 1 ‖ … ‖ chunk n-1
 //! header = {"v": 2, "name": tstr, "key_id": tstr, "encrypted_data_key": bstr, "encryption_context": {tstr: tstr},
 //!           "file_id": bstr .size 16, "chunk_size": uint, "plaintext_len": uint}
-//! key    = HKDF-SHA256(salt = "veil/v2 model", ikm = data key, info = SHA-256(header))
+//! key    = HKDF-SHA256(salt = "veil/v1 model", ikm = data key, info = SHA-256(header))
 //! chunk i = AES-256-GCM(key, nonce = 0u32 ‖ u64 i, plaintext[i], aad = SHA-256(header) ‖ u64 i ‖ u8 last)
 //! ```
 //!
