@@ -8,8 +8,8 @@
 #
 # The fuzz step runs every target of fuzz/ for VEIL_FUZZ_SECONDS each (30 by default, and never fewer), and
 # fails on any crash, naming the input (scripts/fuzz.sh). Measured on the two-core CI machine (shared with
-# other builds at the time): 13 minutes (clippy and the corpus generator 2.3, instrumented build 3.6,
-# 14 targets x 30 s 7.3), plus 3.7 to install cargo-fuzz on a machine that lacks it.
+# other builds at the time): about 15 minutes (clippy and the corpus generator 2.3, instrumented build 3.6,
+# 18 targets x 30 s 9.4), plus 3.7 to install cargo-fuzz on a machine that lacks it.
 #
 # The end-to-end tests start the real veil-parent and veil-enclave binaries, so they are built first.
 set -euo pipefail
