@@ -301,7 +301,12 @@ fn ohttp_seeds(root: &Path, c: &Corpus) {
     c.put("bhttp_request", "veil-request", &veil(false));
     c.put("bhttp_request", "veil-request-padded", &veil(true));
     for (mode, name) in [(bhttp::Mode::KnownLength, "known"), (bhttp::Mode::IndeterminateLength, "indeterminate")] {
-        let mut m = bhttp::Message::request(b"POST".to_vec(), b"https".to_vec(), b"veil".to_vec(), b"/v2/models/iris/infer".to_vec());
+        let mut m = bhttp::Message::request(
+            b"POST".to_vec(),
+            b"https".to_vec(),
+            b"veil".to_vec(),
+            b"/v2/models/iris/infer".to_vec(),
+        );
         m.put_header("content-type", "application/json");
         m.put_header("cookie", "a=1");
         m.put_header("cookie", "b=2");

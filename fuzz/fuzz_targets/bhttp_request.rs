@@ -125,7 +125,9 @@ fn strict_request_control(c: &ControlData) -> bool {
 /// Veil refused what bhttp read as `m` (`read` bytes of `data`): the refusal must be a deliberate one.
 fn check_refusal(e: &BhttpError, m: &Message, data: &[u8], read: usize, what: &str) {
     match e {
-        BhttpError::Padding => assert!(!zeros(&data[read..]), "{what}: refused as padding, but bhttp read zeros after it"),
+        BhttpError::Padding => {
+            assert!(!zeros(&data[read..]), "{what}: refused as padding, but bhttp read zeros after it")
+        }
         BhttpError::Malformed(why) => {
             let strict = strict_request_control(m.control())
                 || strict_section(m.header())
@@ -186,7 +188,8 @@ fn reencode_request(ours: &Request<'_>) {
     let (Ok(scheme), Ok(authority)) = (std::str::from_utf8(ours.scheme), std::str::from_utf8(ours.authority)) else {
         return; // encode_request takes text; Veil reads any bytes there (and uses neither)
     };
-    let names: Vec<&str> = ours.headers.iter().map(|f| std::str::from_utf8(f.name).expect("a token is ASCII")).collect();
+    let names: Vec<&str> =
+        ours.headers.iter().map(|f| std::str::from_utf8(f.name).expect("a token is ASCII")).collect();
     let headers: Vec<(&str, &[u8])> = names.iter().copied().zip(ours.headers.iter().map(|f| f.value)).collect();
     let content = ours.content.as_slice();
     let plain = vb::encode_request(ours.method, scheme, authority, ours.path, &headers, content, false);
@@ -199,8 +202,17 @@ fn reencode_request(ours: &Request<'_>) {
         let (theirs, read) = read_theirs(enc).expect("bhttp refuses Veil's encoding");
         agree_on_request(ours, &theirs, &enc[read..]);
         let renames: Vec<&str> = again.headers.iter().map(|f| std::str::from_utf8(f.name).unwrap_or("")).collect();
-        let reheaders: Vec<(&str, &[u8])> = renames.iter().copied().zip(again.headers.iter().map(|f| f.value)).collect();
-        let re = vb::encode_request(again.method, scheme, authority, again.path, &reheaders, again.content.as_slice(), false);
+        let reheaders: Vec<(&str, &[u8])> =
+            renames.iter().copied().zip(again.headers.iter().map(|f| f.value)).collect();
+        let re = vb::encode_request(
+            again.method,
+            scheme,
+            authority,
+            again.path,
+            &reheaders,
+            again.content.as_slice(),
+            false,
+        );
         assert_eq!(re, plain, "the encoding is not canonical");
     }
 }
@@ -248,7 +260,8 @@ fn response(data: &[u8]) {
 }
 
 fn rewrite_response(ours: &Response<'_>) {
-    let names: Vec<&str> = ours.headers.iter().map(|f| std::str::from_utf8(f.name).expect("a token is ASCII")).collect();
+    let names: Vec<&str> =
+        ours.headers.iter().map(|f| std::str::from_utf8(f.name).expect("a token is ASCII")).collect();
     let headers: Vec<(&str, &[u8])> = names.iter().copied().zip(ours.headers.iter().map(|f| f.value)).collect();
     let room = 32;
     let mut w = ResponseWriter::new(room, ours.status, &headers, ours.content.as_slice().len());

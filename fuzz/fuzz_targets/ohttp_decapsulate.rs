@@ -49,7 +49,9 @@ fn expected_refusal(configs: &[KeyConfig], msg: &[u8]) -> OhttpError {
     let Some(config) = configs.iter().find(|c| c.key_id == key_id) else {
         return OhttpError::UnknownKeyId(key_id);
     };
-    if kem != KEM_X25519_SHA256 || kdf != KDF_HKDF_SHA256 || !config.suites.iter().any(|s| s.kdf == kdf && s.aead == aead)
+    if kem != KEM_X25519_SHA256
+        || kdf != KDF_HKDF_SHA256
+        || !config.suites.iter().any(|s| s.kdf == kdf && s.aead == aead)
     {
         return OhttpError::Unsupported { kem, kdf, aead };
     }
@@ -80,7 +82,10 @@ fuzz_target!(|data: &[u8]| {
                 let mut buf = vec![0x5a; context.nonce_len()];
                 buf.extend_from_slice(b"probe");
                 context.seal_with_nonce_in_place(&mut buf).expect("a probe seals");
-                assert_eq!(x.client.open_in_place(&mut buf).expect("the client opens the gateway's response"), b"probe");
+                assert_eq!(
+                    x.client.open_in_place(&mut buf).expect("the client opens the gateway's response"),
+                    b"probe"
+                );
             }
             Err(e) => {
                 assert!(real.is_none(), "gateway {g} refused one of its real requests: {e}");

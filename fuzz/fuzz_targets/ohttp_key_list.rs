@@ -75,7 +75,11 @@ fuzz_target!(|data: &[u8]| {
     let expected = model(data);
     let list = match (decoded, expected) {
         (Ok(list), Some(kept)) => {
-            assert_eq!(KeyConfig::encode_list(&list), kept.concat(), "the re-encoding is not the input's X25519 entries");
+            assert_eq!(
+                KeyConfig::encode_list(&list),
+                kept.concat(),
+                "the re-encoding is not the input's X25519 entries"
+            );
             list
         }
         (Err(e), None) => {
@@ -92,7 +96,9 @@ fuzz_target!(|data: &[u8]| {
         let one = c.encode();
         assert_eq!(one.len(), key_config_len(c.suites.len()));
         assert_eq!(KeyConfig::decode(&one).as_ref(), Ok(&Some(c.clone())));
-        let usable = |aead: u16| matches!(aead, ohttp::AEAD_AES_128_GCM | ohttp::AEAD_AES_256_GCM | ohttp::AEAD_CHACHA20_POLY1305);
+        let usable = |aead: u16| {
+            matches!(aead, ohttp::AEAD_AES_128_GCM | ohttp::AEAD_AES_256_GCM | ohttp::AEAD_CHACHA20_POLY1305)
+        };
         assert_eq!(c.preferred_suite(), c.suites.iter().copied().find(|s| s.kdf == KDF_HKDF_SHA256 && usable(s.aead)));
     }
 
@@ -118,7 +124,10 @@ fuzz_target!(|data: &[u8]| {
         match offered {
             None => assert_eq!(got.err(), Some(OhttpError::UnknownKeyId(c.key_id))),
             Some(t) if !t.suites.contains(&suite) => {
-                assert_eq!(got.err(), Some(OhttpError::Unsupported { kem: KEM_X25519_SHA256, kdf: suite.kdf, aead: suite.aead }))
+                assert_eq!(
+                    got.err(),
+                    Some(OhttpError::Unsupported { kem: KEM_X25519_SHA256, kdf: suite.kdf, aead: suite.aead })
+                )
             }
             // The id names this key: it opens. Another key of the gateway cannot.
             Some(t) if t.public_key == theirs.public_key => {

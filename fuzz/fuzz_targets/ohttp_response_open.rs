@@ -66,7 +66,8 @@ fuzz_target!(|data: &[u8]| {
             let mut sealed = vec![0u8; n];
             sealed.extend_from_slice(rest);
             // A nonce per input (this is a test: the same input seals to the same bytes).
-            let seed = rest.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+            let seed =
+                rest.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
             x.gateway_context.seal_in_place(&mut sealed, &CountingRandom::new(seed)).expect("a short response seals");
             assert_eq!(sealed.len(), n + rest.len() + TAG_LEN);
             for (j, y) in xs.iter().enumerate() {

@@ -306,7 +306,8 @@ pub fn ohttp_exchanges() -> Vec<OhttpExchange> {
     });
 
     let infer = br#"{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#;
-    let large = format!(r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"BYTES","data":["{}"]}}]}}"#, "7".repeat(3000));
+    let large =
+        format!(r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"BYTES","data":["{}"]}}]}}"#, "7".repeat(3000));
     let cases: [(usize, u8, u16, Vec<u8>); 6] = [
         (0, rfc9458::KEY_ID, AEAD_AES_128_GCM, veil_request("/v2/health/ready", b"")),
         (0, rfc9458::KEY_ID, AEAD_CHACHA20_POLY1305, veil_request("/v2/models/iris/infer", infer)),
@@ -325,7 +326,9 @@ pub fn ohttp_exchanges() -> Vec<OhttpExchange> {
         let (opened, server) = gateways[gateway].decapsulate(&encapsulated_request).expect("decapsulates");
         assert_eq!(*opened, request);
         assert_eq!((server.enc(), server.aead()), (client.enc(), aead));
-        let outputs = format!(r#"{{"model_name":"iris","outputs":[{{"name":"y","shape":[1],"datatype":"INT64","data":[{seed}]}}]}}"#);
+        let outputs = format!(
+            r#"{{"model_name":"iris","outputs":[{{"name":"y","shape":[1],"datatype":"INT64","data":[{seed}]}}]}}"#
+        );
         let mut sealed = veil_response(server.nonce_len(), if seed == 4 { 404 } else { 200 }, outputs.as_bytes());
         let response = sealed[server.nonce_len()..].to_vec();
         server.seal_in_place(&mut sealed, &CountingRandom::new(!(0x0417_0000_0000_0000 | seed << 32))).expect("seals");
