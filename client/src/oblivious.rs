@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use veil_protocol::attestation::Verifier;
+use veil_protocol::attestation::{VerifiedDocument, Verifier};
 use veil_protocol::ohttp::{self, KeyConfig, OhttpError, bhttp};
 use veil_protocol::random::SystemRandom;
 
@@ -91,6 +91,15 @@ pub async fn verify_gateway(
     policy: &ClientPolicy,
     verifier: &Verifier,
 ) -> Result<VerifiedGateway, ObliviousError> {
+    verify_gateway_document(client, policy, verifier).await.map(|(g, _)| g)
+}
+
+/// [`verify_gateway`], with the verified document (for reports: `veil proxy --check`).
+pub async fn verify_gateway_document(
+    client: &Client,
+    policy: &ClientPolicy,
+    verifier: &Verifier,
+) -> Result<(VerifiedGateway, VerifiedDocument), ObliviousError> {
     let key_list = client.ohttp_keys().await?;
     if key_list.len() > MAX_KEY_LIST {
         return Err(ObliviousError::Keys(format!("{} bytes, more than {MAX_KEY_LIST}", key_list.len())));
@@ -111,14 +120,15 @@ pub async fn verify_gateway(
     let leaf_not_after_ms =
         verified.certificates().last().map(|c| u64::try_from(c.not_after).unwrap_or(0).saturating_mul(1000));
     let by_age = verified.timestamp_ms().saturating_add(policy.max_age.as_millis() as u64);
-    Ok(VerifiedGateway {
+    let gateway = VerifiedGateway {
         key_config,
         key_list_sha384: veil_protocol::attestation::UserDataCommitment::sha384(&key_list),
         image,
         models: commitment.models.iter().map(|m| (m.name.clone(), m.sha384)).collect(),
         module_id: verified.module_id().to_owned(),
         valid_until_ms: leaf_not_after_ms.map_or(by_age, |l| l.min(by_age)),
-    })
+    };
+    Ok((gateway, verified))
 }
 
 /// A response from the enclave, decrypted: authenticated by the OHTTP response key.
@@ -204,9 +214,26 @@ impl ObliviousClient {
         headers: &[(&str, &[u8])],
         body: &[u8],
     ) -> Result<ObliviousResponse, ObliviousError> {
-        let gateway = self.gateway().await?;
+        let mut gateway = self.gateway().await?;
         let now_secs = now_ms()? / 1000;
-        let first = self.exchange(&gateway, method, path, headers, body, now_secs).await?;
+        let first = match self.exchange(&gateway, method, path, headers, body, now_secs).await {
+            // The relay says the gateway could not decapsulate the request (RFC 9458 §5.2: unknown key, or
+            // not decryptable): the enclave's keys may have changed (a restart, a rotation). Verify afresh;
+            // if the verified key configuration is a new one, send once more (the first request was never
+            // opened). A relay that says so falsely costs a verification, nothing more.
+            Err(ObliviousError::Fetch(ClientError::Unauthenticated { status, message, retry_after }))
+                if status == hyper::StatusCode::UNPROCESSABLE_ENTITY =>
+            {
+                let before = gateway.key_list_sha384;
+                self.forget().await;
+                gateway = self.gateway().await?;
+                if gateway.key_list_sha384 == before {
+                    return Err(ObliviousError::Fetch(ClientError::Unauthenticated { status, message, retry_after }));
+                }
+                self.exchange(&gateway, method, path, headers, body, now_secs).await?
+            }
+            other => other?,
+        };
         let date_problem = first.status == 400
             && first.header("content-type").is_some_and(|c| c.starts_with(b"application/problem+json"))
             && String::from_utf8_lossy(&first.body).contains("http-problem-types#date");
@@ -234,7 +261,7 @@ impl ObliviousClient {
     ) -> Result<ObliviousResponse, ObliviousError> {
         let date = veil_protocol::time::format_http_date(date_secs).ok_or(ObliviousError::System("bad clock"))?;
         let mut all: Vec<(&str, &[u8])> = vec![("date", date.as_bytes())];
-        if !body.is_empty() {
+        if !body.is_empty() && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
             all.push(("content-type", b"application/json"));
         }
         all.extend_from_slice(headers);
