@@ -9,6 +9,8 @@
 //! The binaries are found next to the test executable's `target/<profile>/` directory: run
 //! `cargo build --workspace --bins` first (scripts/test.sh does). ONNX Runtime and the sample models come
 //! from the scripts/setup.sh cache (`ORT_DYLIB_PATH`, `VEIL_MODELS_DIR`, or `~/.cache/veil`).
+pub mod hostile;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,16 +42,30 @@ pub fn ort_dylib() -> anyhow::Result<PathBuf> {
 }
 
 /// Path of a sample model: `iris`, `minilm`, `breast_cancer` from the set-up cache, or a test model
-/// committed in the repository (`models/NAME/NAME.onnx`, e.g. `datatypes`).
+/// committed in the repository (`models/NAME/NAME.onnx`: `datatypes`, `more_types`).
 pub fn model_path(name: &str) -> anyhow::Result<PathBuf> {
     let in_repo = repo_root().join("models").join(name).join(format!("{name}.onnx"));
-    if name == "datatypes" {
+    if in_repo.is_file() {
         return Ok(in_repo);
     }
     let dir = std::env::var_os("VEIL_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("models"));
     let p = dir.join(format!("{name}.onnx"));
     anyhow::ensure!(p.is_file(), "model {} not found: run scripts/setup.sh", p.display());
     Ok(p)
+}
+
+/// The test venv's interpreter (tests/python/requirements.txt: pyhpke, tritonclient), from
+/// `VEIL_TEST_PYTHON`, which scripts/test.sh sets. Tests that need it fail without it: they never pass by
+/// skipping.
+pub fn test_python() -> PathBuf {
+    match std::env::var_os("VEIL_TEST_PYTHON") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => panic!(
+            "VEIL_TEST_PYTHON is not set: run scripts/test.sh, which creates the test venv from \
+             tests/python/requirements.txt and sets it, or set VEIL_TEST_PYTHON to a Python that has those \
+             packages (e.g. ~/.cache/veil/test-venv/bin/python)"
+        ),
+    }
 }
 
 /// The repository root.
