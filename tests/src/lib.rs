@@ -570,12 +570,19 @@ impl Default for PlainHttp {
 }
 
 impl PlainHttp {
-    /// POSTs `body` to `url` and returns the answer's body; a non-2xx status is an error.
+    /// POSTs `body` (JSON) to `url` and returns the answer's body; a non-2xx status is an error.
     pub async fn post(&self, url: &str, body: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+        self.post_with(url, body, &[("content-type", "application/json")]).await
+    }
+
+    /// [`PlainHttp::post`] with these headers.
+    pub async fn post_with(&self, url: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> anyhow::Result<Vec<u8>> {
         use http_body_util::BodyExt;
-        let request = hyper::Request::post(url)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+        let mut request = hyper::Request::post(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
         let response = self.http.request(request).await?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();

@@ -1,0 +1,169 @@
+//! What the benchmarks share: the load driver (threads, warm-up, percentiles), an in-process ONNX Runtime
+//! pool (the floor every ratio is taken against), keep-alive HTTP clients per load thread, and the plain
+//! Python onnxruntime server (bench/python_baseline_server.py).
+#![allow(dead_code)] // each bench uses its own part of this
+
+use std::collections::BTreeMap;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use ort::session::{Session, SessionInputValue};
+use ort::value::Tensor;
+use serde_json::Value;
+
+pub struct Pool {
+    pub idle: Mutex<Vec<Session>>,
+    pub ready: Condvar,
+}
+
+impl Pool {
+    pub fn run(&self, request: &Value) {
+        let mut session = {
+            let mut idle = self.idle.lock().unwrap();
+            loop {
+                if let Some(s) = idle.pop() {
+                    break s;
+                }
+                idle = self.ready.wait(idle).unwrap();
+            }
+        };
+        let feeds = feeds(request);
+        let outputs = session.run(feeds).expect("ort run");
+        assert!(outputs.len() > 0);
+        drop(outputs);
+        self.idle.lock().unwrap().push(session);
+        self.ready.notify_one();
+    }
+}
+
+/// Tensors for ONNX Runtime from a v2 request (FP32 and INT64 inputs: what the sample models take).
+pub fn feeds(request: &Value) -> Vec<(String, SessionInputValue<'static>)> {
+    request["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let shape: Vec<i64> = i["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
+            let data = i["data"].as_array().unwrap();
+            let value: SessionInputValue<'static> = match i["datatype"].as_str().unwrap() {
+                "FP32" => {
+                    Tensor::from_array((shape, data.iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<f32>>()))
+                        .unwrap()
+                        .into()
+                }
+                "INT64" => Tensor::from_array((shape, data.iter().map(|x| x.as_i64().unwrap()).collect::<Vec<i64>>()))
+                    .unwrap()
+                    .into(),
+                other => panic!("bench supports FP32 and INT64 inputs, not {other}"),
+            };
+            (i["name"].as_str().unwrap().to_owned(), value)
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Measurement {
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub mean_us: f64,
+    pub requests: usize,
+    pub throughput_rps: f64,
+}
+
+pub fn summarize(mut lat: Vec<Duration>, elapsed: Duration) -> Measurement {
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e6;
+    let mean = lat.iter().map(|d| d.as_secs_f64()).sum::<f64>() / lat.len() as f64 * 1e6;
+    Measurement {
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        mean_us: mean,
+        requests: lat.len(),
+        throughput_rps: lat.len() as f64 / elapsed.as_secs_f64(),
+    }
+}
+
+/// Runs `f` from `concurrency` threads, `per_thread` times each after `warmup` calls, and summarizes.
+pub fn measure<F: Fn() + Sync>(concurrency: usize, warmup: usize, per_thread: usize, f: F) -> Measurement {
+    for _ in 0..warmup {
+        f();
+    }
+    let start = Instant::now();
+    let lat: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..concurrency)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut v = Vec::with_capacity(per_thread);
+                    for _ in 0..per_thread {
+                        let t = Instant::now();
+                        f();
+                        v.push(t.elapsed());
+                    }
+                    v
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    summarize(lat, start.elapsed())
+}
+
+thread_local! {
+    /// Each load thread drives its own current-thread runtime and client (hyper, keep-alive): the
+    /// connection task runs on the calling thread, so the client adds no thread hand-off of its own.
+    static CLIENTS: std::cell::RefCell<BTreeMap<String, (tokio::runtime::Runtime, veil_client::Client)>> =
+        const { std::cell::RefCell::new(BTreeMap::new()) };
+}
+
+pub fn with_client<T>(base: &str, f: impl FnOnce(&tokio::runtime::Runtime, &veil_client::Client) -> T) -> T {
+    CLIENTS.with(|c| {
+        let mut map = c.borrow_mut();
+        let (rt, client) = map.entry(base.to_owned()).or_insert_with(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            (rt, veil_client::Client::new(base).unwrap())
+        });
+        f(rt, client)
+    })
+}
+
+thread_local! {
+    /// Each load thread's plain keep-alive client for the Python baseline, with its runtime.
+    static PLAIN: (tokio::runtime::Runtime, veil_tests::PlainHttp) = (
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+        veil_tests::PlainHttp::default(),
+    );
+}
+
+/// A plaintext HTTP target that is not Veil (the Python baseline): a keep-alive client per thread.
+pub fn http_target(base: &str, path: String, body: Vec<u8>) -> impl Fn() + Sync {
+    let url = format!("{base}{path}");
+    move || {
+        let out = PLAIN.with(|(rt, http)| rt.block_on(http.post(&url, body.clone()))).expect("http request");
+        assert!(!out.is_empty());
+    }
+}
+
+pub struct PythonServer(pub std::process::Child, pub String);
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn start_python(python: &str, model: &str) -> Option<PythonServer> {
+    use std::io::BufRead;
+    let script = veil_tests::repo_root().join("bench/python_baseline_server.py");
+    let mut child = std::process::Command::new(python)
+        .arg(script)
+        .args(["--model", veil_tests::model_path(model).ok()?.to_str()?, "--name", model, "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take()?).read_line(&mut line).ok()?;
+    let url = line.trim().strip_prefix("listening on ")?.to_owned();
+    Some(PythonServer(child, url))
+}
