@@ -50,6 +50,10 @@ pub enum ObliviousError {
     /// The response decrypted but is not a valid Binary HTTP response, or contradicts the request.
     #[error("the enclave's response is invalid: {0}")]
     Response(String),
+    /// The relay said a request did not decapsulate (the keys changed?), and verifying the enclave again
+    /// failed. The first request was sent, to the key verified before.
+    #[error("the relay said the enclave's keys changed (HTTP 422), and verifying it again failed: {0}")]
+    Reverification(Box<ObliviousError>),
     /// The clock or the random generator failed.
     #[error("{0}")]
     System(&'static str),
@@ -58,7 +62,11 @@ pub enum ObliviousError {
 impl ObliviousError {
     /// True when the failure is the enclave's attestation failing the policy.
     pub fn is_untrusted(&self) -> bool {
-        matches!(self, ObliviousError::Untrusted(_) | ObliviousError::Keys(_))
+        match self {
+            ObliviousError::Untrusted(_) | ObliviousError::Keys(_) => true,
+            ObliviousError::Reverification(e) => e.is_untrusted(),
+            _ => false,
+        }
     }
 }
 
@@ -204,6 +212,15 @@ impl ObliviousClient {
         *self.cached.lock().await = None;
     }
 
+    /// Forgets the cached verification if it is still the one of key list `key_list_sha384` (a request
+    /// that found those keys stale); one that another request has verified since is kept.
+    async fn forget_stale(&self, key_list_sha384: &[u8; 48]) {
+        let mut cached = self.cached.lock().await;
+        if cached.as_ref().is_some_and(|g| &g.key_list_sha384 == key_list_sha384) {
+            *cached = None;
+        }
+    }
+
     /// Sends one request to the enclave through OHTTP: `method` and `path` of the KServe v2 API, with
     /// `headers` and `body`. Adds `Date`; retries once with the enclave's own `Date` if the enclave
     /// refuses the client's clock (RFC 9458 §6.5.2).
@@ -218,15 +235,16 @@ impl ObliviousClient {
         let now_secs = now_ms()? / 1000;
         let first = match self.exchange(&gateway, method, path, headers, body, now_secs).await {
             // The relay says the gateway could not decapsulate the request (RFC 9458 §5.2: unknown key, or
-            // not decryptable): the enclave's keys may have changed (a restart, a rotation). Verify afresh;
-            // if the verified key configuration is a new one, send once more (the first request was never
-            // opened). A relay that says so falsely costs a verification, nothing more.
+            // not decryptable): the enclave's keys may have changed (a restart, a rotation). Verify afresh
+            // (once for all the requests that found the same stale keys); if the verified key list is a new
+            // one, send once more. The 422 is the relay's word: the first request may have been answered
+            // and the answer dropped, so the enclave can see it twice (under two verified keys), never more.
             Err(ObliviousError::Fetch(ClientError::Unauthenticated { status, message, retry_after }))
                 if status == hyper::StatusCode::UNPROCESSABLE_ENTITY =>
             {
                 let before = gateway.key_list_sha384;
-                self.forget().await;
-                gateway = self.gateway().await?;
+                self.forget_stale(&before).await;
+                gateway = self.gateway().await.map_err(|e| ObliviousError::Reverification(Box::new(e)))?;
                 if gateway.key_list_sha384 == before {
                     return Err(ObliviousError::Fetch(ClientError::Unauthenticated { status, message, retry_after }));
                 }

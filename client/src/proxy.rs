@@ -16,10 +16,12 @@
 //!   digest (from the policy, or from the enclave's verified attestation document at start-up); the other
 //!   routes are the parent's (unauthenticated, and carry no client data).
 //!
-//! Nothing is forwarded for a model the policy does not list, or while the enclave fails verification: the
-//! client gets a v2 error (`{"error": "..."}`) with 502 (the enclave failed a check, which the message
-//! names, or its answer did not open) or 503 (the server could not be reached). Request and response
-//! bodies are never logged.
+//! Nothing is forwarded for a model the policy does not list, or (attested-key mode) while the enclave
+//! fails verification: the client gets a v2 error (`{"error": "..."}`) with 502 (the enclave failed a
+//! check, which the message names, or its answer did not open) or 503 (the server could not be reached).
+//! In KMS envelope mode the policy is checked once, at start, and KMS's key policy binds each request.
+//! On loopback, requests a web page could make (an `Origin`, or a `Host` that is not this proxy) are
+//! refused. Request and response bodies are never logged.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,8 +39,9 @@ use crate::kms::Session;
 use crate::oblivious::{MODEL_DIGEST_HEADER, ObliviousClient, ObliviousError};
 use crate::{Client, ClientError};
 
-/// Largest request body accepted by default (64 MiB, as the enclave's frames allow).
-pub const DEFAULT_MAX_BODY: usize = 64 << 20;
+/// Largest request body accepted by default: 8 MiB, the parent's own default limit (a larger body would
+/// be sealed and sent only for the parent to refuse it).
+pub const DEFAULT_MAX_BODY: usize = 8 << 20;
 
 /// How requests are sealed.
 #[allow(missing_debug_implementations)] // a KMS session prints nothing useful; `Proxy`'s Debug names the mode
@@ -53,6 +56,9 @@ pub enum Mode {
 pub struct Proxy {
     mode: Mode,
     max_body: usize,
+    /// The port it listens on, when only loopback clients are served: requests must name a loopback
+    /// host and that port (against DNS rebinding), and carry no `Origin` (no browser page may use it).
+    loopback_port: Option<u16>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -108,6 +114,23 @@ impl Route {
         Ok((route, version))
     }
 
+    /// The route's path as forwarded: built from what was parsed (a decoded, checked model name), never
+    /// the client's bytes.
+    pub fn path(&self, version: Option<&str>) -> String {
+        let model = |m: &str, rest: &str| match version {
+            Some(v) => format!("/v2/models/{m}/versions/{v}{rest}"),
+            None => format!("/v2/models/{m}{rest}"),
+        };
+        match self {
+            Route::ServerMetadata => "/v2".into(),
+            Route::Live => "/v2/health/live".into(),
+            Route::Ready => "/v2/health/ready".into(),
+            Route::ModelMetadata { model: m } => model(m, ""),
+            Route::ModelReady { model: m } => model(m, "/ready"),
+            Route::Infer { model: m } => model(m, "/infer"),
+        }
+    }
+
     /// The model the route is about.
     pub fn model(&self) -> Option<&str> {
         match self {
@@ -156,9 +179,34 @@ pub fn v2_error(status: StatusCode, message: &str) -> Response {
 }
 
 impl Proxy {
-    /// A proxy in `mode`, accepting request bodies up to `max_body` bytes.
-    pub fn new(mode: Mode, max_body: usize) -> Proxy {
-        Proxy { mode, max_body }
+    /// A proxy in `mode`, accepting request bodies up to `max_body` bytes. With `loopback_port`, only
+    /// requests addressed to a loopback host on that port are served, and none from a web page.
+    pub fn new(mode: Mode, max_body: usize, loopback_port: Option<u16>) -> Proxy {
+        Proxy { mode, max_body, loopback_port }
+    }
+
+    /// Refuses what a web page could send: any request with an `Origin`, and (DNS rebinding) any whose
+    /// `Host` is not a loopback address on the proxy's port.
+    fn refuse_browsers(&self, headers: &HeaderMap) -> Option<Response> {
+        let port = self.loopback_port?;
+        if headers.contains_key(header::ORIGIN) {
+            return Some(v2_error(
+                StatusCode::FORBIDDEN,
+                "veil proxy: requests from web pages (with an Origin header) are refused; KServe clients send none",
+            ));
+        }
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        let ok = ["127.0.0.1", "localhost", "[::1]"].iter().any(|name| host == format!("{name}:{port}"));
+        if !ok {
+            let shown: String = host.chars().take(64).collect();
+            return Some(v2_error(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "veil proxy: Host {shown:?} is not this proxy (127.0.0.1:{port}, localhost:{port} or [::1]:{port})"
+                ),
+            ));
+        }
+        None
     }
 
     /// The router: every path goes to [`Proxy::handle`].
@@ -167,10 +215,33 @@ impl Proxy {
     }
 
     async fn answer(&self, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> (Option<Route>, Response) {
+        if let Some(refused) = self.refuse_browsers(&headers) {
+            return (None, refused);
+        }
         let (route, version) = match Route::of(&method, uri.path()) {
             Ok(r) => r,
             Err((status, m)) => return (None, v2_error(status, &m)),
         };
+        if let Some(m) = route.model()
+            && !m.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            let m = "model names are letters, digits, '.', '_' and '-'";
+            return (Some(route), v2_error(StatusCode::BAD_REQUEST, m));
+        }
+        if matches!(route, Route::Infer { .. }) {
+            let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
+            if let Some(ct) = ct
+                && !ct.starts_with("application/json")
+                && !ct.starts_with("application/octet-stream")
+            {
+                let shown: String = ct.chars().take(64).collect();
+                let m = format!(
+                    "content type {shown:?} is not served: send the v2 request as application/json, or with \
+                     Inference-Header-Content-Length as application/octet-stream"
+                );
+                return (Some(route), v2_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &m));
+            }
+        }
         if headers.get(header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes() != b"identity") {
             let m = "compressed request bodies are not accepted: send the request uncompressed (tritonclient: no \
                      request_compression_algorithm)";
@@ -185,7 +256,7 @@ impl Proxy {
             Err(_) => return (Some(route), v2_error(StatusCode::BAD_REQUEST, "the request body could not be read")),
         };
         let response = match &self.mode {
-            Mode::Attested(oblivious) => attested(oblivious, &method, &uri, &route, &headers, body).await,
+            Mode::Attested(oblivious) => attested(oblivious, &method, &route, version.as_deref(), &headers, body).await,
             Mode::Kms { client, session, models } => {
                 kms(client, session, models, &route, version.as_deref(), &headers, body).await
             }
@@ -261,11 +332,16 @@ fn v2_answer(
 async fn attested(
     oblivious: &ObliviousClient,
     method: &Method,
-    uri: &Uri,
     route: &Route,
+    version: Option<&str>,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(v) = version
+        && !v.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return v2_error(StatusCode::NOT_FOUND, "model versions are numbers (Veil serves version \"1\")");
+    }
     let expected = match route.model() {
         None => None,
         Some(m) => match oblivious.policy().models.get(m) {
@@ -278,8 +354,7 @@ async fn attested(
     if let Some(d) = &digest {
         fwd.push((MODEL_DIGEST_HEADER, d.as_bytes()));
     }
-    // The path as the client sent it, without the query (the v2 API has none).
-    let sent = oblivious.send(method.as_str(), uri.path(), &fwd, &body).await;
+    let sent = oblivious.send(method.as_str(), &route.path(version), &fwd, &body).await;
     drop(body);
     let r = match sent {
         Ok(r) => r,
@@ -298,12 +373,24 @@ async fn attested(
             ),
         );
     }
+    // Errors reach KServe clients as v2 errors (`{"error": ...}`), whatever shape the enclave gave them
+    // (RFC 9457 problem details for a date problem, say).
+    if r.status != 200 && r.error_message().is_some() && !has_error_field(&r.body) {
+        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        return v2_error(status, &r.error_message().unwrap_or_default());
+    }
     let header_length = r.header(HEADER_LENGTH_HEADER).map(<[u8]>::to_vec);
     let content_type = r.header("content-type").map(<[u8]>::to_vec);
     let digest_header = r.header(MODEL_DIGEST_HEADER).map(<[u8]>::to_vec);
     let status = r.status;
     let body = r.body;
     v2_answer(status, content_type.as_deref(), header_length.as_deref(), digest_header.as_deref(), body)
+}
+
+fn has_error_field(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .is_some_and(|v| v.get("error").is_some_and(|e| e.is_string()))
 }
 
 /// What the client sees when attested-key mode fails before an answer: nothing was forwarded, or the
@@ -324,6 +411,19 @@ fn oblivious_error(e: &ObliviousError) -> Response {
             ),
         ),
         ObliviousError::Fetch(c) => client_error(c),
+        ObliviousError::Reverification(inner) => match inner.as_ref() {
+            ObliviousError::Fetch(c) if c.is_connection() => {
+                v2_error(StatusCode::SERVICE_UNAVAILABLE, &format!("veil proxy: {e}"))
+            }
+            ObliviousError::Untrusted(u) => v2_error(
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "veil proxy: the enclave failed the policy on verifying again, check {}: {e}",
+                    u.failed_check()
+                ),
+            ),
+            _ => v2_error(StatusCode::BAD_GATEWAY, &format!("veil proxy: {e}")),
+        },
         other => v2_error(StatusCode::BAD_GATEWAY, &format!("veil proxy: {other}")),
     }
 }
@@ -332,8 +432,12 @@ fn oblivious_error(e: &ObliviousError) -> Response {
 fn client_error(e: &ClientError) -> Response {
     let status = match e {
         e if e.is_connection() => StatusCode::SERVICE_UNAVAILABLE,
-        ClientError::Unauthenticated { status, .. } if *status == StatusCode::SERVICE_UNAVAILABLE => {
-            StatusCode::SERVICE_UNAVAILABLE
+        // What clients act on keeps its status: come back later, or send less.
+        ClientError::Unauthenticated { status, .. }
+            if [StatusCode::SERVICE_UNAVAILABLE, StatusCode::PAYLOAD_TOO_LARGE, StatusCode::TOO_MANY_REQUESTS]
+                .contains(status) =>
+        {
+            *status
         }
         ClientError::Enclave { .. } => e.status().unwrap_or(StatusCode::BAD_GATEWAY),
         _ => StatusCode::BAD_GATEWAY,

@@ -353,7 +353,8 @@ impl Model {
         let result = (|| {
             let outputs = session.run(feeds).map_err(|e| {
                 // ONNX Runtime's message can name shapes that the checks above could not (e.g. a
-                // mismatch between two inputs); it never contains tensor values.
+                // mismatch between two inputs). It can quote a value (Gather names an index out of
+                // range): sealed to the client who sent it, never logged.
                 bad(format!("model {:?} rejected the request: {e}", self.name))
             })?;
             let values = wanted

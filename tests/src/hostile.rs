@@ -13,34 +13,62 @@ use crate::http_raw_typed;
 /// What a hostile parent in front of the real one does.
 #[derive(Clone)]
 pub enum Lie {
+    /// Nothing: forwards everything (and counts).
+    Nothing,
     /// Serves this key list instead of the enclave's.
     Keys(Vec<u8>),
     /// Answers every attestation request with this document (fetched earlier, for another nonce).
     Document(Vec<u8>),
+    /// Answers every encapsulated request with 422 ("did not decapsulate"), forwarding none.
+    Undecapsulable,
+}
+
+/// What reached the hostile parent: encapsulated requests (whether forwarded or not) and attestation
+/// requests.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub posts: AtomicUsize,
+    pub attestations: AtomicUsize,
+}
+
+impl Seen {
+    pub fn posts(&self) -> usize {
+        self.posts.load(Ordering::SeqCst)
+    }
+
+    pub fn attestations(&self) -> usize {
+        self.attestations.load(Ordering::SeqCst)
+    }
 }
 
 /// A parent in front of the real one (`upstream`) that lies as told, forwards everything else, and counts
-/// the OHTTP requests that reach it.
-pub fn hostile_parent(upstream: String, lie: Lie) -> (String, Arc<AtomicUsize>) {
+/// what reaches it.
+pub fn hostile_parent(upstream: String, lie: Lie) -> (String, Arc<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let posts = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&posts);
+    let seen = Arc::new(Seen::default());
+    let counter = Arc::clone(&seen);
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { return };
-            let (upstream, lie, counter) = (upstream.clone(), lie.clone(), Arc::clone(&counter));
+            let (upstream, lie, seen) = (upstream.clone(), lie.clone(), Arc::clone(&counter));
             std::thread::spawn(move || {
                 let Some((method, path, content_type, body)) = read_request(&mut conn) else { return };
+                if method == "POST" && path == ohttp::GATEWAY_PATH {
+                    seen.posts.fetch_add(1, Ordering::SeqCst);
+                }
+                if path.starts_with("/v1/attestation") {
+                    seen.attestations.fetch_add(1, Ordering::SeqCst);
+                }
                 let (status, ctype, answer) = match (&lie, method.as_str(), path.as_str()) {
                     (Lie::Keys(k), "GET", ohttp::GATEWAY_PATH) => (200, ohttp::KEYS_MEDIA_TYPE, k.clone()),
                     (Lie::Document(d), "GET", p) if p.starts_with("/v1/attestation") => {
                         (200, "application/cbor", d.clone())
                     }
+                    (Lie::Undecapsulable, "POST", ohttp::GATEWAY_PATH) => {
+                        (422, "application/json", br#"{"error":"OHTTP: unknown key id"}"#.to_vec())
+                    }
                     _ => {
-                        if method == "POST" && path == ohttp::GATEWAY_PATH {
-                            counter.fetch_add(1, Ordering::SeqCst);
-                        }
                         let (s, b) = http_raw_typed(&upstream, &method, &path, content_type.as_deref(), &body).unwrap();
                         (s, "application/octet-stream", b)
                     }
@@ -54,7 +82,7 @@ pub fn hostile_parent(upstream: String, lie: Lie) -> (String, Arc<AtomicUsize>) 
             });
         }
     });
-    (url, posts)
+    (url, seen)
 }
 
 /// One HTTP/1.1 request: method, path, content type, body.

@@ -4,8 +4,6 @@
 //! own library and CLI (tests/tests/ohttp_interop.rs runs a client on another HPKE implementation).
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::Ordering;
-
 use veil_client::oblivious::{ObliviousClient, ObliviousError};
 use veil_client::trust::ClientPolicy;
 use veil_protocol::ohttp::{self, KeyConfig, bhttp};
@@ -150,13 +148,13 @@ fn a_parent_serving_other_keys_is_caught_before_a_single_request_is_sent() {
     // The parent's own key, in a perfectly valid configuration: it could read everything sent to it.
     let own = ohttp::GatewayKey::generate(0, &ohttp::GATEWAY_AEADS, &SystemRandom::new()).unwrap();
     let keys = KeyConfig::encode_list(std::slice::from_ref(own.config()));
-    let (url, posts) = hostile_parent(stack.url.clone(), Lie::Keys(keys));
+    let (url, seen) = hostile_parent(stack.url.clone(), Lie::Keys(keys));
     let oblivious = client(&url, policy(&stack));
     let err = rt().block_on(oblivious.infer("iris", b"{}")).unwrap_err();
     let ObliviousError::Untrusted(u) = &err else { panic!("not refused as untrusted: {err}") };
     assert_eq!(u.failed_check(), "commitment", "{u}");
     assert!(u.to_string().contains("OHTTP key configuration"), "{u}");
-    assert_eq!(posts.load(Ordering::SeqCst), 0, "a request reached the relay");
+    assert_eq!(seen.posts(), 0, "a request reached the relay");
     // The CLI says so with its own exit code, and names the check.
     let input = stack.dir.path().join("req.json");
     std::fs::write(&input, serde_json::to_vec(&case("iris")["request"]).unwrap()).unwrap();
@@ -169,18 +167,18 @@ fn a_parent_serving_other_keys_is_caught_before_a_single_request_is_sent() {
         .unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("check commitment"));
-    assert_eq!(posts.load(Ordering::SeqCst), 0);
+    assert_eq!(seen.posts(), 0);
 }
 
 #[test]
 fn a_parent_replaying_an_old_attestation_document_is_caught() {
     let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris"])).unwrap();
     let old = rt().block_on(veil_client::Client::new(&stack.url).unwrap().attestation(&[7u8; 32])).unwrap();
-    let (url, posts) = hostile_parent(stack.url.clone(), Lie::Document(old));
+    let (url, seen) = hostile_parent(stack.url.clone(), Lie::Document(old));
     let err = rt().block_on(client(&url, policy(&stack)).infer("iris", b"{}")).unwrap_err();
     let ObliviousError::Untrusted(u) = &err else { panic!("not refused as untrusted: {err}") };
     assert_eq!(u.failed_check(), "nonce", "{u}");
-    assert_eq!(posts.load(Ordering::SeqCst), 0);
+    assert_eq!(seen.posts(), 0);
 }
 
 #[test]

@@ -9,7 +9,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -209,7 +208,7 @@ fn the_proxy_forwards_nothing_to_a_parent_serving_other_keys_and_names_the_check
     let own =
         ohttp::GatewayKey::generate(0, &ohttp::GATEWAY_AEADS, &veil_protocol::random::SystemRandom::new()).unwrap();
     let keys = ohttp::KeyConfig::encode_list(std::slice::from_ref(own.config()));
-    let (url, posts) = hostile_parent(stack.url.clone(), Lie::Keys(keys));
+    let (url, seen) = hostile_parent(stack.url.clone(), Lie::Keys(keys));
     let proxy = Proxy::start(&url, &strs(&policy_args(&stack)), &[]);
     let (status, body) = veil_tests::http_raw_typed(
         &proxy.url(),
@@ -225,20 +224,20 @@ fn the_proxy_forwards_nothing_to_a_parent_serving_other_keys_and_names_the_check
     assert!(v["error"].as_str().unwrap().contains("nothing was forwarded"), "{v}");
     let (status, _) = http_get(&proxy.url(), "/v2/health/ready").unwrap();
     assert_eq!(status, 502);
-    assert_eq!(posts.load(Ordering::SeqCst), 0, "a request left the proxy for an unverified key");
+    assert_eq!(seen.posts(), 0, "a request left the proxy for an unverified key");
 }
 
 #[test]
 fn the_proxy_refuses_an_old_document_and_other_pcrs_before_sending_anything() {
     let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris"])).unwrap();
     let old = rt().block_on(veil_client::Client::new(&stack.url).unwrap().attestation(&[7; 32])).unwrap();
-    let (url, posts) = hostile_parent(stack.url.clone(), Lie::Document(old));
+    let (url, seen) = hostile_parent(stack.url.clone(), Lie::Document(old));
     let proxy = Proxy::start(&url, &strs(&policy_args(&stack)), &[]);
     let (status, body) = http_get(&proxy.url(), "/v2/models/iris").unwrap();
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(status, 502, "{v}");
     assert!(v["error"].as_str().unwrap().contains("check nonce"), "{v}");
-    assert_eq!(posts.load(Ordering::SeqCst), 0);
+    assert_eq!(seen.posts(), 0);
 
     // A policy for another image (PCR0 differs): --check says so with the verifier's exit code.
     let text = std::fs::read_to_string(stack.client_policy()).unwrap();
@@ -284,8 +283,11 @@ fn infer_iris(proxy: &Proxy) -> (u16, Value) {
 #[test]
 fn an_enclave_restart_with_new_keys_is_verified_again_and_a_proxy_restart_serves_again() {
     let mut stack = Stack::start(StackOptions::new(Transport::Unix, &["iris"])).unwrap();
-    let mut proxy = Proxy::start(&stack.url, &strs(&policy_args(&stack)), &[]);
+    // An honest relay that counts what passes.
+    let (url, seen) = hostile_parent(stack.url.clone(), Lie::Nothing);
+    let mut proxy = Proxy::start(&url, &strs(&policy_args(&stack)), &[]);
     assert_eq!(infer_iris(&proxy).0, 200);
+    assert_eq!((seen.attestations(), seen.posts()), (1, 1), "one verification, one request");
     // A new enclave has a new boot key: the relay answers 422 for the old one, the proxy verifies the new
     // enclave and sends again.
     stack.kill_enclave();
@@ -293,11 +295,26 @@ fn an_enclave_restart_with_new_keys_is_verified_again_and_a_proxy_restart_serves
     stack.wait_ready(Duration::from_secs(60)).unwrap();
     let (status, v) = infer_iris(&proxy);
     assert_eq!(status, 200, "{v}: {}", proxy.log());
+    assert_eq!((seen.attestations(), seen.posts()), (2, 3), "a 422, a verification, the request again");
     // The proxy itself restarts on the same port.
     let port = proxy.port;
     proxy.stop();
-    let proxy = Proxy::start_on(port, &stack.url, &strs(&policy_args(&stack)), &[]);
+    let proxy = Proxy::start_on(port, &url, &strs(&policy_args(&stack)), &[]);
     assert_eq!(infer_iris(&proxy).0, 200);
+}
+
+#[test]
+fn a_relay_that_always_says_422_gets_one_verification_per_request_and_no_resend() {
+    let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris"])).unwrap();
+    let (url, seen) = hostile_parent(stack.url.clone(), Lie::Undecapsulable);
+    let proxy = Proxy::start(&url, &strs(&policy_args(&stack)), &[]);
+    for n in 1..=3 {
+        let (status, v) = infer_iris(&proxy);
+        assert_eq!(status, 502, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("HTTP 422"), "{v}");
+        // The keys did not change: no second send, and one more verification, per request.
+        assert_eq!((seen.posts(), seen.attestations()), (n, 1 + n));
+    }
 }
 
 #[test]
@@ -319,12 +336,38 @@ fn a_client_disconnecting_mid_request_leaves_the_proxy_serving_others() {
     }
     let (status, v) = infer_iris(&proxy);
     assert_eq!(status, 200, "{v}");
-    // And a slow reader of a big answer does not hold anything up either.
-    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-    s.write_all(b"GET /v2/models/iris HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut first = [0u8; 12];
-    s.read_exact(&mut first).unwrap();
-    assert_eq!(&first, b"HTTP/1.1 200");
+}
+
+/// One raw HTTP/1.1 request to the proxy with these header lines: the status.
+fn raw_status(port: u16, head: &str, body: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(format!("{head}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn web_pages_cannot_use_the_proxy_by_origin_or_by_dns_rebinding() {
+    let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris"])).unwrap();
+    let proxy = Proxy::start(&stack.url, &strs(&policy_args(&stack)), &[]);
+    let body = serde_json::to_vec(&references("iris").unwrap()["cases"][0]["request"]).unwrap();
+    let port = proxy.port;
+    let post = "POST /v2/models/iris/infer HTTP/1.1\r\n";
+    let ok = format!("{post}Host: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n");
+    assert_eq!(raw_status(port, &ok, &body), 200);
+    let named = format!("{post}Host: localhost:{port}\r\n");
+    assert_eq!(raw_status(port, &named, &body), 200);
+    // A page's fetch (even "no-cors" with text/plain) carries an Origin.
+    let page = format!("{post}Host: 127.0.0.1:{port}\r\nOrigin: https://evil.example\r\nContent-Type: text/plain\r\n");
+    assert_eq!(raw_status(port, &page, &body), 403);
+    // A rebound name reaches loopback, but names another host.
+    let rebound = format!("{post}Host: evil.example:{port}\r\nContent-Type: application/json\r\n");
+    assert_eq!(raw_status(port, &rebound, &body), 403);
+    // And a form post is no v2 request.
+    let form = format!("{post}Host: 127.0.0.1:{port}\r\nContent-Type: application/x-www-form-urlencoded\r\n");
+    assert_eq!(raw_status(port, &form, &body), 415);
 }
 
 #[test]

@@ -36,14 +36,17 @@ Modes:
                    inside Oblivious HTTP; the parent learns neither the route nor the model.
   --kms-key-id K   KMS envelope mode: inference requests sealed under KMS data keys for the model's
                    digest (from --policy if given, else from the enclave's attestation verified at start
-                   against --root). Health and metadata come from the parent, unauthenticated.
+                   against --root). The policy is checked once, at start; KMS's key policy then decides
+                   which enclave can open each request. Health and metadata come from the parent,
+                   unauthenticated.
 
 Nothing is forwarded for a model the policy does not list, or while verification fails: clients get a
 v2 error ({\"error\": \"...\"}) with 502 naming the failed check, or 503 if the server cannot be reached.
 Logs (stderr; VEIL_LOG=debug for more) carry routes, models, statuses and times, never tensor data.
 
-The proxy listens on loopback only, unless --allow-remote-clients: then anyone who can reach the port
-can use the enclave with your policy (and, in KMS mode, your AWS credentials), in clear text to the proxy.
+The proxy listens on loopback only, and refuses requests a web page could make (an Origin header, or a
+Host that is not this proxy), unless --allow-remote-clients: then anyone who can reach the port can use
+the enclave with your policy (and, in KMS mode, your AWS credentials), in clear text to the proxy.
 
 --check verifies the enclave, prints the report and exits: 0 verified, 3 unreachable, 4 not trusted.")]
 pub struct ProxyArgs {
@@ -166,6 +169,11 @@ async fn kms_mode(args: ProxyArgs, client: Client, policy: Option<ClientPolicy>)
             }
         }
         None => {
+            eprintln!(
+                "veil proxy: WARNING: KMS envelope mode without --policy: the model digests come from whichever \
+                 enclave answers this first attestation request (checked against --root only, not against any \
+                 image's PCRs); give --policy to pin the images and digests"
+            );
             let root = match &args.root {
                 None => TrustAnchor::aws_nitro_root_g1(),
                 Some(p) => match std::fs::read(p)
@@ -277,7 +285,8 @@ async fn serve(args: ProxyArgs, mode: Mode, what: &str) -> anyhow::Result<ExitCo
             if matches!(mode, Mode::Kms { .. }) { " and your AWS credentials" } else { "" }
         );
     }
-    let proxy = Arc::new(Proxy::new(mode, args.max_body_bytes));
+    let loopback_port = (!args.allow_remote_clients).then_some(local.port());
+    let proxy = Arc::new(Proxy::new(mode, args.max_body_bytes, loopback_port));
     eprintln!("veil proxy: serving KServe v2 on http://{local} ({what}, forwarding to {})", args.remote);
     // No Nagle: small answers go out at once, not after the client's delayed ACK.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

@@ -29,6 +29,9 @@ pub const MAX_ELEMENTS: usize = 64 * 1024 * 1024;
 pub const MAX_RANK: usize = 16;
 /// Most inputs or requested outputs one request may name.
 pub const MAX_TENSORS: usize = 256;
+/// Most elements of one `BYTES` tensor (256 Ki): each becomes its own allocation, here and in ONNX
+/// Runtime, so an element costs far more memory than its 4 bytes on the wire.
+pub const MAX_BYTES_ELEMENTS: usize = 256 * 1024;
 /// Deepest nesting of `data` arrays accepted (a tensor of rank 16 nests 16 deep).
 const MAX_DEPTH: usize = MAX_RANK + 1;
 /// The HTTP header that says how long the JSON part of a binary request or response is.
@@ -263,11 +266,18 @@ fn err(msg: impl Into<String>) -> V2Error {
 }
 
 /// A parsed request: its JSON, and each input's binary data (a range of the body), if it has any.
-#[derive(Debug)]
 pub struct Request<'a> {
     pub header: InferenceRequest,
     body: &'a [u8],
     binary: Vec<Option<Range<usize>>>,
+}
+
+/// Names the inputs only: the body is plaintext.
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.header.inputs.iter().map(|i| i.name.as_str()).collect();
+        f.debug_struct("Request").field("inputs", &names).finish_non_exhaustive()
+    }
 }
 
 /// Parses a request body. `header_length` is the request's `Inference-Header-Content-Length`, if it has
@@ -357,10 +367,27 @@ pub fn parse_request(body: &[u8]) -> Result<InferenceRequest, V2Error> {
             }
             flag(output.parameters.as_ref(), "binary_data")
                 .map_err(|m| err(format!("output {:?}: {m}", output.name)))?;
+            unsupported(output.parameters.as_ref()).map_err(|m| err(format!("output {:?}: {m}", output.name)))?;
         }
     }
     flag(req.parameters.as_ref(), "binary_data_output").map_err(|m| err(format!("request: {m}")))?;
+    for input in &req.inputs {
+        unsupported(input.parameters.as_ref()).map_err(|m| err(format!("input {:?}: {m}", input.name)))?;
+    }
     Ok(req)
+}
+
+/// Parameters of Triton's other extensions, which Veil does not implement: refused, rather than answered
+/// as if they had not been asked for.
+fn unsupported(parameters: Option<&serde_json::Map<String, Value>>) -> Result<(), String> {
+    const NOT_SERVED: [&str; 4] =
+        ["classification", "shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"];
+    match parameters.and_then(|p| NOT_SERVED.iter().find(|k| p.contains_key(**k))) {
+        Some(k) => {
+            Err(format!("parameters.{k} is not supported (Veil serves neither classification nor shared memory)"))
+        }
+        None => Ok(()),
+    }
 }
 
 /// A boolean parameter: absent, or `true`/`false`.
@@ -425,10 +452,18 @@ fn check_shape(input: &RequestInput) -> Result<(Datatype, Vec<u64>, usize), V2Er
     for &d in &input.shape {
         let d = u64::try_from(d)
             .map_err(|_| err(format!("input {name:?}: shape {:?} has a negative dimension", input.shape)))?;
-        count = usize::try_from(d).ok().and_then(|d| count.checked_mul(d)).filter(|&c| c <= MAX_ELEMENTS).ok_or_else(
-            || err(format!("input {name:?}: shape {:?} holds more than {MAX_ELEMENTS} elements", input.shape)),
-        )?;
+        // Each dimension on its own too: a zero elsewhere must not let a huge one through to ONNX Runtime.
+        let too_many =
+            || err(format!("input {name:?}: shape {:?} holds more than {MAX_ELEMENTS} elements", input.shape));
+        let dim = usize::try_from(d).ok().filter(|&d| d <= MAX_ELEMENTS).ok_or_else(too_many)?;
+        count = count.checked_mul(dim).filter(|&c| c <= MAX_ELEMENTS).ok_or_else(too_many)?;
         shape.push(d);
+    }
+    if datatype == Datatype::Bytes && count > MAX_BYTES_ELEMENTS {
+        return Err(err(format!(
+            "input {name:?}: shape {:?} holds more than {MAX_BYTES_ELEMENTS} BYTES elements",
+            input.shape
+        )));
     }
     Ok((datatype, shape, count))
 }
@@ -494,12 +529,13 @@ fn convert(flat: &[&Value], dt: Datatype) -> Result<TensorData, (usize, &'static
             })
             .collect()
     }
-    /// Numbers as f64, refusing finite values beyond `max` (the target type's largest).
+    /// Numbers converted to the target type (rounding to nearest), refusing those that become infinite:
+    /// beyond the type's range (the shortest form of the type's largest value rounds back to it).
     fn floats<T>(
         flat: &[&Value],
-        max: f64,
         what: &'static str,
         f: impl Fn(f64) -> T,
+        infinite: impl Fn(&T) -> bool,
     ) -> Result<Vec<T>, (usize, &'static str)> {
         flat.iter()
             .enumerate()
@@ -508,10 +544,11 @@ fn convert(flat: &[&Value], dt: Datatype) -> Result<TensorData, (usize, &'static
                     Value::Number(n) => n.as_f64().ok_or((i, "not a number"))?,
                     _ => return Err((i, "not a number")),
                 };
-                if x.abs() > max {
+                let y = f(x);
+                if infinite(&y) {
                     return Err((i, what));
                 }
-                Ok(f(x))
+                Ok(y)
             })
             .collect()
     }
@@ -530,10 +567,10 @@ fn convert(flat: &[&Value], dt: Datatype) -> Result<TensorData, (usize, &'static
         Datatype::Int16 => TensorData::I16(ints(flat)?),
         Datatype::Int32 => TensorData::I32(ints(flat)?),
         Datatype::Int64 => TensorData::I64(ints(flat)?),
-        Datatype::Fp16 => TensorData::F16(floats(flat, f64::from(f16::MAX), "out of FP16 range", f16::from_f64)?),
-        Datatype::Bf16 => TensorData::Bf16(floats(flat, f64::from(bf16::MAX), "out of BF16 range", bf16::from_f64)?),
-        Datatype::Fp32 => TensorData::F32(floats(flat, f64::from(f32::MAX), "out of FP32 range", |x| x as f32)?),
-        Datatype::Fp64 => TensorData::F64(floats(flat, f64::MAX, "out of FP64 range", |x| x)?),
+        Datatype::Fp16 => TensorData::F16(floats(flat, "out of FP16 range", f16::from_f64, |y| y.is_infinite())?),
+        Datatype::Bf16 => TensorData::Bf16(floats(flat, "out of BF16 range", bf16::from_f64, |y| y.is_infinite())?),
+        Datatype::Fp32 => TensorData::F32(floats(flat, "out of FP32 range", |x| x as f32, |y| y.is_infinite())?),
+        Datatype::Fp64 => TensorData::F64(floats(flat, "out of FP64 range", |x| x, |y| y.is_infinite())?),
         Datatype::Bytes => TensorData::Bytes(
             flat.iter()
                 .enumerate()
@@ -562,7 +599,7 @@ fn from_binary(bytes: &[u8], dt: Datatype, count: usize) -> Result<TensorData, S
                 .map(|(i, &b)| match b {
                     0 => Ok(false),
                     1 => Ok(true),
-                    _ => Err(format!("BOOL element {i} is the byte {b}, not 0 or 1")),
+                    _ => Err(format!("BOOL element {i} is not the byte 0 or 1")),
                 })
                 .collect::<Result<_, _>>()?,
         ),
@@ -592,7 +629,7 @@ fn strings(bytes: &[u8], count: usize) -> Result<Vec<Vec<u8>>, String> {
             .ok_or_else(|| format!("binary data ends before BYTES element {i} of {count}"))?;
         let len = u32::from_le_bytes(*len) as usize;
         if len > tail.len() {
-            return Err(format!("BYTES element {i} claims {len} bytes; {} remain", tail.len()));
+            return Err(format!("BYTES element {i} runs past the end of the binary data"));
         }
         let (value, tail) = tail.split_at(len);
         out.push(value.to_vec());

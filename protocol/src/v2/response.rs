@@ -13,7 +13,7 @@
 use half::{bf16, f16};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use zeroize::Zeroizing;
+use std::io::Write;
 
 use super::{BINARY_DATA_SIZE, Datatype, V2Error, err};
 
@@ -110,19 +110,19 @@ impl Elements<'_> {
     }
 
     /// Appends the data as a flat JSON array. `BYTES` elements must be UTF-8 to be JSON strings.
-    fn write_json(&self, out: &mut Vec<u8>, name: &str) -> Result<(), V2Error> {
-        fn json<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) -> Result<(), V2Error> {
-            serde_json::to_writer(out, v).map_err(|e| err(format!("could not encode the response: {e}")))
+    fn write_json<W: Write>(&self, out: &mut W, name: &str) -> Result<(), V2Error> {
+        fn json<W: Write, T: Serialize + ?Sized>(out: &mut W, v: &T) -> Result<(), V2Error> {
+            serde_json::to_writer(&mut *out, v).map_err(|e| err(format!("could not encode the response: {e}")))
         }
-        fn floats<T: Copy>(out: &mut Vec<u8>, v: &[T], f: impl Fn(T) -> f32) -> Result<(), V2Error> {
-            out.push(b'[');
+        fn floats<W: Write, T: Copy>(out: &mut W, v: &[T], f: impl Fn(T) -> f32) -> Result<(), V2Error> {
+            put(out, b"[")?;
             for (i, &x) in v.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    put(out, b",")?;
                 }
                 json(out, &f(x))?;
             }
-            out.push(b']');
+            put(out, b"]")?;
             Ok(())
         }
         match self {
@@ -197,61 +197,84 @@ pub fn write(sink: &mut impl Sink, answer: &Answer<'_>) -> Result<Option<u64>, V
         write_json(sink.start(None), answer)?;
         return Ok(None);
     }
-    // The JSON may hold outputs sent as JSON: plaintext, wiped when dropped.
-    let mut header = Zeroizing::new(Vec::with_capacity(128 + 128 * answer.outputs.len()));
-    write_json(&mut header, answer)?;
-    let n = header.len() as u64;
+    // The JSON's length first (written to a counter: nothing of it is kept), so that the sink can be
+    // sized once and no plaintext is left behind in a buffer that grew.
+    let mut counter = Counter(0);
+    write_json(&mut counter, answer)?;
+    let n = counter.0 as u64;
     let out = sink.start(Some(n));
-    out.reserve(header.len() + answer.outputs.iter().filter(|o| o.binary).map(|o| o.data.binary_size()).sum::<usize>());
-    out.extend_from_slice(&header);
+    let start = out.len();
+    out.reserve(counter.0 + answer.outputs.iter().filter(|o| o.binary).map(|o| o.data.binary_size()).sum::<usize>());
+    write_json(out, answer)?;
+    if (out.len() - start) as u64 != n {
+        return Err(err("the answer's JSON changed length between two writings"));
+    }
     for o in answer.outputs.iter().filter(|o| o.binary) {
         o.data.write_binary(out);
     }
     Ok(Some(n))
 }
 
+/// Counts what is written, keeps nothing.
+struct Counter(usize);
+
+impl Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn put<W: Write>(out: &mut W, bytes: &[u8]) -> Result<(), V2Error> {
+    out.write_all(bytes).map_err(|e| err(format!("could not encode the response: {e}")))
+}
+
 /// The answer's JSON: every output, with `data` for those not sent as binary.
-fn write_json(out: &mut Vec<u8>, answer: &Answer<'_>) -> Result<(), V2Error> {
-    let text = |out: &mut Vec<u8>, s: &str| {
-        serde_json::to_writer(out, s).map_err(|e| err(format!("could not encode the response: {e}")))
+fn write_json<W: Write>(out: &mut W, answer: &Answer<'_>) -> Result<(), V2Error> {
+    let text = |out: &mut W, s: &str| {
+        serde_json::to_writer(&mut *out, s).map_err(|e| err(format!("could not encode the response: {e}")))
     };
-    out.extend_from_slice(b"{\"model_name\":");
+    put(out, b"{\"model_name\":")?;
     text(out, answer.model_name)?;
     if let Some(v) = answer.model_version {
-        out.extend_from_slice(b",\"model_version\":");
+        put(out, b",\"model_version\":")?;
         text(out, v)?;
     }
     if let Some(id) = answer.id {
-        out.extend_from_slice(b",\"id\":");
+        put(out, b",\"id\":")?;
         text(out, id)?;
     }
-    out.extend_from_slice(b",\"outputs\":[");
+    put(out, b",\"outputs\":[")?;
     for (i, o) in answer.outputs.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            put(out, b",")?;
         }
-        out.extend_from_slice(b"{\"name\":");
+        put(out, b"{\"name\":")?;
         text(out, o.name)?;
-        out.extend_from_slice(b",\"datatype\":\"");
-        out.extend_from_slice(o.data.datatype().as_str().as_bytes());
-        out.extend_from_slice(b"\",\"shape\":");
+        put(out, b",\"datatype\":\"")?;
+        put(out, o.data.datatype().as_str().as_bytes())?;
+        put(out, b"\",\"shape\":")?;
         serde_json::to_writer(&mut *out, &o.shape).map_err(|e| err(format!("could not encode the response: {e}")))?;
         let mut parameters = o.parameters.cloned().unwrap_or_default();
         if o.binary {
             parameters.insert(BINARY_DATA_SIZE.into(), Value::from(o.data.binary_size() as u64));
         }
         if !parameters.is_empty() {
-            out.extend_from_slice(b",\"parameters\":");
+            put(out, b",\"parameters\":")?;
             serde_json::to_writer(&mut *out, &parameters)
                 .map_err(|e| err(format!("could not encode the response: {e}")))?;
         }
         if !o.binary {
-            out.extend_from_slice(b",\"data\":");
+            put(out, b",\"data\":")?;
             o.data.write_json(out, o.name)?;
         }
-        out.push(b'}');
+        put(out, b"}")?;
     }
-    out.extend_from_slice(b"]}");
+    put(out, b"]}")?;
     Ok(())
 }
 

@@ -153,14 +153,14 @@ fn binary_requests_that_do_not_add_up_are_refused() {
                 json!({"inputs":[{"name":"a","shape":[1],"datatype":"BOOL","parameters":{"binary_data_size":1}}]}),
                 &[&[2]],
             );
-            (b, Some(n), "BOOL element 0 is the byte 2")
+            (b, Some(n), "BOOL element 0 is not the byte 0 or 1")
         },
         {
             let (b, n) = binary_request(
                 json!({"inputs":[{"name":"a","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":6}}]}),
                 &[&[9, 0, 0, 0, b'a', b'b']],
             );
-            (b, Some(n), "BYTES element 0 claims 9 bytes; 2 remain")
+            (b, Some(n), "BYTES element 0 runs past the end")
         },
         {
             let (b, n) = binary_request(
@@ -291,4 +291,45 @@ fn half_precision_json_is_written_as_numbers() {
     let v: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["outputs"][0]["data"], json!([0.5, -1.0]));
     assert_eq!(v["outputs"][1]["data"], json!([2.0]));
+}
+
+#[test]
+fn the_largest_finite_values_as_printed_read_back_and_beyond_them_are_refused() {
+    // 3.4028235e38 is how f32::MAX prints: above f32::MAX as an f64, yet it must round to it.
+    let t = check_input(&input(json!({"name":"x","shape":[2],"datatype":"FP32","data":[3.4028235e38, -3.4028235e38]})))
+        .unwrap();
+    assert_eq!(t.data, TensorData::F32(vec![f32::MAX, f32::MIN]));
+    let t = check_input(&input(json!({"name":"x","shape":[1],"datatype":"BF16","data":[3.3895314e38]}))).unwrap();
+    assert_eq!(t.data, TensorData::Bf16(vec![bf16::MAX]));
+    let e = check_input(&input(json!({"name":"x","shape":[1],"datatype":"FP32","data":[3.5e38]}))).unwrap_err();
+    assert!(e.to_string().contains("out of FP32 range"), "{e}");
+}
+
+#[test]
+fn a_zero_dimension_does_not_let_a_huge_one_through() {
+    for shape in [json!([0, 9223372036854775807i64]), json!([9223372036854775807i64, 0])] {
+        let e = check_input(&input(json!({"name":"x","shape":shape,"datatype":"FP32","data":[]}))).unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+    }
+    let bytes = check_input(&input(json!({"name":"x","shape":[MAX_BYTES_ELEMENTS + 1],"datatype":"BYTES","data":[]})));
+    assert!(bytes.unwrap_err().to_string().contains("BYTES elements"));
+}
+
+#[test]
+fn triton_extensions_veil_does_not_serve_are_refused_not_ignored() {
+    let x = json!({"name":"x","shape":[1],"datatype":"FP32","data":[1]});
+    for body in [
+        json!({"inputs":[x],"outputs":[{"name":"y","parameters":{"classification":3}}]}),
+        json!({"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"shared_memory_region":"r"}}]}),
+    ] {
+        let e = parse(&serde_json::to_vec(&body).unwrap(), None).unwrap_err();
+        assert!(e.to_string().contains("is not supported"), "{e}");
+    }
+}
+
+#[test]
+fn a_request_prints_its_input_names_not_its_data() {
+    let body = br#"{"inputs":[{"name":"secret_input","shape":[1],"datatype":"FP32","data":[123456.75]}]}"#;
+    let shown = format!("{:?}", parse(body, None).unwrap());
+    assert!(shown.contains("secret_input") && !shown.contains("123456"), "{shown}");
 }
