@@ -15,7 +15,8 @@
 //! - `python`: a plain, unencrypted Python onnxruntime HTTP server speaking the same JSON
 //!   (bench/python_baseline_server.py), when `VEIL_BENCH_PYTHON` names a Python that has onnxruntime.
 //!
-//! It prints a table with p50/p99 latency, throughput and the ratios, and writes JSON to
+//! The targets run in ten interleaved rounds, so that the machine's drift over the run falls on all of them
+//! alike. It prints a table with p50/p99 latency, throughput and the ratios, and writes JSON to
 //! `target/bench/latency.json`. Run it with scripts/bench.sh (which builds the release binaries and the
 //! Python environment first), or `cargo bench -p veil-tests --bench latency` after
 //! `cargo build --release --workspace --bins`. `--quick` shortens every run.
@@ -24,7 +25,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex};
 
-use common::{Measurement, Pool, http_target, measure, start_python, with_client};
+use common::{Measurement, Pool, http_target, measure_interleaved, start_python, with_client};
 use ort::session::Session;
 use serde_json::{Value, json};
 use veil_tests::{Stack, StackOptions, Transport, references};
@@ -185,21 +186,30 @@ fn main() {
         let mut per: BTreeMap<&str, BTreeMap<&str, Measurement>> = BTreeMap::new();
         for (conc, n) in [(1usize, n1), (16usize, n16)] {
             let key = if conc == 1 { "c1" } else { "c16" };
-            eprintln!("{model}: concurrency {conc}, {} requests per target...", conc * n);
-            per.entry("ort").or_default().insert(key, measure(conc, warmup, n, ort_call));
-            per.entry("inproc").or_default().insert(key, measure(conc, warmup, n, inproc_call));
-            per.entry("veil").or_default().insert(key, measure(conc, warmup, n, sealed_counted));
-            let kms_at = kms_calls();
-            per.entry("attested").or_default().insert(key, measure(conc, warmup, n, &attested_call));
-            attested_kms_calls += kms_calls() - kms_at;
-            attested_requests += ((warmup + n) * conc) as u64;
+            eprintln!("{model}: concurrency {conc}, {} requests per target, in 10 interleaved rounds...", conc * n);
+            let mut targets: Vec<common::Target<'_>> = vec![
+                ("ort", &ort_call),
+                ("inproc", &inproc_call),
+                ("veil", &sealed_counted),
+                ("attested", &attested_call),
+            ];
             if conc == 1 {
-                per.entry("enclave").or_default().insert(key, measure(conc, warmup, n, &enclave_call));
-                per.entry("http0").or_default().insert(key, measure(conc, warmup, n, &floor_call));
+                targets.push(("enclave", &enclave_call));
+                targets.push(("http0", &floor_call));
             }
             if let Some(call) = &py_call {
-                per.entry("python").or_default().insert(key, measure(conc, warmup, n, call));
+                targets.push(("python", call));
             }
+            for (name, m) in measure_interleaved(conc, warmup, n, 10, &targets) {
+                per.entry(name).or_default().insert(key, m);
+            }
+            // KMS calls made by attested-key requests: counted over requests of their own.
+            let kms_at = kms_calls();
+            for _ in 0..50 {
+                attested_call();
+            }
+            attested_kms_calls += kms_calls() - kms_at;
+            attested_requests += 50;
         }
         let ort1 = per["ort"]["c1"].clone();
         let veil1 = per["veil"]["c1"].clone();

@@ -13,6 +13,7 @@
 //!   and straight to the Python server (JSON, which that server speaks): the cost of confidentiality as a
 //!   tritonclient user sees it (bench/triton_load.py; needs `VEIL_TEST_PYTHON`, the test venv).
 //!
+//! The Rust-driven targets run in ten interleaved rounds (the machine drifts); tritonclient's after them.
 //! Prints a table and the ratios the targets are stated in, and writes `target/bench/proxy.json`. Run with
 //! scripts/bench.sh, or `cargo bench -p veil-tests --bench proxy` after `cargo build --release
 //! --workspace --bins`. `--quick` shortens every run.
@@ -23,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Measurement, Pool, http_target, measure, start_python, with_client};
+use common::{Measurement, Pool, http_target, measure_interleaved, start_python, with_client};
 use ort::session::Session;
 use serde_json::{Value, json};
 use veil_tests::{Stack, StackOptions, Transport, references};
@@ -212,15 +213,21 @@ fn main() {
         let mut per: BTreeMap<&str, BTreeMap<&str, Measurement>> = BTreeMap::new();
         for (conc, n) in [(1usize, n1), (16usize, n16)] {
             let key = if conc == 1 { "c1" } else { "c16" };
-            eprintln!("{model}: concurrency {conc}, {} requests per target...", conc * n);
-            per.entry("ort").or_default().insert(key, measure(conc, warmup, n, ort_call));
-            per.entry("att_json").or_default().insert(key, measure(conc, warmup, n, &att_json));
-            per.entry("att_bin").or_default().insert(key, measure(conc, warmup, n, &att_bin));
-            per.entry("prx_json").or_default().insert(key, measure(conc, warmup, n, &prx_json));
-            per.entry("prx_bin").or_default().insert(key, measure(conc, warmup, n, &prx_bin));
+            eprintln!("{model}: concurrency {conc}, {} requests per target, in 10 interleaved rounds...", conc * n);
+            let mut targets: Vec<common::Target<'_>> = vec![
+                ("ort", &ort_call),
+                ("att_json", &att_json),
+                ("att_bin", &att_bin),
+                ("prx_json", &prx_json),
+                ("prx_bin", &prx_bin),
+            ];
             if let Some(call) = &py_call {
-                per.entry("python").or_default().insert(key, measure(conc, warmup, n, call));
+                targets.push(("python", call));
             }
+            for (name, m) in measure_interleaved(conc, warmup, n, 10, &targets) {
+                per.entry(name).or_default().insert(key, m);
+            }
+            // tritonclient runs in its own processes: measured after, not interleaved.
             if let Some(tp) = &test_python {
                 if let Some(m) = tritonclient(tp, &proxy.1, model, case_name, conc, n, "binary") {
                     per.entry("tc_proxy").or_default().insert(key, m);

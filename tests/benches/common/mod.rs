@@ -83,29 +83,53 @@ pub fn summarize(mut lat: Vec<Duration>, elapsed: Duration) -> Measurement {
     }
 }
 
-/// Runs `f` from `concurrency` threads, `per_thread` times each after `warmup` calls, and summarizes.
-pub fn measure<F: Fn() + Sync>(concurrency: usize, warmup: usize, per_thread: usize, f: F) -> Measurement {
-    for _ in 0..warmup {
-        f();
+/// A named target for [`measure_interleaved`].
+pub type Target<'a> = (&'static str, &'a (dyn Fn() + Sync));
+
+/// Measures every target in `rounds` interleaved rounds (each round runs each target for
+/// `per_thread / rounds` calls per thread, in turn), so that the machine's drift over the run (it is 2×
+/// on these virtual machines) falls on every target alike and their ratios mean something. Latencies
+/// pool over the rounds; throughput is requests over the time spent on that target.
+pub fn measure_interleaved(
+    concurrency: usize,
+    warmup: usize,
+    per_thread: usize,
+    rounds: usize,
+    targets: &[Target<'_>],
+) -> BTreeMap<&'static str, Measurement> {
+    for (_, f) in targets {
+        for _ in 0..warmup {
+            f();
+        }
     }
-    let start = Instant::now();
-    let lat: Vec<Duration> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..concurrency)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut v = Vec::with_capacity(per_thread);
-                    for _ in 0..per_thread {
-                        let t = Instant::now();
-                        f();
-                        v.push(t.elapsed());
-                    }
-                    v
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
-    });
-    summarize(lat, start.elapsed())
+    let rounds = rounds.clamp(1, per_thread.max(1));
+    let per_round = per_thread.div_ceil(rounds);
+    let mut lat: BTreeMap<&'static str, (Vec<Duration>, Duration)> = BTreeMap::new();
+    for _ in 0..rounds {
+        for (name, f) in targets {
+            let start = Instant::now();
+            let got: Vec<Duration> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..concurrency)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let mut v = Vec::with_capacity(per_round);
+                            for _ in 0..per_round {
+                                let t = Instant::now();
+                                f();
+                                v.push(t.elapsed());
+                            }
+                            v
+                        })
+                    })
+                    .collect();
+                handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+            });
+            let entry = lat.entry(name).or_default();
+            entry.1 += start.elapsed();
+            entry.0.extend(got);
+        }
+    }
+    lat.into_iter().map(|(name, (v, elapsed))| (name, summarize(v, elapsed))).collect()
 }
 
 thread_local! {
