@@ -88,8 +88,11 @@ pub type Target<'a> = (&'static str, &'a (dyn Fn() + Sync));
 
 /// Measures every target in `rounds` interleaved rounds (each round runs each target for
 /// `per_thread / rounds` calls per thread, in turn), so that the machine's drift over the run (it is 2×
-/// on these virtual machines) falls on every target alike and their ratios mean something. Latencies
-/// pool over the rounds; throughput is requests over the time spent on that target.
+/// on these virtual machines) falls on every target alike and their ratios mean something. The same
+/// `concurrency` load threads run every round, so what they keep (keep-alive connections, KMS sessions,
+/// verified gateways) is set up once, as a real client's would be. Each thread warms every target up with
+/// its share of `warmup` calls first. Latencies pool over the rounds; throughput is requests over the wall
+/// time spent on that target.
 pub fn measure_interleaved(
     concurrency: usize,
     warmup: usize,
@@ -97,39 +100,52 @@ pub fn measure_interleaved(
     rounds: usize,
     targets: &[Target<'_>],
 ) -> BTreeMap<&'static str, Measurement> {
-    for (_, f) in targets {
-        for _ in 0..warmup {
-            f();
-        }
-    }
+    let concurrency = concurrency.max(1);
     let rounds = rounds.clamp(1, per_thread.max(1));
     let per_round = per_thread.div_ceil(rounds);
-    let mut lat: BTreeMap<&'static str, (Vec<Duration>, Duration)> = BTreeMap::new();
-    for _ in 0..rounds {
-        for (name, f) in targets {
-            let start = Instant::now();
-            let got: Vec<Duration> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..concurrency)
-                    .map(|_| {
-                        s.spawn(|| {
-                            let mut v = Vec::with_capacity(per_round);
+    let warm = warmup.div_ceil(concurrency).max(1);
+    let barrier = std::sync::Barrier::new(concurrency);
+    let per_thread_results: Vec<(Vec<Vec<Duration>>, Vec<Duration>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..concurrency)
+            .map(|i| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    let mut lat = vec![Vec::with_capacity(per_round * rounds); targets.len()];
+                    let mut wall = vec![Duration::ZERO; targets.len()];
+                    for (_, f) in targets {
+                        for _ in 0..warm {
+                            f();
+                        }
+                    }
+                    for _ in 0..rounds {
+                        for (t, (_, f)) in targets.iter().enumerate() {
+                            barrier.wait();
+                            let start = Instant::now();
                             for _ in 0..per_round {
-                                let t = Instant::now();
+                                let t0 = Instant::now();
                                 f();
-                                v.push(t.elapsed());
+                                lat[t].push(t0.elapsed());
                             }
-                            v
-                        })
-                    })
-                    .collect();
-                handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
-            });
-            let entry = lat.entry(name).or_default();
-            entry.1 += start.elapsed();
-            entry.0.extend(got);
-        }
+                            // The phase ends when every thread is done: thread 0 times it.
+                            barrier.wait();
+                            if i == 0 {
+                                wall[t] += start.elapsed();
+                            }
+                        }
+                    }
+                    (lat, wall)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut out = BTreeMap::new();
+    for (t, (name, _)) in targets.iter().enumerate() {
+        let lat: Vec<Duration> = per_thread_results.iter().flat_map(|(l, _)| l[t].iter().copied()).collect();
+        let wall = per_thread_results.first().map_or(Duration::ZERO, |(_, w)| w[t]);
+        out.insert(*name, summarize(lat, wall));
     }
-    lat.into_iter().map(|(name, (v, elapsed))| (name, summarize(v, elapsed))).collect()
+    out
 }
 
 thread_local! {
