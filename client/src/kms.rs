@@ -135,6 +135,28 @@ pub struct Session {
     generated: u64,
 }
 
+/// KMS `GenerateDataKey` (AES-256) under `key_id` with `context`: the plaintext key (wiped on drop), the
+/// encrypted blob, and the key's ARN as KMS names it in its answer, whatever the caller named (id, alias,
+/// alias ARN): that ARN is what the enclave's configuration lists and what it asks KMS with.
+async fn generate_data_key(
+    kms: &aws_sdk_kms::Client,
+    key_id: &str,
+    context: &BTreeMap<String, String>,
+) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>, String), KmsError> {
+    let mut req = kms.generate_data_key().key_id(key_id).key_spec(DataKeySpec::Aes256);
+    for (k, v) in context {
+        req = req.encryption_context(k, v);
+    }
+    let out = req
+        .send()
+        .await
+        .map_err(|e| KmsError::GenerateDataKey(aws_sdk_kms::error::DisplayErrorContext(e).to_string()))?;
+    let plaintext = Zeroizing::new(out.plaintext().ok_or(KmsError::Incomplete("Plaintext"))?.as_ref().to_vec());
+    let encrypted = out.ciphertext_blob().map(Blob::as_ref).ok_or(KmsError::Incomplete("CiphertextBlob"))?.to_vec();
+    let key_arn = out.key_id().ok_or(KmsError::Incomplete("KeyId"))?.to_owned();
+    Ok((plaintext, encrypted, key_arn))
+}
+
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session").field("key_id", &self.key_id).field("data_keys", &self.generated).finish()
@@ -163,20 +185,7 @@ impl Session {
             None => true,
         };
         if stale {
-            let mut req = self.kms.generate_data_key().key_id(&self.key_id).key_spec(DataKeySpec::Aes256);
-            for (k, v) in &self.context {
-                req = req.encryption_context(k, v);
-            }
-            let out = req
-                .send()
-                .await
-                .map_err(|e| KmsError::GenerateDataKey(aws_sdk_kms::error::DisplayErrorContext(e).to_string()))?;
-            let plaintext = Zeroizing::new(out.plaintext().ok_or(KmsError::Incomplete("Plaintext"))?.as_ref().to_vec());
-            let encrypted =
-                out.ciphertext_blob().map(Blob::as_ref).ok_or(KmsError::Incomplete("CiphertextBlob"))?.to_vec();
-            // KMS answers with the key's ARN whatever the caller named (id, alias, alias ARN): the enclave
-            // compares that ARN with its configuration, and asks KMS with it.
-            let key_arn = out.key_id().ok_or(KmsError::Incomplete("KeyId"))?.to_owned();
+            let (plaintext, encrypted, key_arn) = generate_data_key(&self.kms, &self.key_id, &self.context).await?;
             let key = GrantKey { key: DataKey::new(&plaintext)?, encrypted, key_arn, context: self.context.clone() };
             self.grant = Some(Grant { key: Arc::new(key), created: Instant::now(), used: 0 });
             self.generated += 1;
@@ -342,19 +351,7 @@ pub async fn encrypt_stream(
     use veil_protocol::model_file::ModelSealer;
     let io =
         |what: &str, p: &std::path::Path, e: std::io::Error| KmsError::Config(format!("{what} {}: {e}", p.display()));
-    let mut req = kms.generate_data_key().key_id(key_id).key_spec(DataKeySpec::Aes256);
-    for (k, v) in &context {
-        req = req.encryption_context(k, v);
-    }
-    let out = req
-        .send()
-        .await
-        .map_err(|e| KmsError::GenerateDataKey(aws_sdk_kms::error::DisplayErrorContext(e).to_string()))?;
-    let plaintext = Zeroizing::new(out.plaintext().ok_or(KmsError::Incomplete("Plaintext"))?.as_ref().to_vec());
-    let encrypted = out.ciphertext_blob().map(Blob::as_ref).ok_or(KmsError::Incomplete("CiphertextBlob"))?.to_vec();
-    // The ARN KMS answers with, not the alias or id the operator typed: the enclave's configuration names
-    // the ARN, and compares.
-    let key_arn = out.key_id().ok_or(KmsError::Incomplete("KeyId"))?.to_owned();
+    let (plaintext, encrypted, key_arn) = generate_data_key(kms, key_id, &context).await?;
     let (mut sealer, start) =
         ModelSealer::new(&plaintext, name, &key_arn, &encrypted, context, len, chunk_size, &SystemRandom::new())?;
     drop(plaintext);

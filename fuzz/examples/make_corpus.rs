@@ -160,8 +160,14 @@ fn main() {
         let mut blob = Vec::new();
         for input in header["inputs"].as_array_mut()? {
             let bytes: Vec<u8> = match input["datatype"].as_str()? {
-                "FP32" => input["data"].as_array()?.iter().flat_map(|x| (x.as_f64().unwrap_or(0.0) as f32).to_le_bytes()).collect(),
-                "INT64" => input["data"].as_array()?.iter().flat_map(|x| x.as_i64().unwrap_or(0).to_le_bytes()).collect(),
+                "FP32" => input["data"]
+                    .as_array()?
+                    .iter()
+                    .flat_map(|x| (x.as_f64().unwrap_or(0.0) as f32).to_le_bytes())
+                    .collect(),
+                "INT64" => {
+                    input["data"].as_array()?.iter().flat_map(|x| x.as_i64().unwrap_or(0).to_le_bytes()).collect()
+                }
                 _ => return None,
             };
             input.as_object_mut()?.remove("data");

@@ -22,10 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(req) = parse(body, header_length) else { return };
     let inputs = &req.header.inputs;
     assert!(!inputs.is_empty() && inputs.len() <= MAX_TENSORS);
-    let binary_total: u64 = inputs
-        .iter()
-        .filter_map(|i| i.parameters.as_ref()?.get(BINARY_DATA_SIZE)?.as_u64())
-        .sum();
+    let binary_total: u64 = inputs.iter().filter_map(|i| i.parameters.as_ref()?.get(BINARY_DATA_SIZE)?.as_u64()).sum();
     match header_length {
         Some(n) => assert_eq!(n + binary_total, body.len() as u64, "binary data does not tile the body"),
         None => assert_eq!(binary_total, 0),

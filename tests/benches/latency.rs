@@ -23,10 +23,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
 use common::{Measurement, Pool, http_target, measure_interleaved, start_python, with_client};
-use ort::session::Session;
 use serde_json::{Value, json};
 use veil_tests::{Stack, StackOptions, Transport, references};
 
@@ -152,12 +151,7 @@ fn main() {
         let n1 = ((n1 as f64) * scale).max(20.0) as usize;
         let n16 = ((n16 as f64) * scale).max(4.0) as usize;
 
-        let mut built = Vec::new();
-        for _ in 0..sessions {
-            let mut b = Session::builder(&env).unwrap().with_intra_threads(1).unwrap();
-            built.push(b.commit_from_file(veil_tests::model_path(model).unwrap()).unwrap());
-        }
-        let pool = Pool { idle: Mutex::new(built), ready: Condvar::new() };
+        let pool = Pool::of(&env, model, sessions);
         let ort_call = || pool.run(&request);
         // Veil's request handling in this process: JSON parse, checks against the model, ONNX Runtime,
         // JSON answer. The difference to `ort` is the cost of the protocol; the rest is transport.

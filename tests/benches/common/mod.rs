@@ -17,6 +17,16 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// `sessions` sessions of `model` (1 intra-op thread each), as the enclave runs them.
+    pub fn of(env: &ort::environment::Environment, model: &str, sessions: usize) -> Pool {
+        let mut built = Vec::new();
+        for _ in 0..sessions {
+            let mut b = Session::builder(env).unwrap().with_intra_threads(1).unwrap();
+            built.push(b.commit_from_file(veil_tests::model_path(model).unwrap()).unwrap());
+        }
+        Pool { idle: Mutex::new(built), ready: Condvar::new() }
+    }
+
     pub fn run(&self, request: &Value) {
         let mut session = {
             let mut idle = self.idle.lock().unwrap();
