@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Benchmarks, side by side in one run: in-process ONNX Runtime, the full Veil path, and a plain Python
-# onnxruntime HTTP server, on iris and MiniLM; plus attestation verification when that bench exists.
+# Benchmarks, side by side in one run: in-process ONNX Runtime, the full Veil path in both modes, veil proxy
+# with JSON and binary tensors (and tritonclient through it), and a plain Python onnxruntime HTTP server, on
+# iris and MiniLM; plus attestation verification and the OHTTP cryptography step by step.
 # Prints tables and writes JSON under target/bench/ (or $CARGO_TARGET_DIR/bench/). Results and the command belong in docs/BENCHMARKS.md.
 #
 #   scripts/bench.sh            # full runs (a few minutes on 2 cores)
@@ -21,20 +22,15 @@ cache="${VEIL_CACHE:-$HOME/.cache/veil}"
 # shellcheck source=/dev/null
 source "$cache/env.sh"
 
-# The Python baseline's environment (pinned in bench/requirements.txt), kept in the cache.
-venv="$cache/bench-venv"
-stamp="$venv/.requirements.sha256"
-want=$(sha256sum bench/requirements.txt | cut -d' ' -f1)
-if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "bench.sh: creating the Python baseline environment in $venv" >&2
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r bench/requirements.txt
-    echo "$want" >"$stamp"
-fi
-export VEIL_BENCH_PYTHON="$venv/bin/python"
+# The Python baseline's environment (bench/requirements.txt), and the test environment for tritonclient
+# (tests/python/requirements.txt), kept in the cache.
+VEIL_BENCH_PYTHON=$(bash scripts/venv.sh "$cache/bench-venv" bench/requirements.txt)
+VEIL_TEST_PYTHON=$(bash scripts/venv.sh "$cache/test-venv" tests/python/requirements.txt)
+export VEIL_BENCH_PYTHON VEIL_TEST_PYTHON
 
 cargo build --release --workspace --bins --locked
 cargo bench --locked -p veil-tests --bench latency -- "${args[@]}"
+cargo bench --locked -p veil-tests --bench proxy -- "${args[@]}"
 if [ -f protocol/benches/verify.rs ]; then
     cargo bench --locked -p veil-protocol --bench verify -- "${args[@]}"
 fi

@@ -28,19 +28,11 @@ bash scripts/setup.sh
 # shellcheck source=/dev/null
 source "${VEIL_CACHE:-$HOME/.cache/veil}/env.sh"
 
-# The independent OHTTP client's environment (pyhpke; pinned in tests/python/requirements.txt), kept in the
-# cache and remade only when the requirements change. tests/tests/ohttp_interop.rs runs it.
-venv="${VEIL_CACHE:-$HOME/.cache/veil}/test-venv"
-stamp="$venv/.requirements.sha256"
-want=$(sha256sum tests/python/requirements.txt | cut -d' ' -f1)
-if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    step "set-up: the test Python environment in $venv"
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-    echo "$want" >"$stamp"
-fi
-export VEIL_TEST_PYTHON="$venv/bin/python"
+# The test Python environment (pyhpke for the independent OHTTP client, tritonclient for veil proxy's
+# tests; pinned in tests/python/requirements.txt), kept in the cache and remade only when that file changes.
+step "set-up: the test Python environment"
+VEIL_TEST_PYTHON=$(bash scripts/venv.sh "${VEIL_CACHE:-$HOME/.cache/veil}/test-venv" tests/python/requirements.txt)
+export VEIL_TEST_PYTHON
 
 step "format: cargo fmt --check"
 cargo fmt --all --check

@@ -209,7 +209,8 @@ impl Client {
             if !status.is_success() {
                 return Err(ClientError::Unauthenticated { status, message: error_message(&body), retry_after });
             }
-            Ok(body.to_vec())
+            // No copy when the collected body is one buffer of its own.
+            Ok(Vec::from(body))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,

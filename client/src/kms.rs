@@ -5,6 +5,7 @@
 //! an enclave only if its attestation document matches the key policy's PCR conditions
 //! (`veil kms policy`). The data key stays in this process (zeroized on drop); the parent sees ciphertext.
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_kms::primitives::Blob;
@@ -98,12 +99,30 @@ impl Default for SessionLimits {
 }
 
 struct Grant {
+    key: Arc<GrantKey>,
+    created: Instant,
+    used: u64,
+}
+
+/// A data key and what names it: shared by the grant and every call sealed under it, so that an answer
+/// opens with the key its request was sealed with even after the session has moved on to a new one.
+struct GrantKey {
     key: DataKey,
     encrypted: Vec<u8>,
     /// The key's ARN as KMS named it in its answer (what the enclave's configuration lists).
     key_arn: String,
-    created: Instant,
-    used: u64,
+    context: BTreeMap<String, String>,
+}
+
+impl GrantKey {
+    fn sealer(&self) -> Sealer<'_> {
+        Sealer {
+            key: &self.key,
+            key_id: &self.key_arn,
+            encrypted_data_key: &self.encrypted,
+            encryption_context: &self.context,
+        }
+    }
 }
 
 /// A client session: a KMS key, an encryption context, and the current data key (renewed when used up).
@@ -158,61 +177,61 @@ impl Session {
             // KMS answers with the key's ARN whatever the caller named (id, alias, alias ARN): the enclave
             // compares that ARN with its configuration, and asks KMS with it.
             let key_arn = out.key_id().ok_or(KmsError::Incomplete("KeyId"))?.to_owned();
-            self.grant =
-                Some(Grant { key: DataKey::new(&plaintext)?, encrypted, key_arn, created: Instant::now(), used: 0 });
+            let key = GrantKey { key: DataKey::new(&plaintext)?, encrypted, key_arn, context: self.context.clone() };
+            self.grant = Some(Grant { key: Arc::new(key), created: Instant::now(), used: 0 });
             self.generated += 1;
         }
         self.grant.as_mut().ok_or(KmsError::Incomplete("a data key"))
     }
 
     /// Seals a v2 request `body` for `model` (its name and the SHA-384 the caller expects it to have);
-    /// returns the wire bytes and what opens the answer.
+    /// returns the wire bytes and what opens the answer. Only this step needs the session exclusively
+    /// (it may ask KMS for a new data key); answers open without it ([`SealedCall::open`]).
     pub async fn seal(
         &mut self,
         model: &ModelRef,
         body: &[u8],
         meta: RequestMeta,
     ) -> Result<(Vec<u8>, SealedCall), KmsError> {
-        let context = self.context.clone();
         let grant = self.grant().await?;
         grant.used += 1;
+        let key = Arc::clone(&grant.key);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let sealer = Sealer {
-            key: &grant.key,
-            key_id: &grant.key_arn,
-            encrypted_data_key: &grant.encrypted,
-            encryption_context: &context,
-        };
-        let (wire, tag) = sealer.seal_request(model, body, meta, now, &SystemRandom::new())?;
-        Ok((wire, SealedCall { tag }))
+        let (wire, tag) = key.sealer().seal_request(model, body, meta, now, &SystemRandom::new())?;
+        Ok((wire, SealedCall { tag, key }))
     }
 
-    /// Opens the enclave's answer to a call made with [`Session::seal`], in place in `body`. The data key
-    /// used for the call must still be current (answers are opened before the next seal renews it; callers
-    /// do so).
+    /// Opens the enclave's answer to a call made with [`Session::seal`] (the same as [`SealedCall::open`]).
     pub fn open(&self, call: &SealedCall, body: Vec<u8>) -> Result<OpenedAnswer, KmsError> {
-        let grant = self.grant.as_ref().ok_or(KmsError::Incomplete("a data key"))?;
-        let sealer = Sealer {
-            key: &grant.key,
-            key_id: &grant.key_arn,
-            encrypted_data_key: &grant.encrypted,
-            encryption_context: &self.context,
-        };
+        call.open(body)
+    }
+}
+
+/// What ties an answer to its sealed request, and the data key that opens it.
+#[derive(Clone)]
+pub struct SealedCall {
+    tag: RequestTag,
+    key: Arc<GrantKey>,
+}
+
+impl std::fmt::Debug for SealedCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedCall").finish_non_exhaustive()
+    }
+}
+
+impl SealedCall {
+    /// Opens the enclave's answer, in place in `body`.
+    pub fn open(&self, body: Vec<u8>) -> Result<OpenedAnswer, KmsError> {
         let mut buf = Zeroizing::new(body);
         let base = buf.as_ptr() as usize;
-        let opened = sealer.open_answer(&call.tag, &mut buf)?;
+        let opened = self.key.sealer().open_answer(&self.tag, &mut buf)?;
         // The body is a sub-slice of `buf`: keep its place, to hand out the buffer without copying it.
         let start = opened.body.as_ptr() as usize - base;
         let range = start..start + opened.body.len();
         let (outcome, model_sha384) = (opened.meta.outcome, opened.meta.model_sha384);
         Ok(OpenedAnswer { buf, range, outcome, model_sha384 })
     }
-}
-
-/// What ties an answer to its sealed request.
-#[derive(Debug, Clone)]
-pub struct SealedCall {
-    tag: RequestTag,
 }
 
 /// An opened sealed answer: how the request ended, as the enclave said, and the digest of the model that

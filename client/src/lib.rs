@@ -31,6 +31,7 @@ mod http;
 pub mod kms;
 pub mod oblivious;
 pub mod policy;
+pub mod proxy;
 pub mod trust;
 
 pub use http::{Client, ClientError};

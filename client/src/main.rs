@@ -26,6 +26,8 @@ enum Command {
     Infer(cli::infer::InferArgs),
     /// Print a model's metadata (inputs, outputs, datatypes, shapes, digest).
     Metadata(cli::infer::MetadataArgs),
+    /// Serve the KServe v2 API locally for unmodified clients; every request verified and sealed.
+    Proxy(cli::proxy::ProxyArgs),
     /// Start the whole off-hardware stack (enclave with mock NSM, parent, sample models).
     Dev(cli::dev::DevArgs),
     /// Verify or show attestation documents.
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Infer(a) => cli::infer::run_infer(a),
         Command::Metadata(a) => cli::infer::run_metadata(a),
         Command::Dev(a) => cli::dev::run(a),
+        Command::Proxy(a) => cli::proxy::run(a),
         Command::Attest { command } => cli::attest::run(command),
         Command::Eif { command } => cli::eif::run(command),
         Command::Kms { command } => cli::kms::run(command),

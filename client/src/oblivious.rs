@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use veil_protocol::attestation::Verifier;
+use veil_protocol::attestation::{VerifiedDocument, Verifier};
 use veil_protocol::ohttp::{self, KeyConfig, OhttpError, bhttp};
 use veil_protocol::random::SystemRandom;
 
@@ -50,6 +50,10 @@ pub enum ObliviousError {
     /// The response decrypted but is not a valid Binary HTTP response, or contradicts the request.
     #[error("the enclave's response is invalid: {0}")]
     Response(String),
+    /// The relay said a request did not decapsulate (the keys changed?), and verifying the enclave again
+    /// failed. The first request was sent, to the key verified before.
+    #[error("the relay said the enclave's keys changed (HTTP 422), and verifying it again failed: {0}")]
+    Reverification(Box<ObliviousError>),
     /// The clock or the random generator failed.
     #[error("{0}")]
     System(&'static str),
@@ -58,7 +62,11 @@ pub enum ObliviousError {
 impl ObliviousError {
     /// True when the failure is the enclave's attestation failing the policy.
     pub fn is_untrusted(&self) -> bool {
-        matches!(self, ObliviousError::Untrusted(_) | ObliviousError::Keys(_))
+        match self {
+            ObliviousError::Untrusted(_) | ObliviousError::Keys(_) => true,
+            ObliviousError::Reverification(e) => e.is_untrusted(),
+            _ => false,
+        }
     }
 }
 
@@ -91,6 +99,15 @@ pub async fn verify_gateway(
     policy: &ClientPolicy,
     verifier: &Verifier,
 ) -> Result<VerifiedGateway, ObliviousError> {
+    verify_gateway_document(client, policy, verifier).await.map(|(g, _)| g)
+}
+
+/// [`verify_gateway`], with the verified document (for reports: `veil proxy --check`).
+pub async fn verify_gateway_document(
+    client: &Client,
+    policy: &ClientPolicy,
+    verifier: &Verifier,
+) -> Result<(VerifiedGateway, VerifiedDocument), ObliviousError> {
     let key_list = client.ohttp_keys().await?;
     if key_list.len() > MAX_KEY_LIST {
         return Err(ObliviousError::Keys(format!("{} bytes, more than {MAX_KEY_LIST}", key_list.len())));
@@ -111,14 +128,15 @@ pub async fn verify_gateway(
     let leaf_not_after_ms =
         verified.certificates().last().map(|c| u64::try_from(c.not_after).unwrap_or(0).saturating_mul(1000));
     let by_age = verified.timestamp_ms().saturating_add(policy.max_age.as_millis() as u64);
-    Ok(VerifiedGateway {
+    let gateway = VerifiedGateway {
         key_config,
         key_list_sha384: veil_protocol::attestation::UserDataCommitment::sha384(&key_list),
         image,
         models: commitment.models.iter().map(|m| (m.name.clone(), m.sha384)).collect(),
         module_id: verified.module_id().to_owned(),
         valid_until_ms: leaf_not_after_ms.map_or(by_age, |l| l.min(by_age)),
-    })
+    };
+    Ok((gateway, verified))
 }
 
 /// A response from the enclave, decrypted: authenticated by the OHTTP response key.
@@ -194,6 +212,15 @@ impl ObliviousClient {
         *self.cached.lock().await = None;
     }
 
+    /// Forgets the cached verification if it is still the one of key list `key_list_sha384` (a request
+    /// that found those keys stale); one that another request has verified since is kept.
+    async fn forget_stale(&self, key_list_sha384: &[u8; 48]) {
+        let mut cached = self.cached.lock().await;
+        if cached.as_ref().is_some_and(|g| &g.key_list_sha384 == key_list_sha384) {
+            *cached = None;
+        }
+    }
+
     /// Sends one request to the enclave through OHTTP: `method` and `path` of the KServe v2 API, with
     /// `headers` and `body`. Adds `Date`; retries once with the enclave's own `Date` if the enclave
     /// refuses the client's clock (RFC 9458 §6.5.2).
@@ -204,9 +231,27 @@ impl ObliviousClient {
         headers: &[(&str, &[u8])],
         body: &[u8],
     ) -> Result<ObliviousResponse, ObliviousError> {
-        let gateway = self.gateway().await?;
+        let mut gateway = self.gateway().await?;
         let now_secs = now_ms()? / 1000;
-        let first = self.exchange(&gateway, method, path, headers, body, now_secs).await?;
+        let first = match self.exchange(&gateway, method, path, headers, body, now_secs).await {
+            // The relay says the gateway could not decapsulate the request (RFC 9458 §5.2: unknown key, or
+            // not decryptable): the enclave's keys may have changed (a restart, a rotation). Verify afresh
+            // (once for all the requests that found the same stale keys); if the verified key list is a new
+            // one, send once more. The 422 is the relay's word: the first request may have been answered
+            // and the answer dropped, so the enclave can see it twice (under two verified keys), never more.
+            Err(ObliviousError::Fetch(ClientError::Unauthenticated { status, message, retry_after }))
+                if status == hyper::StatusCode::UNPROCESSABLE_ENTITY =>
+            {
+                let before = gateway.key_list_sha384;
+                self.forget_stale(&before).await;
+                gateway = self.gateway().await.map_err(|e| ObliviousError::Reverification(Box::new(e)))?;
+                if gateway.key_list_sha384 == before {
+                    return Err(ObliviousError::Fetch(ClientError::Unauthenticated { status, message, retry_after }));
+                }
+                self.exchange(&gateway, method, path, headers, body, now_secs).await?
+            }
+            other => other?,
+        };
         let date_problem = first.status == 400
             && first.header("content-type").is_some_and(|c| c.starts_with(b"application/problem+json"))
             && String::from_utf8_lossy(&first.body).contains("http-problem-types#date");
@@ -234,7 +279,7 @@ impl ObliviousClient {
     ) -> Result<ObliviousResponse, ObliviousError> {
         let date = veil_protocol::time::format_http_date(date_secs).ok_or(ObliviousError::System("bad clock"))?;
         let mut all: Vec<(&str, &[u8])> = vec![("date", date.as_bytes())];
-        if !body.is_empty() {
+        if !body.is_empty() && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
             all.push(("content-type", b"application/json"));
         }
         all.extend_from_slice(headers);

@@ -18,7 +18,11 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{DynMapValueType, DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
 use serde_json::{Map, Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use veil_protocol::v2::{self, Datatype, InferenceResponse, ModelMetadata, Tensor, TensorData, TensorMetadata};
+use veil_protocol::v2::response::{self, Answer, Elements, Output};
+use veil_protocol::v2::{self, Datatype, ModelMetadata, Tensor, TensorData, TensorMetadata};
+
+/// The one version of each model that Veil serves (a name names one model file, pinned by its digest).
+pub const MODEL_VERSION: &str = "1";
 
 /// How an input must look.
 #[derive(Debug, Clone)]
@@ -87,6 +91,9 @@ fn datatype_of(ty: TensorElementType) -> Option<Datatype> {
         TensorElementType::Int64 => Datatype::Int64,
         TensorElementType::Float32 => Datatype::Fp32,
         TensorElementType::Float64 => Datatype::Fp64,
+        TensorElementType::Float16 => Datatype::Fp16,
+        TensorElementType::Bfloat16 => Datatype::Bf16,
+        TensorElementType::String => Datatype::Bytes,
         _ => return None,
     })
 }
@@ -155,6 +162,7 @@ impl Model {
             .collect();
         let metadata = ModelMetadata {
             name: name.to_owned(),
+            versions: vec![MODEL_VERSION.to_owned()],
             platform: "onnxruntime_onnx".to_owned(),
             inputs: inputs
                 .iter()
@@ -233,18 +241,29 @@ impl Model {
         Arc::clone(&self.permits).acquire_owned().await.map_err(|_| internal("model is shutting down"))
     }
 
-    /// Runs one v2 request (JSON) and returns the v2 response (JSON): for in-process benchmarks and tests.
-    /// The enclave's request path calls [`Model::infer_blocking`] itself, writing into the buffer the
-    /// sealed answer is sent from.
+    /// Runs one v2 request (JSON alone) and returns the v2 response (JSON): for in-process benchmarks and
+    /// tests. The enclave's request path calls [`Model::infer_blocking`] itself, writing into the buffer
+    /// the sealed answer is sent from.
     ///
     /// Waits for a free session without blocking the runtime, then runs ONNX Runtime on the blocking pool.
     pub async fn infer(self: &Arc<Self>, body: Vec<u8>) -> Result<Vec<u8>, EnclaveError> {
+        self.infer_with(body, None).await.map(|(out, _)| out)
+    }
+
+    /// [`Model::infer`] for a body with binary data (`header_length`: its
+    /// `Inference-Header-Content-Length`): the response, and the response's header length if binary data
+    /// follows its JSON.
+    pub async fn infer_with(
+        self: &Arc<Self>,
+        body: Vec<u8>,
+        header_length: Option<u64>,
+    ) -> Result<(Vec<u8>, Option<u64>), EnclaveError> {
         let permit = self.acquire().await?;
         let model = Arc::clone(self);
         let result = tokio::task::spawn_blocking(move || {
             let mut body = body;
             let mut out = Vec::new();
-            let result = model.infer_blocking(&body, &mut out).map(|()| out);
+            let result = model.infer_blocking(&body, header_length, &mut out).map(|n| (out, n));
             zeroize::Zeroize::zeroize(&mut body);
             result
         })
@@ -254,16 +273,26 @@ impl Model {
         result
     }
 
-    /// The synchronous core of inference: parse, check, run, convert; the v2 response (JSON) is appended
-    /// to `out`.
-    pub fn infer_blocking(&self, body: &[u8], out: &mut Vec<u8>) -> Result<(), EnclaveError> {
-        let request = v2::parse_request(body).map_err(|e| bad(e.0))?;
+    /// The synchronous core of inference: parse, check, run, convert. The v2 response is appended to
+    /// `out`, straight from ONNX Runtime's output buffers; the result is the response's JSON length when
+    /// binary output data follows it (for `Inference-Header-Content-Length`), else `None`.
+    ///
+    /// `header_length` is the request's `Inference-Header-Content-Length`: when present the body is a JSON
+    /// header followed by binary input data (the binary tensor data extension).
+    pub fn infer_blocking(
+        &self,
+        body: &[u8],
+        header_length: Option<u64>,
+        out: &mut impl response::Sink,
+    ) -> Result<Option<u64>, EnclaveError> {
+        let request = v2::parse(body, header_length).map_err(|e| bad(e.0))?;
+        let given = &request.header.inputs;
         let model_inputs = || self.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ");
-        for given in &request.inputs {
-            if !self.inputs.iter().any(|i| i.name == given.name) {
+        for g in given {
+            if !self.inputs.iter().any(|i| i.name == g.name) {
                 return Err(bad(format!(
                     "unknown input {:?}; model {:?} takes: {}",
-                    truncate(&given.name, 64),
+                    truncate(&g.name, 64),
                     self.name,
                     model_inputs()
                 )));
@@ -271,10 +300,10 @@ impl Model {
         }
         let mut feeds: Vec<(String, SessionInputValue<'static>)> = Vec::with_capacity(self.inputs.len());
         for spec in &self.inputs {
-            let given = request.inputs.iter().find(|i| i.name == spec.name).ok_or_else(|| {
+            let index = given.iter().position(|i| i.name == spec.name).ok_or_else(|| {
                 bad(format!("missing input {:?}; model {:?} takes: {}", spec.name, self.name, model_inputs()))
             })?;
-            let tensor = v2::check_input(given).map_err(|e| bad(e.0))?;
+            let tensor = request.input(index).map_err(|e| bad(e.0))?;
             if tensor.datatype != spec.datatype {
                 return Err(bad(format!(
                     "input {:?}: expected datatype {}, got {}",
@@ -294,7 +323,7 @@ impl Model {
             feeds.push((spec.name.clone(), to_ort(tensor)?));
         }
 
-        let wanted: Vec<&OutputSpec> = match &request.outputs {
+        let wanted: Vec<&OutputSpec> = match &request.header.outputs {
             Some(list) if !list.is_empty() => {
                 let mut out = Vec::with_capacity(list.len());
                 for o in list {
@@ -324,23 +353,49 @@ impl Model {
         let result = (|| {
             let outputs = session.run(feeds).map_err(|e| {
                 // ONNX Runtime's message can name shapes that the checks above could not (e.g. a
-                // mismatch between two inputs); it never contains tensor values.
+                // mismatch between two inputs). It can quote a value (Gather names an index out of
+                // range): sealed to the client who sent it, never logged.
                 bad(format!("model {:?} rejected the request: {e}", self.name))
             })?;
-            let mut tensors = Vec::with_capacity(wanted.len());
-            for spec in &wanted {
-                let value = outputs
-                    .get(&spec.name)
-                    .ok_or_else(|| internal(format!("ONNX Runtime returned no output {:?}", spec.name)))?;
-                tensors.push(from_ort(spec, value)?);
+            let values = wanted
+                .iter()
+                .map(|spec| {
+                    outputs
+                        .get(&spec.name)
+                        .ok_or_else(|| internal(format!("ONNX Runtime returned no output {:?}", spec.name)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            // What ONNX Runtime does not hand out as a slice (ZipMap rows, strings) is converted first;
+            // every other output is written from ONNX Runtime's own buffer.
+            let owned =
+                wanted.iter().zip(&values).map(|(spec, v)| owned_output(spec, v)).collect::<Result<Vec<_>, _>>()?;
+            let mut views = Vec::with_capacity(wanted.len());
+            for ((spec, value), owned) in wanted.iter().zip(&values).zip(&owned) {
+                let (shape, data, parameters) = match owned {
+                    Some(o) => (o.shape.clone(), o.data.view(), o.parameters.as_ref()),
+                    None => {
+                        let (shape, data) = borrowed_output(spec, value)?;
+                        (shape, data, None)
+                    }
+                };
+                views.push(Output {
+                    name: &spec.name,
+                    shape,
+                    data,
+                    parameters,
+                    binary: request.binary_output(&spec.name),
+                });
             }
-            Ok::<_, EnclaveError>(tensors)
+            let answer = Answer {
+                model_name: &self.name,
+                model_version: None,
+                id: request.header.id.as_deref(),
+                outputs: &views,
+            };
+            response::write(out, &answer).map_err(|e| bad(e.0))
         })();
         self.return_session(session);
-        let outputs = result?;
-        let response =
-            InferenceResponse { model_name: self.name.clone(), model_version: None, id: request.id, outputs };
-        serde_json::to_writer(out, &response).map_err(|e| internal(format!("could not encode the response: {e}")))
+        result
     }
 
     fn take_session(&self) -> Result<Session, EnclaveError> {
@@ -385,37 +440,55 @@ fn to_ort(t: Tensor) -> Result<SessionInputValue<'static>, EnclaveError> {
         TensorData::I16(v) => mk(shape, v),
         TensorData::I32(v) => mk(shape, v),
         TensorData::I64(v) => mk(shape, v),
+        TensorData::F16(v) => mk(shape, v),
+        TensorData::Bf16(v) => mk(shape, v),
         TensorData::F32(v) => mk(shape, v),
         TensorData::F64(v) => mk(shape, v),
+        TensorData::Bytes(v) => {
+            // ONNX Runtime's string tensors hold C strings of UTF-8.
+            let mut texts = Vec::with_capacity(v.len());
+            for (i, b) in v.into_iter().enumerate() {
+                let text = String::from_utf8(b).map_err(|_| {
+                    bad(format!("input {name:?}: BYTES element {i} is not UTF-8, which ONNX Runtime strings must be"))
+                })?;
+                if text.contains('\0') {
+                    return Err(bad(format!("input {name:?}: BYTES element {i} contains a NUL byte")));
+                }
+                texts.push(text);
+            }
+            let made = OrtTensor::from_string_array((shape, texts.as_slice())).map(Into::into);
+            // ONNX Runtime copied the strings: wipe ours.
+            for t in &mut texts {
+                zeroize::Zeroize::zeroize(t);
+            }
+            made
+        }
     };
     made.map_err(|e| bad(format!("input {name:?}: {e}")))
 }
 
-fn from_ort(spec: &OutputSpec, value: &DynValue) -> Result<Tensor, EnclaveError> {
+/// An output converted from what ONNX Runtime returned, for kinds it does not hand out as a slice.
+struct OwnedOutput {
+    shape: Vec<u64>,
+    data: TensorData,
+    parameters: Option<Map<String, Value>>,
+}
+
+fn ort_shape(shape: &[i64]) -> Vec<u64> {
+    shape.iter().map(|&d| d.max(0) as u64).collect()
+}
+
+/// ZipMap rows and strings, converted; `None` for tensors that [`borrowed_output`] reads in place.
+fn owned_output(spec: &OutputSpec, value: &DynValue) -> Result<Option<OwnedOutput>, EnclaveError> {
     let fail = |e: ort::Error| internal(format!("output {:?}: {e}", spec.name));
     match &spec.kind {
-        OutputKind::Tensor(dt) => {
-            macro_rules! take {
-                ($t:ty, $variant:ident) => {{
-                    let (shape, data) = value.try_extract_tensor::<$t>().map_err(fail)?;
-                    (shape.iter().map(|&d| d.max(0) as u64).collect::<Vec<u64>>(), TensorData::$variant(data.to_vec()))
-                }};
-            }
-            let (shape, data) = match dt {
-                Datatype::Bool => take!(bool, Bool),
-                Datatype::Uint8 => take!(u8, U8),
-                Datatype::Uint16 => take!(u16, U16),
-                Datatype::Uint32 => take!(u32, U32),
-                Datatype::Uint64 => take!(u64, U64),
-                Datatype::Int8 => take!(i8, I8),
-                Datatype::Int16 => take!(i16, I16),
-                Datatype::Int32 => take!(i32, I32),
-                Datatype::Int64 => take!(i64, I64),
-                Datatype::Fp32 => take!(f32, F32),
-                Datatype::Fp64 => take!(f64, F64),
-            };
-            Ok(Tensor { name: spec.name.clone(), shape, datatype: *dt, data, parameters: None })
+        OutputKind::Tensor(Datatype::Bytes) => {
+            let (shape, strings) = value.try_extract_strings().map_err(fail)?;
+            let shape = ort_shape(shape);
+            let data = TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect());
+            Ok(Some(OwnedOutput { shape, data, parameters: None }))
         }
+        OutputKind::Tensor(_) => Ok(None),
         OutputKind::ZipMap => {
             let rows = value.try_extract_sequence::<DynMapValueType>().map_err(fail)?;
             let mut keys: Option<Vec<i64>> = None;
@@ -439,16 +512,46 @@ fn from_ort(spec: &OutputSpec, value: &DynValue) -> Result<Tensor, EnclaveError>
             let keys = keys.unwrap_or_default();
             let mut params = Map::new();
             params.insert("zipmap_keys".into(), json!(keys));
-            Ok(Tensor {
-                name: spec.name.clone(),
+            Ok(Some(OwnedOutput {
                 shape: vec![rows.len() as u64, keys.len() as u64],
-                datatype: Datatype::Fp32,
                 data: TensorData::F32(data),
                 parameters: Some(params),
-            })
+            }))
         }
         OutputKind::Unsupported(what) => Err(bad(format!("output {:?} is {what}, which v2 cannot carry", spec.name))),
     }
+}
+
+/// A tensor output read in place: its shape, and ONNX Runtime's buffer as elements.
+fn borrowed_output<'v>(spec: &OutputSpec, value: &'v DynValue) -> Result<(Vec<u64>, Elements<'v>), EnclaveError> {
+    let fail = |e: ort::Error| internal(format!("output {:?}: {e}", spec.name));
+    let OutputKind::Tensor(dt) = &spec.kind else {
+        return Err(internal(format!("output {:?} is not a plain tensor", spec.name)));
+    };
+    macro_rules! take {
+        ($t:ty, $variant:ident) => {{
+            let (shape, data) = value.try_extract_tensor::<$t>().map_err(fail)?;
+            (ort_shape(shape), Elements::$variant(data))
+        }};
+    }
+    Ok(match dt {
+        Datatype::Bool => take!(bool, Bool),
+        Datatype::Uint8 => take!(u8, U8),
+        Datatype::Uint16 => take!(u16, U16),
+        Datatype::Uint32 => take!(u32, U32),
+        Datatype::Uint64 => take!(u64, U64),
+        Datatype::Int8 => take!(i8, I8),
+        Datatype::Int16 => take!(i16, I16),
+        Datatype::Int32 => take!(i32, I32),
+        Datatype::Int64 => take!(i64, I64),
+        Datatype::Fp16 => take!(half::f16, F16),
+        Datatype::Bf16 => take!(half::bf16, Bf16),
+        Datatype::Fp32 => take!(f32, F32),
+        Datatype::Fp64 => take!(f64, F64),
+        Datatype::Bytes => {
+            return Err(internal(format!("output {:?}: strings are converted, not borrowed", spec.name)));
+        }
+    })
 }
 
 /// Models by name.

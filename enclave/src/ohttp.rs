@@ -28,10 +28,12 @@ use std::ops::Range;
 
 use veil_protocol::ohttp::{self, Gateway, GatewayKey, OhttpError, ResponseContext, bhttp};
 use veil_protocol::random::RandomSource;
+use veil_protocol::v2;
 use zeroize::Zeroizing;
 
 use crate::config::OhttpSettings;
 use crate::error::EnclaveError;
+use crate::model::MODEL_VERSION;
 use crate::replay::{Refusal, ReplayGuard};
 
 /// The request header in which a client names the model digest it expects, and the response header that
@@ -157,9 +159,19 @@ impl OhttpGateway {
             }
             bhttp::Content::Gathered(v) => Body::Gathered(Zeroizing::new(v.to_vec())),
         };
+        let header_length = match parsed.header(v2::HEADER_LENGTH_HEADER) {
+            None => None,
+            Some(v) => match std::str::from_utf8(v).ok().and_then(|t| t.trim().parse::<u64>().ok()) {
+                Some(n) => Some(n),
+                None => {
+                    let message = "the Inference-Header-Content-Length header is not a number of bytes";
+                    return Err(Refused::Sealed(seal_problem(&context, 400, message, &[], rng)?));
+                }
+            },
+        };
         let content_type = parsed.header("content-type").map(|v| String::from_utf8_lossy(v).into_owned());
         drop(parsed);
-        Ok(OpenedRequest { plain, context, route, expected_sha384, content, content_type })
+        Ok(OpenedRequest { plain, context, route, expected_sha384, content, content_type, header_length })
     }
 
     fn admit(&self, enc: &[u8; 32], issued_at: u64, now_unix: u64) -> Result<(), Refused> {
@@ -203,7 +215,15 @@ impl Route {
     /// The route of `method` and `path` (the query string, if any, is ignored), or a status and message.
     pub fn of(method: &str, path: &str) -> Result<Route, (u16, String)> {
         let path = path.split_once('?').map_or(path, |(p, _)| p);
-        let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        let mut parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        // `/v2/models/{model}/versions/{version}/...` names the one version served the long way.
+        if let ["v2", "models", m, "versions", v, ..] = parts.as_slice() {
+            if *v != MODEL_VERSION {
+                let (m, v): (String, String) = (m.chars().take(64).collect(), v.chars().take(32).collect());
+                return Err((404, format!("model {m:?} has no version {v:?} (Veil serves version {MODEL_VERSION:?})")));
+            }
+            parts.drain(3..5);
+        }
         let (route, allowed) = match parts.as_slice() {
             ["v2"] => (Route::ServerMetadata, "GET"),
             ["v2", "health", "live"] => (Route::ServerLive, "GET"),
@@ -211,9 +231,6 @@ impl Route {
             ["v2", "models", m] => (Route::ModelMetadata { model: (*m).to_owned() }, "GET"),
             ["v2", "models", m, "ready"] => (Route::ModelReady { model: (*m).to_owned() }, "GET"),
             ["v2", "models", m, "infer"] => (Route::Infer { model: (*m).to_owned() }, "POST"),
-            ["v2", "models", _, "versions", ..] => {
-                return Err((404, "model versions are not served: use /v2/models/{model}/...".into()));
-            }
             _ => {
                 let shown: String = path.chars().take(64).collect();
                 return Err((404, format!("no route {shown:?} (this gateway serves the KServe v2 API under /v2)")));
@@ -251,6 +268,8 @@ pub struct OpenedRequest {
     pub expected_sha384: Option<[u8; 48]>,
     content: Body,
     pub content_type: Option<String>,
+    /// `Inference-Header-Content-Length`: the JSON's length when binary tensor data follows it.
+    pub header_length: Option<u64>,
 }
 
 impl std::fmt::Debug for OpenedRequest {
@@ -297,6 +316,19 @@ impl OpenedRequest {
         seal(&self.context, writer, rng)
     }
 
+    /// A writer for an inference answer (status 200) from `model_sha384`: its header fields are written
+    /// once the answer says whether binary data follows its JSON (`Inference-Header-Content-Length` and
+    /// `application/octet-stream`) or not (`application/json`).
+    pub fn answer_writer(&self, model_sha384: &[u8; 48], capacity: usize) -> AnswerWriter<'_> {
+        AnswerWriter { request: self, digest: hex::encode(model_sha384), capacity, writer: None }
+    }
+
+    /// Seals a written answer.
+    pub fn seal_answer(&self, answer: AnswerWriter<'_>, rng: &dyn RandomSource) -> Result<Vec<u8>, EnclaveError> {
+        let writer = answer.writer.ok_or_else(|| EnclaveError::Internal("the answer was never written".into()))?;
+        seal(&self.context, writer, rng)
+    }
+
     /// A JSON error response (`{"error": message}`), sealed.
     pub fn seal_error(
         &self,
@@ -312,6 +344,46 @@ impl OpenedRequest {
             Refused::Clear(e) => e,
             Refused::Sealed(_) => EnclaveError::Internal("unreachable".into()),
         })
+    }
+}
+
+/// An inference answer being written into its Binary HTTP response ([`OpenedRequest::answer_writer`]).
+pub struct AnswerWriter<'r> {
+    request: &'r OpenedRequest,
+    digest: String,
+    capacity: usize,
+    writer: Option<bhttp::ResponseWriter>,
+}
+
+impl std::fmt::Debug for AnswerWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnswerWriter").field("started", &self.writer.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl AnswerWriter<'_> {
+    /// Bytes of content written so far.
+    pub fn written_len(&self) -> usize {
+        self.writer.as_ref().map_or(0, |w| w.written().len())
+    }
+}
+
+impl v2::response::Sink for AnswerWriter<'_> {
+    fn start(&mut self, header_length: Option<u64>) -> &mut Vec<u8> {
+        let (request, digest, capacity) = (self.request, &self.digest, self.capacity);
+        self.writer
+            .get_or_insert_with(|| {
+                let length = header_length.map(|n| n.to_string());
+                let content_type: &[u8] =
+                    if length.is_some() { b"application/octet-stream" } else { b"application/json" };
+                let mut headers: Vec<(&str, &[u8])> =
+                    vec![("content-type", content_type), (MODEL_DIGEST_HEADER, digest.as_bytes())];
+                if let Some(n) = &length {
+                    headers.push((v2::HEADER_LENGTH_HEADER, n.as_bytes()));
+                }
+                bhttp::ResponseWriter::new(request.context.nonce_len(), 200, &headers, capacity)
+            })
+            .content()
     }
 }
 
@@ -383,7 +455,13 @@ mod tests {
         assert_eq!(Route::of("GET", "/v2/health/ready"), Ok(Route::ServerReady));
         assert_eq!(Route::of("GET", "/v2/models/iris/infer").unwrap_err().0, 405);
         assert_eq!(Route::of("GET", "/v1/models/iris").unwrap_err().0, 404);
-        assert_eq!(Route::of("POST", "/v2/models/iris/versions/1/infer").unwrap_err().0, 404);
+        assert_eq!(Route::of("POST", "/v2/models/iris/versions/1/infer"), Ok(Route::Infer { model: "iris".into() }));
+        assert_eq!(Route::of("GET", "/v2/models/iris/versions/1"), Ok(Route::ModelMetadata { model: "iris".into() }));
+        assert_eq!(
+            Route::of("GET", "/v2/models/iris/versions/1/ready"),
+            Ok(Route::ModelReady { model: "iris".into() })
+        );
+        assert_eq!(Route::of("POST", "/v2/models/iris/versions/2/infer").unwrap_err().0, 404);
     }
 
     #[test]

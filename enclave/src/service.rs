@@ -244,14 +244,14 @@ impl Enclave {
         tokio::task::spawn_blocking(move || {
             let capacity = hint.as_ref().map_or(4096, |h| h.load(Ordering::Relaxed));
             let mut body = AnswerBody::with_capacity(capacity);
-            let result = model.infer_blocking(opened.body(), body.writer());
+            let result = model.infer_blocking(opened.body(), opened.meta().inference_header_length, body.writer());
             drop(session);
             let sealed = match result {
-                Ok(()) => {
+                Ok(header_length) => {
                     if let Some(h) = &hint {
                         h.store(body.as_slice().len(), Ordering::Relaxed);
                     }
-                    opened.seal_answer(body, None, &this.rng)
+                    opened.seal_answer(body, header_length, &this.rng)
                 }
                 Err(e) => {
                     body.clear();
@@ -335,7 +335,7 @@ impl Enclave {
                 serde_json::to_vec(&serde_json::json!({
                     "name": "veil",
                     "version": env!("CARGO_PKG_VERSION"),
-                    "extensions": [],
+                    "extensions": ["binary_tensor_data"],
                 }))
                 .unwrap_or_default(),
             ),
@@ -369,14 +369,19 @@ impl Enclave {
     ) {
         let prepared = async {
             let model = self.ohttp_model(name, &request)?;
-            if let Some(ct) = &request.content_type
-                && !ct.trim_start().to_ascii_lowercase().starts_with("application/json")
-            {
-                let e = EnclaveError::BadRequest(format!(
-                    "content type {:?} is not served: send the v2 request as application/json",
-                    ct.chars().take(64).collect::<String>()
-                ));
-                return Err(self.ohttp_error(&request, &e, Some(model.sha384())));
+            // JSON, or (with Inference-Header-Content-Length) a JSON header and binary tensor data, which
+            // clients send as application/octet-stream or with no type at all.
+            if let Some(ct) = &request.content_type {
+                let ct = ct.trim_start().to_ascii_lowercase();
+                let binary = request.header_length.is_some() && ct.starts_with("application/octet-stream");
+                if !ct.starts_with("application/json") && !binary {
+                    let e = EnclaveError::BadRequest(format!(
+                        "content type {:?} is not served: send the v2 request as application/json (or, with \
+                         Inference-Header-Content-Length, application/octet-stream)",
+                        ct.chars().take(64).collect::<String>()
+                    ));
+                    return Err(self.ohttp_error(&request, &e, Some(model.sha384())));
+                }
             }
             match model.acquire().await {
                 Ok(session) => Ok((model, session)),
@@ -395,21 +400,21 @@ impl Enclave {
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let capacity = hint.as_ref().map_or(4096, |h| h.load(Ordering::Relaxed));
-            let mut w = request.writer(200, Some(model.sha384()), capacity);
-            let result = model.infer_blocking(request.content(), w.content());
+            let mut w = request.answer_writer(model.sha384(), capacity);
+            let result = model.infer_blocking(request.content(), request.header_length, &mut w);
             drop(session);
             let reply = match result {
-                Ok(()) => {
+                Ok(_) => {
                     if let Some(h) = &hint {
-                        h.store(w.written().len(), Ordering::Relaxed);
+                        h.store(w.written_len(), Ordering::Relaxed);
                     }
-                    match request.seal(w, &this.rng) {
+                    match request.seal_answer(w, &this.rng) {
                         Ok(b) => Reply::Ohttp(b),
                         Err(e) => Reply::error(&e),
                     }
                 }
                 Err(e) => {
-                    w.clear_content();
+                    // The writer wipes whatever it holds as it drops.
                     drop(w);
                     this.ohttp_error(&request, &e, Some(model.sha384()))
                 }

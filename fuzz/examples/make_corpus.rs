@@ -151,11 +151,31 @@ fn main() {
     c.put("pad_unpad", "padded-1025", &pad::pad(&[1; 1017], b"").unwrap());
     c.put("pad_unpad", "split", b"\x03hello\xa1\x01\x02");
 
-    // v2 request bodies: the examples, and every request of the reference outputs.
+    // v2 request bodies (after the target's mode byte: 0 for JSON alone; 1 and a two-byte header length
+    // for binary tensor data): the examples, every request of the reference outputs, and each of those
+    // again with its inputs as binary data.
+    let json_seed = |body: &[u8]| [&[0u8][..], body].concat();
+    let binary_seed = |request: &serde_json::Value| -> Option<Vec<u8>> {
+        let mut header = request.clone();
+        let mut blob = Vec::new();
+        for input in header["inputs"].as_array_mut()? {
+            let bytes: Vec<u8> = match input["datatype"].as_str()? {
+                "FP32" => input["data"].as_array()?.iter().flat_map(|x| (x.as_f64().unwrap_or(0.0) as f32).to_le_bytes()).collect(),
+                "INT64" => input["data"].as_array()?.iter().flat_map(|x| x.as_i64().unwrap_or(0).to_le_bytes()).collect(),
+                _ => return None,
+            };
+            input.as_object_mut()?.remove("data");
+            input["parameters"] = serde_json::json!({"binary_data_size": bytes.len()});
+            blob.extend(bytes);
+        }
+        let json = serde_json::to_vec(&header).ok()?;
+        let len = u16::try_from(json.len()).ok()?;
+        Some([&[1u8][..], &len.to_be_bytes(), &json, &blob].concat())
+    };
     for entry in std::fs::read_dir(root.join("examples")).expect("examples/") {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "json") {
-            c.put("v2_request", &file_name(&path), &std::fs::read(&path).expect("example"));
+            c.put("v2_request", &file_name(&path), &json_seed(&std::fs::read(&path).expect("example")));
         }
     }
     for entry in std::fs::read_dir(root.join("tests/data/references")).expect("tests/data/references") {
@@ -167,7 +187,10 @@ fn main() {
         for list in ["cases", "invalid_cases"] {
             for case in doc[list].as_array().into_iter().flatten() {
                 let name = format!("{}-{}", file_name(&path).trim_end_matches(".json"), case["name"].as_str().unwrap());
-                c.put("v2_request", &name, &serde_json::to_vec(&case["request"]).unwrap());
+                c.put("v2_request", &name, &json_seed(&serde_json::to_vec(&case["request"]).unwrap()));
+                if let Some(binary) = binary_seed(&case["request"]) {
+                    c.put("v2_request", &format!("{name}-binary"), &binary);
+                }
             }
         }
     }

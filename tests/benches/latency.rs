@@ -15,150 +15,20 @@
 //! - `python`: a plain, unencrypted Python onnxruntime HTTP server speaking the same JSON
 //!   (bench/python_baseline_server.py), when `VEIL_BENCH_PYTHON` names a Python that has onnxruntime.
 //!
-//! It prints a table with p50/p99 latency, throughput and the ratios, and writes JSON to
+//! The targets run in ten interleaved rounds, so that the machine's drift over the run falls on all of them
+//! alike. It prints a table with p50/p99 latency, throughput and the ratios, and writes JSON to
 //! `target/bench/latency.json`. Run it with scripts/bench.sh (which builds the release binaries and the
 //! Python environment first), or `cargo bench -p veil-tests --bench latency` after
 //! `cargo build --release --workspace --bins`. `--quick` shortens every run.
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
 
-use ort::session::{Session, SessionInputValue};
-use ort::value::Tensor;
+use common::{Measurement, Pool, http_target, measure_interleaved, start_python, with_client};
+use ort::session::Session;
 use serde_json::{Value, json};
 use veil_tests::{Stack, StackOptions, Transport, references};
-
-struct Pool {
-    idle: Mutex<Vec<Session>>,
-    ready: Condvar,
-}
-
-impl Pool {
-    fn run(&self, request: &Value) {
-        let mut session = {
-            let mut idle = self.idle.lock().unwrap();
-            loop {
-                if let Some(s) = idle.pop() {
-                    break s;
-                }
-                idle = self.ready.wait(idle).unwrap();
-            }
-        };
-        let feeds = feeds(request);
-        let outputs = session.run(feeds).expect("ort run");
-        assert!(outputs.len() > 0);
-        drop(outputs);
-        self.idle.lock().unwrap().push(session);
-        self.ready.notify_one();
-    }
-}
-
-/// Tensors for ONNX Runtime from a v2 request (FP32 and INT64 inputs: what the sample models take).
-fn feeds(request: &Value) -> Vec<(String, SessionInputValue<'static>)> {
-    request["inputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            let shape: Vec<i64> = i["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
-            let data = i["data"].as_array().unwrap();
-            let value: SessionInputValue<'static> = match i["datatype"].as_str().unwrap() {
-                "FP32" => {
-                    Tensor::from_array((shape, data.iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<f32>>()))
-                        .unwrap()
-                        .into()
-                }
-                "INT64" => Tensor::from_array((shape, data.iter().map(|x| x.as_i64().unwrap()).collect::<Vec<i64>>()))
-                    .unwrap()
-                    .into(),
-                other => panic!("bench supports FP32 and INT64 inputs, not {other}"),
-            };
-            (i["name"].as_str().unwrap().to_owned(), value)
-        })
-        .collect()
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-struct Measurement {
-    p50_us: f64,
-    p99_us: f64,
-    mean_us: f64,
-    requests: usize,
-    throughput_rps: f64,
-}
-
-fn summarize(mut lat: Vec<Duration>, elapsed: Duration) -> Measurement {
-    lat.sort();
-    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e6;
-    let mean = lat.iter().map(|d| d.as_secs_f64()).sum::<f64>() / lat.len() as f64 * 1e6;
-    Measurement {
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-        mean_us: mean,
-        requests: lat.len(),
-        throughput_rps: lat.len() as f64 / elapsed.as_secs_f64(),
-    }
-}
-
-/// Runs `f` from `concurrency` threads, `per_thread` times each after `warmup` calls, and summarizes.
-fn measure<F: Fn() + Sync>(concurrency: usize, warmup: usize, per_thread: usize, f: F) -> Measurement {
-    for _ in 0..warmup {
-        f();
-    }
-    let start = Instant::now();
-    let lat: Vec<Duration> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..concurrency)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut v = Vec::with_capacity(per_thread);
-                    for _ in 0..per_thread {
-                        let t = Instant::now();
-                        f();
-                        v.push(t.elapsed());
-                    }
-                    v
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
-    });
-    summarize(lat, start.elapsed())
-}
-
-thread_local! {
-    /// Each load thread drives its own current-thread runtime and client (hyper, keep-alive): the
-    /// connection task runs on the calling thread, so the client adds no thread hand-off of its own.
-    static CLIENTS: std::cell::RefCell<BTreeMap<String, (tokio::runtime::Runtime, veil_client::Client)>> =
-        const { std::cell::RefCell::new(BTreeMap::new()) };
-}
-
-fn with_client<T>(base: &str, f: impl FnOnce(&tokio::runtime::Runtime, &veil_client::Client) -> T) -> T {
-    CLIENTS.with(|c| {
-        let mut map = c.borrow_mut();
-        let (rt, client) = map.entry(base.to_owned()).or_insert_with(|| {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            (rt, veil_client::Client::new(base).unwrap())
-        });
-        f(rt, client)
-    })
-}
-
-thread_local! {
-    /// Each load thread's plain keep-alive client for the Python baseline, with its runtime.
-    static PLAIN: (tokio::runtime::Runtime, veil_tests::PlainHttp) = (
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
-        veil_tests::PlainHttp::default(),
-    );
-}
-
-/// A plaintext HTTP target that is not Veil (the Python baseline): a keep-alive client per thread.
-fn http_target(base: &str, path: String, body: Vec<u8>) -> impl Fn() + Sync {
-    let url = format!("{base}{path}");
-    move || {
-        let out = PLAIN.with(|(rt, http)| rt.block_on(http.post(&url, body.clone()))).expect("http request");
-        assert!(!out.is_empty());
-    }
-}
 
 thread_local! {
     /// Each load thread keeps its own KMS session (data key) per stack: as real clients do.
@@ -244,31 +114,6 @@ fn enclave_target<'a>(stack: &'a Stack, model: &'a str, body: Vec<u8>) -> impl F
     }
 }
 
-struct PythonServer(std::process::Child, String);
-
-impl Drop for PythonServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_python(python: &str, model: &str) -> Option<PythonServer> {
-    use std::io::BufRead;
-    let script = veil_tests::repo_root().join("bench/python_baseline_server.py");
-    let mut child = std::process::Command::new(python)
-        .arg(script)
-        .args(["--model", veil_tests::model_path(model).ok()?.to_str()?, "--name", model, "--port", "0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take()?).read_line(&mut line).ok()?;
-    let url = line.trim().strip_prefix("listening on ")?.to_owned();
-    Some(PythonServer(child, url))
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -341,21 +186,30 @@ fn main() {
         let mut per: BTreeMap<&str, BTreeMap<&str, Measurement>> = BTreeMap::new();
         for (conc, n) in [(1usize, n1), (16usize, n16)] {
             let key = if conc == 1 { "c1" } else { "c16" };
-            eprintln!("{model}: concurrency {conc}, {} requests per target...", conc * n);
-            per.entry("ort").or_default().insert(key, measure(conc, warmup, n, ort_call));
-            per.entry("inproc").or_default().insert(key, measure(conc, warmup, n, inproc_call));
-            per.entry("veil").or_default().insert(key, measure(conc, warmup, n, sealed_counted));
-            let kms_at = kms_calls();
-            per.entry("attested").or_default().insert(key, measure(conc, warmup, n, &attested_call));
-            attested_kms_calls += kms_calls() - kms_at;
-            attested_requests += ((warmup + n) * conc) as u64;
+            eprintln!("{model}: concurrency {conc}, {} requests per target, in 10 interleaved rounds...", conc * n);
+            let mut targets: Vec<common::Target<'_>> = vec![
+                ("ort", &ort_call),
+                ("inproc", &inproc_call),
+                ("veil", &sealed_counted),
+                ("attested", &attested_call),
+            ];
             if conc == 1 {
-                per.entry("enclave").or_default().insert(key, measure(conc, warmup, n, &enclave_call));
-                per.entry("http0").or_default().insert(key, measure(conc, warmup, n, &floor_call));
+                targets.push(("enclave", &enclave_call));
+                targets.push(("http0", &floor_call));
             }
             if let Some(call) = &py_call {
-                per.entry("python").or_default().insert(key, measure(conc, warmup, n, call));
+                targets.push(("python", call));
             }
+            for (name, m) in measure_interleaved(conc, warmup, n, 10, &targets) {
+                per.entry(name).or_default().insert(key, m);
+            }
+            // KMS calls made by attested-key requests: counted over requests of their own.
+            let kms_at = kms_calls();
+            for _ in 0..50 {
+                attested_call();
+            }
+            attested_kms_calls += kms_calls() - kms_at;
+            attested_requests += 50;
         }
         let ort1 = per["ort"]["c1"].clone();
         let veil1 = per["veil"]["c1"].clone();

@@ -9,6 +9,8 @@
 //! The binaries are found next to the test executable's `target/<profile>/` directory: run
 //! `cargo build --workspace --bins` first (scripts/test.sh does). ONNX Runtime and the sample models come
 //! from the scripts/setup.sh cache (`ORT_DYLIB_PATH`, `VEIL_MODELS_DIR`, or `~/.cache/veil`).
+pub mod hostile;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,16 +42,30 @@ pub fn ort_dylib() -> anyhow::Result<PathBuf> {
 }
 
 /// Path of a sample model: `iris`, `minilm`, `breast_cancer` from the set-up cache, or a test model
-/// committed in the repository (`models/NAME/NAME.onnx`, e.g. `datatypes`).
+/// committed in the repository (`models/NAME/NAME.onnx`: `datatypes`, `more_types`).
 pub fn model_path(name: &str) -> anyhow::Result<PathBuf> {
     let in_repo = repo_root().join("models").join(name).join(format!("{name}.onnx"));
-    if name == "datatypes" {
+    if in_repo.is_file() {
         return Ok(in_repo);
     }
     let dir = std::env::var_os("VEIL_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("models"));
     let p = dir.join(format!("{name}.onnx"));
     anyhow::ensure!(p.is_file(), "model {} not found: run scripts/setup.sh", p.display());
     Ok(p)
+}
+
+/// The test venv's interpreter (tests/python/requirements.txt: pyhpke, tritonclient), from
+/// `VEIL_TEST_PYTHON`, which scripts/test.sh sets. Tests that need it fail without it: they never pass by
+/// skipping.
+pub fn test_python() -> PathBuf {
+    match std::env::var_os("VEIL_TEST_PYTHON") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => panic!(
+            "VEIL_TEST_PYTHON is not set: run scripts/test.sh, which creates the test venv from \
+             tests/python/requirements.txt and sets it, or set VEIL_TEST_PYTHON to a Python that has those \
+             packages (e.g. ~/.cache/veil/test-venv/bin/python)"
+        ),
+    }
 }
 
 /// The repository root.
@@ -96,6 +112,8 @@ pub struct Stack {
     inner: devstack::Stack,
     recording: Recording,
     data_key: std::sync::Mutex<Option<(Vec<u8>, Vec<u8>)>>,
+    /// Model digests, hashed once: hashing MiniLM's 22 MB per call would dominate what benchmarks time.
+    digests: std::sync::Mutex<BTreeMap<String, [u8; 48]>>,
 }
 
 /// Options for [`Stack::start`].
@@ -265,6 +283,7 @@ impl Stack {
             inner,
             recording,
             data_key: Default::default(),
+            digests: Default::default(),
         })
     }
 
@@ -275,9 +294,16 @@ impl Stack {
 
     /// The SHA-384 of a model the stack serves (of its plaintext file).
     pub fn digest(&self, model: &str) -> [u8; 48] {
+        if let Some(d) = self.digests.lock().ok().and_then(|m| m.get(model).copied()) {
+            return d;
+        }
         let path = model_path(model).unwrap_or_default();
         let d = ring::digest::digest(&ring::digest::SHA384, &std::fs::read(path).unwrap_or_default());
-        d.as_ref().try_into().unwrap_or([0; 48])
+        let d: [u8; 48] = d.as_ref().try_into().unwrap_or([0; 48]);
+        if let Ok(mut m) = self.digests.lock() {
+            m.insert(model.to_owned(), d);
+        }
+        d
     }
 
     /// The model reference a client seals for: name and digest.
@@ -554,12 +580,19 @@ impl Default for PlainHttp {
 }
 
 impl PlainHttp {
-    /// POSTs `body` to `url` and returns the answer's body; a non-2xx status is an error.
+    /// POSTs `body` (JSON) to `url` and returns the answer's body; a non-2xx status is an error.
     pub async fn post(&self, url: &str, body: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+        self.post_with(url, body, &[("content-type", "application/json")]).await
+    }
+
+    /// [`PlainHttp::post`] with these headers.
+    pub async fn post_with(&self, url: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> anyhow::Result<Vec<u8>> {
         use http_body_util::BodyExt;
-        let request = hyper::Request::post(url)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+        let mut request = hyper::Request::post(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
         let response = self.http.request(request).await?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();

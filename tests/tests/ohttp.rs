@@ -4,15 +4,11 @@
 //! own library and CLI (tests/tests/ohttp_interop.rs runs a client on another HPKE implementation).
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use veil_client::oblivious::{ObliviousClient, ObliviousError};
 use veil_client::trust::ClientPolicy;
 use veil_protocol::ohttp::{self, KeyConfig, bhttp};
 use veil_protocol::random::SystemRandom;
+use veil_tests::hostile::{Lie, hostile_parent};
 use veil_tests::{Stack, StackOptions, Transport, http_get, http_raw_typed, references};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -29,83 +25,6 @@ fn client(url: &str, policy: ClientPolicy) -> ObliviousClient {
 
 fn case(model: &str) -> serde_json::Value {
     references(model).unwrap()["cases"][0].clone()
-}
-
-/// What a hostile parent in front of the real one does.
-#[derive(Clone)]
-enum Lie {
-    /// Serves this key list instead of the enclave's.
-    Keys(Vec<u8>),
-    /// Answers every attestation request with this document (fetched earlier, for another nonce).
-    Document(Vec<u8>),
-}
-
-/// A parent in front of the real one (`upstream`) that lies as told, forwards everything else, and counts
-/// the OHTTP requests that reach it.
-fn hostile_parent(upstream: String, lie: Lie) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let posts = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&posts);
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            let (upstream, lie, counter) = (upstream.clone(), lie.clone(), Arc::clone(&counter));
-            std::thread::spawn(move || {
-                let Some((method, path, content_type, body)) = read_request(&mut conn) else { return };
-                let (status, ctype, answer) = match (&lie, method.as_str(), path.as_str()) {
-                    (Lie::Keys(k), "GET", ohttp::GATEWAY_PATH) => (200, ohttp::KEYS_MEDIA_TYPE, k.clone()),
-                    (Lie::Document(d), "GET", p) if p.starts_with("/v1/attestation") => {
-                        (200, "application/cbor", d.clone())
-                    }
-                    _ => {
-                        if method == "POST" && path == ohttp::GATEWAY_PATH {
-                            counter.fetch_add(1, Ordering::SeqCst);
-                        }
-                        let (s, b) = http_raw_typed(&upstream, &method, &path, content_type.as_deref(), &body).unwrap();
-                        (s, "application/octet-stream", b)
-                    }
-                };
-                let head = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    answer.len()
-                );
-                let _ = conn.write_all(head.as_bytes());
-                let _ = conn.write_all(&answer);
-            });
-        }
-    });
-    (url, posts)
-}
-
-/// One HTTP/1.1 request: method, path, content type, body.
-fn read_request(conn: &mut TcpStream) -> Option<(String, String, Option<String>, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if conn.read(&mut byte).ok()? == 0 {
-            return None;
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).to_string();
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split_whitespace();
-    let (method, path) = (first.next()?.to_owned(), first.next()?.to_owned());
-    let mut len = 0usize;
-    let mut content_type = None;
-    for l in lines {
-        let lower = l.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            len = v.trim().parse().ok()?;
-        }
-        if lower.starts_with("content-type:") {
-            content_type = Some(l["content-type:".len()..].trim().to_owned());
-        }
-    }
-    let mut body = vec![0u8; len];
-    conn.read_exact(&mut body).ok()?;
-    Some((method, path, content_type, body))
 }
 
 #[test]
@@ -179,18 +98,63 @@ fn the_other_v2_routes_answer_inside_the_encapsulation() {
 }
 
 #[test]
+fn binary_tensor_data_travels_inside_the_encapsulation_both_ways() {
+    let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris"])).unwrap();
+    let oblivious = client(&stack.url, policy(&stack));
+    let case = case("iris");
+    let input = &case["request"]["inputs"][0];
+    let raw: Vec<u8> =
+        input["data"].as_array().unwrap().iter().flat_map(|x| (x.as_f64().unwrap() as f32).to_le_bytes()).collect();
+    let header = serde_json::json!({
+        "inputs": [{"name": input["name"], "shape": input["shape"], "datatype": "FP32",
+                    "parameters": {"binary_data_size": raw.len()}}],
+        "parameters": {"binary_data_output": true}
+    });
+    let mut body = serde_json::to_vec(&header).unwrap();
+    let n = body.len().to_string();
+    body.extend_from_slice(&raw);
+    fn typed(length: &[u8]) -> Vec<(&'static str, &[u8])> {
+        vec![("content-type", b"application/octet-stream"), ("inference-header-content-length", length)]
+    }
+    rt().block_on(async {
+        let r = oblivious.send("POST", "/v2/models/iris/infer", &typed(n.as_bytes()), &body).await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.error_message());
+        assert_eq!(r.header("content-type"), Some(&b"application/octet-stream"[..]));
+        let length: u64 =
+            std::str::from_utf8(r.header("inference-header-content-length").unwrap()).unwrap().parse().unwrap();
+        let read = veil_protocol::v2::response::read(&r.body, Some(length)).unwrap();
+        for want in case["outputs"].as_array().unwrap() {
+            let (_, raw) = read.binary.iter().find(|(name, _)| name == want["name"].as_str().unwrap()).unwrap();
+            let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, raw));
+            assert_eq!(digest, want["sha256_le"].as_str().unwrap(), "{}", want["name"]);
+        }
+        // A header length that is no number, or beyond the body: sealed 400s that say so.
+        let r = oblivious.send("POST", "/v2/models/iris/infer", &typed(b"twelve"), &body).await.unwrap();
+        assert_eq!(r.status, 400);
+        assert!(r.error_message().unwrap().contains("not a number of bytes"), "{:?}", r.error_message());
+        let r = oblivious.send("POST", "/v2/models/iris/infer", &typed(b"999999"), &body).await.unwrap();
+        assert_eq!(r.status, 400);
+        assert!(
+            r.error_message().unwrap().contains("Inference-Header-Content-Length is 999999"),
+            "{:?}",
+            r.error_message()
+        );
+    });
+}
+
+#[test]
 fn a_parent_serving_other_keys_is_caught_before_a_single_request_is_sent() {
     let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris"])).unwrap();
     // The parent's own key, in a perfectly valid configuration: it could read everything sent to it.
     let own = ohttp::GatewayKey::generate(0, &ohttp::GATEWAY_AEADS, &SystemRandom::new()).unwrap();
     let keys = KeyConfig::encode_list(std::slice::from_ref(own.config()));
-    let (url, posts) = hostile_parent(stack.url.clone(), Lie::Keys(keys));
+    let (url, seen) = hostile_parent(stack.url.clone(), Lie::Keys(keys));
     let oblivious = client(&url, policy(&stack));
     let err = rt().block_on(oblivious.infer("iris", b"{}")).unwrap_err();
     let ObliviousError::Untrusted(u) = &err else { panic!("not refused as untrusted: {err}") };
     assert_eq!(u.failed_check(), "commitment", "{u}");
     assert!(u.to_string().contains("OHTTP key configuration"), "{u}");
-    assert_eq!(posts.load(Ordering::SeqCst), 0, "a request reached the relay");
+    assert_eq!(seen.posts(), 0, "a request reached the relay");
     // The CLI says so with its own exit code, and names the check.
     let input = stack.dir.path().join("req.json");
     std::fs::write(&input, serde_json::to_vec(&case("iris")["request"]).unwrap()).unwrap();
@@ -203,18 +167,18 @@ fn a_parent_serving_other_keys_is_caught_before_a_single_request_is_sent() {
         .unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("check commitment"));
-    assert_eq!(posts.load(Ordering::SeqCst), 0);
+    assert_eq!(seen.posts(), 0);
 }
 
 #[test]
 fn a_parent_replaying_an_old_attestation_document_is_caught() {
     let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris"])).unwrap();
     let old = rt().block_on(veil_client::Client::new(&stack.url).unwrap().attestation(&[7u8; 32])).unwrap();
-    let (url, posts) = hostile_parent(stack.url.clone(), Lie::Document(old));
+    let (url, seen) = hostile_parent(stack.url.clone(), Lie::Document(old));
     let err = rt().block_on(client(&url, policy(&stack)).infer("iris", b"{}")).unwrap_err();
     let ObliviousError::Untrusted(u) = &err else { panic!("not refused as untrusted: {err}") };
     assert_eq!(u.failed_check(), "nonce", "{u}");
-    assert_eq!(posts.load(Ordering::SeqCst), 0);
+    assert_eq!(seen.posts(), 0);
 }
 
 #[test]

@@ -18,16 +18,8 @@ use serde_json::Value;
 use veil_protocol::ohttp::bhttp;
 use veil_tests::{Stack, StackOptions, Transport, compare_outputs, references, repo_root};
 
-/// The interpreter with pyhpke, from `VEIL_TEST_PYTHON`.
 fn python() -> PathBuf {
-    match std::env::var_os("VEIL_TEST_PYTHON") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => panic!(
-            "VEIL_TEST_PYTHON is not set: run scripts/test.sh, which creates the test venv from \
-             tests/python/requirements.txt and sets it, or set VEIL_TEST_PYTHON to a Python that has those \
-             packages (e.g. ~/.cache/veil/test-venv/bin/python)"
-        ),
-    }
+    veil_tests::test_python()
 }
 
 /// What one run of the client gave: exit code, stdout, stderr.

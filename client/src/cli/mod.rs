@@ -12,6 +12,7 @@ pub mod kms;
 pub mod model;
 pub mod ohttp;
 pub mod policy;
+pub mod proxy;
 
 /// Everything worked.
 pub const EXIT_OK: u8 = 0;

@@ -23,6 +23,16 @@ pub(super) fn verification(
         Ok(doc) => (doc.report(), Some(doc)),
         Err(rejected) => (&*rejected.report, None),
     };
+    report_and_document(report, doc, as_json, at_document)
+}
+
+/// Prints a report, then the verified document (if there is one): as [`verification`] does.
+pub(crate) fn report_and_document(
+    report: &Report,
+    doc: Option<&VerifiedDocument>,
+    as_json: bool,
+    at_document: bool,
+) -> anyhow::Result<()> {
     if as_json {
         let out = json!({
             "verified": report.verified,
@@ -74,7 +84,7 @@ fn print_verified(doc: &VerifiedDocument) {
 fn print_user_data(ud: &[u8]) {
     match UserDataCommitment::decode(ud) {
         Ok(c) => {
-            println!("  user_data   Veil commitment v1:");
+            println!("  user_data   Veil commitment v2:");
             println!(
                 "    ohttp_keys_sha384         {}",
                 c.ohttp_keys_sha384.map(hex::encode).unwrap_or_else(|| "none".into())

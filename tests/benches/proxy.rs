@@ -1,0 +1,308 @@
+//! `veil proxy` and the binary tensor data extension against in-process ONNX Runtime and the plain Python
+//! server, side by side in one run.
+//!
+//! For each model (iris; MiniLM-L6 int8 at sequence 128, batch 1), at concurrency 1 and 16:
+//!
+//! - `ort`: ONNX Runtime in this process on prebuilt tensors (the floor);
+//! - `att_json` / `att_bin`: the whole confidential path in attested-key mode (Veil's Rust client →
+//!   OHTTP → parent → enclave), with JSON tensors, and with binary tensor data both ways;
+//! - `prx_json` / `prx_bin`: a plain keep-alive HTTP client → `veil proxy` (release binary, on loopback) →
+//!   the same path: what an unmodified client gets;
+//! - `python`: the plain, unencrypted Python onnxruntime server (bench/python_baseline_server.py, JSON);
+//! - `tc_proxy` / `tc_python`: NVIDIA's tritonclient through `veil proxy` (binary tensors, its default)
+//!   and straight to the Python server (JSON, which that server speaks): the cost of confidentiality as a
+//!   tritonclient user sees it (bench/triton_load.py; needs `VEIL_TEST_PYTHON`, the test venv).
+//!
+//! The Rust-driven targets run in ten interleaved rounds (the machine drifts); tritonclient's after them.
+//! Prints a table and the ratios the targets are stated in, and writes `target/bench/proxy.json`. Run with
+//! scripts/bench.sh, or `cargo bench -p veil-tests --bench proxy` after `cargo build --release
+//! --workspace --bins`. `--quick` shortens every run.
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Measurement, Pool, http_target, measure_interleaved, start_python, with_client};
+use ort::session::Session;
+use serde_json::{Value, json};
+use veil_tests::{Stack, StackOptions, Transport, references};
+
+/// A v2 request with every input as binary tensor data and every output asked for as binary: the body and
+/// its JSON header's length.
+fn binary_body(request: &Value) -> (Vec<u8>, usize) {
+    let mut header = json!({"inputs": [], "parameters": {"binary_data_output": true}});
+    let mut blob = Vec::new();
+    for i in request["inputs"].as_array().unwrap() {
+        let data = i["data"].as_array().unwrap();
+        let bytes: Vec<u8> = match i["datatype"].as_str().unwrap() {
+            "FP32" => data.iter().flat_map(|x| (x.as_f64().unwrap() as f32).to_le_bytes()).collect(),
+            "INT64" => data.iter().flat_map(|x| x.as_i64().unwrap().to_le_bytes()).collect(),
+            other => panic!("bench supports FP32 and INT64 inputs, not {other}"),
+        };
+        header["inputs"].as_array_mut().unwrap().push(json!({
+            "name": i["name"], "shape": i["shape"], "datatype": i["datatype"],
+            "parameters": {"binary_data_size": bytes.len()}
+        }));
+        blob.extend(bytes);
+    }
+    let mut body = serde_json::to_vec(&header).unwrap();
+    let n = body.len();
+    body.extend(blob);
+    (body, n)
+}
+
+thread_local! {
+    static OBLIVIOUS: std::cell::RefCell<Option<Arc<veil_client::oblivious::ObliviousClient>>> = const { std::cell::RefCell::new(None) };
+    static PLAIN: (tokio::runtime::Runtime, veil_tests::PlainHttp) = (
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+        veil_tests::PlainHttp::default(),
+    );
+}
+
+/// Attested-key mode from Veil's Rust client: JSON (`header_length` None) or binary tensor data.
+fn attested_target<'a>(
+    stack: &'a Stack,
+    model: &'a str,
+    body: Vec<u8>,
+    header_length: Option<usize>,
+) -> impl Fn() + Sync + 'a {
+    let policy = veil_client::trust::ClientPolicy::load(&stack.client_policy()).expect("client policy");
+    let digest = hex::encode(stack.digest(model));
+    let length = header_length.map(|n| n.to_string());
+    let path = format!("/v2/models/{model}/infer");
+    move || {
+        let client = OBLIVIOUS.with(|c| {
+            c.borrow_mut()
+                .get_or_insert_with(|| {
+                    let http = veil_client::Client::new(&stack.url).unwrap();
+                    Arc::new(veil_client::oblivious::ObliviousClient::new(http, policy.clone()))
+                })
+                .clone()
+        });
+        let mut headers: Vec<(&str, &[u8])> = vec![("veil-model-sha384", digest.as_bytes())];
+        if let Some(n) = &length {
+            headers.push(("content-type", b"application/octet-stream"));
+            headers.push(("inference-header-content-length", n.as_bytes()));
+        }
+        let out = with_client(&stack.url, |rt, _| rt.block_on(client.send("POST", &path, &headers, &body)))
+            .expect("attested request");
+        assert_eq!(out.status, 200, "{:?}", out.error_message());
+        assert_eq!(out.header("inference-header-content-length").is_some(), length.is_some());
+    }
+}
+
+/// A plain client sending binary tensor data (as curl or any HTTP library would) to `url`.
+fn binary_http_target(url: String, body: Vec<u8>, header_length: usize) -> impl Fn() + Sync {
+    let n = header_length.to_string();
+    move || {
+        let headers = [("content-type", "application/octet-stream"), ("inference-header-content-length", n.as_str())];
+        let out = PLAIN.with(|(rt, http)| rt.block_on(http.post_with(&url, body.clone(), &headers))).expect("request");
+        assert!(!out.is_empty());
+    }
+}
+
+/// `veil proxy` (the release binary next to this bench) in front of `stack`, in attested-key mode.
+struct ProxyProcess(Child, String);
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_proxy(stack: &Stack) -> ProxyProcess {
+    let port = veil_tests::free_port().unwrap();
+    let child = Command::new(veil_tests::bin("veil").unwrap())
+        .args(["proxy", "--remote", &stack.url, "--listen", &format!("127.0.0.1:{port}"), "--policy"])
+        .arg(stack.client_policy())
+        .env("VEIL_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("veil proxy");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "veil proxy did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ProxyProcess(child, format!("127.0.0.1:{port}"))
+}
+
+/// bench/triton_load.py: tritonclient's own latency and throughput.
+fn tritonclient(
+    python: &str,
+    hostport: &str,
+    model: &str,
+    case: &str,
+    threads: usize,
+    n: usize,
+    mode: &str,
+) -> Option<Measurement> {
+    let refs = veil_tests::repo_root().join(format!("tests/data/references/{model}.json"));
+    let out = Command::new(python)
+        .arg(veil_tests::repo_root().join("bench/triton_load.py"))
+        .args([hostport, refs.to_str()?, case, &threads.to_string(), &n.to_string(), "20", mode])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("triton_load.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let v: Value = serde_json::from_slice(out.stdout.split(|&b| b == b'\n').find(|l| !l.is_empty())?).ok()?;
+    Some(Measurement {
+        p50_us: v["p50_us"].as_f64()?,
+        p99_us: v["p99_us"].as_f64()?,
+        mean_us: v["mean_us"].as_f64()?,
+        requests: v["requests"].as_u64()? as usize,
+        throughput_rps: v["throughput_rps"].as_f64()?,
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let scale = if quick { 0.2 } else { 1.0 };
+    let env = ort::init_from(veil_tests::ort_dylib().expect("ONNX Runtime"))
+        .expect("load ONNX Runtime")
+        .with_name("bench")
+        .build()
+        .expect("ort env");
+    let sessions = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let python = std::env::var("VEIL_BENCH_PYTHON").ok();
+    let test_python = std::env::var("VEIL_TEST_PYTHON").ok().filter(|p| !p.is_empty());
+
+    let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris", "minilm"]))
+        .expect("start the Veil stack (build release binaries first)");
+    let proxy = start_proxy(&stack);
+    let proxy_url = format!("http://{}", proxy.1);
+    let mut results: BTreeMap<String, Value> = BTreeMap::new();
+    let mut rows = Vec::new();
+
+    let plan = [("iris", "batch3_synthetic", 300, 3000, 300), ("minilm", "seq128", 20, 200, 20)];
+    for (model, case_name, warmup, n1, n16) in plan {
+        if only.as_deref().is_some_and(|o| o != model) {
+            continue;
+        }
+        let refs = references(model).unwrap();
+        let case = refs["cases"].as_array().unwrap().iter().find(|c| c["name"] == case_name).unwrap().clone();
+        let request = case["request"].clone();
+        let body = serde_json::to_vec(&request).unwrap();
+        let (bin, header_length) = binary_body(&request);
+        let n1 = ((n1 as f64) * scale).max(20.0) as usize;
+        let n16 = ((n16 as f64) * scale).max(4.0) as usize;
+
+        let mut built = Vec::new();
+        for _ in 0..sessions {
+            let mut b = Session::builder(&env).unwrap().with_intra_threads(1).unwrap();
+            built.push(b.commit_from_file(veil_tests::model_path(model).unwrap()).unwrap());
+        }
+        let pool = Pool { idle: Mutex::new(built), ready: Condvar::new() };
+        let ort_call = || pool.run(&request);
+        let att_json = attested_target(&stack, model, body.clone(), None);
+        let att_bin = attested_target(&stack, model, bin.clone(), Some(header_length));
+        let path = format!("/v2/models/{model}/infer");
+        let prx_json = http_target(&proxy_url, path.clone(), body.clone());
+        let prx_bin = binary_http_target(format!("{proxy_url}{path}"), bin.clone(), header_length);
+        let py = python.as_deref().and_then(|p| start_python(p, model));
+        let py_call = py.as_ref().map(|s| http_target(&s.1, path.clone(), body.clone()));
+
+        let mut per: BTreeMap<&str, BTreeMap<&str, Measurement>> = BTreeMap::new();
+        for (conc, n) in [(1usize, n1), (16usize, n16)] {
+            let key = if conc == 1 { "c1" } else { "c16" };
+            eprintln!("{model}: concurrency {conc}, {} requests per target, in 10 interleaved rounds...", conc * n);
+            let mut targets: Vec<common::Target<'_>> = vec![
+                ("ort", &ort_call),
+                ("att_json", &att_json),
+                ("att_bin", &att_bin),
+                ("prx_json", &prx_json),
+                ("prx_bin", &prx_bin),
+            ];
+            if let Some(call) = &py_call {
+                targets.push(("python", call));
+            }
+            for (name, m) in measure_interleaved(conc, warmup, n, 10, &targets) {
+                per.entry(name).or_default().insert(key, m);
+            }
+            // tritonclient runs in its own processes: measured after, not interleaved.
+            if let Some(tp) = &test_python {
+                if let Some(m) = tritonclient(tp, &proxy.1, model, case_name, conc, n, "binary") {
+                    per.entry("tc_proxy").or_default().insert(key, m);
+                }
+                if let Some(s) = &py {
+                    let hostport = s.1.trim_start_matches("http://");
+                    if let Some(m) = tritonclient(tp, hostport, model, case_name, conc, n, "json") {
+                        per.entry("tc_python").or_default().insert(key, m);
+                    }
+                }
+            }
+        }
+        let p50 = |t: &str| per.get(t).map(|m| m["c1"].p50_us);
+        let rps16 = |t: &str| per.get(t).and_then(|m| m.get("c16")).map(|m| m.throughput_rps);
+        let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+        let summary = json!({
+            "att_bin_over_ort_p50": ratio(p50("att_bin"), p50("ort")),
+            "att_bin_added_p50_us": p50("att_bin").zip(p50("ort")).map(|(a, b)| a - b),
+            "att_json_over_ort_p50": ratio(p50("att_json"), p50("ort")),
+            "prx_bin_over_ort_p50": ratio(p50("prx_bin"), p50("ort")),
+            "prx_bin_added_p50_us": p50("prx_bin").zip(p50("ort")).map(|(a, b)| a - b),
+            "prx_bin_over_python_rps_c16": ratio(rps16("prx_bin"), rps16("python")),
+            "prx_json_over_python_rps_c16": ratio(rps16("prx_json"), rps16("python")),
+            "tc_proxy_over_tc_python_p50": ratio(p50("tc_proxy"), p50("tc_python")),
+            "tc_proxy_over_tc_python_rps_c16": ratio(rps16("tc_proxy"), rps16("tc_python")),
+        });
+        for (target, m) in &per {
+            let c16 = m.get("c16");
+            rows.push(format!(
+                "| {model:<6} | {target:<9} | {:>10.1} | {:>10.1} | {:>9.0} | {:>10} | {:>10} | {:>9} |",
+                m["c1"].p50_us,
+                m["c1"].p99_us,
+                m["c1"].throughput_rps,
+                c16.map_or("-".into(), |c| format!("{:.1}", c.p50_us)),
+                c16.map_or("-".into(), |c| format!("{:.1}", c.p99_us)),
+                c16.map_or("-".into(), |c| format!("{:.0}", c.throughput_rps)),
+            ));
+        }
+        let f =
+            |k: &str, digits: usize| summary[k].as_f64().map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"));
+        rows.push(format!(
+            "| {model:<6} | ratios    | att_bin/ort p50 {} (+{} µs), att_json/ort {}; prx_bin/ort p50 {} (+{} µs); prx_bin/python rps@16 {}, prx_json/python {}; tritonclient proxy/python p50 {}, rps@16 {} |",
+            f("att_bin_over_ort_p50", 3),
+            f("att_bin_added_p50_us", 0),
+            f("att_json_over_ort_p50", 3),
+            f("prx_bin_over_ort_p50", 3),
+            f("prx_bin_added_p50_us", 0),
+            f("prx_bin_over_python_rps_c16", 2),
+            f("prx_json_over_python_rps_c16", 2),
+            f("tc_proxy_over_tc_python_p50", 3),
+            f("tc_proxy_over_tc_python_rps_c16", 2),
+        ));
+        results.insert(
+            model.to_owned(),
+            json!({ "case": case_name, "binary_request_bytes": bin.len(), "json_request_bytes": body.len(), "targets": per, "summary": summary }),
+        );
+    }
+    println!("\n| model  | target    | c1 p50 µs  | c1 p99 µs  | c1 req/s  | c16 p50 µs | c16 p99 µs | c16 req/s |");
+    println!("|--------|-----------|------------|------------|-----------|------------|------------|-----------|");
+    for r in &rows {
+        println!("{r}");
+    }
+    let out = json!({
+        "bench": "proxy",
+        "quick": quick,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "sessions_per_model": sessions,
+        "path": "client -> [veil proxy, loopback] -> veil-parent (HTTP, loopback TCP) -> veil-enclave (Unix socket)",
+        "models": results,
+    });
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| veil_tests::repo_root().join("target"));
+    let dir = target.join("bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("proxy.json"), serde_json::to_vec_pretty(&out).unwrap()).unwrap();
+    println!("\nwrote {}", dir.join("proxy.json").display());
+}
