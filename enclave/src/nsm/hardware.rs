@@ -8,7 +8,7 @@ use aws_nitro_enclaves_nsm_api::api::{Request, Response};
 use aws_nitro_enclaves_nsm_api::driver::{nsm_exit, nsm_init, nsm_process_request};
 use serde_bytes::ByteBuf;
 
-use super::{Nsm, NsmError, check_len};
+use super::{Nsm, NsmError, check_fields};
 
 /// `/dev/nsm`, opened once and closed on drop.
 #[derive(Debug)]
@@ -44,9 +44,7 @@ impl Nsm for HardwareNsm {
         nonce: Option<&[u8]>,
         public_key: Option<&[u8]>,
     ) -> Result<Vec<u8>, NsmError> {
-        check_len("user_data", user_data)?;
-        check_len("nonce", nonce)?;
-        check_len("public_key", public_key)?;
+        check_fields(user_data, nonce, public_key)?;
         let buf = |v: Option<&[u8]>| v.map(|b| ByteBuf::from(b.to_vec()));
         match self.request(Request::Attestation {
             user_data: buf(user_data),

@@ -36,7 +36,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{ECDSA_P384_SHA384_FIXED, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 use zeroize::Zeroize;
 
-use super::{Nsm, NsmError, check_len};
+use super::{Nsm, NsmError, check_fields};
 
 /// File name of the mock root certificate (PEM) in the directory given to [`MockNsm::load_or_create`].
 pub const MOCK_ROOT_PEM_FILE: &str = "mock-root.pem";
@@ -439,9 +439,7 @@ impl Nsm for MockNsm {
         nonce: Option<&[u8]>,
         public_key: Option<&[u8]>,
     ) -> Result<Vec<u8>, NsmError> {
-        check_len("user_data", user_data)?;
-        check_len("nonce", nonce)?;
-        check_len("public_key", public_key)?;
+        check_fields(user_data, nonce, public_key)?;
         let now = SystemTime::now();
         let timestamp_ms = now.duration_since(UNIX_EPOCH).map_err(mock)?.as_millis() as u64;
         let mut leaf = self.leaf.lock().map_err(|_| mock("leaf lock poisoned"))?;

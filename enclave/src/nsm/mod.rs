@@ -102,7 +102,18 @@ pub enum NsmError {
     Random,
 }
 
-pub(crate) fn check_len(field: &'static str, v: Option<&[u8]>) -> Result<(), NsmError> {
+/// The three optional fields of an attestation request, each within the NSM's limit.
+pub(crate) fn check_fields(
+    user_data: Option<&[u8]>,
+    nonce: Option<&[u8]>,
+    public_key: Option<&[u8]>,
+) -> Result<(), NsmError> {
+    check_len("user_data", user_data)?;
+    check_len("nonce", nonce)?;
+    check_len("public_key", public_key)
+}
+
+fn check_len(field: &'static str, v: Option<&[u8]>) -> Result<(), NsmError> {
     match v {
         Some(b) if b.len() > MAX_ATTESTATION_FIELD_LEN => {
             Err(NsmError::TooLarge { field, len: b.len(), max: MAX_ATTESTATION_FIELD_LEN })
