@@ -7,7 +7,8 @@
 //! - `att_json` / `att_bin`: the whole confidential path in attested-key mode (Veil's Rust client →
 //!   OHTTP → parent → enclave), with JSON tensors, and with binary tensor data both ways;
 //! - `prx_json` / `prx_bin`: a plain keep-alive HTTP client → `veil proxy` (release binary, on loopback) →
-//!   the same path: what an unmodified client gets;
+//!   the same path: what an unmodified client gets; `prx_kms`: binary tensors through `veil proxy
+//!   --kms-key-id` (KMS envelope mode: AES per request, no X25519);
 //! - `python`: the plain, unencrypted Python onnxruntime server (bench/python_baseline_server.py, JSON);
 //! - `tc_proxy` / `tc_python`: NVIDIA's tritonclient through `veil proxy` (binary tensors, its default)
 //!   and straight to the Python server (JSON, which that server speaks): the cost of confidentiality as a
@@ -112,16 +113,20 @@ impl Drop for ProxyProcess {
     }
 }
 
-fn start_proxy(stack: &Stack) -> ProxyProcess {
+/// `veil proxy` in attested-key mode, or (`kms`) in KMS envelope mode with the stack's mock KMS key.
+fn start_proxy(stack: &Stack, kms: bool) -> ProxyProcess {
     let port = veil_tests::free_port().unwrap();
-    let child = Command::new(veil_tests::bin("veil").unwrap())
+    let mut command = Command::new(veil_tests::bin("veil").unwrap());
+    command
         .args(["proxy", "--remote", &stack.url, "--listen", &format!("127.0.0.1:{port}"), "--policy"])
-        .arg(stack.client_policy())
-        .env("VEIL_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("veil proxy");
+        .arg(stack.client_policy());
+    if kms {
+        command.envs(stack.client_env()).arg("--kms-key-id").arg(
+            stack.client_env().into_iter().find(|(k, _)| k == "VEIL_KMS_KEY_ID").map(|(_, v)| v).unwrap_or_default(),
+        );
+    }
+    let child =
+        command.env("VEIL_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("veil proxy");
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "veil proxy did not start");
@@ -176,8 +181,10 @@ fn main() {
 
     let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris", "minilm"]))
         .expect("start the Veil stack (build release binaries first)");
-    let proxy = start_proxy(&stack);
+    let proxy = start_proxy(&stack, false);
     let proxy_url = format!("http://{}", proxy.1);
+    let kms_proxy = start_proxy(&stack, true);
+    let kms_proxy_url = format!("http://{}", kms_proxy.1);
     let mut results: BTreeMap<String, Value> = BTreeMap::new();
     let mut rows = Vec::new();
 
@@ -201,6 +208,7 @@ fn main() {
         let path = format!("/v2/models/{model}/infer");
         let prx_json = http_target(&proxy_url, path.clone(), body.clone());
         let prx_bin = binary_http_target(format!("{proxy_url}{path}"), bin.clone(), header_length);
+        let prx_kms = binary_http_target(format!("{kms_proxy_url}{path}"), bin.clone(), header_length);
         let py = python.as_deref().and_then(|p| start_python(p, model));
         let py_call = py.as_ref().map(|s| http_target(&s.1, path.clone(), body.clone()));
 
@@ -214,6 +222,7 @@ fn main() {
                 ("att_bin", &att_bin),
                 ("prx_json", &prx_json),
                 ("prx_bin", &prx_bin),
+                ("prx_kms", &prx_kms),
             ];
             if let Some(call) = &py_call {
                 targets.push(("python", call));
@@ -244,6 +253,8 @@ fn main() {
             "prx_bin_over_ort_p50": ratio(p50("prx_bin"), p50("ort")),
             "prx_bin_added_p50_us": p50("prx_bin").zip(p50("ort")).map(|(a, b)| a - b),
             "prx_bin_over_python_rps_c16": ratio(rps16("prx_bin"), rps16("python")),
+            "prx_kms_over_python_rps_c16": ratio(rps16("prx_kms"), rps16("python")),
+            "prx_kms_added_p50_us": p50("prx_kms").zip(p50("ort")).map(|(a, b)| a - b),
             "prx_json_over_python_rps_c16": ratio(rps16("prx_json"), rps16("python")),
             "tc_proxy_over_tc_python_p50": ratio(p50("tc_proxy"), p50("tc_python")),
             "tc_proxy_over_tc_python_rps_c16": ratio(rps16("tc_proxy"), rps16("tc_python")),
@@ -263,7 +274,7 @@ fn main() {
         let f =
             |k: &str, digits: usize| summary[k].as_f64().map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"));
         rows.push(format!(
-            "| {model:<6} | ratios    | att_bin/ort p50 {} (+{} µs), att_json/ort {}; prx_bin/ort p50 {} (+{} µs); prx_bin/python rps@16 {}, prx_json/python {}; tritonclient proxy/python p50 {}, rps@16 {} |",
+            "| {model:<6} | ratios    | att_bin/ort p50 {} (+{} µs), att_json/ort {}; prx_bin/ort p50 {} (+{} µs); prx_bin/python rps@16 {}, prx_json/python {}, prx_kms/python {} (+{} µs); tritonclient proxy/python p50 {}, rps@16 {} |",
             f("att_bin_over_ort_p50", 3),
             f("att_bin_added_p50_us", 0),
             f("att_json_over_ort_p50", 3),
@@ -271,6 +282,8 @@ fn main() {
             f("prx_bin_added_p50_us", 0),
             f("prx_bin_over_python_rps_c16", 2),
             f("prx_json_over_python_rps_c16", 2),
+            f("prx_kms_over_python_rps_c16", 2),
+            f("prx_kms_added_p50_us", 0),
             f("tc_proxy_over_tc_python_p50", 3),
             f("tc_proxy_over_tc_python_rps_c16", 2),
         ));
