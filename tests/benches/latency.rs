@@ -25,7 +25,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use common::{Measurement, Pool, http_target, measure_interleaved, start_python, with_client};
+use common::{Measurement, Pool, attested_target, http_target, measure_interleaved, start_python, with_client};
 use serde_json::{Value, json};
 use veil_tests::{Stack, StackOptions, Transport, references};
 
@@ -50,28 +50,6 @@ fn sealed_target<'a>(stack: &'a Stack, model: &'a str, body: Vec<u8>) -> impl Fn
         })
         .expect("sealed request");
         assert!(!out.body().is_empty());
-    }
-}
-
-thread_local! {
-    /// Each load thread keeps its own attested-key client (one verification, then OHTTP per request).
-    static OBLIVIOUS: std::cell::RefCell<Option<Arc<veil_client::oblivious::ObliviousClient>>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Attested-key mode: OHTTP to the verified gateway key.
-fn attested_target<'a>(stack: &'a Stack, model: &'a str, body: Vec<u8>) -> impl Fn() + Sync + 'a {
-    let policy = veil_client::trust::ClientPolicy::load(&stack.client_policy()).expect("client policy");
-    move || {
-        let client = OBLIVIOUS.with(|c| {
-            c.borrow_mut()
-                .get_or_insert_with(|| {
-                    let http = veil_client::Client::new(&stack.url).unwrap();
-                    Arc::new(veil_client::oblivious::ObliviousClient::new(http, policy.clone()))
-                })
-                .clone()
-        });
-        let out = with_client(&stack.url, |rt, _| rt.block_on(client.infer(model, &body))).expect("attested request");
-        assert_eq!(out.status, 200, "{:?}", out.error_message());
     }
 }
 
@@ -172,7 +150,7 @@ fn main() {
         // Breakdown of the path: the enclave alone (frames straight to its socket, no parent, no HTTP), and
         // the HTTP floor (client and parent only: GET /healthz never reaches the enclave).
         let enclave_call = enclave_target(&stack, model, body.clone());
-        let attested_call = attested_target(&stack, model, body.clone());
+        let attested_call = attested_target(&stack, model, body.clone(), None);
         let floor_call = http_get_target(&stack.url, "/healthz");
         let py = python.as_deref().and_then(|p| start_python(p, model));
         let py_call = py.as_ref().map(|s| http_target(&s.1, format!("/v2/models/{model}/infer"), body.clone()));

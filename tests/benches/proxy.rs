@@ -22,75 +22,17 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Measurement, Pool, http_target, measure_interleaved, start_python, with_client};
+use common::{Measurement, Pool, attested_target, http_target, measure_interleaved, start_python};
 use serde_json::{Value, json};
 use veil_tests::{Stack, StackOptions, Transport, references};
 
-/// A v2 request with every input as binary tensor data and every output asked for as binary: the body and
-/// its JSON header's length.
-fn binary_body(request: &Value) -> (Vec<u8>, usize) {
-    let mut header = json!({"inputs": [], "parameters": {"binary_data_output": true}});
-    let mut blob = Vec::new();
-    for i in request["inputs"].as_array().unwrap() {
-        let data = i["data"].as_array().unwrap();
-        let bytes: Vec<u8> = match i["datatype"].as_str().unwrap() {
-            "FP32" => data.iter().flat_map(|x| (x.as_f64().unwrap() as f32).to_le_bytes()).collect(),
-            "INT64" => data.iter().flat_map(|x| x.as_i64().unwrap().to_le_bytes()).collect(),
-            other => panic!("bench supports FP32 and INT64 inputs, not {other}"),
-        };
-        header["inputs"].as_array_mut().unwrap().push(json!({
-            "name": i["name"], "shape": i["shape"], "datatype": i["datatype"],
-            "parameters": {"binary_data_size": bytes.len()}
-        }));
-        blob.extend(bytes);
-    }
-    let mut body = serde_json::to_vec(&header).unwrap();
-    let n = body.len();
-    body.extend(blob);
-    (body, n)
-}
-
 thread_local! {
-    static OBLIVIOUS: std::cell::RefCell<Option<Arc<veil_client::oblivious::ObliviousClient>>> = const { std::cell::RefCell::new(None) };
     static PLAIN: (tokio::runtime::Runtime, veil_tests::PlainHttp) = (
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
         veil_tests::PlainHttp::default(),
     );
-}
-
-/// Attested-key mode from Veil's Rust client: JSON (`header_length` None) or binary tensor data.
-fn attested_target<'a>(
-    stack: &'a Stack,
-    model: &'a str,
-    body: Vec<u8>,
-    header_length: Option<usize>,
-) -> impl Fn() + Sync + 'a {
-    let policy = veil_client::trust::ClientPolicy::load(&stack.client_policy()).expect("client policy");
-    let digest = hex::encode(stack.digest(model));
-    let length = header_length.map(|n| n.to_string());
-    let path = format!("/v2/models/{model}/infer");
-    move || {
-        let client = OBLIVIOUS.with(|c| {
-            c.borrow_mut()
-                .get_or_insert_with(|| {
-                    let http = veil_client::Client::new(&stack.url).unwrap();
-                    Arc::new(veil_client::oblivious::ObliviousClient::new(http, policy.clone()))
-                })
-                .clone()
-        });
-        let mut headers: Vec<(&str, &[u8])> = vec![("veil-model-sha384", digest.as_bytes())];
-        if let Some(n) = &length {
-            headers.push(("content-type", b"application/octet-stream"));
-            headers.push(("inference-header-content-length", n.as_bytes()));
-        }
-        let out = with_client(&stack.url, |rt, _| rt.block_on(client.send("POST", &path, &headers, &body)))
-            .expect("attested request");
-        assert_eq!(out.status, 200, "{:?}", out.error_message());
-        assert_eq!(out.header("inference-header-content-length").is_some(), length.is_some());
-    }
 }
 
 /// A plain client sending binary tensor data (as curl or any HTTP library would) to `url`.
@@ -197,7 +139,7 @@ fn main() {
         let case = refs["cases"].as_array().unwrap().iter().find(|c| c["name"] == case_name).unwrap().clone();
         let request = case["request"].clone();
         let body = serde_json::to_vec(&request).unwrap();
-        let (bin, header_length) = binary_body(&request);
+        let (bin, header_length) = veil_tests::binary_request(&request);
         let n1 = ((n1 as f64) * scale).max(20.0) as usize;
         let n16 = ((n16 as f64) * scale).max(4.0) as usize;
 

@@ -54,6 +54,33 @@ pub fn model_path(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// A v2 request with every input as binary tensor data (FP32 and INT64 inputs: what the sample models
+/// take) and every output asked for as binary, as `tritonclient` or `curl --data-binary` would send it:
+/// the body and its JSON header's length (`Inference-Header-Content-Length`).
+pub fn binary_request(request: &Value) -> (Vec<u8>, usize) {
+    let mut header = serde_json::json!({"inputs": [], "parameters": {"binary_data_output": true}});
+    let mut blob = Vec::new();
+    for i in request["inputs"].as_array().into_iter().flatten() {
+        let data = i["data"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let bytes: Vec<u8> = match i["datatype"].as_str() {
+            Some("FP32") => data.iter().flat_map(|x| (x.as_f64().unwrap_or(0.0) as f32).to_le_bytes()).collect(),
+            Some("INT64") => data.iter().flat_map(|x| x.as_i64().unwrap_or(0).to_le_bytes()).collect(),
+            other => panic!("binary_request takes FP32 and INT64 inputs, not {other:?}"),
+        };
+        if let Some(inputs) = header["inputs"].as_array_mut() {
+            inputs.push(serde_json::json!({
+                "name": i["name"], "shape": i["shape"], "datatype": i["datatype"],
+                "parameters": {"binary_data_size": bytes.len()}
+            }));
+        }
+        blob.extend(bytes);
+    }
+    let mut body = serde_json::to_vec(&header).unwrap_or_default();
+    let n = body.len();
+    body.extend(blob);
+    (body, n)
+}
+
 /// The test venv's interpreter (tests/python/requirements.txt: pyhpke, tritonclient), from
 /// `VEIL_TEST_PYTHON`, which scripts/test.sh sets. Tests that need it fail without it: they never pass by
 /// skipping.

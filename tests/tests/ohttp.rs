@@ -102,17 +102,8 @@ fn binary_tensor_data_travels_inside_the_encapsulation_both_ways() {
     let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris"])).unwrap();
     let oblivious = client(&stack.url, policy(&stack));
     let case = case("iris");
-    let input = &case["request"]["inputs"][0];
-    let raw: Vec<u8> =
-        input["data"].as_array().unwrap().iter().flat_map(|x| (x.as_f64().unwrap() as f32).to_le_bytes()).collect();
-    let header = serde_json::json!({
-        "inputs": [{"name": input["name"], "shape": input["shape"], "datatype": "FP32",
-                    "parameters": {"binary_data_size": raw.len()}}],
-        "parameters": {"binary_data_output": true}
-    });
-    let mut body = serde_json::to_vec(&header).unwrap();
-    let n = body.len().to_string();
-    body.extend_from_slice(&raw);
+    let (body, n) = veil_tests::binary_request(&case["request"]);
+    let n = n.to_string();
     fn typed(length: &[u8]) -> Vec<(&'static str, &[u8])> {
         vec![("content-type", b"application/octet-stream"), ("inference-header-content-length", length)]
     }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use veil_protocol::v2::response;
 use veil_tests::hostile::{Lie, hostile_parent};
 use veil_tests::{Stack, StackOptions, Transport, bin, free_port, http_get, references, repo_root, test_python};
@@ -142,31 +142,12 @@ fn sixteen_concurrent_tritonclients_all_get_correct_answers() {
     assert_eq!(out["inferences"], 160, "{out}");
 }
 
-/// A binary v2 request as `curl --data-binary` sends it: JSON header, then the raw tensor.
-fn binary_minilm_request() -> (Vec<u8>, usize, Value) {
-    let case = references("minilm").unwrap()["cases"][0].clone();
-    let mut header = json!({"inputs": [], "parameters": {"binary_data_output": true}});
-    let mut blobs = Vec::new();
-    for i in case["request"]["inputs"].as_array().unwrap() {
-        let data: Vec<u8> =
-            i["data"].as_array().unwrap().iter().flat_map(|x| x.as_i64().unwrap().to_le_bytes()).collect();
-        header["inputs"].as_array_mut().unwrap().push(json!({
-            "name": i["name"], "shape": i["shape"], "datatype": i["datatype"],
-            "parameters": {"binary_data_size": data.len()}
-        }));
-        blobs.extend(data);
-    }
-    let mut body = serde_json::to_vec(&header).unwrap();
-    let n = body.len();
-    body.extend(blobs);
-    (body, n, case)
-}
-
 #[test]
 fn curl_with_a_binary_body_gets_raw_floats_back_and_they_are_onnxruntimes() {
     let stack = Stack::start(StackOptions::new(Transport::Unix, &["minilm"])).unwrap();
     let proxy = Proxy::start(&stack.url, &strs(&policy_args(&stack)), &[]);
-    let (body, n, case) = binary_minilm_request();
+    let case = references("minilm").unwrap()["cases"][0].clone();
+    let (body, n) = veil_tests::binary_request(&case["request"]);
     let dir = tempfile::tempdir().unwrap();
     let (req, headers) = (dir.path().join("req.bin"), dir.path().join("headers.txt"));
     std::fs::write(&req, &body).unwrap();

@@ -193,6 +193,48 @@ pub fn http_target(base: &str, path: String, body: Vec<u8>) -> impl Fn() + Sync 
     }
 }
 
+thread_local! {
+    /// Each load thread keeps its own attested-key client (one verification, then OHTTP per request).
+    static OBLIVIOUS: std::cell::RefCell<Option<std::sync::Arc<veil_client::oblivious::ObliviousClient>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Attested-key mode from Veil's Rust client, to `model` of `stack`: JSON (`header_length` None) or a
+/// body with binary tensor data and that JSON length. The answer must be 200 from the expected digest,
+/// binary when asked so.
+pub fn attested_target<'a>(
+    stack: &'a veil_tests::Stack,
+    model: &'a str,
+    body: Vec<u8>,
+    header_length: Option<usize>,
+) -> impl Fn() + Sync + 'a {
+    let policy = veil_client::trust::ClientPolicy::load(&stack.client_policy()).expect("client policy");
+    let digest = stack.digest(model);
+    let digest_hex = hex::encode(digest);
+    let length = header_length.map(|n| n.to_string());
+    let path = format!("/v2/models/{model}/infer");
+    move || {
+        let client = OBLIVIOUS.with(|c| {
+            c.borrow_mut()
+                .get_or_insert_with(|| {
+                    let http = veil_client::Client::new(&stack.url).unwrap();
+                    std::sync::Arc::new(veil_client::oblivious::ObliviousClient::new(http, policy.clone()))
+                })
+                .clone()
+        });
+        let mut headers: Vec<(&str, &[u8])> = vec![("veil-model-sha384", digest_hex.as_bytes())];
+        if let Some(n) = &length {
+            headers.push(("content-type", b"application/octet-stream"));
+            headers.push(("inference-header-content-length", n.as_bytes()));
+        }
+        let out = with_client(&stack.url, |rt, _| rt.block_on(client.send("POST", &path, &headers, &body)))
+            .expect("attested request");
+        assert_eq!(out.status, 200, "{:?}", out.error_message());
+        assert_eq!(out.model_sha384(), Some(digest));
+        assert_eq!(out.header("inference-header-content-length").is_some(), length.is_some());
+    }
+}
+
 pub struct PythonServer(pub std::process::Child, pub String);
 
 impl Drop for PythonServer {
