@@ -74,6 +74,21 @@ pub struct Enclave {
     ohttp: OnceLock<Arc<OhttpGateway>>,
 }
 
+/// A model's last answer size ([`Enclave::answer_hint`]).
+struct AnswerHint(Option<Arc<AtomicUsize>>);
+
+impl AnswerHint {
+    fn capacity(&self) -> usize {
+        self.0.as_ref().map_or(4096, |h| h.load(Ordering::Relaxed))
+    }
+
+    fn record(&self, len: usize) {
+        if let Some(h) = &self.0 {
+            h.store(len, Ordering::Relaxed);
+        }
+    }
+}
+
 impl std::fmt::Debug for Enclave {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Enclave").field("models", &self.config.model_names()).field("ready", &self.ready).finish()
@@ -237,20 +252,17 @@ impl Enclave {
                 return;
             }
         };
-        let hint = self.answer_hints.read().ok().and_then(|h| h.get(model.name()).cloned());
+        let hint = self.answer_hint(model.name());
         let this = Arc::clone(self);
         // Off the async runtime: ONNX Runtime runs on the blocking pool, and the answer is sealed and handed
         // to the writer from there.
         tokio::task::spawn_blocking(move || {
-            let capacity = hint.as_ref().map_or(4096, |h| h.load(Ordering::Relaxed));
-            let mut body = AnswerBody::with_capacity(capacity);
+            let mut body = AnswerBody::with_capacity(hint.capacity());
             let result = model.infer_blocking(opened.body(), opened.meta().inference_header_length, body.writer());
             drop(session);
             let sealed = match result {
                 Ok(header_length) => {
-                    if let Some(h) = &hint {
-                        h.store(body.as_slice().len(), Ordering::Relaxed);
-                    }
+                    hint.record(body.as_slice().len());
                     opened.seal_answer(body, header_length, &this.rng)
                 }
                 Err(e) => {
@@ -396,18 +408,15 @@ impl Enclave {
                 return;
             }
         };
-        let hint = self.answer_hints.read().ok().and_then(|h| h.get(model.name()).cloned());
+        let hint = self.answer_hint(model.name());
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            let capacity = hint.as_ref().map_or(4096, |h| h.load(Ordering::Relaxed));
-            let mut w = request.answer_writer(model.sha384(), capacity);
+            let mut w = request.answer_writer(model.sha384(), hint.capacity());
             let result = model.infer_blocking(request.content(), request.header_length, &mut w);
             drop(session);
             let reply = match result {
                 Ok(_) => {
-                    if let Some(h) = &hint {
-                        h.store(w.written_len(), Ordering::Relaxed);
-                    }
+                    hint.record(w.written_len());
                     match request.seal_answer(w, &this.rng) {
                         Ok(b) => Reply::Ohttp(b),
                         Err(e) => Reply::error(&e),
@@ -422,6 +431,12 @@ impl Enclave {
             drop(request);
             deliver(reply);
         });
+    }
+
+    /// How large `model`'s last answer was: the capacity both inference paths write the next one into, so
+    /// that an answer is written once, into a buffer that does not grow (and leave plaintext behind).
+    fn answer_hint(&self, model: &str) -> AnswerHint {
+        AnswerHint(self.answer_hints.read().ok().and_then(|h| h.get(model).cloned()))
     }
 
     /// The steps of [`Enclave::infer`] before the model runs: the model, the opened request, a session.
