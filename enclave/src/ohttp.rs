@@ -126,6 +126,13 @@ impl OhttpGateway {
         };
         match date {
             Some(d) if d.abs_diff(now_unix) > self.window_secs => {
+                // Dated ahead: the request would become acceptable once the clock caught up, so it is
+                // remembered until then (a request dated behind never becomes acceptable).
+                if d > now_unix {
+                    self.replay
+                        .remember_future_encapsulated_key(context.enc(), d, now_unix)
+                        .map_err(|r| Refused::Clear(refusal(r)))?;
+                }
                 return Err(Refused::Sealed(seal_date_problem(&context, now_unix, rng)?));
             }
             None if self.require_date => return Err(Refused::Sealed(seal_date_problem(&context, now_unix, rng)?)),
@@ -175,13 +182,15 @@ impl OhttpGateway {
     }
 
     fn admit(&self, enc: &[u8; 32], issued_at: u64, now_unix: u64) -> Result<(), Refused> {
-        self.replay.admit_encapsulated_key(enc, issued_at, now_unix).map_err(|r| {
-            Refused::Clear(match r {
-                Refusal::Replayed => EnclaveError::Replayed,
-                Refusal::OutsideWindow(s) => EnclaveError::OutsideWindow(s),
-                Refusal::Full => EnclaveError::Overloaded("the OHTTP replay window is full"),
-            })
-        })
+        self.replay.admit_encapsulated_key(enc, issued_at, now_unix).map_err(|r| Refused::Clear(refusal(r)))
+    }
+}
+
+fn refusal(r: Refusal) -> EnclaveError {
+    match r {
+        Refusal::Replayed => EnclaveError::Replayed,
+        Refusal::OutsideWindow(s) => EnclaveError::OutsideWindow(s),
+        Refusal::Full => EnclaveError::Overloaded("the OHTTP replay window is full"),
     }
 }
 
@@ -495,6 +504,25 @@ mod tests {
         let (undated, client) = request(&gw, &[], "/v2/health/ready");
         let Err(Refused::Sealed(sealed)) = gw.open(&undated, now, &rng) else { panic!("undated accepted") };
         assert_eq!(status_of(&client, sealed), 400);
+    }
+
+    /// Found by review: a request refused for a Date ahead of the window was not remembered, so the relay
+    /// could hold it and deliver it again once the enclave's clock had caught up, and it would run twice
+    /// (the client having retried with a corrected date).
+    #[test]
+    fn a_request_refused_for_a_future_date_cannot_be_delivered_again_when_its_date_comes() {
+        let rng = SystemRandom::new();
+        let gw = OhttpGateway::boot_key(&settings(false), &rng).unwrap();
+        let now = 1_764_547_200u64;
+        let date = veil_protocol::time::format_http_date(now + 600).unwrap();
+        let (enc, client) = request(&gw, &[("date", date.as_bytes())], "/v2/health/ready");
+        let Err(Refused::Sealed(sealed)) = gw.open(&enc, now, &rng) else { panic!("not refused by date") };
+        assert_eq!(status_of(&client, sealed), 400);
+        // Ten minutes on, the Date is now: the same bytes are a replay.
+        assert!(matches!(gw.open(&enc, now + 600, &rng), Err(Refused::Clear(EnclaveError::Replayed))));
+        // A fresh request with that Date is served.
+        let (fresh, _) = request(&gw, &[("date", date.as_bytes())], "/v2/health/ready");
+        assert!(gw.open(&fresh, now + 600, &rng).is_ok());
     }
 
     /// Found by the pyhpke interop test: a request that ends before its content section (RFC 9292 §3.8

@@ -92,12 +92,31 @@ impl ReplayGuard {
     /// the request's ciphertext by HPKE), dated `issued_at`: the request's `Date`, or its arrival for a
     /// request without one.
     pub fn admit_encapsulated_key(&self, enc: &[u8; 32], issued_at: u64, now_unix: u64) -> Result<(), Refusal> {
-        let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(b"veil ohttp enc\0");
-        ctx.update(enc);
-        let mut r = [0u8; 16];
-        r.copy_from_slice(&ctx.finish().as_ref()[..16]);
-        self.admit_record(r, issued_at, now_unix)
+        self.admit_record(enc_record(enc), issued_at, now_unix)
+    }
+
+    /// Remembers an encapsulated key that was refused for a `Date` ahead of the window (`issued_at`), until
+    /// that date leaves the window: the relay must not be able to deliver the same request again once the
+    /// clock has caught up with it. Bounded by the store's capacity like every record.
+    pub fn remember_future_encapsulated_key(
+        &self,
+        enc: &[u8; 32],
+        issued_at: u64,
+        now_unix: u64,
+    ) -> Result<(), Refusal> {
+        let r = enc_record(enc);
+        let mut inner = self.inner.lock().map_err(|_| Refusal::Full)?;
+        inner.expire(now_unix);
+        if inner.seen.contains(&r) {
+            return Err(Refusal::Replayed);
+        }
+        if inner.seen.len() >= self.capacity {
+            return Err(Refusal::Full);
+        }
+        let expires = issued_at.saturating_add(self.window_secs).saturating_add(1);
+        inner.seen.insert(r);
+        inner.by_expiry.entry(expires).or_default().push(r);
+        Ok(())
     }
 
     fn admit_record(&self, r: Record, issued_at: u64, now_unix: u64) -> Result<(), Refusal> {
@@ -129,6 +148,16 @@ impl ReplayGuard {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// An encapsulated key's record: its hash, domain-separated from the sealed mode's request ids.
+fn enc_record(enc: &[u8; 32]) -> Record {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(b"veil ohttp enc\0");
+    ctx.update(enc);
+    let mut r = [0u8; 16];
+    r.copy_from_slice(&ctx.finish().as_ref()[..16]);
+    r
 }
 
 impl Inner {
