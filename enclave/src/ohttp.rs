@@ -98,6 +98,13 @@ impl OhttpGateway {
     /// Decapsulates and reads one request. `Err(Refused::Clear)` before decapsulation succeeded (nothing to
     /// seal for), `Err(Refused::Sealed)` for a refusal the client must read (sealed already).
     pub fn open(&self, enc_request: &[u8], now_unix: u64, rng: &dyn RandomSource) -> Result<OpenedRequest, Refused> {
+        // A copy of a request already seen is refused before the X25519 and the AEAD over its body.
+        if let Some(enc) = enc_request.get(ohttp::HEADER_LEN..ohttp::HEADER_LEN + ohttp::ENC_LEN)
+            && let Ok(enc) = <&[u8; 32]>::try_from(enc)
+            && self.replay.has_encapsulated_key(enc, now_unix)
+        {
+            return Err(Refused::Clear(EnclaveError::Replayed));
+        }
         let (plain, context) = self.gateway.decapsulate(enc_request).map_err(|e| Refused::Clear(e.into()))?;
         let parsed = match bhttp::parse_request(&plain) {
             Ok(r) => r,

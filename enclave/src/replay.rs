@@ -95,6 +95,19 @@ impl ReplayGuard {
         self.admit_record(enc_record(enc), issued_at, now_unix)
     }
 
+    /// True when this encapsulated key has a record: its request was seen, so a copy can be refused before
+    /// it costs a decryption. Records are made only after a request authenticated, so no one can plant one.
+    pub fn has_encapsulated_key(&self, enc: &[u8; 32], now_unix: u64) -> bool {
+        let r = enc_record(enc);
+        self.inner
+            .lock()
+            .map(|mut i| {
+                i.expire(now_unix);
+                i.seen.contains(&r)
+            })
+            .unwrap_or(false)
+    }
+
     /// Remembers an encapsulated key that was refused for a `Date` ahead of the window (`issued_at`), until
     /// that date leaves the window: the relay must not be able to deliver the same request again once the
     /// clock has caught up with it. Bounded by the store's capacity like every record.
