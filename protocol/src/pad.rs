@@ -64,8 +64,24 @@ pub fn finish_in_place(buf: &mut Vec<u8>, start: usize, body_len: usize) -> Resu
     buf[start..start + 4].copy_from_slice(&b.to_be_bytes());
     buf[start + 4..start + 8].copy_from_slice(&m.to_be_bytes());
     let padded = bucket(content);
-    buf.resize(start + padded, 0);
+    zero_extend(buf, start + padded);
     Ok(())
+}
+
+/// Extends `buf` with zeros to `len` bytes. When that needs a larger allocation, the contents move to one
+/// of exactly `len` bytes and the old one is wiped before it is freed: padding a plaintext never leaves a
+/// copy of it behind in freed memory.
+pub fn zero_extend(buf: &mut Vec<u8>, len: usize) {
+    if len <= buf.len() {
+        return;
+    }
+    if len > buf.capacity() {
+        let mut grown = Vec::with_capacity(len);
+        grown.extend_from_slice(buf);
+        zeroize::Zeroize::zeroize(buf);
+        *buf = grown;
+    }
+    buf.resize(len, 0);
 }
 
 /// Lays out `body` and `meta` padded, in a new buffer (for callers that hold both as slices).
@@ -129,6 +145,23 @@ mod tests {
         let p = pad(&big, b"").unwrap();
         assert_eq!(p.len(), bucket(5008));
         assert_eq!(unpad(&p).unwrap().0, &big[..]);
+    }
+
+    #[test]
+    fn zero_extending_past_the_capacity_moves_the_contents_and_keeps_them() {
+        let mut buf = Vec::with_capacity(4);
+        buf.extend_from_slice(b"abcd");
+        zero_extend(&mut buf, 1024);
+        assert_eq!(buf.len(), 1024);
+        assert_eq!(&buf[..4], b"abcd");
+        assert!(buf[4..].iter().all(|&b| b == 0));
+        let mut roomy = Vec::with_capacity(2048);
+        roomy.extend_from_slice(b"xy");
+        let at = roomy.as_ptr();
+        zero_extend(&mut roomy, 2000);
+        assert_eq!(roomy.as_ptr(), at, "no move when the capacity suffices");
+        zero_extend(&mut roomy, 10);
+        assert_eq!(roomy.len(), 2000, "never shrinks");
     }
 
     #[test]

@@ -314,7 +314,7 @@ fn put_fields(out: &mut Vec<u8>, fields: &[(&str, &[u8])]) {
 /// Appends zeros so that the message written from `start` fills its Padmé bucket (`pad = true`).
 fn pad_from(out: &mut Vec<u8>, start: usize) {
     let len = out.len() - start;
-    out.resize(start + crate::pad::bucket(len), 0);
+    crate::pad::zero_extend(out, start + crate::pad::bucket(len));
 }
 
 /// Encodes a known-length request (lower-case header names, as RFC 9292 asks), padded to its bucket
