@@ -26,6 +26,7 @@ pub mod grants;
 pub mod policy;
 pub mod principal;
 mod server;
+mod sigv4;
 pub mod store;
 pub mod tls;
 
@@ -398,14 +399,14 @@ async fn handle_inner(
         Some("application/x-amz-json-1.1" | "application/x-amz-json-1.0") => {}
         _ => return Err(KmsError::validation("Content-Type must be application/x-amz-json-1.1")),
     }
-    let sig = server::check_authorization(header("authorization"), &state.region)?;
+    let sig = sigv4::check_authorization(header("authorization"), &state.region)?;
     let body = Limited::new(body, MAX_BODY)
         .collect()
         .await
         .map_err(|_| KmsError::new("SerializationException", format!("the body must be at most {MAX_BODY} bytes")))?
         .to_bytes();
     if let Some((access_key, secret)) = &state.credentials {
-        server::verify_signature(&sig, &parts, &body, &state.region, access_key, secret)?;
+        sigv4::verify_signature(&sig, &parts, &body, &state.region, access_key, secret)?;
     }
     let caller = state.caller(sig.access_key())?;
     let request: serde_json::Value = if body.is_empty() {

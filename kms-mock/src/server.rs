@@ -1,4 +1,4 @@
-//! The KMS JSON 1.1 endpoint: HTTP parsing, SigV4 header checks, callers, and the operations.
+//! The KMS JSON 1.1 endpoint: request fields, callers, and the operations (SigV4 is `crate::sigv4`).
 //!
 //! Every operation runs as a caller (a [`Principal`], from the request's access key) and is authorized
 //! the way KMS does it: the key policy first (an explicit `Deny` ends it), then, for operations a grant may
@@ -6,8 +6,8 @@
 //! operations and `DescribeKey` take a key id, key ARN, alias name or alias ARN; management operations
 //! (key policies, grants, alias targets) take a key id or key ARN only.
 //!
-//! Why one long file: it is the mock's whole request path (parse, authenticate, authorize, operate), every
-//! operation short and in the same shape, so that what the mock enforces can be compared with KMS's
+//! Why one long file: it is the mock's operations (resolve, authorize, operate), every operation short and
+//! in the same shape, so that what the mock enforces can be compared with KMS's
 //! documentation operation by operation; the policy, grant, alias and blob formats live in their modules.
 
 use std::collections::BTreeMap;
@@ -1049,10 +1049,7 @@ fn list_grants(state: &State, caller: &Principal, req: &Value) -> Result<Value, 
     };
     let only_grantee = str_field(req, "GranteePrincipal")?;
     let key = state.key(&id)?;
-    let policy = KeyPolicy::parse(&key.policy).map_err(|e| KmsError::internal(e.to_string()))?;
-    policy
-        .evaluate(caller, "kms:ListGrants", &base_context(caller))
-        .map_err(|d| KmsError::denied(format!("{d} (caller {caller}, key {})", state.arn(&id))))?;
+    state.authorize(caller, &key, "kms:ListGrants", &base_context(caller), &BTreeMap::new())?;
     let store = state.store()?;
     let all: Vec<&Grant> = store
         .grants()
@@ -1074,10 +1071,7 @@ fn revoke_grant(state: &State, caller: &Principal, req: &Value) -> Result<Value,
     let id = state.resolve(caller, str_field(req, "KeyId")?, KeyRef::KeyOnly)?;
     let grant_id = grant_id_field(req)?;
     let key = state.key(&id)?;
-    let policy = KeyPolicy::parse(&key.policy).map_err(|e| KmsError::internal(e.to_string()))?;
-    policy
-        .evaluate(caller, "kms:RevokeGrant", &base_context(caller))
-        .map_err(|d| KmsError::denied(format!("{d} (caller {caller}, key {})", state.arn(&id))))?;
+    state.authorize(caller, &key, "kms:RevokeGrant", &base_context(caller), &BTreeMap::new())?;
     let mut store = state.store()?;
     if !store.grants().iter().any(|g| g.grant_id == grant_id && g.key_id == id) {
         return Err(KmsError::not_found(format!("Grant ID {grant_id} not found for key {}", state.arn(&id))));
@@ -1116,143 +1110,6 @@ fn retire_grant(state: &State, caller: &Principal, req: &Value) -> Result<Value,
     store.remove_grant(grant_id).map_err(|e| KmsError::internal(e.to_string()))?;
     tracing::info!(key_id = %grant.key_id, grant_id, caller = %caller, "grant retired");
     Ok(json!({}))
-}
-
-/// The parts of a SigV4 `Authorization` header.
-#[derive(Debug)]
-pub(crate) struct SigV4<'a> {
-    access_key: &'a str,
-    date: &'a str,
-    signed_headers: &'a str,
-    signature: &'a str,
-}
-
-impl SigV4<'_> {
-    /// The access key id of the credential scope.
-    pub(crate) fn access_key(&self) -> &str {
-        self.access_key
-    }
-}
-
-/// Checks the SigV4 `Authorization` header's shape: `AWS4-HMAC-SHA256 Credential=AKID/DATE/REGION/kms/aws4_request,
-/// SignedHeaders=..., Signature=HEX`, with this KMS's region. The signature is checked by [`verify_signature`],
-/// and only when the mock was given credentials.
-pub(crate) fn check_authorization<'a>(header: Option<&'a str>, region: &str) -> Result<SigV4<'a>, KmsError> {
-    let header = header.ok_or_else(|| {
-        KmsError::new("MissingAuthenticationTokenException", "the request has no SigV4 Authorization header")
-    })?;
-    let incomplete = |why: &str| KmsError::new("IncompleteSignatureException", format!("Authorization header: {why}"));
-    let rest =
-        header.strip_prefix("AWS4-HMAC-SHA256 ").ok_or_else(|| incomplete("the algorithm must be AWS4-HMAC-SHA256"))?;
-    let mut credential = None;
-    let mut signed_headers = None;
-    let mut signature = None;
-    for part in rest.split(',') {
-        let part = part.trim();
-        if let Some(v) = part.strip_prefix("Credential=") {
-            credential = Some(v);
-        } else if let Some(v) = part.strip_prefix("SignedHeaders=") {
-            signed_headers = Some(v);
-        } else if let Some(v) = part.strip_prefix("Signature=") {
-            signature = Some(v);
-        }
-    }
-    let credential = credential.ok_or_else(|| incomplete("Credential is missing"))?;
-    let signed_headers = signed_headers.ok_or_else(|| incomplete("SignedHeaders is missing"))?;
-    let signature = signature.ok_or_else(|| incomplete("Signature is missing"))?;
-    if signature.len() != 64 || !signature.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return Err(incomplete("Signature must be 64 hex digits"));
-    }
-    if !signed_headers.split(';').any(|h| h == "host") {
-        return Err(incomplete("SignedHeaders must include host"));
-    }
-    let scope: Vec<&str> = credential.split('/').collect();
-    let [access_key, date, scope_region, service, terminal] = scope[..] else {
-        return Err(incomplete("Credential must be ACCESS_KEY/DATE/REGION/SERVICE/aws4_request"));
-    };
-    if access_key.is_empty()
-        || date.len() != 8
-        || !date.bytes().all(|c| c.is_ascii_digit())
-        || terminal != "aws4_request"
-    {
-        return Err(incomplete("Credential must be ACCESS_KEY/YYYYMMDD/REGION/SERVICE/aws4_request"));
-    }
-    if service != "kms" {
-        return Err(KmsError::new(
-            "InvalidSignatureException",
-            format!("credential scope names service {service:?}, not kms"),
-        ));
-    }
-    if scope_region != region {
-        return Err(KmsError::new(
-            "InvalidSignatureException",
-            format!("credential scope names region {scope_region:?}; this KMS serves {region:?}"),
-        ));
-    }
-    Ok(SigV4 { access_key, date, signed_headers, signature })
-}
-
-/// Recomputes the SigV4 signature (canonical request → string to sign → HMAC chain from the secret) and
-/// compares it in constant time. Request time is not checked against the clock (no replay protection).
-pub(crate) fn verify_signature(
-    sig: &SigV4<'_>,
-    parts: &hyper::http::request::Parts,
-    body: &[u8],
-    region: &str,
-    access_key: &str,
-    secret: &str,
-) -> Result<(), KmsError> {
-    use ring::hmac;
-    let invalid = |why: &str| KmsError::new("InvalidSignatureException", why.to_owned());
-    if sig.access_key != access_key {
-        return Err(KmsError::new("UnrecognizedClientException", "the access key id is not known to this KMS"));
-    }
-    let amz_date = parts
-        .headers
-        .get("x-amz-date")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| invalid("X-Amz-Date is required"))?;
-    if !amz_date.starts_with(sig.date) {
-        return Err(invalid("X-Amz-Date does not match the credential scope's date"));
-    }
-    let mut canonical_headers = String::new();
-    for name in sig.signed_headers.split(';') {
-        let values: Vec<String> = parts
-            .headers
-            .get_all(name)
-            .iter()
-            .map(|v| v.to_str().map(|s| s.split_whitespace().collect::<Vec<_>>().join(" ")))
-            .collect::<Result<_, _>>()
-            .map_err(|_| invalid("a signed header is not text"))?;
-        if values.is_empty() {
-            return Err(invalid("a signed header is missing"));
-        }
-        canonical_headers.push_str(&format!("{name}:{}\n", values.join(",")));
-    }
-    let mut query: Vec<&str> = parts.uri.query().unwrap_or("").split('&').filter(|q| !q.is_empty()).collect();
-    query.sort_unstable();
-    let canonical_request = format!(
-        "{}\n{}\n{}\n{}\n{}\n{}",
-        parts.method,
-        parts.uri.path(),
-        query.join("&"),
-        canonical_headers,
-        sig.signed_headers,
-        hex::encode(ring::digest::digest(&ring::digest::SHA256, body))
-    );
-    let scope = format!("{}/{region}/kms/aws4_request", sig.date);
-    let string_to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        hex::encode(ring::digest::digest(&ring::digest::SHA256, canonical_request.as_bytes()))
-    );
-    let mut key = Zeroizing::new(format!("AWS4{secret}").into_bytes());
-    for part in [sig.date, region, "kms", "aws4_request"] {
-        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &key), part.as_bytes());
-        key = Zeroizing::new(tag.as_ref().to_vec());
-    }
-    let given = hex::decode(sig.signature).map_err(|_| invalid("Signature must be hex"))?;
-    hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, &key), string_to_sign.as_bytes(), &given)
-        .map_err(|_| invalid("the request signature does not match (check the secret access key)"))
 }
 
 /// Shared state handle for the HTTP layer.
