@@ -33,7 +33,7 @@ targets=(
     frame_decode message_decode
     envelope_parse envelope_mutate envelope_plaintext envelope_answer pad_unpad
     v2_request model_header model_open eif_read
-    attestation_parse attestation_verify commitment_decode
+    attestation_parse attestation_verify commitment_decode evidence_parse evidence_merkle
     ohttp_decapsulate ohttp_response_open ohttp_key_list bhttp_request
 )
 which="${1:-all}"
@@ -75,11 +75,12 @@ for e in json.load(open(os.path.join(vectors, "MANIFEST.json"))):
     name = hashlib.sha256(doc).hexdigest()[:16]
     for t in ("attestation_parse", "attestation_verify"):
         open(os.path.join(seed, t, name), "wb").write(doc)
-# Commitment v2: {"v":2,"ohttp_keys_sha384":null,"recipient_rsa_spki_sha384":null,"models":[],"config_sha384":h'00'*48}
+# Commitment v3: {"v":3,"ohttp_keys_sha384":null,"receipt_key":null,"recipient_rsa_spki_sha384":null,"models":[],
+# "config_sha384":h'00'*48}
 def t(s): return bytes([0x60 + len(s)]) + s.encode()
-c = b"\xa5" + t("v") + b"\x02" + t("ohttp_keys_sha384") + b"\xf6" + b"\x78\x19recipient_rsa_spki_sha384" + b"\xf6" \
-    + t("models") + b"\x80" + t("config_sha384") + b"\x58\x30" + bytes(48)
-open(os.path.join(seed, "commitment_decode", "empty-v2"), "wb").write(c)
+c = b"\xa6" + t("v") + b"\x03" + t("ohttp_keys_sha384") + b"\xf6" + t("receipt_key") + b"\xf6" \
+    + b"\x78\x19recipient_rsa_spki_sha384" + b"\xf6" + t("models") + b"\x80" + t("config_sha384") + b"\x58\x30" + bytes(48)
+open(os.path.join(seed, "commitment_decode", "empty-v3"), "wb").write(c)
 PY
 # Part 2: Veil's own formats, made with the code that makes them (and the fixture key the targets use).
 echo "== fuzz.sh: writing the seed corpus (fuzz/examples/make_corpus.rs)" >&2

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
-use veil_protocol::envelope::{DataKey, EnvelopeError, ModelRef, Outcome, RequestMeta, RequestTag, Sealer};
+use veil_protocol::envelope::{
+    AnswerReceipt, DataKey, EnvelopeError, ModelRef, Outcome, RequestMeta, RequestTag, Sealer,
+};
 use veil_protocol::random::SystemRandom;
 use zeroize::Zeroizing;
 
@@ -238,8 +240,8 @@ impl SealedCall {
         // The body is a sub-slice of `buf`: keep its place, to hand out the buffer without copying it.
         let start = opened.body.as_ptr() as usize - base;
         let range = start..start + opened.body.len();
-        let (outcome, model_sha384) = (opened.meta.outcome, opened.meta.model_sha384);
-        Ok(OpenedAnswer { buf, range, outcome, model_sha384 })
+        let (outcome, model_sha384, receipt) = (opened.meta.outcome, opened.meta.model_sha384, opened.meta.receipt);
+        Ok(OpenedAnswer { buf, range, outcome, model_sha384, receipt })
     }
 }
 
@@ -252,6 +254,9 @@ pub struct OpenedAnswer {
     pub outcome: Outcome,
     /// The SHA-384 of the model that answered (the one the request was sealed for).
     pub model_sha384: [u8; 48],
+    /// The enclave's signed receipt for this answer, and its salt (`None` when the enclave's receipts
+    /// are off).
+    pub receipt: Option<AnswerReceipt>,
 }
 
 impl std::fmt::Debug for OpenedAnswer {
@@ -282,6 +287,12 @@ impl Answer {
     /// The SHA-384 of the model that answered.
     pub fn model_sha384(&self) -> &[u8; 48] {
         &self.opened.model_sha384
+    }
+
+    /// The enclave's signed receipt for this answer and its salt, when the enclave signs receipts
+    /// ([`crate::evidence`] makes an evidence bundle of it).
+    pub fn receipt(&self) -> Option<&AnswerReceipt> {
+        self.opened.receipt.as_ref()
     }
 }
 

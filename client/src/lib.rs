@@ -27,6 +27,7 @@
 
 pub mod attested;
 pub mod devstack;
+pub mod evidence;
 mod http;
 pub mod kms;
 pub mod oblivious;

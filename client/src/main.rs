@@ -55,6 +55,16 @@ enum Command {
         #[command(subcommand)]
         command: cli::ohttp::OhttpCommand,
     },
+    /// Check evidence bundles: an answer's signed receipt against the attestation that certifies its key.
+    Receipt {
+        #[command(subcommand)]
+        command: cli::evidence::ReceiptCommand,
+    },
+    /// Check audit logs: every receipt, hash chain and signed tree head, offline.
+    Audit {
+        #[command(subcommand)]
+        command: cli::evidence::AuditCommand,
+    },
     /// Measure, describe and build Enclave Image Files (EIF).
     Eif {
         #[command(subcommand)]
@@ -75,6 +85,8 @@ fn main() -> ExitCode {
         Command::Model { command } => cli::model::run(command),
         Command::Policy { command } => cli::policy::run(command),
         Command::Ohttp { command } => cli::ohttp::run(command),
+        Command::Receipt { command } => cli::evidence::run_receipt(command),
+        Command::Audit { command } => cli::evidence::run_audit(command),
     };
     match result {
         Ok(code) => code,

@@ -21,9 +21,9 @@ use veil_protocol::random::SystemRandom;
 use crate::trust::{ClientPolicy, Untrusted};
 use crate::{Client, ClientError};
 
-/// The response header carrying the digest of the model that answered (and the request header naming the
-/// one expected).
-pub const MODEL_DIGEST_HEADER: &str = "veil-model-sha384";
+use veil_protocol::envelope::AnswerReceipt;
+pub use veil_protocol::ohttp::MODEL_DIGEST_HEADER;
+use veil_protocol::ohttp::{RECEIPT_SALT_TRAILER, RECEIPT_TRAILER};
 
 /// Largest key configuration list accepted.
 const MAX_KEY_LIST: usize = 64 * 1024;
@@ -145,6 +145,9 @@ pub struct ObliviousResponse {
     pub status: u16,
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
+    /// The enclave's signed receipt and its salt, from the response's trailer fields (inference only,
+    /// when the enclave signs receipts).
+    pub receipt: Option<AnswerReceipt>,
 }
 
 impl ObliviousResponse {
@@ -166,6 +169,20 @@ impl ObliviousResponse {
             .map(str::to_owned)
             .or_else(|| v.get("title").and_then(|e| e.as_str()).map(str::to_owned))
     }
+}
+
+/// The receipt in a response's trailer fields (`veil-receipt`, base64; `veil-receipt-salt`, hex), if any.
+fn receipt_from_trailers(response: &bhttp::Response<'_>) -> Result<Option<AnswerReceipt>, ObliviousError> {
+    use base64::Engine;
+    let (Some(receipt), Some(salt)) = (response.trailer(RECEIPT_TRAILER), response.trailer(RECEIPT_SALT_TRAILER))
+    else {
+        return Ok(None);
+    };
+    let bad = |what: &str| ObliviousError::Response(format!("the answer's {what} trailer is malformed"));
+    let receipt = base64::engine::general_purpose::STANDARD.decode(receipt).map_err(|_| bad(RECEIPT_TRAILER))?;
+    let salt: [u8; 32] =
+        hex::decode(salt).ok().and_then(|s| s.try_into().ok()).ok_or_else(|| bad(RECEIPT_SALT_TRAILER))?;
+    Ok(Some(AnswerReceipt { receipt, salt: zeroize::Zeroizing::new(salt) }))
 }
 
 /// A client of attested-key mode: one parent (or load balancer), one policy, the verification cached.
@@ -192,6 +209,11 @@ impl ObliviousClient {
     /// The policy.
     pub fn policy(&self) -> &ClientPolicy {
         &self.policy
+    }
+
+    /// The HTTP client (to the relay).
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// The verified gateway: the cached verification while it holds, else a fresh one.
@@ -289,6 +311,7 @@ impl ObliviousClient {
         let mut sealed = self.client.post_ohttp(encapsulated).await?;
         let opened = context.open_in_place(&mut sealed)?;
         let response = bhttp::parse_response(opened).map_err(|e| ObliviousError::Response(e.to_string()))?;
+        let receipt = receipt_from_trailers(&response)?;
         let out = ObliviousResponse {
             status: response.status,
             headers: response
@@ -297,6 +320,7 @@ impl ObliviousClient {
                 .map(|f| (String::from_utf8_lossy(f.name).to_ascii_lowercase(), f.value.to_vec()))
                 .collect(),
             body: response.content.as_slice().to_vec(),
+            receipt,
         };
         zeroize::Zeroize::zeroize(&mut sealed);
         Ok(out)

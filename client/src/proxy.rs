@@ -32,9 +32,10 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use veil_protocol::envelope::{ModelRef, Outcome, RequestMeta};
+use veil_protocol::envelope::{AnswerReceipt, ModelRef, Outcome, RequestMeta};
 use veil_protocol::v2::HEADER_LENGTH_HEADER;
 
+use crate::evidence::ReceiptSink;
 use crate::kms::Session;
 use crate::oblivious::{MODEL_DIGEST_HEADER, ObliviousClient, ObliviousError};
 use crate::{Client, ClientError};
@@ -56,6 +57,8 @@ pub enum Mode {
 pub struct Proxy {
     mode: Mode,
     max_body: usize,
+    /// Where each answer's evidence bundle goes (`--receipts DIR`).
+    receipts: Option<Arc<ReceiptSink>>,
     /// The port it listens on, when only loopback clients are served: requests must name a loopback
     /// host and that port (against DNS rebinding), and carry no `Origin` (no browser page may use it).
     loopback_port: Option<u16>,
@@ -182,7 +185,13 @@ impl Proxy {
     /// A proxy in `mode`, accepting request bodies up to `max_body` bytes. With `loopback_port`, only
     /// requests addressed to a loopback host on that port are served, and none from a web page.
     pub fn new(mode: Mode, max_body: usize, loopback_port: Option<u16>) -> Proxy {
-        Proxy { mode, max_body, loopback_port }
+        Proxy { mode, max_body, loopback_port, receipts: None }
+    }
+
+    /// Keeps each answer's evidence bundle in `sink`'s directory.
+    pub fn with_receipts(mut self, sink: Arc<ReceiptSink>) -> Proxy {
+        self.receipts = Some(sink);
+        self
     }
 
     /// Refuses what a web page could send: any request with an `Origin`, and (DNS rebinding) any whose
@@ -255,10 +264,13 @@ impl Proxy {
             }
             Err(_) => return (Some(route), v2_error(StatusCode::BAD_REQUEST, "the request body could not be read")),
         };
+        let keep = self.receipts.as_ref();
         let response = match &self.mode {
-            Mode::Attested(oblivious) => attested(oblivious, &method, &route, version.as_deref(), &headers, body).await,
+            Mode::Attested(oblivious) => {
+                attested(oblivious, &method, &route, version.as_deref(), &headers, body, keep).await
+            }
             Mode::Kms { client, session, models } => {
-                kms(client, session, models, &route, version.as_deref(), &headers, body).await
+                kms(client, session, models, &route, version.as_deref(), &headers, body, keep).await
             }
         };
         (Some(route), response)
@@ -328,6 +340,17 @@ fn v2_answer(
     response
 }
 
+/// Keeps an answer's receipt in the background (the answer does not wait for its bundle).
+fn keep_receipt(sink: Option<&Arc<ReceiptSink>>, client: &Client, receipt: Option<AnswerReceipt>) {
+    let (Some(sink), Some(receipt)) = (sink, receipt) else { return };
+    let (sink, client) = (Arc::clone(sink), client.clone());
+    tokio::spawn(async move {
+        if let Err(e) = sink.keep(&client, &receipt).await {
+            tracing::warn!(error = %e, "veil proxy: an answer's evidence was not kept");
+        }
+    });
+}
+
 /// Attested-key mode: the whole request inside OHTTP.
 async fn attested(
     oblivious: &ObliviousClient,
@@ -336,6 +359,7 @@ async fn attested(
     version: Option<&str>,
     headers: &HeaderMap,
     body: Bytes,
+    keep: Option<&Arc<ReceiptSink>>,
 ) -> Response {
     if let Some(v) = version
         && !v.bytes().all(|b| b.is_ascii_alphanumeric())
@@ -356,10 +380,11 @@ async fn attested(
     }
     let sent = oblivious.send(method.as_str(), &route.path(version), &fwd, &body).await;
     drop(body);
-    let r = match sent {
+    let mut r = match sent {
         Ok(r) => r,
         Err(e) => return oblivious_error(&e),
     };
+    keep_receipt(keep, oblivious.client(), r.receipt.take());
     if let Some(want) = &expected
         && r.status == 200
         && r.model_sha384().as_ref() != Some(want)
@@ -446,6 +471,7 @@ fn client_error(e: &ClientError) -> Response {
 }
 
 /// KMS envelope mode: inference sealed under a KMS data key; the other routes from the parent.
+#[allow(clippy::too_many_arguments)]
 async fn kms(
     client: &Client,
     session: &tokio::sync::Mutex<Session>,
@@ -454,6 +480,7 @@ async fn kms(
     version: Option<&str>,
     headers: &HeaderMap,
     body: Bytes,
+    keep: Option<&Arc<ReceiptSink>>,
 ) -> Response {
     if let Some(v) = version
         && v != "1"
@@ -532,7 +559,7 @@ async fn kms(
                 Ok(a) => a,
                 Err(e) => return client_error(&e),
             };
-            let opened = match call.open(answer) {
+            let mut opened = match call.open(answer) {
                 Ok(o) => o,
                 Err(e) => {
                     return v2_error(
@@ -541,6 +568,7 @@ async fn kms(
                     );
                 }
             };
+            keep_receipt(keep, client, opened.receipt.take());
             let digest = hex::encode(opened.model_sha384);
             match &opened.outcome {
                 Outcome::Answer { inference_header_length } => {

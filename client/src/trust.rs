@@ -87,13 +87,8 @@ pub struct ModelFile {
     pub sha384: String,
 }
 
-/// An accepted image, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AcceptedImage {
-    pub name: String,
-    pub pcrs: BTreeMap<u16, [u8; 48]>,
-    pub config_sha384: Option<[u8; 48]>,
-}
+/// An accepted image, checked (the same type evidence is checked against).
+pub use veil_protocol::evidence::verify::AcceptedImage;
 
 /// A checked policy.
 #[derive(Debug, Clone)]

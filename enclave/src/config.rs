@@ -31,6 +31,13 @@
 //! # file = "ohttp-key-1"                             # the name the parent serves it under
 //! # kms_key_arn = "arn:aws:kms:..."
 //! # public_key = "..."                               # pinned: 64 hex digits
+//!
+//! [audit]                                            # evidence; all optional
+//! # receipts = true                                  # a signed receipt for every answer
+//! # tree_head_every = 1000                           # sign a tree head every N receipts
+//! # tree_head_secs = 10                              # ... or T seconds after an uncovered receipt
+//! # max_backlog = 100000                             # receipts the parent has not taken, before new
+//! #                                                  # requests are refused (503)
 //! ```
 //!
 //! Unknown keys are refused (a typo must not silently fall back to a default). A model configured as
@@ -77,6 +84,17 @@ struct File {
     inference: InferenceFile,
     #[serde(default)]
     ohttp: OhttpFile,
+    #[serde(default)]
+    audit: AuditFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditFile {
+    receipts: Option<bool>,
+    tree_head_every: Option<u64>,
+    tree_head_secs: Option<u64>,
+    max_backlog: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,6 +260,25 @@ pub struct OhttpSettings {
     pub max_seen_requests: usize,
 }
 
+/// Evidence: receipts, tree heads and the audit log's back-pressure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// Sign a receipt for every answer (default: yes). Off, the commitment's `receipt_key` is null.
+    pub receipts: bool,
+    /// Sign a tree head every this many receipts.
+    pub tree_head_every: u64,
+    /// ... and this many seconds after the first receipt no tree head covers.
+    pub tree_head_secs: u64,
+    /// Most receipts (and tree heads) waiting for the parent to take them; beyond, new requests get 503.
+    pub max_backlog: usize,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings { receipts: true, tree_head_every: 1000, tree_head_secs: 10, max_backlog: 100_000 }
+    }
+}
+
 /// The checked configuration, and the digest of the bytes it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnclaveConfig {
@@ -252,6 +289,7 @@ pub struct EnclaveConfig {
     pub limits: Limits,
     pub inference: Inference,
     pub ohttp: OhttpSettings,
+    pub audit: AuditSettings,
 }
 
 impl EnclaveConfig {
@@ -297,7 +335,8 @@ impl EnclaveConfig {
             return Err(invalid("[inference] sessions and intra_op_threads are 1 to 256"));
         }
         let ohttp = ohttp_settings(file.ohttp, &kms.region, &models)?;
-        Ok(EnclaveConfig { sha384, kms, models, limits, inference, ohttp })
+        let audit = audit_settings(file.audit)?;
+        Ok(EnclaveConfig { sha384, kms, models, limits, inference, ohttp, audit })
     }
 
     /// The model named `name`.
@@ -317,6 +356,26 @@ impl EnclaveConfig {
             RequestKeys::Only(keys) => keys.contains(key_id),
         }
     }
+}
+
+fn audit_settings(a: AuditFile) -> Result<AuditSettings, ConfigError> {
+    let d = AuditSettings::default();
+    let settings = AuditSettings {
+        receipts: a.receipts.unwrap_or(d.receipts),
+        tree_head_every: a.tree_head_every.unwrap_or(d.tree_head_every),
+        tree_head_secs: a.tree_head_secs.unwrap_or(d.tree_head_secs),
+        max_backlog: a.max_backlog.unwrap_or(d.max_backlog),
+    };
+    if !(1..=1_000_000).contains(&settings.tree_head_every) {
+        return Err(invalid("[audit] tree_head_every is 1 to 1000000 receipts"));
+    }
+    if !(1..=3600).contains(&settings.tree_head_secs) {
+        return Err(invalid("[audit] tree_head_secs is 1 to 3600"));
+    }
+    if !(16..=10_000_000).contains(&settings.max_backlog) {
+        return Err(invalid("[audit] max_backlog is 16 to 10000000 records"));
+    }
+    Ok(settings)
 }
 
 fn default_sessions() -> u16 {

@@ -56,6 +56,17 @@ impl HostClient {
         Ok(self.conn.call(request, b"").await?)
     }
 
+    /// Hands audit records (numbered from `first`) of boot `boot` to the parent: the number of the next
+    /// record it expects, i.e. how far it has stored.
+    pub async fn audit(&mut self, boot: &[u8; 16], first: u64, records: &[u8]) -> anyhow::Result<u64> {
+        let request = HostRequest::Audit { boot: serde_bytes::ByteBuf::from(boot.to_vec()), first };
+        match self.conn.call(&request, records).await?.body {
+            HostResponse::Audit { next } => Ok(next),
+            HostResponse::Error(e) => anyhow::bail!("the parent refused audit records: {e}"),
+            other => anyhow::bail!("unexpected answer to Audit: {}", other.name()),
+        }
+    }
+
     /// Fetches a whole model file in chunks, hashing as it goes.
     pub async fn fetch_model(&mut self, name: &str, max_bytes: u64) -> anyhow::Result<FetchedModel> {
         let size = match self.call(&HostRequest::ModelInfo { name: name.to_owned() }).await?.body {

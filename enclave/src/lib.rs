@@ -18,6 +18,7 @@
 pub mod budget;
 pub mod config;
 pub mod error;
+pub mod evidence;
 pub mod host;
 pub mod keys;
 pub mod kms;

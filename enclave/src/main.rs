@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use veil_enclave::config::{self, EnclaveConfig};
 use veil_enclave::error::EnclaveError;
+use veil_enclave::evidence::Evidence;
 use veil_enclave::host::HostClient;
 use veil_enclave::kms::{KmsClient, KmsConfig, KmsError};
 use veil_enclave::model::{Model, SessionOptions};
@@ -175,11 +176,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
     kms_config.ca_file = args.dev_kms_ca.clone();
     let kms = Arc::new(KmsClient::new(&kms_config, args.parent.clone(), Arc::clone(&nsm)).await?);
     let recipient_sha384 = UserDataCommitment::sha384(kms.recipient_public_key());
+    let evidence = if config.audit.receipts {
+        let evidence = Evidence::new(config.audit.clone(), &veil_protocol::random::SystemRandom::new())?;
+        tracing::info!(
+            receipt_key = %hex::encode(evidence.public_key()),
+            boot = %hex::encode(evidence.boot_id()),
+            "receipts: key generated at boot"
+        );
+        Some(Arc::new(evidence))
+    } else {
+        tracing::warn!("receipts are off in this configuration ([audit] receipts = false): answers carry no evidence");
+        None
+    };
     let attest: AttestFn = {
         let (nsm, config_sha384) = (Arc::clone(&nsm), config.sha384);
+        let receipt_key = evidence.as_ref().map(|e| *e.public_key());
         Box::new(move |nonce: &[u8], models: &[(String, [u8; 48])], ohttp_keys_sha384: Option<[u8; 48]>| {
             let commitment = UserDataCommitment {
                 ohttp_keys_sha384,
+                receipt_key,
                 recipient_rsa_spki_sha384: Some(recipient_sha384),
                 models: models
                     .iter()
@@ -197,7 +212,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let keys: Arc<dyn KeySource> = Arc::new(KmsKeys(Arc::clone(&kms)));
     let kms_timeout = Duration::from_secs(config.kms.timeout_secs + 5);
     let unsealer = Unsealer::new(Arc::clone(&keys), Arc::clone(&config), kms_timeout);
-    let enclave = Arc::new(Enclave::new(Arc::clone(&config), unsealer, attest));
+    let enclave = Arc::new(Enclave::new(Arc::clone(&config), unsealer, attest, evidence.clone()));
     if config.ohttp.enabled && config.ohttp.keys.is_empty() {
         let gateway = OhttpGateway::boot_key(&config.ohttp, &veil_protocol::random::SystemRandom::new())?;
         tracing::info!(
@@ -260,6 +275,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 tracing::info!(model = model.name(), sha384 = %hex::encode(model.sha384()), "model loaded");
                 enclave.add_model(model);
             }
+            enclave.start_evidence().context("starting the receipts' log")?;
+            if let Some(evidence) = enclave.evidence() {
+                let (evidence, parent, max_frame) =
+                    (Arc::clone(evidence), parent.clone(), config.limits.max_frame_bytes);
+                tokio::spawn(async move { evidence.pump(parent, max_frame).await });
+            }
             tracing::info!("all models loaded; ready");
             anyhow::Ok(())
         })
@@ -281,6 +302,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!("shutting down: draining requests in flight");
     let _ = stop_tx.send(true);
     let _ = server.await;
+    if let Some(evidence) = &evidence {
+        // A last tree head over every receipt, and a moment for the parent to store it.
+        evidence.flush(Duration::from_secs(5)).await;
+        tracing::info!(backlog = evidence.backlog(), "receipts: final tree head signed");
+    }
     Ok(())
 }
 

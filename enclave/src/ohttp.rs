@@ -33,12 +33,11 @@ use zeroize::Zeroizing;
 
 use crate::config::OhttpSettings;
 use crate::error::EnclaveError;
+use crate::evidence::{IssueReceipt, IssuedReceipt};
 use crate::model::MODEL_VERSION;
 use crate::replay::{Refusal, ReplayGuard};
 
-/// The request header in which a client names the model digest it expects, and the response header that
-/// carries the digest of the model that answered.
-pub const MODEL_DIGEST_HEADER: &str = "veil-model-sha384";
+pub use veil_protocol::ohttp::{MODEL_DIGEST_HEADER, RECEIPT_SALT_TRAILER, RECEIPT_TRAILER};
 
 /// RFC 9457 problem type of RFC 9458 §6.5.2 (a `Date` outside the gateway's window).
 const DATE_PROBLEM: &str = "https://iana.org/assignments/http-problem-types#date";
@@ -339,28 +338,53 @@ impl OpenedRequest {
         AnswerWriter { request: self, digest: hex::encode(model_sha384), capacity, writer: None }
     }
 
-    /// Seals a written answer.
-    pub fn seal_answer(&self, answer: AnswerWriter<'_>, rng: &dyn RandomSource) -> Result<Vec<u8>, EnclaveError> {
+    /// Seals a written answer. `receipt` makes the answer's receipt from the content written (the
+    /// enclave's [`crate::evidence::Evidence::issue`]); it travels in the response's trailer fields.
+    pub fn seal_answer(
+        &self,
+        answer: AnswerWriter<'_>,
+        receipt: Option<IssueReceipt<'_>>,
+        rng: &dyn RandomSource,
+    ) -> Result<Vec<u8>, EnclaveError> {
         let writer = answer.writer.ok_or_else(|| EnclaveError::Internal("the answer was never written".into()))?;
-        seal(&self.context, writer, rng)
+        let receipt = receipt.map(|issue| issue(writer.written())).transpose()?;
+        seal_with_receipt(&self.context, writer, receipt.as_ref(), rng)
     }
 
-    /// A JSON error response (`{"error": message}`), sealed.
+    /// A JSON error response (`{"error": message}`), sealed; with a receipt (of its content) when the
+    /// model ran.
     pub fn seal_error(
         &self,
         status: u16,
         message: &str,
         model_sha384: Option<&[u8; 48]>,
+        receipt: Option<IssueReceipt<'_>>,
         rng: &dyn RandomSource,
     ) -> Result<Vec<u8>, EnclaveError> {
         let digest = model_sha384.map(hex::encode);
         let extra: Vec<(&str, &[u8])> =
             digest.as_ref().map(|d| vec![(MODEL_DIGEST_HEADER, d.as_bytes())]).unwrap_or_default();
-        seal_problem(&self.context, status, message, &extra, rng).map_err(|r| match r {
-            Refused::Clear(e) => e,
-            Refused::Sealed(_) => EnclaveError::Internal("unreachable".into()),
-        })
+        let w = problem_writer(&self.context, status, message, &extra);
+        let receipt = receipt.map(|issue| issue(w.written())).transpose()?;
+        seal_with_receipt(&self.context, w, receipt.as_ref(), rng)
     }
+}
+
+/// Finishes `writer` with the receipt's trailer fields, and seals it.
+fn seal_with_receipt(
+    context: &ResponseContext,
+    writer: bhttp::ResponseWriter,
+    receipt: Option<&IssuedReceipt>,
+    rng: &dyn RandomSource,
+) -> Result<Vec<u8>, EnclaveError> {
+    let Some(r) = receipt else { return seal(context, writer, rng) };
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&r.receipt);
+    let salt = zeroize::Zeroizing::new(hex::encode(r.salt.as_ref()));
+    let trailers: [(&str, &[u8]); 2] = [(RECEIPT_TRAILER, encoded.as_bytes()), (RECEIPT_SALT_TRAILER, salt.as_bytes())];
+    let mut buf = writer.finish_with_trailers(&trailers).map_err(|e| EnclaveError::TooLarge(e.to_string()))?;
+    context.seal_in_place(&mut buf, rng)?;
+    Ok(buf)
 }
 
 /// An inference answer being written into its Binary HTTP response ([`OpenedRequest::answer_writer`]).
@@ -413,6 +437,21 @@ fn seal(
     Ok(buf)
 }
 
+/// `{"error": message}` with `status`, written.
+fn problem_writer(
+    context: &ResponseContext,
+    status: u16,
+    message: &str,
+    extra: &[(&str, &[u8])],
+) -> bhttp::ResponseWriter {
+    let mut headers: Vec<(&str, &[u8])> = vec![("content-type", b"application/json")];
+    headers.extend_from_slice(extra);
+    let mut w = bhttp::ResponseWriter::new(context.nonce_len(), status, &headers, 256);
+    // Serializing a map of one string cannot fail.
+    let _ = serde_json::to_writer(w.content(), &serde_json::json!({ "error": message }));
+    w
+}
+
 /// `{"error": message}` with `status`, sealed.
 fn seal_problem(
     context: &ResponseContext,
@@ -421,12 +460,7 @@ fn seal_problem(
     extra: &[(&str, &[u8])],
     rng: &dyn RandomSource,
 ) -> Result<Vec<u8>, Refused> {
-    let mut headers: Vec<(&str, &[u8])> = vec![("content-type", b"application/json")];
-    headers.extend_from_slice(extra);
-    let mut w = bhttp::ResponseWriter::new(context.nonce_len(), status, &headers, 256);
-    // Serializing a map of one string cannot fail.
-    let _ = serde_json::to_writer(w.content(), &serde_json::json!({ "error": message }));
-    seal(context, w, rng).map_err(Refused::Clear)
+    seal(context, problem_writer(context, status, message, extra), rng).map_err(Refused::Clear)
 }
 
 /// RFC 9458 §6.5.2: 400 with the `date` problem type and the gateway's own `Date`, so that the client may

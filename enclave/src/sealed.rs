@@ -33,6 +33,7 @@ use zeroize::Zeroizing;
 
 use crate::config::EnclaveConfig;
 use crate::error::EnclaveError;
+use crate::evidence::IssuedReceipt;
 use crate::keys::{CacheId, KeyCache, KeyCacheLimits, Lookup};
 use crate::kms::KmsError;
 use crate::replay::{Refusal, ReplayGuard};
@@ -78,19 +79,25 @@ impl OpenedRequest {
         self.meta
     }
 
-    /// Seals the answer written into `body`.
+    /// Seals the answer written into `body`, with its receipt.
     pub fn seal_answer(
         &self,
         body: AnswerBody,
         inference_header_length: Option<u64>,
+        receipt: Option<IssuedReceipt>,
         rng: &dyn RandomSource,
     ) -> Result<SealedAnswer, EnclaveError> {
-        Ok(self.answer.seal_answer(body, inference_header_length, rng)?)
+        Ok(self.answer.seal_answer(body, inference_header_length, receipt.map(Into::into), rng)?)
     }
 
-    /// Seals an error about the request.
-    pub fn seal_error(&self, error: &EnclaveError, rng: &dyn RandomSource) -> Result<SealedAnswer, EnclaveError> {
-        Ok(self.answer.seal_error(&error.to_reply(), rng)?)
+    /// Seals an error about the request (with its receipt when the model ran).
+    pub fn seal_error(
+        &self,
+        error: &EnclaveError,
+        receipt: Option<IssuedReceipt>,
+        rng: &dyn RandomSource,
+    ) -> Result<SealedAnswer, EnclaveError> {
+        Ok(self.answer.seal_error(&error.to_reply(), receipt.map(Into::into), rng)?)
     }
 }
 
@@ -367,7 +374,7 @@ mod tests {
             assert_eq!(opened.body(), format!("req {i}").as_bytes());
             let mut body = AnswerBody::with_capacity(6);
             body.writer().extend_from_slice(b"answer");
-            let sealed = opened.seal_answer(body, None, &SystemRandom::new()).unwrap();
+            let sealed = opened.seal_answer(body, None, None, &SystemRandom::new()).unwrap();
             let mut b = sealed.bytes().to_vec();
             assert_eq!(client.sealer().open_answer(&tag, &mut b).unwrap().body, b"answer");
             // A replay of the same bytes is refused, sealed.

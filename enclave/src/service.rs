@@ -14,12 +14,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use tokio::sync::OwnedSemaphorePermit;
 use veil_protocol::envelope::{AnswerBody, ModelRef, SealedAnswer};
+use veil_protocol::evidence::Mode;
 use veil_protocol::message::{EnclaveRequest, EnclaveResponse};
 use veil_protocol::random::SystemRandom;
 
 use crate::budget::ByteBudget;
 use crate::config::EnclaveConfig;
 use crate::error::EnclaveError;
+use crate::evidence::{Evidence, IssueReceipt, IssuedReceipt};
 use crate::model::Model;
 use crate::ohttp::{OhttpGateway, OpenedRequest as OhttpRequest, Refused, Route};
 use crate::sealed::{OpenedRequest, Unsealed, Unsealer};
@@ -72,6 +74,8 @@ pub struct Enclave {
     rng: SystemRandom,
     /// Attested-key mode's gateway, once its keys are at hand (a fleet key needs KMS first).
     ohttp: OnceLock<Arc<OhttpGateway>>,
+    /// Receipts and the audit log (`None` when the configuration turns receipts off).
+    evidence: Option<Arc<Evidence>>,
 }
 
 /// A model's last answer size ([`Enclave::answer_hint`]).
@@ -101,7 +105,12 @@ fn now_unix() -> u64 {
 
 impl Enclave {
     /// An enclave serving the models of `config` once they are [`Enclave::add_model`]ed.
-    pub fn new(config: Arc<EnclaveConfig>, unsealer: Unsealer, attest: AttestFn) -> Enclave {
+    pub fn new(
+        config: Arc<EnclaveConfig>,
+        unsealer: Unsealer,
+        attest: AttestFn,
+        evidence: Option<Arc<Evidence>>,
+    ) -> Enclave {
         let budget =
             ByteBudget::new(config.limits.max_request_bytes_in_flight.unwrap_or_else(ByteBudget::default_total));
         Enclave {
@@ -114,7 +123,33 @@ impl Enclave {
             budget,
             rng: SystemRandom::new(),
             ohttp: OnceLock::new(),
+            evidence,
         }
+    }
+
+    /// The receipts' state, when receipts are on.
+    pub fn evidence(&self) -> Option<&Arc<Evidence>> {
+        self.evidence.as_ref()
+    }
+
+    /// The receipt of one request the model ran (`None` when receipts are off).
+    fn receipt(
+        &self,
+        model: &Model,
+        request: &[u8],
+        response: &[u8],
+        status: u16,
+        mode: Mode,
+    ) -> Result<Option<IssuedReceipt>, EnclaveError> {
+        self.evidence
+            .as_ref()
+            .map(|e| e.issue(model.name(), model.sha384(), request, response, status, mode, &self.rng))
+            .transpose()
+    }
+
+    /// Refuses new inference while the audit log is not keeping up.
+    fn admit(&self) -> Result<(), EnclaveError> {
+        self.evidence.as_ref().map_or(Ok(()), |e| e.admit())
     }
 
     /// The configuration.
@@ -155,11 +190,24 @@ impl Enclave {
         self.ohttp.get()
     }
 
+    /// Starts the receipts' log, once every model is loaded (and the gateway installed): the attestation
+    /// document certifying the receipt key commits to them all, and becomes record 0 of the boot's log.
+    /// The enclave is ready only after this.
+    pub fn start_evidence(&self) -> Result<(), EnclaveError> {
+        let Some(evidence) = &self.evidence else { return Ok(()) };
+        let keys = self.ohttp.get().map(|g| g.key_list_sha384());
+        let document = (self.attest)(evidence.boot_id(), &self.model_digests(), keys)?;
+        evidence.start(document)?;
+        self.update_ready();
+        Ok(())
+    }
+
     fn update_ready(&self) {
         let Ok(models) = self.models.read() else { return };
         let all = self.config.models.iter().all(|m| models.contains_key(&m.name));
         let gateway = !self.config.ohttp.enabled || self.ohttp.get().is_some();
-        if all && gateway {
+        let receipts = self.evidence.as_ref().is_none_or(|e| e.started());
+        if all && gateway && receipts {
             self.ready.store(true, Ordering::Release);
         }
     }
@@ -245,6 +293,10 @@ impl Enclave {
     /// is called once with the reply, always on a blocking-pool thread (the one that ran the model, for
     /// answers; refusals, which are rare, take a hop there too), so that it may block on the write.
     pub async fn infer(self: &Arc<Self>, model: &str, sealed: BytesMut, deliver: impl FnOnce(Reply) + Send + 'static) {
+        if let Err(e) = self.admit() {
+            tokio::task::spawn_blocking(move || deliver(Reply::error(&e)));
+            return;
+        }
         let (model, opened, session) = match self.open(model, sealed).await {
             Ok(ready) => ready,
             Err(reply) => {
@@ -263,11 +315,21 @@ impl Enclave {
             let sealed = match result {
                 Ok(header_length) => {
                     hint.record(body.as_slice().len());
-                    opened.seal_answer(body, header_length, &this.rng)
+                    match this.receipt(&model, opened.body(), body.as_slice(), 200, Mode::Kms) {
+                        Ok(receipt) => opened.seal_answer(body, header_length, receipt, &this.rng),
+                        Err(e) => {
+                            body.clear();
+                            opened.seal_error(&e, None, &this.rng)
+                        }
+                    }
                 }
                 Err(e) => {
                     body.clear();
-                    opened.seal_error(&e, &this.rng)
+                    let status = e.kind().http_status();
+                    match this.receipt(&model, opened.body(), &[], status, Mode::Kms) {
+                        Ok(receipt) => opened.seal_error(&e, receipt, &this.rng),
+                        Err(e) => opened.seal_error(&e, None, &this.rng),
+                    }
                 }
             };
             drop(opened);
@@ -313,7 +375,7 @@ impl Enclave {
 
     /// A sealed JSON error for `request`, or the clear error that sealing it became.
     fn ohttp_error(&self, request: &OhttpRequest, e: &EnclaveError, model: Option<&[u8; 48]>) -> Reply {
-        match request.seal_error(e.kind().http_status(), &e.to_string(), model, &self.rng) {
+        match request.seal_error(e.kind().http_status(), &e.to_string(), model, None, &self.rng) {
             Ok(b) => Reply::Ohttp(b),
             Err(e) => Reply::error(&e),
         }
@@ -381,6 +443,9 @@ impl Enclave {
     ) {
         let prepared = async {
             let model = self.ohttp_model(name, &request)?;
+            if let Err(e) = self.admit() {
+                return Err(self.ohttp_error(&request, &e, Some(model.sha384())));
+            }
             // JSON, or (with Inference-Header-Content-Length) a JSON header and binary tensor data, which
             // clients send as application/octet-stream or with no type at all.
             if let Some(ct) = &request.content_type {
@@ -417,15 +482,29 @@ impl Enclave {
             let reply = match result {
                 Ok(_) => {
                     hint.record(w.written_len());
-                    match request.seal_answer(w, &this.rng) {
+                    let receipt = |answer: &[u8]| {
+                        this.receipt(&model, request.content(), answer, 200, Mode::Ohttp)?
+                            .ok_or_else(|| EnclaveError::Internal("receipts are off".into()))
+                    };
+                    let receipt: Option<IssueReceipt<'_>> = this.evidence.is_some().then_some(&receipt);
+                    match request.seal_answer(w, receipt, &this.rng) {
                         Ok(b) => Reply::Ohttp(b),
-                        Err(e) => Reply::error(&e),
+                        Err(e) => this.ohttp_error(&request, &e, Some(model.sha384())),
                     }
                 }
                 Err(e) => {
                     // The writer wipes whatever it holds as it drops.
                     drop(w);
-                    this.ohttp_error(&request, &e, Some(model.sha384()))
+                    let status = e.kind().http_status();
+                    let receipt = |answer: &[u8]| {
+                        this.receipt(&model, request.content(), answer, status, Mode::Ohttp)?
+                            .ok_or_else(|| EnclaveError::Internal("receipts are off".into()))
+                    };
+                    let receipt: Option<IssueReceipt<'_>> = this.evidence.is_some().then_some(&receipt);
+                    match request.seal_error(status, &e.to_string(), Some(model.sha384()), receipt, &this.rng) {
+                        Ok(b) => Reply::Ohttp(b),
+                        Err(e) => this.ohttp_error(&request, &e, Some(model.sha384())),
+                    }
                 }
             };
             drop(request);
@@ -465,7 +544,9 @@ impl Enclave {
         };
         match model.acquire().await {
             Ok(session) => Ok((model, opened, session)),
-            Err(e) => Err(opened.seal_error(&e, &self.rng).map(Reply::Sealed).unwrap_or_else(|e| Reply::error(&e))),
+            Err(e) => {
+                Err(opened.seal_error(&e, None, &self.rng).map(Reply::Sealed).unwrap_or_else(|e| Reply::error(&e)))
+            }
         }
     }
 }

@@ -242,6 +242,7 @@ fn main() {
     // A commitment with models and keys (commitment_decode; the script adds an empty one).
     let commitment = UserDataCommitment {
         ohttp_keys_sha384: Some([5; 48]),
+        receipt_key: Some([4; 32]),
         recipient_rsa_spki_sha384: Some([6; 48]),
         models: vec![
             ModelDigest { name: "breast_cancer".into(), sha384: [1; 48] },
@@ -249,9 +250,68 @@ fn main() {
         ],
         config_sha384: [7; 48],
     };
-    c.put("commitment_decode", "full-v2", &commitment.encode().unwrap());
+    c.put("commitment_decode", "full-v3", &commitment.encode().unwrap());
 
+    evidence_seeds(&c);
     ohttp_seeds(&root, &c);
+}
+
+/// Evidence: a receipt and a tree head (signed with a fixed key), their claims, a log of records, a bundle,
+/// and for the Merkle target, a tree and a real path.
+fn evidence_seeds(c: &Corpus) {
+    use veil_protocol::evidence::bundle::{Bundle, Inclusion};
+    use veil_protocol::evidence::log::{RecordKind, write_record};
+    use veil_protocol::evidence::{Mode, ReceiptClaims, ReceiptKey, TreeHeadClaims};
+    let key = ReceiptKey::from_seed(&[9; 32]).expect("a fixed seed");
+    let claims = ReceiptClaims {
+        issuer: "i-0123456789abcdef0-enc0123456789abcdef".into(),
+        issued_at: 1_796_000_000,
+        boot_prefix: [0xb0; 8],
+        model: "iris".into(),
+        model_sha384: [1; 48],
+        request_digest: [2; 32],
+        response_digest: [3; 32],
+        status: 200,
+        mode: Mode::Ohttp,
+        attestation_sha384: [4; 48],
+        seq: 7,
+        prev: [5; 32],
+    };
+    let receipt = key.sign(&claims.encode());
+    let head = TreeHeadClaims {
+        issuer: claims.issuer.clone(),
+        issued_at: 1_796_000_010,
+        attestation_sha384: [4; 48],
+        tree_size: 8,
+        root_hash: [6; 32],
+    };
+    let signed_head = key.sign(&head.encode());
+    c.put("evidence_parse", "receipt", &receipt);
+    c.put("evidence_parse", "receipt-claims", &claims.encode());
+    c.put("evidence_parse", "tree-head", &signed_head);
+    c.put("evidence_parse", "tree-head-claims", &head.encode());
+    let mut log = Vec::new();
+    write_record(&mut log, RecordKind::Attestation, &[0x84, 0x40, 0xa0, 0x40, 0x40]);
+    write_record(&mut log, RecordKind::Receipt, &receipt);
+    write_record(&mut log, RecordKind::TreeHead, &signed_head);
+    c.put("evidence_parse", "log-records", &log);
+    let bundle = Bundle {
+        receipt: receipt.clone(),
+        salt: [8; 32],
+        attestation_document: vec![0x84, 0x40, 0xa0, 0x40, 0x40],
+        inclusion: Some(Inclusion {
+            tree_head: signed_head,
+            tree_size: 8,
+            leaf_index: 7,
+            path: vec![[1; 32], [2; 32]],
+        }),
+    };
+    c.put("evidence_parse", "bundle.json", bundle.to_json().as_bytes());
+    let mut merkle = vec![7u8, 3, 42];
+    for h in [[1u8; 32], [2; 32], [3; 32]] {
+        merkle.extend_from_slice(&h);
+    }
+    c.put("evidence_merkle", "eight-leaves", &merkle);
 }
 
 /// Attested-key mode: OHTTP requests, responses and key lists, and Binary HTTP messages.

@@ -97,7 +97,7 @@ pub fn sealed_answer(
     body.writer().extend_from_slice(answer);
     let sealed = opened
         .answer
-        .seal_answer(body, inference_header_length, &CountingRandom::new(!seed))
+        .seal_answer(body, inference_header_length, None, &CountingRandom::new(!seed))
         .expect("the fixture seals");
     (sealed.bytes().to_vec(), tag)
 }

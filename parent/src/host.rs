@@ -1,5 +1,6 @@
-//! Host services for the enclave: the model files it cannot read itself (it has no disk), and, when
-//! configured, the KMS byte relay and AWS credentials ([`crate::kms`]).
+//! Host services for the enclave: the model files it cannot read itself (it has no disk), the audit log
+//! it hands its receipts to ([`crate::audit`]), and, when configured, the KMS byte relay and AWS
+//! credentials ([`crate::kms`]).
 //!
 //! Serves only the files named on the command line, by name; the enclave cannot ask for a path. Each
 //! connection is handled sequentially (the enclave asks one chunk at a time), and chunk sizes are bounded by
@@ -14,12 +15,24 @@ use veil_protocol::message::{ErrorKind, ErrorReply, HostRequest, HostResponse, M
 use veil_runtime::conn::{FrameReader, FrameWriter};
 use veil_runtime::transport::{Listener, Stream};
 
+use crate::audit::AuditLog;
 use crate::kms::KmsServices;
 
 /// The model files served, by name.
 pub type ModelFiles = Arc<HashMap<String, PathBuf>>;
 
-/// Accepts the enclave's host-service connections until `shutdown` turns true (no KMS services).
+/// What the parent serves the enclave.
+#[derive(Debug)]
+pub struct HostServices {
+    pub files: ModelFiles,
+    /// The KMS relay and credentials, when configured.
+    pub kms: Option<Arc<KmsServices>>,
+    /// Where the enclave's receipts go.
+    pub audit: Arc<AuditLog>,
+}
+
+/// Accepts the enclave's host-service connections until `shutdown` turns true (no KMS services, an audit
+/// log kept in memory only).
 pub async fn serve(listener: Listener, files: ModelFiles, max_frame: usize, shutdown: watch::Receiver<bool>) {
     serve_with_kms(listener, files, None, max_frame, shutdown).await
 }
@@ -30,6 +43,20 @@ pub async fn serve_with_kms(
     files: ModelFiles,
     kms: Option<Arc<KmsServices>>,
     max_frame: usize,
+    shutdown: watch::Receiver<bool>,
+) {
+    let audit = match AuditLog::new(None, crate::audit::DEFAULT_ROTATE_BYTES, false) {
+        Ok(a) => Arc::new(a),
+        Err(e) => return tracing::error!(error = %e, "host services: no audit log"),
+    };
+    serve_services(listener, Arc::new(HostServices { files, kms, audit }), max_frame, shutdown).await
+}
+
+/// Accepts the enclave's host-service connections until `shutdown` turns true.
+pub async fn serve_services(
+    listener: Listener,
+    services: Arc<HostServices>,
+    max_frame: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -39,9 +66,8 @@ pub async fn serve_with_kms(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let files = Arc::clone(&files);
-                let kms = kms.clone();
-                tokio::spawn(async move { serve_connection(stream, &peer, files, kms, max_frame).await });
+                let services = Arc::clone(&services);
+                tokio::spawn(async move { serve_connection(stream, &peer, services, max_frame).await });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "host services: accept failed; backing off");
@@ -51,13 +77,8 @@ pub async fn serve_with_kms(
     }
 }
 
-async fn serve_connection(
-    mut stream: Stream,
-    peer: &str,
-    files: ModelFiles,
-    kms: Option<Arc<KmsServices>>,
-    max_frame: usize,
-) {
+async fn serve_connection(mut stream: Stream, peer: &str, services: Arc<HostServices>, max_frame: usize) {
+    let (files, kms) = (&services.files, &services.kms);
     loop {
         let request = match FrameReader::new(&mut stream, max_frame).recv::<HostRequest>().await {
             Ok(r) => r,
@@ -67,19 +88,33 @@ async fn serve_connection(
                 return;
             }
         };
-        let (id, answer, attachment) = match request.body {
+        let (request_id, body, records) = request.into_parts();
+        let (id, answer, attachment) = match body {
             // A relay takes the connection over: from RelayReady on it carries the enclave's TLS bytes.
             HostRequest::KmsRelay { endpoint } => match &kms {
-                Some(kms) => return kms.relay(stream, peer, request.id, &endpoint, max_frame).await,
-                None => (request.id, not_configured(), Vec::new()),
+                Some(kms) => return kms.relay(stream, peer, request_id, &endpoint, max_frame).await,
+                None => (request_id, not_configured(), Vec::new()),
             },
             HostRequest::Credentials => match &kms {
-                Some(kms) => (request.id, kms.credentials_answer().await, Vec::new()),
-                None => (request.id, not_configured(), Vec::new()),
+                Some(kms) => (request_id, kms.credentials_answer().await, Vec::new()),
+                None => (request_id, not_configured(), Vec::new()),
             },
+            HostRequest::Audit { boot, first } => {
+                let audit = Arc::clone(&services.audit);
+                let stored = tokio::task::spawn_blocking(move || audit.append_counted(&boot, first, &records)).await;
+                let answer = match stored {
+                    Ok(Ok(next)) => HostResponse::Audit { next },
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "audit log: records not stored");
+                        HostResponse::Error(ErrorReply::new(ErrorKind::Internal, e.to_string()))
+                    }
+                    Err(e) => HostResponse::Error(ErrorReply::new(ErrorKind::Internal, e.to_string())),
+                };
+                (request_id, answer, Vec::new())
+            }
             body => {
-                let (answer, attachment) = answer(&files, body).await;
-                (request.id, answer, attachment)
+                let (answer, attachment) = answer(files, body).await;
+                (request_id, answer, attachment)
             }
         };
         if FrameWriter::new(&mut stream, max_frame).send(id, &answer, &attachment).await.is_err() {
@@ -100,7 +135,9 @@ async fn answer(files: &ModelFiles, request: HostRequest) -> (HostResponse, Vec<
     let fail = |kind, msg: String| (HostResponse::Error(ErrorReply::new(kind, msg)), Vec::new());
     match request {
         // Routed to `crate::kms` by `serve_connection` when configured.
-        HostRequest::Credentials | HostRequest::KmsRelay { .. } => (not_configured(), Vec::new()),
+        HostRequest::Credentials | HostRequest::KmsRelay { .. } | HostRequest::Audit { .. } => {
+            (not_configured(), Vec::new())
+        }
         HostRequest::ModelInfo { name } => match files.get(&name) {
             None => fail(ErrorKind::NotFound, format!("no model file named {:?} is configured", clip(&name))),
             Some(path) => match tokio::fs::metadata(path).await {

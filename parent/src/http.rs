@@ -7,6 +7,9 @@
 //! | `GET /v1/attestation?nonce=HEX` | a fresh attestation document (CBOR) carrying the nonce |
 //! | `GET /.well-known/ohttp-gateway` | the enclave's OHTTP key configuration list (`application/ohttp-keys`, RFC 9540) |
 //! | `POST /.well-known/ohttp-gateway` | relays a `message/ohttp-req` to the enclave, answers its `message/ohttp-res` (RFC 9458) |
+//! | `GET /v1/audit/attestation[?boot=HEX]` | the attestation document certifying a boot's receipt key (CBOR) |
+//! | `GET /v1/audit/head[?boot=HEX]` | a boot's latest signed tree head (COSE_Sign1) |
+//! | `GET /v1/audit/proof?seq=N[&boot=HEX]` | an inclusion proof of receipt `seq` under a signed tree head (JSON) |
 //! | `GET /healthz` | 200 while the parent runs |
 //! | `GET /readyz` | 200 when the enclave answers and every model is loaded, else 503 |
 //! | `GET /metrics` | Prometheus text |
@@ -31,6 +34,7 @@ use serde_bytes::ByteBuf;
 use veil_protocol::message::{EnclaveRequest, EnclaveResponse, MAX_MODEL_NAME};
 use veil_runtime::transport::{Listener, Stream};
 
+use crate::audit::{AuditLog, ProofError};
 use crate::link::{EnclaveLink, LinkError};
 use crate::metrics::{ErrorLabels, Metrics, RequestLabels, RouteLabels};
 
@@ -45,6 +49,8 @@ pub struct AppState {
     /// Model names configured on this parent (the only values the metrics' model label takes).
     pub models: Vec<String>,
     pub request_timeout: Duration,
+    /// The enclave's receipts and tree heads.
+    pub audit: Arc<AuditLog>,
 }
 
 /// Builds the router.
@@ -54,6 +60,9 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v1/models/{model}", get(metadata))
         .route("/v1/attestation", get(attestation))
         .route(veil_protocol::ohttp::GATEWAY_PATH, get(ohttp_keys).post(ohttp_relay))
+        .route("/v1/audit/attestation", get(audit_attestation))
+        .route("/v1/audit/head", get(audit_head))
+        .route("/v1/audit/proof", get(audit_proof))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -296,6 +305,92 @@ async fn ohttp_relay(
         _ => None,
     });
     track.finish(r, e)
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    boot: Option<String>,
+    seq: Option<String>,
+}
+
+fn parse_boot(boot: Option<&str>) -> Result<Option<[u8; 16]>, Box<Response>> {
+    let Some(text) = boot else { return Ok(None) };
+    hex::decode(text).ok().and_then(|b| <[u8; 16]>::try_from(b).ok()).map(Some).ok_or_else(|| {
+        Box::new(error_response(StatusCode::BAD_REQUEST, "bad_request", "boot is a boot id: 32 hex digits"))
+    })
+}
+
+/// The attestation document that certifies a boot's receipt key: what an evidence bundle carries. Public
+/// (it holds no secret); the client checks its digest against the receipt's, so the parent cannot swap it.
+async fn audit_attestation(State(state): State<Arc<AppState>>, Query(q): Query<AuditQuery>) -> Response {
+    let boot = match parse_boot(q.boot.as_deref()) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    match state.audit.document(boot) {
+        Some(doc) => bytes_response("application/cbor", BytesMut::from(&doc[..])),
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no attestation document for that boot (receipts off, the enclave not ready, or an unknown boot)",
+        ),
+    }
+}
+
+/// The latest signed tree head of a boot (RFC 9052's media type for a COSE_Sign1).
+async fn audit_head(State(state): State<Arc<AppState>>, Query(q): Query<AuditQuery>) -> Response {
+    let boot = match parse_boot(q.boot.as_deref()) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    match state.audit.latest_head(boot) {
+        Some(head) => bytes_response("application/cose; cose-type=\"cose-sign1\"", BytesMut::from(&head[..])),
+        None => error_response(StatusCode::NOT_FOUND, "not_found", "no signed tree head for that boot yet"),
+    }
+}
+
+/// An inclusion proof of a receipt under the first signed tree head that covers it (RFC 9162 §2.1.3).
+async fn audit_proof(State(state): State<Arc<AppState>>, Query(q): Query<AuditQuery>) -> Response {
+    let boot = match parse_boot(q.boot.as_deref()) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let Some(seq) = q.seq.as_deref().and_then(|s| s.parse::<u64>().ok()) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "seq is the receipt's sequence number: /v1/audit/proof?seq=N",
+        );
+    };
+    let audit = Arc::clone(&state.audit);
+    let proof = match tokio::task::spawn_blocking(move || audit.proof(boot, seq)).await {
+        Ok(p) => p,
+        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+    };
+    match proof {
+        Ok(p) => {
+            use base64::Engine;
+            Json(serde_json::json!({
+                "boot": hex::encode(p.boot),
+                "leaf_index": p.leaf_index,
+                "tree_size": p.tree_size,
+                "tree_head": base64::engine::general_purpose::STANDARD.encode(&p.tree_head),
+                "path": p.path.iter().map(hex::encode).collect::<Vec<_>>(),
+            }))
+            .into_response()
+        }
+        Err(e @ ProofError::NotYetCovered(_)) => {
+            let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string());
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            r
+        }
+        Err(e @ (ProofError::NoLog | ProofError::UnknownBoot(_) | ProofError::NotLogged { .. })) => {
+            error_response(StatusCode::NOT_FOUND, "not_found", &e.to_string())
+        }
+        Err(e @ ProofError::Unreadable(..)) => {
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string())
+        }
+    }
 }
 
 async fn healthz() -> Response {

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use veil_parent::audit::AuditLog;
+use veil_parent::host::HostServices;
 use veil_parent::http::{AppState, HttpListener, router};
 use veil_parent::kms::{KmsRelayArgs, KmsRelayConfig, KmsServices};
 use veil_parent::link::EnclaveLink;
@@ -72,6 +74,18 @@ struct Args {
     /// Log format on stderr.
     #[arg(long, env = "VEIL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Keep the enclave's audit log in this directory: its signed receipts and tree heads, one
+    /// subdirectory per enclave boot, append-only files rotated at --audit-rotate-bytes. It holds no
+    /// plaintext. Without it, receipts are acknowledged and not kept (and /v1/audit/proof answers 404).
+    #[arg(long, env = "VEIL_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
+    /// Start a new audit-log file after this many bytes.
+    #[arg(long, env = "VEIL_AUDIT_ROTATE_BYTES", default_value_t = veil_parent::audit::DEFAULT_ROTATE_BYTES)]
+    audit_rotate_bytes: u64,
+    /// Do not fdatasync each batch of audit records before acknowledging it (faster; a machine crash can
+    /// lose the last batches, which the next tree head then shows as missing).
+    #[arg(long)]
+    audit_no_fsync: bool,
 }
 
 fn model_file(s: &str) -> Result<(String, PathBuf), String> {
@@ -128,10 +142,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(endpoints = ?config.endpoints, credentials = ?config.credentials, "KMS relay enabled");
         Some(Arc::new(KmsServices::new(config)))
     };
-    let host_task = tokio::spawn(veil_parent::host::serve_with_kms(
+    let metrics = Metrics::new();
+    let shown = args.audit_log.as_deref().map(|d| d.display().to_string()).unwrap_or_default();
+    let audit = AuditLog::new(args.audit_log.clone(), args.audit_rotate_bytes, !args.audit_no_fsync)
+        .with_context(|| format!("--audit-log {shown}"))?;
+    let audit = Arc::new(audit.with_metrics(&metrics));
+    match &args.audit_log {
+        Some(dir) => tracing::info!(dir = %dir.display(), "audit log: keeping the enclave's receipts and tree heads"),
+        None => tracing::info!("audit log: not kept (no --audit-log); receipts are acknowledged and dropped"),
+    }
+    let services = HostServices { files: Arc::new(files), kms, audit: Arc::clone(&audit) };
+    let host_task = tokio::spawn(veil_parent::host::serve_services(
         host_listener,
-        Arc::new(files),
-        kms,
+        Arc::new(services),
         args.max_frame_bytes,
         stop_rx,
     ));
@@ -143,9 +166,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.max_frame_bytes,
             Duration::from_millis(args.connect_timeout_ms),
         ),
-        metrics: Metrics::new(),
+        metrics,
         models: model_names.clone(),
         request_timeout: Duration::from_secs(args.request_timeout_secs),
+        audit,
     });
     let http_listener =
         Listener::bind(&args.listen).await.with_context(|| format!("could not listen on {}", args.listen))?;

@@ -27,6 +27,12 @@ pub struct RouteLabels {
     pub route: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuditLabels {
+    /// `attestation`, `receipt` or `tree_head`.
+    pub kind: &'static str,
+}
+
 /// The parent's metrics and their registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -36,6 +42,10 @@ pub struct Metrics {
     pub latency: Family<RouteLabels, Histogram>,
     pub in_flight: Gauge<i64, AtomicI64>,
     pub enclave_connections: Gauge<i64, AtomicI64>,
+    /// Audit records stored, by kind.
+    pub audit_records: Family<AuditLabels, Counter>,
+    /// Batches of audit records that could not be stored.
+    pub audit_failures: Counter,
 }
 
 impl Metrics {
@@ -49,12 +59,24 @@ impl Metrics {
         });
         let in_flight = Gauge::<i64, AtomicI64>::default();
         let enclave_connections = Gauge::<i64, AtomicI64>::default();
+        let audit_records = Family::<AuditLabels, Counter>::default();
+        let audit_failures = Counter::default();
         registry.register("requests", "Requests answered, by route, model and HTTP status", requests.clone());
         registry.register("errors", "Failed requests, by route and kind of failure", errors.clone());
         registry.register("request_duration_seconds", "Time from request to answer, by route", latency.clone());
         registry.register("in_flight_requests", "Requests being served now", in_flight.clone());
         registry.register("enclave_connections", "Live connections to the enclave", enclave_connections.clone());
-        Metrics { registry, requests, errors, latency, in_flight, enclave_connections }
+        registry.register(
+            "audit_records",
+            "Audit-log records stored (with --audit-log) or received, by kind",
+            audit_records.clone(),
+        );
+        registry.register(
+            "audit_failures",
+            "Batches of audit records that could not be stored",
+            audit_failures.clone(),
+        );
+        Metrics { registry, requests, errors, latency, in_flight, enclave_connections, audit_records, audit_failures }
     }
 
     /// The Prometheus text exposition.

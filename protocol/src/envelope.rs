@@ -38,9 +38,11 @@
 //!            "nonce": bstr .size 12, "ciphertext": bstr}
 //! answer  = {"v": 2, "request_id": bstr .size 16, "nonce": bstr .size 12, "ciphertext": bstr}
 //! request meta = {? "inference_header_length": uint}
-//! answer meta  = {"model_sha384": bstr .size 48, "outcome": "answer", ? "inference_header_length": uint}
+//! answer meta  = {"model_sha384": bstr .size 48, "outcome": "answer", ? "inference_header_length": uint,
+//!                 ? receipt}
 //!              / {"model_sha384": bstr .size 48, "outcome": "error", "kind": tstr, "message": tstr,
-//!                 ? "retry_after_secs": uint}
+//!                 ? "retry_after_secs": uint, ? receipt}
+//! receipt      = ("receipt": bstr (a COSE_Sign1, crate::evidence), "receipt_salt": bstr .size 32)
 //! ```
 //!
 //! Version 1 (no model digest, no padding, errors sniffed from JSON) is retired: nothing reads it.
@@ -266,18 +268,35 @@ pub enum Outcome {
     Error(ErrorReply),
 }
 
-/// The answer's meta: the digest of the model that answered, and the outcome.
+/// A receipt as it travels in a sealed answer: the signed receipt, and the salt of its digests (for the
+/// client's eyes only: whoever holds it can tie the receipt to the plaintexts).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AnswerReceipt {
+    pub receipt: Vec<u8>,
+    pub salt: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for AnswerReceipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnswerReceipt").field("receipt_len", &self.receipt.len()).finish_non_exhaustive()
+    }
+}
+
+/// The answer's meta: the digest of the model that answered, the outcome, and the answer's receipt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnswerMeta {
     pub model_sha384: [u8; DIGEST_LEN],
     pub outcome: Outcome,
+    /// The enclave's signed receipt for this answer (absent when the enclave's receipts are off).
+    pub receipt: Option<AnswerReceipt>,
 }
 
 impl AnswerMeta {
     fn encode(&self, out: &mut Vec<u8>) {
+        let receipt = u64::from(self.receipt.is_some()) * 2;
         match &self.outcome {
             Outcome::Answer { inference_header_length } => {
-                write_head(out, 5, 2 + u64::from(inference_header_length.is_some()));
+                write_head(out, 5, 2 + u64::from(inference_header_length.is_some()) + receipt);
                 write_text(out, "model_sha384");
                 write_bytes(out, &self.model_sha384);
                 write_text(out, "outcome");
@@ -288,7 +307,7 @@ impl AnswerMeta {
                 }
             }
             Outcome::Error(e) => {
-                write_head(out, 5, 4 + u64::from(e.retry_after_secs.is_some()));
+                write_head(out, 5, 4 + u64::from(e.retry_after_secs.is_some()) + receipt);
                 write_text(out, "model_sha384");
                 write_bytes(out, &self.model_sha384);
                 write_text(out, "outcome");
@@ -303,6 +322,12 @@ impl AnswerMeta {
                 }
             }
         }
+        if let Some(r) = &self.receipt {
+            write_text(out, "receipt");
+            write_bytes(out, &r.receipt);
+            write_text(out, "receipt_salt");
+            write_bytes(out, r.salt.as_ref());
+        }
     }
 
     fn decode(bytes: &[u8]) -> Result<AnswerMeta, EnvelopeError> {
@@ -313,8 +338,8 @@ impl AnswerMeta {
         }
         let mut r = Reader::new(bytes);
         let n = match r.map().map_err(bad)? {
-            Len::Definite(n) if (2..=5).contains(&n) => n,
-            _ => return Err(meta("the answer meta must be a map of 2 to 5 entries")),
+            Len::Definite(n) if (2..=7).contains(&n) => n,
+            _ => return Err(meta("the answer meta must be a map of 2 to 7 entries")),
         };
         let key = |r: &mut Reader<'_>, want: &str| -> Result<(), EnvelopeError> {
             let k = r.text().map_err(bad)?;
@@ -323,46 +348,61 @@ impl AnswerMeta {
             }
             Ok(())
         };
+        // The optional keys after the required ones, in their fixed order: is `name` next?
+        let next_is = |r: &Reader<'_>, name: &str| r.clone().text().is_ok_and(|k| k == name);
         key(&mut r, "model_sha384")?;
         let model_sha384: [u8; DIGEST_LEN] =
             r.bytes().map_err(bad)?.try_into().map_err(|_| meta("model_sha384 must be 48 bytes"))?;
         key(&mut r, "outcome")?;
+        let mut read = 2;
         let outcome = match r.text().map_err(bad)? {
             "answer" => {
-                let inference_header_length = match n {
-                    2 => None,
-                    3 => {
-                        key(&mut r, "inference_header_length")?;
-                        Some(r.uint().map_err(bad)?)
-                    }
-                    _ => return Err(meta("an answer's meta has 2 or 3 entries")),
+                let inference_header_length = if read < n && next_is(&r, "inference_header_length") {
+                    key(&mut r, "inference_header_length")?;
+                    read += 1;
+                    Some(r.uint().map_err(bad)?)
+                } else {
+                    None
                 };
                 Outcome::Answer { inference_header_length }
             }
             "error" => {
+                if n < 4 {
+                    return Err(meta("an error's meta has kind and message"));
+                }
                 key(&mut r, "kind")?;
                 let kind = r.text().map_err(bad)?;
                 let kind = ErrorKind::from_label(kind)
                     .ok_or_else(|| EnvelopeError::Meta(format!("unknown error kind {:?}", clip(kind))))?;
                 key(&mut r, "message")?;
                 let mut error = ErrorReply::new(kind, r.text().map_err(bad)?);
-                match n {
-                    4 => {}
-                    5 => {
-                        key(&mut r, "retry_after_secs")?;
-                        let s = r.uint().map_err(bad)?;
-                        error.retry_after_secs = Some(u32::try_from(s).map_err(|_| meta("retry_after_secs"))?);
-                    }
-                    _ => return Err(meta("an error's meta has 4 or 5 entries")),
+                read += 2;
+                if read < n && next_is(&r, "retry_after_secs") {
+                    key(&mut r, "retry_after_secs")?;
+                    let s = r.uint().map_err(bad)?;
+                    error.retry_after_secs = Some(u32::try_from(s).map_err(|_| meta("retry_after_secs"))?);
+                    read += 1;
                 }
                 Outcome::Error(error)
             }
             other => return Err(EnvelopeError::Meta(format!("unknown outcome {:?}", clip(other)))),
         };
+        let receipt = match n - read {
+            0 => None,
+            2 => {
+                key(&mut r, "receipt")?;
+                let receipt = r.bytes().map_err(bad)?.to_vec();
+                key(&mut r, "receipt_salt")?;
+                let salt: [u8; 32] =
+                    r.bytes().map_err(bad)?.try_into().map_err(|_| meta("receipt_salt must be 32 bytes"))?;
+                Some(AnswerReceipt { receipt, salt: Zeroizing::new(salt) })
+            }
+            _ => return Err(meta("the answer meta has entries this version does not know")),
+        };
         if !r.is_empty() {
             return Err(meta("bytes after the answer meta"));
         }
-        Ok(AnswerMeta { model_sha384, outcome })
+        Ok(AnswerMeta { model_sha384, outcome, receipt })
     }
 }
 
@@ -585,20 +625,30 @@ impl AnswerSealer {
         })
     }
 
-    /// Seals the answer written into `body`.
+    /// Seals the answer written into `body`, with its receipt.
     pub fn seal_answer(
         &self,
         body: AnswerBody,
         inference_header_length: Option<u64>,
+        receipt: Option<AnswerReceipt>,
         rng: &dyn RandomSource,
     ) -> Result<SealedAnswer, EnvelopeError> {
-        let meta = AnswerMeta { model_sha384: self.model_sha384, outcome: Outcome::Answer { inference_header_length } };
+        let meta = AnswerMeta {
+            model_sha384: self.model_sha384,
+            outcome: Outcome::Answer { inference_header_length },
+            receipt,
+        };
         self.seal(body, &meta, rng)
     }
 
-    /// Seals an error about the request, for the client's eyes only.
-    pub fn seal_error(&self, error: &ErrorReply, rng: &dyn RandomSource) -> Result<SealedAnswer, EnvelopeError> {
-        let meta = AnswerMeta { model_sha384: self.model_sha384, outcome: Outcome::Error(error.clone()) };
+    /// Seals an error about the request, for the client's eyes only (with its receipt when the model ran).
+    pub fn seal_error(
+        &self,
+        error: &ErrorReply,
+        receipt: Option<AnswerReceipt>,
+        rng: &dyn RandomSource,
+    ) -> Result<SealedAnswer, EnvelopeError> {
+        let meta = AnswerMeta { model_sha384: self.model_sha384, outcome: Outcome::Error(error.clone()), receipt };
         self.seal(AnswerBody::with_capacity(0), &meta, rng)
     }
 
@@ -656,7 +706,7 @@ impl ErrorSealer {
 
     /// Seals `error`.
     pub fn seal_error(&self, error: &ErrorReply, rng: &dyn RandomSource) -> Result<SealedAnswer, EnvelopeError> {
-        self.0.seal_error(error, rng)
+        self.0.seal_error(error, None, rng)
     }
 }
 
@@ -816,13 +866,17 @@ mod tests {
         assert_eq!(&wire[opened.body.clone()], b"{\"inputs\":[]}");
         let mut body = AnswerBody::with_capacity(16);
         body.writer().extend_from_slice(b"{\"outputs\":[]}");
-        let sealed = opened.answer.seal_answer(body, None, &SystemRandom::new()).unwrap();
+        let sealed = opened.answer.seal_answer(body, None, None, &SystemRandom::new()).unwrap();
         let mut answer = sealed.bytes().to_vec();
         let got = sealer.open_answer(&tag, &mut answer).unwrap();
         assert_eq!(got.body, b"{\"outputs\":[]}");
         assert_eq!(
             got.meta,
-            AnswerMeta { model_sha384: model.sha384, outcome: Outcome::Answer { inference_header_length: None } }
+            AnswerMeta {
+                model_sha384: model.sha384,
+                outcome: Outcome::Answer { inference_header_length: None },
+                receipt: None
+            }
         );
     }
 
@@ -848,12 +902,12 @@ mod tests {
         let parsed = parse_request(&wire).unwrap();
         let opened = open_request_in_place(&key, &model, &parsed, &mut wire).unwrap();
         let e = ErrorReply::new(ErrorKind::BadRequest, "input \"x\": expected shape [1, 30]");
-        let sealed_error = opened.answer.seal_error(&e, &rng).unwrap();
+        let sealed_error = opened.answer.seal_error(&e, None, &rng).unwrap();
         let mut small = AnswerBody::with_capacity(64);
         small.writer().extend_from_slice(
             br#"{"model_name":"iris","outputs":[{"name":"label","shape":[1],"datatype":"INT64","data":[1]}]}"#,
         );
-        let sealed_answer = opened.answer.seal_answer(small, None, &rng).unwrap();
+        let sealed_answer = opened.answer.seal_answer(small, None, None, &rng).unwrap();
         assert_eq!(sealed_error.bytes().len(), sealed_answer.bytes().len());
         let mut b = sealed_error.bytes().to_vec();
         assert_eq!(sealer.open_answer(&tag, &mut b).unwrap().meta.outcome, Outcome::Error(e));
@@ -896,7 +950,7 @@ mod tests {
         let (_, t2) = seal(&sealer, &model, b"two");
         let p1 = parse_request(&w1).unwrap();
         let o1 = open_request_in_place(&key, &model, &p1, &mut w1).unwrap();
-        let mut a1 = o1.answer.seal_answer(AnswerBody::with_capacity(0), None, &rng).unwrap().bytes().to_vec();
+        let mut a1 = o1.answer.seal_answer(AnswerBody::with_capacity(0), None, None, &rng).unwrap().bytes().to_vec();
         assert!(sealer.open_answer(&t2, &mut a1.clone()).unwrap_err().to_string().contains("another request"));
         // A request sealed under the same id cannot be turned into an answer: directions differ.
         let mut t1_other_model = t1.clone();

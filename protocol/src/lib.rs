@@ -17,6 +17,7 @@
 //! - [`model_file`]: encrypted model files, in independently authenticated chunks (streamed).
 //! - [`ohttp`]: Oblivious HTTP (RFC 9458) and Binary HTTP (RFC 9292), for attested-key mode.
 //! - [`attestation`]: the fail-closed verifier of Nitro attestation documents, and the commitment.
+//! - [`evidence`]: signed receipts for answers, signed Merkle tree heads, the audit log, and their checks.
 //! - [`measurements`]: nitro-cli's measurements file (an image's PCRs), read and written by one type.
 //! - [`time`]: calendar arithmetic and RFC 3339 text (no clock: callers pass the time).
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod cbor;
 pub mod der;
 pub mod envelope;
 pub mod error;
+pub mod evidence;
 pub mod frame;
 pub mod measurements;
 pub mod message;

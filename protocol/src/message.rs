@@ -165,11 +165,15 @@ pub enum HostRequest {
     /// enclave's TLS bytes, which terminate inside the enclave; the parent only copies them, and refuses
     /// endpoints that are not on its allow-list.
     KmsRelay { endpoint: String },
+    /// Evidence for the audit log: the attachment is records (`veil_protocol::evidence::log`) of the boot
+    /// `boot`, numbered from `first`. The parent stores them in order and answers with the number of the
+    /// next record it expects; the enclave keeps and resends whatever is not acknowledged.
+    Audit { boot: ByteBuf, first: u64 },
 }
 
 impl Body for HostRequest {
     fn takes_attachment(&self) -> bool {
-        false
+        matches!(self, HostRequest::Audit { .. })
     }
 
     fn name(&self) -> &'static str {
@@ -178,6 +182,7 @@ impl Body for HostRequest {
             HostRequest::ModelChunk { .. } => "ModelChunk",
             HostRequest::Credentials => "Credentials",
             HostRequest::KmsRelay { .. } => "KmsRelay",
+            HostRequest::Audit { .. } => "Audit",
         }
     }
 }
@@ -200,6 +205,10 @@ pub enum HostResponse {
     },
     /// The relay is open: from the next byte on, the connection is a raw pipe to the endpoint.
     RelayReady,
+    /// Audit records stored: every record before `next` is in the log.
+    Audit {
+        next: u64,
+    },
     Error(ErrorReply),
 }
 
@@ -214,6 +223,7 @@ impl Body for HostResponse {
             HostResponse::ModelChunk => "ModelChunk",
             HostResponse::Credentials { .. } => "Credentials",
             HostResponse::RelayReady => "RelayReady",
+            HostResponse::Audit { .. } => "Audit",
             HostResponse::Error(_) => "Error",
         }
     }

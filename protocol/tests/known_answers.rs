@@ -153,7 +153,7 @@ impl Envelope {
             reply.retry_after_secs = e["retry_after_secs"].as_u64().map(|s| u32::try_from(s).unwrap());
             Outcome::Error(reply)
         };
-        AnswerMeta { model_sha384: self.model.sha384, outcome }
+        AnswerMeta { model_sha384: self.model.sha384, outcome, receipt: None }
     }
 
     fn seal_request(&self) -> (Vec<u8>, RequestTag) {
@@ -175,9 +175,9 @@ impl Envelope {
                 let body = unhex(&self.v["answer"]["body"]);
                 let mut b = AnswerBody::with_capacity(body.len());
                 b.writer().extend_from_slice(&body);
-                opened.answer.seal_answer(b, inference_header_length, &rng).unwrap()
+                opened.answer.seal_answer(b, inference_header_length, None, &rng).unwrap()
             }
-            Outcome::Error(e) => opened.answer.seal_error(&e, &rng).unwrap(),
+            Outcome::Error(e) => opened.answer.seal_error(&e, None, &rng).unwrap(),
         };
         rng.assert_used_up(&self.name);
         sealed.bytes().to_vec()

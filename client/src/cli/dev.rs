@@ -150,6 +150,7 @@ fn endpoints(stack: &Stack) -> serde_json::Value {
         "enclave_config": stack.config_file.display().to_string(),
         "config_sha384": stack.config_sha384,
         "client_policy": stack.client_policy.display().to_string(),
+        "audit_log": stack.audit_log.display().to_string(),
         "ohttp_gateway": format!("{}{}", stack.url, veil_protocol::ohttp::GATEWAY_PATH),
         "state_dir": stack.options.state_dir.display().to_string(),
         "logs": {
@@ -262,12 +263,15 @@ fn print_human(stack: &Stack) {
     eprintln!(
         "\nVeil dev stack is up (off hardware: mock NSM and mock KMS, not for production).\n  \
          API:      {url}\n  models:   {}\n  enclave:  {} (configuration {}, SHA-384 {})\n  \
-         mock KMS: {} key {}\n  mock NSM root: {}\n  logs:     {}\n\n\
+         mock KMS: {} key {}\n  mock NSM root: {}\n  audit log: {}\n  logs:     {}\n\n\
          For clients, in this shell:\n  export {}\n\nTry:\n  \
          veil metadata --url {url} {first}\n  \
          veil infer --url {url} --model {first} --input examples/{first}.json --pretty   # KMS envelope\n  \
          veil infer --url {url} --policy {} --model {first} --input examples/{first}.json --pretty   # attested key, no AWS credentials\n  \
-         veil attest verify --url {url} --root {}\n\nCtrl-C stops everything.",
+         veil attest verify --url {url} --root {}\n  \
+         veil infer --url {url} --policy {} --model {first} --input examples/{first}.json --receipt answer.receipt.json\n  \
+         veil receipt verify answer.receipt.json --policy {}\n  \
+         veil audit verify {} --policy {}\n\nCtrl-C stops everything.",
         names.join(", "),
         stack.enclave_addr,
         stack.config_file.display(),
@@ -275,9 +279,14 @@ fn print_human(stack: &Stack) {
         stack.kms.endpoint,
         stack.kms.key_arn,
         stack.mock_root.display(),
+        stack.audit_log.display(),
         stack.logs.display(),
         exports.join(" \\\n    "),
         stack.client_policy.display(),
         stack.mock_root.display(),
+        stack.client_policy.display(),
+        stack.client_policy.display(),
+        stack.audit_log.display(),
+        stack.client_policy.display(),
     );
 }

@@ -10,6 +10,7 @@ use super::{EXIT_CONNECT, EXIT_FAILED, EXIT_UNVERIFIED, EXIT_USAGE};
 use veil_client::{Client, ClientError};
 use veil_protocol::attestation::TrustAnchor;
 use veil_protocol::envelope::ModelRef;
+use veil_protocol::evidence::verify::{EvidencePolicy, verify_receipt};
 
 /// Largest input file `veil infer` reads.
 const MAX_INPUT_BYTES: u64 = 256 << 20;
@@ -40,6 +41,11 @@ Examples:
   echo '{...}' | veil infer --url http://127.0.0.1:8080 --model iris --input -
   veil infer --model iris --input req.json --expect-model-sha384 $(jq -r .sha384 iris.json)
 
+Evidence: --receipt FILE writes the answer's evidence bundle (the enclave's signed receipt, its salt,
+and the attestation document certifying the receipt key), checked before it is written; an auditor
+verifies it with `veil receipt verify FILE`, and with --request/--response the plaintexts, which
+--output keeps byte for byte (stdout adds a newline, and --pretty reformats).
+
 Errors name who said them: \"the enclave refused the request: ...\" came sealed from the enclave;
 \"the parent said, not authenticated by the enclave: ...\" could have been made up by the parent.
 
@@ -59,6 +65,14 @@ pub struct InferArgs {
     /// Pretty-print the response.
     #[arg(long)]
     pub pretty: bool,
+    /// Write the answer's exact bytes to this file instead of printing it (what `veil receipt verify
+    /// --response` checks).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Write the answer's evidence bundle here: the enclave's signed receipt, its salt (keep it: with it,
+    /// the receipt can be tied to your plaintexts) and the attestation document certifying the key.
+    #[arg(long)]
+    pub receipt: Option<PathBuf>,
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
@@ -228,7 +242,7 @@ pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         let sha384 = match args.expect_model_sha384 {
             Some(d) => d,
             None => {
-                let policy = veil_client::attested::policy_now(root, Duration::from_secs(args.max_age))?;
+                let policy = veil_client::attested::policy_now(root.clone(), Duration::from_secs(args.max_age))?;
                 let verified = match veil_client::attested::fetch_verified(&client, policy).await {
                     Ok(d) => d,
                     Err(veil_client::attested::AttestedError::Fetch(e)) => return Ok(report(&e)),
@@ -257,13 +271,14 @@ pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         let model = ModelRef { name: args.model.clone(), sha384 };
         match client.infer(&mut session, &model, &body).await {
             Ok(answer) => {
-                print_json(answer.body(), args.pretty)?;
+                emit(answer.body(), &args)?;
                 eprintln!(
                     "veil: answered by model {:?}, SHA-384 {} (sealed: authenticated by the enclave)",
                     model.name,
                     hex::encode(answer.model_sha384())
                 );
-                Ok(ExitCode::SUCCESS)
+                let policy = EvidencePolicy::root_only(root.clone());
+                Ok(save_receipt(&args, &client, answer.receipt(), &policy).await)
             }
             Err(e) => Ok(report(&e)),
         }
@@ -304,7 +319,7 @@ fn run_attested_key(
         };
         match oblivious.infer(&args.model, body).await {
             Ok(r) if r.status == 200 => {
-                print_json(&r.body, args.pretty)?;
+                emit(&r.body, args)?;
                 eprintln!(
                     "veil: answered by model {:?}, SHA-384 {} (attested-key mode: image {}, OHTTP key {})",
                     args.model,
@@ -312,7 +327,8 @@ fn run_attested_key(
                     gateway.image,
                     gateway.key_config.key_id
                 );
-                Ok(ExitCode::SUCCESS)
+                let evidence = veil_client::evidence::evidence_policy(oblivious.policy());
+                Ok(save_receipt(args, oblivious.client(), r.receipt.as_ref(), &evidence).await)
             }
             Ok(r) => {
                 eprintln!(
@@ -348,6 +364,55 @@ pub fn run_metadata(args: MetadataArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Ok(report(&e)),
     }
+}
+
+/// The answer: to `--output` byte for byte, or printed.
+fn emit(body: &[u8], args: &InferArgs) -> anyhow::Result<()> {
+    match &args.output {
+        Some(path) => std::fs::write(path, body).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display())),
+        None => print_json(body, args.pretty),
+    }
+}
+
+/// With `--receipt`: the answer's evidence bundle, verified, written. Exit code 1 when the enclave sent no
+/// receipt or the evidence does not verify (the answer itself was already printed).
+async fn save_receipt(
+    args: &InferArgs,
+    client: &Client,
+    receipt: Option<&veil_protocol::envelope::AnswerReceipt>,
+    policy: &EvidencePolicy,
+) -> ExitCode {
+    let Some(path) = &args.receipt else { return ExitCode::SUCCESS };
+    let Some(receipt) = receipt else {
+        eprintln!(
+            "veil: the enclave sent no receipt (its configuration turns receipts off); nothing written to {}",
+            path.display()
+        );
+        return ExitCode::from(EXIT_FAILED);
+    };
+    let bundle = match veil_client::evidence::BundleMaker::new().bundle(client, receipt).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("veil: could not gather the evidence: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let report = verify_receipt(&bundle, None, None, policy, &veil_protocol::attestation::Verifier::new(), now);
+    if !report.verified {
+        eprintln!(
+            "veil: the answer's evidence does not verify ({}); nothing written",
+            report.error.unwrap_or_default()
+        );
+        return ExitCode::from(EXIT_FAILED);
+    }
+    if let Err(e) = veil_client::evidence::write_bundle(path, &bundle) {
+        eprintln!("veil: cannot write {}: {e}", path.display());
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let seq = report.receipt.map(|r| r.seq).unwrap_or_default();
+    eprintln!("veil: evidence (receipt seq {seq}, verified) written to {}", path.display());
+    ExitCode::SUCCESS
 }
 
 fn print_json(body: &[u8], pretty: bool) -> anyhow::Result<()> {

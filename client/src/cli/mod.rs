@@ -7,6 +7,7 @@
 pub mod attest;
 pub mod dev;
 pub mod eif;
+pub mod evidence;
 pub mod infer;
 pub mod kms;
 pub mod model;

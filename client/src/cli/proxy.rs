@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use clap::Args;
 use veil_client::Client;
+use veil_client::evidence::ReceiptSink;
 use veil_client::oblivious::{ObliviousClient, ObliviousError, verify_gateway_document};
 use veil_client::proxy::{DEFAULT_MAX_BODY, Mode, Proxy};
 use veil_client::trust::ClientPolicy;
 use veil_protocol::attestation::{TrustAnchor, Verifier};
+use veil_protocol::evidence::verify::EvidencePolicy;
 use veil_protocol::time::format_unix_millis;
 
 use super::infer::{KmsArgs, report};
@@ -80,6 +82,11 @@ pub struct ProxyArgs {
     /// KMS mode without --policy: oldest attestation document accepted, in seconds.
     #[arg(long, default_value_t = 300)]
     pub max_age: u64,
+    /// Keep every answer's evidence bundle in this directory (`<boot>-<seq>.json`: the enclave's signed
+    /// receipt, its salt and the certifying attestation document), for `veil receipt verify`. Each is
+    /// checked against the policy (or --root) before it is written.
+    #[arg(long)]
+    pub receipts: Option<PathBuf>,
     #[command(flatten)]
     pub kms: KmsArgs,
 }
@@ -143,11 +150,13 @@ async fn attested_mode(args: ProxyArgs, client: Client, policy: ClientPolicy) ->
             eprintln!("veil proxy: WARNING: the enclave does not verify yet ({e}); nothing is forwarded until it does")
         }
     }
-    serve(args, Mode::Attested(oblivious), "attested-key mode").await
+    let evidence = veil_client::evidence::evidence_policy(oblivious.policy());
+    serve(args, Mode::Attested(oblivious), "attested-key mode", evidence).await
 }
 
 async fn kms_mode(args: ProxyArgs, client: Client, policy: Option<ClientPolicy>) -> anyhow::Result<ExitCode> {
     // The digests requests are sealed for: the policy's, or the verified document's.
+    let evidence: EvidencePolicy;
     let (models, what) = match &policy {
         Some(p) => {
             let nonce = veil_protocol::random::array::<32>(&veil_protocol::random::SystemRandom::new())
@@ -163,6 +172,7 @@ async fn kms_mode(args: ProxyArgs, client: Client, policy: Option<ClientPolicy>)
                         super::attest::report_and_document(verified.report(), Some(&verified), args.json, false)?;
                         return Ok(ExitCode::SUCCESS);
                     }
+                    evidence = veil_client::evidence::evidence_policy(p);
                     (p.models.clone(), format!("image {image}"))
                 }
                 Err(u) => return Ok(untrusted(&u, args.json)),
@@ -184,6 +194,7 @@ async fn kms_mode(args: ProxyArgs, client: Client, policy: Option<ClientPolicy>)
                     Err(e) => return usage(format!("--root {}: {e}", p.display())),
                 },
             };
+            evidence = EvidencePolicy::root_only(root.clone());
             let attestation_policy = veil_client::attested::policy_now(root, Duration::from_secs(args.max_age))?;
             match veil_client::attested::fetch_verified(&client, attestation_policy).await {
                 Ok(verified) => {
@@ -219,7 +230,7 @@ async fn kms_mode(args: ProxyArgs, client: Client, policy: Option<ClientPolicy>)
             .join(", ")
     );
     let mode = Mode::Kms { client, session: tokio::sync::Mutex::new(session), models };
-    serve(args, mode, "KMS envelope mode").await
+    serve(args, mode, "KMS envelope mode", evidence).await
 }
 
 /// `--check` in attested-key mode: the report of a fresh verification.
@@ -265,7 +276,7 @@ fn untrusted(u: &veil_client::trust::Untrusted, json: bool) -> ExitCode {
     ExitCode::from(EXIT_UNVERIFIED)
 }
 
-async fn serve(args: ProxyArgs, mode: Mode, what: &str) -> anyhow::Result<ExitCode> {
+async fn serve(args: ProxyArgs, mode: Mode, what: &str, evidence: EvidencePolicy) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VEIL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -286,7 +297,17 @@ async fn serve(args: ProxyArgs, mode: Mode, what: &str) -> anyhow::Result<ExitCo
         );
     }
     let loopback_port = (!args.allow_remote_clients).then_some(local.port());
-    let proxy = Arc::new(Proxy::new(mode, args.max_body_bytes, loopback_port));
+    let mut proxy = Proxy::new(mode, args.max_body_bytes, loopback_port);
+    if let Some(dir) = &args.receipts {
+        match ReceiptSink::new(dir.clone(), evidence) {
+            Ok(sink) => {
+                eprintln!("veil proxy: keeping every answer's evidence in {}", dir.display());
+                proxy = proxy.with_receipts(Arc::new(sink));
+            }
+            Err(e) => return usage(format!("--receipts {}: {e}", dir.display())),
+        }
+    }
+    let proxy = Arc::new(proxy);
     eprintln!("veil proxy: serving KServe v2 on http://{local} ({what}, forwarding to {})", args.remote);
     // No Nagle: small answers go out at once, not after the client's delayed ACK.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

@@ -247,6 +247,12 @@ impl Stack {
 
     /// Puts a key policy from `measurements` (nitro-cli JSON) on the stack's key.
     pub async fn put_policy_from(&self, measurements: &Path) -> anyhow::Result<()> {
+        self.put_policy_with(measurements, false).await
+    }
+
+    /// As [`Stack::put_policy_from`]; `allow_debug` lets all-zero (debug-mode) measurements through, as
+    /// `veil kms policy --allow-debug` does (tests of what verifiers make of a debug-mode enclave).
+    pub async fn put_policy_with(&self, measurements: &Path, allow_debug: bool) -> anyhow::Result<()> {
         let policy = crate::policy::build_policy(&crate::policy::PolicyArgs {
             measurements: measurements.to_path_buf(),
             also: vec![],
@@ -255,7 +261,7 @@ impl Stack {
             clients: vec![self.options.client_role()],
             admin: None,
             pcrs: vec![],
-            allow_debug: false,
+            allow_debug,
             output: None,
         })?;
         std::fs::write(&self.kms.policy_file, serde_json::to_vec_pretty(&policy)?)?;

@@ -153,6 +153,8 @@ pub struct Stack {
     /// A client policy for this stack (`veil infer --policy`): its image's mock PCRs, its models' digests,
     /// and the mock root (so: development only).
     pub client_policy: PathBuf,
+    /// The parent's audit log of the enclave's receipts and tree heads (`veil audit verify`).
+    pub audit_log: PathBuf,
     pub logs: PathBuf,
     parent: Option<Child>,
     enclave: Option<Child>,
@@ -254,6 +256,7 @@ impl Stack {
             model_files: vec![],
             fleet_key: None,
             client_policy: state.join("client-policy.toml"),
+            audit_log: state.join("audit"),
             logs,
             parent: None,
             enclave: None,
@@ -311,7 +314,14 @@ impl Stack {
     }
 
     /// The parent's arguments for links `enclave_addr` / `host_addr`, listening on `listen`.
-    fn parent_argv(&self, listen: &str, enclave_addr: &str, host_addr: &str, ready_file: &Path) -> Vec<String> {
+    fn parent_argv(
+        &self,
+        listen: &str,
+        enclave_addr: &str,
+        host_addr: &str,
+        ready_file: &Path,
+        audit_log: &Path,
+    ) -> Vec<String> {
         let mut args = vec![
             "--listen".to_owned(),
             listen.to_owned(),
@@ -329,6 +339,8 @@ impl Stack {
             },
             "--credentials".to_owned(),
             "env".to_owned(),
+            "--audit-log".to_owned(),
+            audit_log.display().to_string(),
         ];
         for (name, path) in &self.model_files {
             args.push("--model".into());
@@ -359,7 +371,13 @@ impl Stack {
     fn start_parent(&mut self) -> anyhow::Result<()> {
         let ready_file = self.options.state_dir.join("parent.ready.json");
         let to_enclave = self.options.parent_to_enclave.clone().unwrap_or_else(|| self.enclave_addr.clone());
-        let args = self.parent_argv(&self.options.listen.clone(), &to_enclave, &self.host_addr.clone(), &ready_file);
+        let args = self.parent_argv(
+            &self.options.listen.clone(),
+            &to_enclave,
+            &self.host_addr.clone(),
+            &ready_file,
+            &self.audit_log.clone(),
+        );
         let (child, url) = self.launch_parent(&args, &ready_file, &self.logs.join("parent.log"))?;
         self.url = url;
         self.parent = Some(child);
@@ -380,7 +398,7 @@ impl Stack {
             Link::Tcp => (format!("tcp://127.0.0.1:{}", free_port()?), format!("tcp://127.0.0.1:{}", free_port()?)),
         };
         let ready_file = dir.join("parent.ready.json");
-        let args = self.parent_argv("tcp://127.0.0.1:0", &enclave_addr, &host_addr, &ready_file);
+        let args = self.parent_argv("tcp://127.0.0.1:0", &enclave_addr, &host_addr, &ready_file, &dir.join("audit"));
         let (parent, url) = self.launch_parent(&args, &ready_file, &dir.join("parent.log"))?;
         let mut argv = self.enclave_argv.clone();
         let set = |argv: &mut Vec<String>, flag: &str, value: String| {

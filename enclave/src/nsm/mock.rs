@@ -659,6 +659,7 @@ mod tests {
         let nsm = nsm(dir.path());
         let commitment = UserDataCommitment {
             ohttp_keys_sha384: Some([5; 48]),
+            receipt_key: Some([4; 32]),
             recipient_rsa_spki_sha384: Some(UserDataCommitment::sha384(b"spki")),
             models: vec![ModelDigest { name: "iris".into(), sha384: [1; 48] }],
             config_sha384: [2; 48],

@@ -6,16 +6,18 @@
 //!
 //! ```text
 //! {
-//!   "v": 2,                                  ; format version
+//!   "v": 3,                                  ; format version
 //!   "ohttp_keys_sha384": bstr .size 48 / null,
 //!                                            ; SHA-384 of the exact application/ohttp-keys bytes the
 //!                                            ; enclave serves (attested-key mode, RFC 9458)
+//!   "receipt_key": bstr .size 32 / null,     ; the Ed25519 public key (RFC 8032) the enclave signs
+//!                                            ; receipts and tree heads with (null: receipts off)
 //!   "recipient_rsa_spki_sha384": bstr .size 48 / null,
 //!                                            ; SHA-384 of the DER SubjectPublicKeyInfo of the
 //!                                            ; enclave's RSA key for KMS Recipient
 //!   "models": [* {"name": tstr, "sha384": bstr .size 48}],
 //!                                            ; 0..=6 models, sorted by name, names unique,
-//!                                            ; 1..=64 bytes of [A-Za-z0-9._-]
+//!                                            ; 1..=60 bytes of [A-Za-z0-9._-]
 //!   "config_sha384": bstr .size 48           ; SHA-384 of the runtime configuration (see docs)
 //! }
 //! ```
@@ -26,11 +28,12 @@ use super::document::MAX_OPTIONAL_FIELD_LEN;
 use crate::cbor::{CborError, Len, Reader, write_bytes, write_head, write_null, write_text};
 
 /// The only version this code writes and reads.
-pub const COMMITMENT_VERSION: u64 = 2;
+pub const COMMITMENT_VERSION: u64 = 3;
 /// Most models in one commitment.
 pub const MAX_MODELS: usize = 6;
 /// Longest model name, in bytes.
-pub const MAX_MODEL_NAME_LEN: usize = 64;
+/// (60: six models of 60-byte names, the receipt key and the digests fill the NSM's 1024 bytes.)
+pub const MAX_MODEL_NAME_LEN: usize = 60;
 
 /// One loaded model: its name and the SHA-384 of its decrypted bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,12 +42,14 @@ pub struct ModelDigest {
     pub sha384: [u8; 48],
 }
 
-/// The decoded `user_data` commitment (format version 2).
+/// The decoded `user_data` commitment (format version 3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserDataCommitment {
     /// SHA-384 of the enclave's OHTTP key configuration list (`application/ohttp-keys`, exactly as served
     /// at `/.well-known/ohttp-gateway`), if it serves attested-key mode.
     pub ohttp_keys_sha384: Option<[u8; 48]>,
+    /// The Ed25519 public key that signs this boot's receipts and tree heads, if receipts are on.
+    pub receipt_key: Option<[u8; 32]>,
     /// SHA-384 of the DER SubjectPublicKeyInfo of the enclave's RSA recipient key, if it has one.
     pub recipient_rsa_spki_sha384: Option<[u8; 48]>,
     /// Loaded models, sorted by name.
@@ -59,7 +64,7 @@ pub struct UserDataCommitment {
 pub enum CommitmentError {
     #[error("malformed commitment CBOR at byte {offset}: {reason}")]
     Cbor { offset: usize, reason: &'static str },
-    #[error("unsupported commitment version {0} (this build reads version 2)")]
+    #[error("unsupported commitment version {0} (this build reads version 3)")]
     Version(u64),
     #[error("commitment field {field:?}: {reason}")]
     Field { field: &'static str, reason: String },
@@ -93,11 +98,16 @@ impl UserDataCommitment {
         models.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
         check_models(&models)?;
         let mut out = Vec::with_capacity(256);
-        write_head(&mut out, 5, 5);
+        write_head(&mut out, 5, 6);
         write_text(&mut out, "v");
         write_head(&mut out, 0, COMMITMENT_VERSION);
         write_text(&mut out, "ohttp_keys_sha384");
         match &self.ohttp_keys_sha384 {
+            Some(k) => write_bytes(&mut out, k),
+            None => write_null(&mut out),
+        }
+        write_text(&mut out, "receipt_key");
+        match &self.receipt_key {
             Some(k) => write_bytes(&mut out, k),
             None => write_null(&mut out),
         }
@@ -123,15 +133,15 @@ impl UserDataCommitment {
         Ok(out)
     }
 
-    /// Decodes strictly: version 2 only, exactly the five keys in order, exact sizes, and only the
+    /// Decodes strictly: version 3 only, exactly the six keys in order, exact sizes, and only the
     /// canonical encoding (re-encoding must give back the same bytes).
     pub fn decode(bytes: &[u8]) -> Result<Self, CommitmentError> {
         if bytes.len() > MAX_OPTIONAL_FIELD_LEN {
             return Err(CommitmentError::TooLarge(bytes.len()));
         }
         let mut r = Reader::new(bytes);
-        if r.map().map_err(cbor)? != Len::Definite(5) {
-            return Err(field("commitment", "must be a map of exactly 5 entries"));
+        if r.map().map_err(cbor)? != Len::Definite(6) {
+            return Err(field("commitment", "must be a map of exactly 6 entries"));
         }
         key(&mut r, "v")?;
         let v = r.uint().map_err(cbor)?;
@@ -140,6 +150,8 @@ impl UserDataCommitment {
         }
         key(&mut r, "ohttp_keys_sha384")?;
         let ohttp_keys_sha384 = optional_fixed::<48>(&mut r, "ohttp_keys_sha384")?;
+        key(&mut r, "receipt_key")?;
+        let receipt_key = optional_fixed::<32>(&mut r, "receipt_key")?;
         key(&mut r, "recipient_rsa_spki_sha384")?;
         let recipient_rsa_spki_sha384 = optional_fixed::<48>(&mut r, "recipient_rsa_spki_sha384")?;
         key(&mut r, "models")?;
@@ -174,7 +186,7 @@ impl UserDataCommitment {
                 return Err(field("models", "not sorted by name"));
             }
         }
-        let c = UserDataCommitment { ohttp_keys_sha384, recipient_rsa_spki_sha384, models, config_sha384 };
+        let c = UserDataCommitment { ohttp_keys_sha384, receipt_key, recipient_rsa_spki_sha384, models, config_sha384 };
         if c.encode()? != bytes {
             return Err(CommitmentError::NotCanonical);
         }
@@ -186,6 +198,7 @@ impl UserDataCommitment {
         serde_json::json!({
             "v": COMMITMENT_VERSION,
             "ohttp_keys_sha384": self.ohttp_keys_sha384.map(hex::encode),
+            "receipt_key": self.receipt_key.map(hex::encode),
             "recipient_rsa_spki_sha384": self.recipient_rsa_spki_sha384.map(hex::encode),
             "models": self.models.iter().map(|m| serde_json::json!({"name": m.name, "sha384": hex::encode(m.sha384)})).collect::<Vec<_>>(),
             "config_sha384": hex::encode(self.config_sha384),
@@ -203,7 +216,10 @@ fn check_models(models: &[&ModelDigest]) -> Result<(), CommitmentError> {
         if !ok_len || !ok_chars {
             return Err(field(
                 "models.name",
-                format!("{:?} must be 1..=64 bytes of [A-Za-z0-9._-]", super::document::printable(&m.name, 70)),
+                format!(
+                    "{:?} must be 1..={MAX_MODEL_NAME_LEN} bytes of [A-Za-z0-9._-]",
+                    super::document::printable(&m.name, 70)
+                ),
             ));
         }
     }
@@ -249,6 +265,7 @@ mod tests {
     fn sample() -> UserDataCommitment {
         UserDataCommitment {
             ohttp_keys_sha384: Some([7; 48]),
+            receipt_key: Some([6; 32]),
             recipient_rsa_spki_sha384: Some([9; 48]),
             models: vec![
                 ModelDigest { name: "minilm".into(), sha384: [2; 48] },
@@ -270,8 +287,9 @@ mod tests {
     #[test]
     fn largest_commitment_fits_in_user_data() {
         let mut c = sample();
-        c.models =
-            (0..MAX_MODELS).map(|i| ModelDigest { name: format!("{i}{}", "m".repeat(63)), sha384: [0; 48] }).collect();
+        c.models = (0..MAX_MODELS)
+            .map(|i| ModelDigest { name: format!("{i}{}", "m".repeat(MAX_MODEL_NAME_LEN - 1)), sha384: [0; 48] })
+            .collect();
         assert!(c.encode().unwrap().len() <= 1024);
         c.models.push(ModelDigest { name: "x".into(), sha384: [0; 48] });
         assert!(matches!(c.encode(), Err(CommitmentError::Field { field: "models", .. })));
@@ -280,14 +298,14 @@ mod tests {
     #[test]
     fn refuses_other_versions_noncanonical_and_bad_names() {
         let mut bytes = sample().encode().unwrap();
-        // "v": 2 sits at bytes 1..=3: a1 'v' 02 -> version 1 (the retired format) and 3.
-        assert_eq!(&bytes[1..4], &[0x61, b'v', 0x02]);
-        for other in [1u8, 3] {
+        // "v": 3 sits at bytes 1..=3: a1 'v' 03 -> versions 1 and 2 (retired formats) and 4.
+        assert_eq!(&bytes[1..4], &[0x61, b'v', 0x03]);
+        for other in [1u8, 2, 4] {
             bytes[3] = other;
             assert_eq!(UserDataCommitment::decode(&bytes), Err(CommitmentError::Version(u64::from(other))));
         }
-        // Non-shortest encoding of 2 (0x18 0x02).
-        let mut long = vec![0xa5, 0x61, b'v', 0x18, 0x02];
+        // Non-shortest encoding of 3 (0x18 0x03).
+        let mut long = vec![0xa6, 0x61, b'v', 0x18, 0x03];
         long.extend_from_slice(&sample().encode().unwrap()[4..]);
         assert_eq!(UserDataCommitment::decode(&long), Err(CommitmentError::NotCanonical));
         let mut bad = sample();
@@ -305,6 +323,7 @@ mod tests {
         assert!(matches!(UserDataCommitment::decode(&bytes), Err(CommitmentError::Field { field: "commitment", .. })));
         let c = UserDataCommitment {
             ohttp_keys_sha384: None,
+            receipt_key: None,
             recipient_rsa_spki_sha384: None,
             models: vec![],
             config_sha384: [0; 48],

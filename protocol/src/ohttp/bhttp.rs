@@ -256,19 +256,25 @@ pub fn parse_request(buf: &[u8]) -> Result<Request<'_>, BhttpError> {
     Ok(Request { method, scheme, authority, path, headers, content })
 }
 
-/// A response as a client reads it: the final status, its header fields and content (informational
-/// responses skipped).
+/// A response as a client reads it: the final status, its header fields, content and trailer fields
+/// (informational responses skipped).
 #[derive(Debug)]
 pub struct Response<'a> {
     pub status: u16,
     pub headers: Vec<Field<'a>>,
     pub content: Content<'a>,
+    pub trailers: Vec<Field<'a>>,
 }
 
 impl<'a> Response<'a> {
     /// The first header named `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
         find(&self.headers, name)
+    }
+
+    /// The first trailer field named `name` (ASCII case-insensitive).
+    pub fn trailer(&self, name: &str) -> Option<&'a [u8]> {
+        find(&self.trailers, name)
     }
 }
 
@@ -293,9 +299,9 @@ pub fn parse_response(buf: &[u8]) -> Result<Response<'_>, BhttpError> {
     };
     let headers = r.fields(indeterminate, "header section")?;
     let content = r.content(indeterminate)?;
-    let _trailers = r.fields(indeterminate, "trailer section")?;
+    let trailers = r.fields(indeterminate, "trailer section")?;
     r.padding()?;
-    Ok(Response { status, headers, content })
+    Ok(Response { status, headers, content, trailers })
 }
 
 /// Appends a known-length field section.
@@ -392,7 +398,12 @@ impl ResponseWriter {
     /// Fills in the content length (shortest form: content under 16 KiB moves left by up to three
     /// bytes), appends the empty trailer section and the padding. Returns the buffer: `room` bytes, then
     /// the padded response.
-    pub fn finish(mut self) -> Result<Vec<u8>, BhttpError> {
+    pub fn finish(self) -> Result<Vec<u8>, BhttpError> {
+        self.finish_with_trailers(&[])
+    }
+
+    /// [`ResponseWriter::finish`] with a trailer section: fields computed from the content (a receipt).
+    pub fn finish_with_trailers(mut self, trailers: &[(&str, &[u8])]) -> Result<Vec<u8>, BhttpError> {
         let content_len = self.buf.len() - self.content_start;
         if content_len > MAX_RESPONSE_CONTENT {
             return Err(malformed(format!("response content of {content_len} bytes is over 1 GiB")));
@@ -406,7 +417,7 @@ impl ResponseWriter {
             self.buf.truncate(self.buf.len() - shift);
         }
         self.buf[length_at..length_at + length.len()].copy_from_slice(&length);
-        put_varint(&mut self.buf, 0);
+        put_fields(&mut self.buf, trailers);
         pad_from(&mut self.buf, self.room);
         Ok(std::mem::take(&mut self.buf))
     }

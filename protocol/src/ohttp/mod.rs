@@ -53,6 +53,16 @@ pub const RESPONSE_MEDIA_TYPE: &str = "message/ohttp-res";
 /// Where the gateway and its keys are (RFC 9540).
 pub const GATEWAY_PATH: &str = "/.well-known/ohttp-gateway";
 
+/// Inside the encapsulation: the request header in which a client names the model digest it expects, and
+/// the response header carrying the digest of the model that answered (96 hex digits).
+pub const MODEL_DIGEST_HEADER: &str = "veil-model-sha384";
+/// Inside the encapsulation: the trailer field of an inference answer carrying its signed receipt
+/// (base64 of the COSE_Sign1, `crate::evidence`).
+pub const RECEIPT_TRAILER: &str = "veil-receipt";
+/// Inside the encapsulation: the trailer field carrying the receipt's salt (64 hex digits), for the
+/// client's eyes only.
+pub const RECEIPT_SALT_TRAILER: &str = "veil-receipt-salt";
+
 const REQUEST_LABEL: &[u8] = b"message/bhttp request";
 const RESPONSE_LABEL: &[u8] = b"message/bhttp response";
 /// Encapsulated request header: key id, KEM, KDF, AEAD.

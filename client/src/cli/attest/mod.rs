@@ -27,7 +27,7 @@ use veil_protocol::attestation::{Policy, UnverifiedDocument, VerifyError, verify
 
 use self::fetch::{Fetched, fetch};
 use self::input::{At, Expectations};
-use self::render::clean;
+pub(crate) use self::render::clean;
 pub(crate) use self::render::report_and_document;
 use super::{EXIT_FAILED, EXIT_OK};
 

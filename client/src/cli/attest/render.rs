@@ -84,10 +84,14 @@ fn print_verified(doc: &VerifiedDocument) {
 fn print_user_data(ud: &[u8]) {
     match UserDataCommitment::decode(ud) {
         Ok(c) => {
-            println!("  user_data   Veil commitment v2:");
+            println!("  user_data   Veil commitment v3:");
             println!(
                 "    ohttp_keys_sha384         {}",
                 c.ohttp_keys_sha384.map(hex::encode).unwrap_or_else(|| "none".into())
+            );
+            println!(
+                "    receipt key (Ed25519)     {}",
+                c.receipt_key.map(hex::encode).unwrap_or_else(|| "none (receipts off)".into())
             );
             println!(
                 "    recipient RSA SPKI SHA-384 {}",
@@ -187,7 +191,7 @@ pub(super) fn document(bytes: &[u8], doc: &UnverifiedDocument, as_json: bool) ->
 }
 
 /// Escapes control characters in text that came from a document, so that it cannot drive the terminal.
-pub(super) fn clean(s: &str) -> String {
+pub(crate) fn clean(s: &str) -> String {
     s.chars().flat_map(|c| if c.is_control() { c.escape_debug().collect::<Vec<_>>() } else { vec![c] }).collect()
 }
 

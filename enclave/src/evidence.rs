@@ -1,0 +1,440 @@
+//! Evidence inside the enclave: the receipt key, a signed receipt for every request the model ran, the
+//! receipts' hash chain and Merkle tree, signed tree heads, and the queue that hands them to the parent's
+//! audit log.
+//!
+//! One lock orders everything: a receipt takes the next sequence number, names the leaf hash of the receipt
+//! before it, is signed, enters the tree and the queue, all under [`Evidence`]'s mutex, so the chain, the
+//! tree and the stream the parent receives have one order. Signing under the lock costs one Ed25519
+//! signature (tens of microseconds) of serialization; the rest (the salted digests of the plaintexts) is
+//! done before taking it. The state is O(log n) however long the enclave runs: the tree is a
+//! [`Frontier`], and the queue holds only what the parent has not acknowledged.
+//!
+//! The parent is not trusted with any of it. It may drop, reorder or rewrite what it stores; the next tree
+//! head the enclave signs (every `tree_head_every` receipts, and `tree_head_secs` after any receipt not yet
+//! covered) shows it. What the enclave does to keep honest parents honest: it resends what was not
+//! acknowledged after a reconnection, and once `max_backlog` records wait it refuses new requests (503)
+//! rather than answer without a record.
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use veil_protocol::attestation::UnverifiedDocument;
+use veil_protocol::evidence::log::{RecordKind, write_record};
+use veil_protocol::evidence::merkle::{self, Frontier};
+use veil_protocol::evidence::{
+    Hash, Mode, ReceiptClaims, ReceiptKey, SALT_LEN, TreeHeadClaims, boot_id, salted_digest,
+};
+use veil_protocol::random::RandomSource;
+use zeroize::Zeroizing;
+
+use crate::config::AuditSettings;
+use crate::error::EnclaveError;
+
+/// A receipt as the client gets it: the signed receipt and the salt of its digests.
+#[derive(Debug, Clone)]
+pub struct IssuedReceipt {
+    pub receipt: Vec<u8>,
+    pub salt: Zeroizing<[u8; SALT_LEN]>,
+}
+
+/// Makes the receipt of an answer from the answer's plaintext (the OHTTP path issues it once the response
+/// content is written).
+pub type IssueReceipt<'a> = &'a dyn Fn(&[u8]) -> Result<IssuedReceipt, EnclaveError>;
+
+impl From<IssuedReceipt> for veil_protocol::envelope::AnswerReceipt {
+    fn from(r: IssuedReceipt) -> Self {
+        veil_protocol::envelope::AnswerReceipt { receipt: r.receipt, salt: r.salt }
+    }
+}
+
+/// Most bytes of records sent to the parent in one message.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// The boot's chain, tree and queue.
+#[derive(Debug)]
+struct State {
+    /// The attestation document certifying the key, its digest and module id, once the enclave is ready.
+    document_sha384: [u8; 48],
+    issuer: String,
+    next_seq: u64,
+    prev: Hash,
+    tree: Frontier,
+    /// Receipts covered by the last tree head.
+    covered: u64,
+    /// When the oldest receipt not covered by a tree head was made.
+    uncovered_since: Option<Instant>,
+    /// Encoded records the parent has not acknowledged, the first of them record number `queue_first`.
+    queue: VecDeque<Vec<u8>>,
+    queue_first: u64,
+}
+
+/// The enclave's evidence: its receipt key and its boot's state.
+#[derive(Debug)]
+pub struct Evidence {
+    key: ReceiptKey,
+    boot: [u8; 16],
+    settings: AuditSettings,
+    state: Mutex<Option<State>>,
+    backlog: AtomicUsize,
+    wake: tokio::sync::Notify,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Evidence {
+    /// A new receipt key from `rng` (the kernel RNG, seeded by the NSM). Receipts start with [`Evidence::start`].
+    pub fn new(settings: AuditSettings, rng: &dyn RandomSource) -> Result<Evidence, EnclaveError> {
+        let key = ReceiptKey::generate(rng)
+            .map_err(|_| EnclaveError::Internal("the random number generator failed making the receipt key".into()))?;
+        let boot = boot_id(key.public_key());
+        Ok(Evidence {
+            key,
+            boot,
+            settings,
+            state: Mutex::new(None),
+            backlog: AtomicUsize::new(0),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The public key the attestation commitment names.
+    pub fn public_key(&self) -> &[u8; 32] {
+        self.key.public_key()
+    }
+
+    /// This boot's id (the audit log's directory name for it).
+    pub fn boot_id(&self) -> &[u8; 16] {
+        &self.boot
+    }
+
+    /// Starts the boot's log with `document`, an attestation document committing to the receipt key (and,
+    /// made once every model is loaded, to the models): record 0, and the digest every receipt names.
+    pub fn start(&self, document: Vec<u8>) -> Result<(), EnclaveError> {
+        let parsed = UnverifiedDocument::parse(&document).map_err(|e| {
+            EnclaveError::Internal(format!("the NSM's document for the receipt key does not decode: {e}"))
+        })?;
+        let mut record = Vec::with_capacity(document.len() + 8);
+        write_record(&mut record, RecordKind::Attestation, &document);
+        let state = State {
+            document_sha384: veil_protocol::evidence::sha384(&document),
+            issuer: parsed.unverified_claims().module_id.clone(),
+            next_seq: 0,
+            prev: [0; 32],
+            tree: Frontier::new(),
+            covered: 0,
+            uncovered_since: None,
+            queue: VecDeque::from([record]),
+            queue_first: 0,
+        };
+        let mut guard = self.state.lock().map_err(|_| poisoned())?;
+        if guard.is_some() {
+            return Err(EnclaveError::Internal("the receipt log was already started".into()));
+        }
+        *guard = Some(state);
+        self.backlog.store(1, Ordering::Release);
+        drop(guard);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// True once [`Evidence::start`] has run.
+    pub fn started(&self) -> bool {
+        self.state.lock().map(|s| s.is_some()).unwrap_or(false)
+    }
+
+    /// Refuses a new request while the parent has not taken `max_backlog` records (503: try later).
+    pub fn admit(&self) -> Result<(), EnclaveError> {
+        if self.backlog.load(Ordering::Acquire) >= self.settings.max_backlog {
+            return Err(EnclaveError::Overloaded("the parent's audit log is not taking receipts"));
+        }
+        Ok(())
+    }
+
+    /// Signs the receipt of one answer: `request` and `response` are the plaintexts the client sent and
+    /// receives (the body of each), `status` the answer's HTTP status.
+    #[allow(clippy::too_many_arguments)]
+    pub fn issue(
+        &self,
+        model: &str,
+        model_sha384: &[u8; 48],
+        request: &[u8],
+        response: &[u8],
+        status: u16,
+        mode: Mode,
+        rng: &dyn RandomSource,
+    ) -> Result<IssuedReceipt, EnclaveError> {
+        let mut salt = Zeroizing::new([0u8; SALT_LEN]);
+        rng.fill(salt.as_mut()).map_err(|_| EnclaveError::Internal("the random number generator failed".into()))?;
+        let request_digest = salted_digest(&salt, request);
+        let response_digest = salted_digest(&salt, response);
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&self.boot[..8]);
+        let mut guard = self.state.lock().map_err(|_| poisoned())?;
+        let state = guard.as_mut().ok_or_else(|| EnclaveError::Loading("the receipt log".into()))?;
+        let claims = ReceiptClaims {
+            issuer: state.issuer.clone(),
+            issued_at: now_unix(),
+            boot_prefix: prefix,
+            model: model.to_owned(),
+            model_sha384: *model_sha384,
+            request_digest,
+            response_digest,
+            status,
+            mode,
+            attestation_sha384: state.document_sha384,
+            seq: state.next_seq,
+            prev: state.prev,
+        };
+        let receipt = self.key.sign(&claims.encode());
+        let leaf = merkle::leaf_hash(&receipt);
+        state.prev = leaf;
+        state.tree.push(leaf);
+        state.next_seq += 1;
+        state.uncovered_since.get_or_insert_with(Instant::now);
+        let mut record = Vec::with_capacity(receipt.len() + 8);
+        write_record(&mut record, RecordKind::Receipt, &receipt);
+        state.queue.push_back(record);
+        if state.next_seq - state.covered >= self.settings.tree_head_every {
+            self.sign_tree_head(state);
+        }
+        self.backlog.store(state.queue.len(), Ordering::Release);
+        drop(guard);
+        self.wake.notify_one();
+        Ok(IssuedReceipt { receipt, salt })
+    }
+
+    /// Signs a tree head over every receipt so far and queues it after them.
+    fn sign_tree_head(&self, state: &mut State) {
+        let head = TreeHeadClaims {
+            issuer: state.issuer.clone(),
+            issued_at: now_unix(),
+            attestation_sha384: state.document_sha384,
+            tree_size: state.tree.size(),
+            root_hash: state.tree.root(),
+        };
+        let signed = self.key.sign(&head.encode());
+        let mut record = Vec::with_capacity(signed.len() + 8);
+        write_record(&mut record, RecordKind::TreeHead, &signed);
+        state.queue.push_back(record);
+        state.covered = state.tree.size();
+        state.uncovered_since = None;
+    }
+
+    /// Signs a tree head if receipts have waited `tree_head_secs` uncovered (or, with `force`, if any are
+    /// uncovered at all: at shutdown).
+    pub fn tree_head_if_due(&self, force: bool) {
+        let Ok(mut guard) = self.state.lock() else { return };
+        let Some(state) = guard.as_mut() else { return };
+        let due = state
+            .uncovered_since
+            .is_some_and(|t| force || t.elapsed() >= Duration::from_secs(self.settings.tree_head_secs));
+        if due && state.tree.size() > state.covered {
+            self.sign_tree_head(state);
+            self.backlog.store(state.queue.len(), Ordering::Release);
+        }
+    }
+
+    /// Records waiting for the parent.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Acquire)
+    }
+
+    /// The next batch to send: the number of its first record, and the records (at most 1 MiB, at least one).
+    fn batch(&self) -> Option<(u64, Vec<u8>)> {
+        let guard = self.state.lock().ok()?;
+        let state = guard.as_ref()?;
+        let mut out = Vec::new();
+        for r in &state.queue {
+            if !out.is_empty() && out.len() + r.len() > MAX_BATCH_BYTES {
+                break;
+            }
+            out.extend_from_slice(r);
+        }
+        (!out.is_empty()).then_some((state.queue_first, out))
+    }
+
+    /// The parent has stored every record before `next`.
+    fn acknowledge(&self, next: u64) {
+        let Ok(mut guard) = self.state.lock() else { return };
+        let Some(state) = guard.as_mut() else { return };
+        while state.queue_first < next && !state.queue.is_empty() {
+            state.queue.pop_front();
+            state.queue_first += 1;
+        }
+        self.backlog.store(state.queue.len(), Ordering::Release);
+    }
+
+    /// Hands the queue to the parent, for as long as the enclave runs: one batch at a time over its own
+    /// host-services connection, each acknowledged before it leaves the queue; a broken connection is
+    /// reopened and what was not acknowledged is sent again. Also signs the time-driven tree heads.
+    pub async fn pump(&self, parent: veil_runtime::transport::Address, max_frame: usize) {
+        let mut host: Option<crate::host::HostClient> = None;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            self.tree_head_if_due(false);
+            let Some((first, records)) = self.batch() else {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+                continue;
+            };
+            if host.is_none() {
+                match crate::host::HostClient::connect(&parent, max_frame, Duration::from_secs(1)).await {
+                    Ok(h) => host = Some(h),
+                    Err(e) => {
+                        tracing::warn!(error = %e, backlog = self.backlog(), "audit log: the parent is not reachable; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            let Some(h) = host.as_mut() else { continue };
+            match tokio::time::timeout(Duration::from_secs(30), h.audit(&self.boot, first, &records)).await {
+                Ok(Ok(next)) if next > first => {
+                    backoff = Duration::from_millis(100);
+                    self.acknowledge(next);
+                }
+                Ok(Ok(next)) => {
+                    // No progress: a parent that will not store records gets no busy loop from us.
+                    tracing::warn!(
+                        first,
+                        next,
+                        backlog = self.backlog(),
+                        "audit log: the parent took none of the records"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, backlog = self.backlog(), "audit log: the parent did not take the records; reconnecting");
+                    host = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        backlog = self.backlog(),
+                        "audit log: the parent did not answer within 30 s; reconnecting"
+                    );
+                    host = None;
+                }
+            }
+        }
+    }
+
+    /// At shutdown: a last tree head over every receipt, and up to `patience` for the parent to take the
+    /// queue.
+    pub async fn flush(&self, patience: Duration) {
+        self.tree_head_if_due(true);
+        self.wake.notify_one();
+        let deadline = Instant::now() + patience;
+        while self.backlog() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn poisoned() -> EnclaveError {
+    EnclaveError::Internal("the receipt state is poisoned".into())
+}
+
+#[cfg(all(test, feature = "dev"))]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use veil_protocol::attestation::{ModelDigest, TrustAnchor, UserDataCommitment, Verifier};
+    use veil_protocol::evidence::log::{RecordKind, RecordReader};
+    use veil_protocol::evidence::verify::{AuditVerifier, EvidencePolicy};
+    use veil_protocol::random::SystemRandom;
+
+    use super::*;
+    use crate::nsm::{MockNsm, MockPcrs, Nsm};
+
+    /// An evidence state started with a mock NSM's document that commits to its key, and the mock root.
+    fn started(settings: AuditSettings, dir: &std::path::Path) -> (Evidence, TrustAnchor) {
+        let evidence = Evidence::new(settings, &SystemRandom::new()).unwrap();
+        let nsm = MockNsm::load_or_create(dir, MockPcrs::from_image_digest(&[7; 48])).unwrap();
+        let commitment = UserDataCommitment {
+            ohttp_keys_sha384: None,
+            receipt_key: Some(*evidence.public_key()),
+            recipient_rsa_spki_sha384: None,
+            models: vec![ModelDigest { name: "iris".into(), sha384: [1; 48] }],
+            config_sha384: [2; 48],
+        };
+        let doc = nsm.attestation(Some(&commitment.encode().unwrap()), Some(evidence.boot_id()), None).unwrap();
+        evidence.start(doc).unwrap();
+        let root = TrustAnchor::from_pem(&std::fs::read(nsm.root_pem_path()).unwrap()).unwrap();
+        (evidence, root)
+    }
+
+    fn queued(e: &Evidence) -> Vec<u8> {
+        e.batch().map(|(_, b)| b).unwrap_or_default()
+    }
+
+    #[test]
+    fn receipts_chain_tree_heads_follow_every_n_and_the_queue_verifies_as_a_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = AuditSettings { tree_head_every: 3, ..AuditSettings::default() };
+        let (e, root) = started(settings, dir.path());
+        let rng = SystemRandom::new();
+        for i in 0..7u8 {
+            let r = e.issue("iris", &[1; 48], &[i], b"answer", 200, Mode::Kms, &rng).unwrap();
+            assert!(queued(&e).windows(r.receipt.len()).any(|w| w == r.receipt.as_slice()));
+        }
+        let bytes = queued(&e);
+        let kinds: Vec<RecordKind> = RecordReader::new(&bytes).map(|r| r.unwrap().kind).collect();
+        use RecordKind::{Attestation as A, Receipt as R, TreeHead as H};
+        assert_eq!(kinds, [A, R, R, R, H, R, R, R, H, R]);
+        // The queue, read as a log by the auditor's verifier: every chain link and tree head checks, and the
+        // last receipt is reported as not covered yet.
+        let policy = EvidencePolicy::root_only(root);
+        let verifier = Verifier::new();
+        let mut audit = AuditVerifier::new(&policy, &verifier, u64::MAX / 2);
+        audit.begin_boot("boot");
+        for r in RecordReader::new(&bytes) {
+            audit.record("queue", r.unwrap());
+        }
+        let report = audit.finish();
+        assert!(report.verified, "{:?}", report.findings);
+        assert_eq!(report.summary.receipts, 7);
+        assert_eq!(report.summary.boots[0].covered, 6);
+        assert_eq!(report.findings.iter().filter(|f| f.kind == "uncovered").count(), 1);
+        // A forced head (shutdown) covers the rest.
+        e.tree_head_if_due(true);
+        assert_eq!(e.backlog(), 11);
+    }
+
+    #[test]
+    fn acknowledged_records_leave_the_queue_and_a_full_backlog_refuses_new_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = AuditSettings { tree_head_every: 1000, max_backlog: 16, ..AuditSettings::default() };
+        let (e, _) = started(settings, dir.path());
+        let rng = SystemRandom::new();
+        assert!(e.admit().is_ok());
+        for i in 0..15u8 {
+            e.issue("iris", &[1; 48], &[i], b"a", 200, Mode::Ohttp, &rng).unwrap();
+        }
+        assert_eq!(e.backlog(), 16);
+        let refused = e.admit().unwrap_err();
+        assert!(refused.to_string().contains("audit log"), "{refused}");
+        assert_eq!(refused.kind(), veil_protocol::error::ErrorKind::Unavailable);
+        // The parent stores the first ten: they leave the queue, and the next batch starts at record 10.
+        e.acknowledge(10);
+        assert_eq!(e.backlog(), 6);
+        assert_eq!(e.batch().unwrap().0, 10);
+        assert!(e.admit().is_ok());
+        // A parent that claims to have more than was sent empties the queue, no further.
+        e.acknowledge(u64::MAX);
+        assert_eq!(e.backlog(), 0);
+        assert!(e.batch().is_none());
+    }
+
+    #[test]
+    fn receipts_before_the_log_started_are_refused_not_unchained() {
+        let e = Evidence::new(AuditSettings::default(), &SystemRandom::new()).unwrap();
+        let err = e.issue("iris", &[1; 48], b"q", b"a", 200, Mode::Kms, &SystemRandom::new()).unwrap_err();
+        assert!(matches!(err, EnclaveError::Loading(_)), "{err}");
+        assert!(!e.started());
+    }
+}
