@@ -469,6 +469,11 @@ impl Stack {
         self.inner.put_policy_from(measurements).await
     }
 
+    /// A key policy for all-zero (debug-mode) measurements, which `put_policy_from` refuses.
+    pub async fn put_debug_policy_from(&self, measurements: &Path) -> anyhow::Result<()> {
+        self.inner.put_policy_with(measurements, true).await
+    }
+
     /// The enclave's log so far.
     pub fn enclave_log(&self) -> String {
         std::fs::read_to_string(self.inner.logs.join("enclave.log")).unwrap_or_default()
