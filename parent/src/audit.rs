@@ -352,3 +352,129 @@ fn recover(dir: &Path) -> Result<BootLog, AuditError> {
     }
     Ok(log)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use veil_protocol::evidence::{Mode, ReceiptClaims, ReceiptKey, TreeHeadClaims};
+
+    use super::*;
+
+    const BOOT: [u8; 16] = [0xb0; 16];
+
+    /// A boot's records as an enclave sends them: a stand-in document, `n` signed receipts and a tree head
+    /// after every `every`.
+    fn stream(n: u64, every: u64) -> Vec<Vec<u8>> {
+        let key = ReceiptKey::from_seed(&[3; 32]).unwrap();
+        let mut out = vec![record(RecordKind::Attestation, b"document")];
+        let mut tree = merkle::Frontier::new();
+        let mut prev = [0u8; 32];
+        for seq in 0..n {
+            let claims = ReceiptClaims {
+                issuer: "i-test".into(),
+                issued_at: 1,
+                boot_prefix: [0xb0; 8],
+                model: "iris".into(),
+                model_sha384: [1; 48],
+                request_digest: [2; 32],
+                response_digest: [3; 32],
+                status: 200,
+                mode: Mode::Kms,
+                attestation_sha384: [4; 48],
+                seq,
+                prev,
+            };
+            let receipt = key.sign(&claims.encode());
+            prev = merkle::leaf_hash(&receipt);
+            tree.push(prev);
+            out.push(record(RecordKind::Receipt, &receipt));
+            if (seq + 1) % every == 0 {
+                let head = TreeHeadClaims {
+                    issuer: "i-test".into(),
+                    issued_at: 2,
+                    attestation_sha384: [4; 48],
+                    tree_size: tree.size(),
+                    root_hash: tree.root(),
+                };
+                out.push(record(RecordKind::TreeHead, &key.sign(&head.encode())));
+            }
+        }
+        out
+    }
+
+    fn record(kind: RecordKind, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_record(&mut out, kind, bytes);
+        out
+    }
+
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        let mut f: Vec<PathBuf> =
+            std::fs::read_dir(dir.join(boot_dir_name(&BOOT))).unwrap().map(|e| e.unwrap().path()).collect();
+        f.sort();
+        f
+    }
+
+    fn logged(dir: &Path) -> Vec<u8> {
+        files(dir).iter().flat_map(|f| std::fs::read(f).unwrap()).collect()
+    }
+
+    #[test]
+    fn records_are_stored_once_in_order_across_resends_rotations_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = stream(9, 4);
+        let all: Vec<u8> = records.concat();
+        let log = AuditLog::new(Some(dir.path().to_path_buf()), 4096, true).unwrap();
+        // Records 0..5, then 3..8 again (a resend after a lost acknowledgement), then the rest.
+        assert_eq!(log.append(&BOOT, 0, &records[..5].concat()).unwrap(), 5);
+        assert_eq!(log.append(&BOOT, 3, &records[3..8].concat()).unwrap(), 8);
+        // A parent restart: a new log over the same directory picks up where the files end.
+        drop(log);
+        let log = AuditLog::new(Some(dir.path().to_path_buf()), 4096, true).unwrap();
+        assert_eq!(log.append(&BOOT, 8, &records[8..].concat()).unwrap(), records.len() as u64);
+        assert_eq!(logged(dir.path()), all, "every record once, in order");
+        // Proofs: receipt 5 is covered by the head over 8 receipts, receipt 8 by none yet.
+        let p = log.proof(None, 5).unwrap();
+        assert_eq!((p.leaf_index, p.tree_size), (5, 8));
+        let leaves: Vec<Hash> = RecordReader::new(&all)
+            .filter_map(|r| r.ok())
+            .filter(|r| r.kind == RecordKind::Receipt)
+            .map(|r| merkle::leaf_hash(r.bytes))
+            .collect();
+        merkle::verify_inclusion(&leaves[5], 5, 8, &p.path, &merkle::root(&leaves[..8])).unwrap();
+        assert_eq!(log.proof(None, 8).unwrap_err(), ProofError::NotYetCovered(8));
+        assert!(matches!(log.proof(None, 9).unwrap_err(), ProofError::NotLogged { .. }));
+        assert!(matches!(log.proof(Some([1; 16]), 0).unwrap_err(), ProofError::UnknownBoot(_)));
+        assert_eq!(log.document(None).unwrap(), b"document");
+    }
+
+    #[test]
+    fn a_record_cut_short_by_a_crash_is_truncated_and_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = stream(3, 3);
+        let log = AuditLog::new(Some(dir.path().to_path_buf()), DEFAULT_ROTATE_BYTES, false).unwrap();
+        log.append(&BOOT, 0, &records[..3].concat()).unwrap();
+        drop(log);
+        // The crash: half of record 3 reached the file, and the enclave never got an acknowledgement.
+        let file = files(dir.path()).pop().unwrap();
+        let mut f = OpenOptions::new().append(true).open(&file).unwrap();
+        f.write_all(&records[3][..records[3].len() / 2]).unwrap();
+        drop(f);
+        let log = AuditLog::new(Some(dir.path().to_path_buf()), DEFAULT_ROTATE_BYTES, false).unwrap();
+        assert_eq!(log.append(&BOOT, 3, &records[3..].concat()).unwrap(), records.len() as u64);
+        assert_eq!(logged(dir.path()), records.concat());
+    }
+
+    #[test]
+    fn without_a_directory_only_the_document_and_latest_head_are_kept() {
+        let log = AuditLog::new(None, DEFAULT_ROTATE_BYTES, false).unwrap();
+        let records = stream(4, 2);
+        assert_eq!(log.append(&BOOT, 0, &records.concat()).unwrap(), records.len() as u64);
+        assert_eq!(log.document(None).unwrap(), b"document");
+        assert!(log.latest_head(None).is_some());
+        assert_eq!(log.proof(None, 0).unwrap_err(), ProofError::NoLog);
+        // Malformed input from the enclave side is an error, not a panic.
+        assert!(matches!(log.append(&BOOT, 0, b"\x82\x09"), Err(AuditError::Malformed(_))));
+        assert!(matches!(log.append(&[1; 3], 0, b""), Err(AuditError::Malformed(_))));
+    }
+}

@@ -492,3 +492,34 @@ fn a_debug_mode_enclaves_receipts_are_refused_unless_allowed() {
     let out = veil(&stack, &["audit", "verify", s(&dir), "--root", s(&stack.mock_root_pem()), "--allow-debug"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn an_enclave_restart_starts_a_new_boot_and_the_log_verifies_across_both() {
+    let mut stack = stack(&["iris"], "");
+    let policy = stack.client_policy();
+    infer_with_receipt(&stack, "iris", true, 0);
+    stack.kill_enclave();
+    stack.start_enclave().unwrap();
+    stack.wait_ready(std::time::Duration::from_secs(120)).unwrap();
+    // The new boot has a new key and certifying document; the old bundle still verifies, and so does the
+    // new one; the parent serves the new boot's document now.
+    let (second, _, _) = infer_with_receipt(&stack, "iris", true, 1);
+    let (first, _, _) = (stack.dir.path().join("iris-0.receipt.json"), (), ());
+    for b in [&first, &second] {
+        let out = veil(&stack, &["receipt", "verify", s(b), "--policy", s(&policy)]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+    assert_ne!(read_bundle(&first).unwrap().attestation_document, read_bundle(&second).unwrap().attestation_document);
+    let dir = audit_dir(&mut stack);
+    let report = wait_for_head(&dir, 1, &root(&stack));
+    assert!(report.verified, "{:?}", report.findings);
+    assert_eq!(report.summary.boots.len(), 2);
+    assert!(report.summary.boots.iter().all(|b| b.receipts == 1), "{:?}", report.summary.boots);
+    // The first enclave was killed (SIGKILL, as a crash or `nitro-cli terminate-enclave` would) within a
+    // second of its receipt, before any tree head: its receipt is logged but not covered, which the
+    // verification notes without failing; the second boot's receipt is covered.
+    let (old, new) = (&report.summary.boots[0], &report.summary.boots[1]);
+    assert_eq!((old.covered, new.covered), (0, 1), "{:?}", report.summary.boots);
+    let note = report.findings.iter().find(|f| f.kind == "uncovered").unwrap();
+    assert!(!note.error && note.boot == old.boot, "{note:?}");
+}

@@ -375,3 +375,56 @@ fn listening_beyond_loopback_needs_an_explicit_flag() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_proxy_keeps_every_answers_evidence_in_both_modes() {
+    let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris"])).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (attested_dir, kms_dir) = (dir.path().join("attested"), dir.path().join("kms"));
+    let mut args = policy_args(&stack);
+    args.extend(["--receipts".into(), attested_dir.display().to_string()]);
+    let attested = Proxy::start(&stack.url, &strs(&args), &[]);
+    let mut args = policy_args(&stack);
+    args.extend([
+        "--kms-key-id".into(),
+        stack.client_env().iter().find(|(k, _)| k == "VEIL_KMS_KEY_ID").unwrap().1.clone(),
+        "--receipts".into(),
+        kms_dir.display().to_string(),
+    ]);
+    let kms = Proxy::start(&stack.url, &strs(&args), &stack.client_env());
+    for proxy in [&attested, &kms] {
+        for _ in 0..3 {
+            assert_eq!(infer_iris(proxy).0, 200, "{}", proxy.log());
+        }
+    }
+    // The bundles are written beside the answers (not before them): wait for all six.
+    let policy = veil_client::trust::ClientPolicy::load(&stack.client_policy()).unwrap();
+    let evidence = veil_client::evidence::evidence_policy(&policy);
+    let verifier = veil_protocol::attestation::Verifier::new();
+    for (d, mode, proxy) in [(&attested_dir, "ohttp", &attested), (&kms_dir, "kms", &kms)] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let files = loop {
+            let files: Vec<PathBuf> =
+                std::fs::read_dir(d).map(|r| r.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+            if files.len() >= 3 || Instant::now() > deadline {
+                break files;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(files.len(), 3, "{mode}: {files:?}\n{}", proxy.log());
+        let mut seqs = Vec::new();
+        for f in files {
+            let bundle = veil_client::evidence::read_bundle(&f).unwrap();
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            let report =
+                veil_protocol::evidence::verify::verify_receipt(&bundle, None, None, &evidence, &verifier, now);
+            assert!(report.verified, "{mode} {}: {:?}", f.display(), report.error);
+            let receipt = report.receipt.unwrap();
+            assert_eq!(format!("{:?}", receipt.mode).to_lowercase(), mode);
+            seqs.push(receipt.seq);
+        }
+        seqs.sort();
+        seqs.dedup();
+        assert_eq!(seqs.len(), 3, "one bundle per answer: {seqs:?}");
+    }
+}
