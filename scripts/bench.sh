@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks, side by side in one run: in-process ONNX Runtime, the full Veil path in both modes, veil proxy
 # with JSON and binary tensors (and tritonclient through it), and a plain Python onnxruntime HTTP server, on
-# iris and MiniLM; plus attestation verification and the OHTTP cryptography step by step.
+# iris and MiniLM; plus attestation verification, the OHTTP cryptography step by step, and what receipts
+# cost (in the enclave, in the parent, and end to end with receipts on against off).
 # Prints tables and writes JSON under target/bench/ (or $CARGO_TARGET_DIR/bench/). Results and the command belong in docs/BENCHMARKS.md.
 #
 #   scripts/bench.sh            # full runs (a few minutes on 2 cores)
@@ -31,6 +32,7 @@ export VEIL_BENCH_PYTHON VEIL_TEST_PYTHON
 cargo build --release --workspace --bins --locked
 cargo bench --locked -p veil-tests --bench latency -- "${args[@]}"
 cargo bench --locked -p veil-tests --bench proxy -- "${args[@]}"
+cargo bench --locked -p veil-tests --bench evidence -- "${args[@]}"
 if [ -f protocol/benches/verify.rs ]; then
     cargo bench --locked -p veil-protocol --bench verify -- "${args[@]}"
 fi

@@ -13,9 +13,10 @@ use veil_protocol::attestation::Verifier;
 use veil_protocol::envelope::AnswerReceipt;
 use veil_protocol::evidence::bundle::{Bundle, Inclusion, MAX_BUNDLE_LEN};
 use veil_protocol::evidence::claims::ReceiptClaims;
-use veil_protocol::evidence::cose::SignedObject;
 use veil_protocol::evidence::log::RecordReader;
-use veil_protocol::evidence::verify::{AuditReport, AuditVerifier, EvidencePolicy};
+use veil_protocol::evidence::verify::{
+    AuditReport, AuditVerifier, CertifiedKey, EvidencePolicy, verify_receipt, verify_receipt_with,
+};
 use veil_protocol::evidence::{boot_id, sha384};
 
 use crate::trust::ClientPolicy;
@@ -30,8 +31,8 @@ pub enum EvidenceError {
     #[error("the receipt is malformed: {0}")]
     Receipt(String),
     #[error(
-        "the parent serves attestation document {served}, but the receipt names {named}: the enclave restarted \
-         since the answer (its document is in the audit log), or the parent substituted one"
+        "the parent serves attestation document {served}, but the receipt names {named}: the parent substituted \
+         one"
     )]
     OtherDocument { named: String, served: String },
     #[error("the parent's inclusion proof is malformed: {0}")]
@@ -63,15 +64,13 @@ impl BundleMaker {
     /// The bundle of `receipt`: with the attestation document it names, from `client`'s parent (whose
     /// digest must be the receipt's).
     pub async fn bundle(&self, client: &Client, receipt: &AnswerReceipt) -> Result<Bundle, EvidenceError> {
-        let signed =
-            SignedObject::parse(&receipt.receipt, "receipt").map_err(|e| EvidenceError::Receipt(e.to_string()))?;
-        let claims =
-            ReceiptClaims::decode(signed.unverified_payload()).map_err(|e| EvidenceError::Receipt(e.to_string()))?;
+        let claims = ReceiptClaims::peek(&receipt.receipt).map_err(|e| EvidenceError::Receipt(e.to_string()))?;
         let cached = self.documents.lock().ok().and_then(|d| d.get(&claims.attestation_sha384).cloned());
         let document = match cached {
             Some(d) => d,
             None => {
-                let d = client.get("/v1/audit/attestation").await?;
+                let path = format!("/v1/audit/attestation?sha384={}", hex::encode(claims.attestation_sha384));
+                let d = client.get(&path).await?;
                 let served = sha384(&d);
                 if served != claims.attestation_sha384 {
                     return Err(EvidenceError::OtherDocument {
@@ -87,7 +86,7 @@ impl BundleMaker {
         };
         Ok(Bundle {
             receipt: receipt.receipt.clone(),
-            salt: *receipt.salt,
+            salt: receipt.salt.clone(),
             attestation_document: document,
             inclusion: None,
         })
@@ -104,7 +103,7 @@ pub struct ReceiptSink {
     maker: BundleMaker,
     verifier: Verifier,
     /// Receipt keys already certified, by document digest.
-    certified: Mutex<HashMap<[u8; 48], [u8; 32]>>,
+    certified: Mutex<HashMap<[u8; 48], CertifiedKey>>,
     written: std::sync::atomic::AtomicU64,
     failed: std::sync::atomic::AtomicU64,
 }
@@ -141,29 +140,20 @@ impl ReceiptSink {
     async fn keep_inner(&self, client: &Client, receipt: &AnswerReceipt) -> Result<PathBuf, String> {
         let bundle = self.maker.bundle(client, receipt).await.map_err(|e| e.to_string())?;
         let digest = sha384(&bundle.attestation_document);
-        let known = self.certified.lock().ok().and_then(|c| c.get(&digest).copied());
-        match known {
-            Some(key) => {
-                SignedObject::parse(&bundle.receipt, "receipt")
-                    .and_then(|s| s.verify(&key, "receipt").map(|_| ()))
-                    .map_err(|e| e.to_string())?;
-            }
-            None => {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                let report = veil_protocol::evidence::verify::verify_receipt(
-                    &bundle,
-                    None,
-                    None,
-                    &self.policy,
-                    &self.verifier,
-                    now,
-                );
-                let key = report.certified_by.as_ref().map(|k| k.key).filter(|_| report.verified);
-                let key = key.ok_or_else(|| report.error.unwrap_or_else(|| "the evidence does not verify".into()))?;
-                if let Ok(mut c) = self.certified.lock() {
-                    c.insert(digest, key);
-                }
-            }
+        let known = self.certified.lock().ok().and_then(|c| c.get(&digest).cloned());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let report = match &known {
+            // The document was certified for an earlier receipt: everything else is checked again.
+            Some(key) => verify_receipt_with(&bundle, key, None, None, &self.policy, now),
+            None => verify_receipt(&bundle, None, None, &self.policy, &self.verifier, now),
+        };
+        if !report.verified {
+            return Err(report.error.unwrap_or_else(|| "the evidence does not verify".into()));
+        }
+        if known.is_none()
+            && let (Some(key), Ok(mut c)) = (report.certified_by, self.certified.lock())
+        {
+            c.insert(digest, key);
         }
         let name = bundle_file_name(&bundle).ok_or("the receipt does not decode")?;
         let path = self.dir.join(name);
@@ -176,9 +166,7 @@ impl ReceiptSink {
 /// proof is not trusted here: `verify_receipt` checks it against the tree head the enclave signed.
 pub async fn fetch_inclusion(client: &Client, bundle: &Bundle) -> Result<Inclusion, EvidenceError> {
     use base64::Engine;
-    let signed = SignedObject::parse(&bundle.receipt, "receipt").map_err(|e| EvidenceError::Receipt(e.to_string()))?;
-    let claims =
-        ReceiptClaims::decode(signed.unverified_payload()).map_err(|e| EvidenceError::Receipt(e.to_string()))?;
+    let claims = ReceiptClaims::peek(&bundle.receipt).map_err(|e| EvidenceError::Receipt(e.to_string()))?;
     let key = veil_protocol::attestation::UnverifiedDocument::parse(&bundle.attestation_document)
         .ok()
         .and_then(|d| d.unverified_claims().user_data.clone())
@@ -236,8 +224,7 @@ pub fn write_bundle(path: &Path, bundle: &Bundle) -> std::io::Result<()> {
 
 /// A file name for a bundle in a directory of bundles: `<boot prefix>-<seq>.json`.
 pub fn bundle_file_name(bundle: &Bundle) -> Option<String> {
-    let signed = SignedObject::parse(&bundle.receipt, "receipt").ok()?;
-    let c = ReceiptClaims::decode(signed.unverified_payload()).ok()?;
+    let c = ReceiptClaims::peek(&bundle.receipt).ok()?;
     Some(format!("{}-{:012}.json", hex::encode(c.boot_prefix), c.seq))
 }
 
@@ -282,11 +269,17 @@ pub fn audit_layout(dir: &Path) -> Result<Vec<(String, Vec<PathBuf>)>, String> {
     Ok(boots.into_iter().map(|(_, n, f)| (n, f)).collect())
 }
 
-/// Verifies a whole audit log directory offline: every record of every boot, in file order.
-pub fn verify_audit_log(dir: &Path, policy: &EvidencePolicy, now_unix: u64) -> Result<AuditReport, String> {
+/// Verifies a whole audit log directory offline: every record of every boot, in file order. `cadence` is
+/// the enclave's (`tree_head_every`, `tree_head_secs`).
+pub fn verify_audit_log(
+    dir: &Path,
+    policy: &EvidencePolicy,
+    now_unix: u64,
+    cadence: (u64, u64),
+) -> Result<AuditReport, String> {
     let layout = audit_layout(dir)?;
     let verifier = Verifier::new();
-    let mut audit = AuditVerifier::new(policy, &verifier, now_unix);
+    let mut audit = AuditVerifier::new(policy, &verifier, now_unix).with_cadence(cadence.0, cadence.1);
     for (boot, files) in &layout {
         audit.begin_boot(boot);
         for file in files {

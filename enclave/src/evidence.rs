@@ -15,11 +15,12 @@
 //! acknowledged after a reconnection, and once `max_backlog` records wait it refuses new requests (503)
 //! rather than answer without a record.
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use veil_protocol::attestation::UnverifiedDocument;
+use veil_protocol::envelope::AnswerReceipt;
 use veil_protocol::evidence::log::{RecordKind, write_record};
 use veil_protocol::evidence::merkle::{self, Frontier};
 use veil_protocol::evidence::{
@@ -31,24 +32,16 @@ use zeroize::Zeroizing;
 use crate::config::AuditSettings;
 use crate::error::EnclaveError;
 
-/// A receipt as the client gets it: the signed receipt and the salt of its digests.
-#[derive(Debug, Clone)]
-pub struct IssuedReceipt {
-    pub receipt: Vec<u8>,
-    pub salt: Zeroizing<[u8; SALT_LEN]>,
-}
+/// A receipt as the client gets it: the signed receipt and the salt of its digests (the same type the
+/// sealed answer carries; its `Debug` prints no salt).
+pub type IssuedReceipt = AnswerReceipt;
 
 /// Makes the receipt of an answer from the answer's plaintext (the OHTTP path issues it once the response
 /// content is written).
 pub type IssueReceipt<'a> = &'a dyn Fn(&[u8]) -> Result<IssuedReceipt, EnclaveError>;
 
-impl From<IssuedReceipt> for veil_protocol::envelope::AnswerReceipt {
-    fn from(r: IssuedReceipt) -> Self {
-        veil_protocol::envelope::AnswerReceipt { receipt: r.receipt, salt: r.salt }
-    }
-}
-
-/// Most bytes of records sent to the parent in one message.
+/// Most bytes of records sent to the parent in one message (less when frames are smaller, and halved
+/// while a parent keeps refusing: it may take smaller frames than the enclave).
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// The boot's chain, tree and queue.
@@ -64,8 +57,9 @@ struct State {
     covered: u64,
     /// When the oldest receipt not covered by a tree head was made.
     uncovered_since: Option<Instant>,
-    /// Encoded records the parent has not acknowledged, the first of them record number `queue_first`.
-    queue: VecDeque<Vec<u8>>,
+    /// Encoded records the parent has not acknowledged, the first of them record number `queue_first`
+    /// (shared, so that a batch is assembled outside the lock the request path takes).
+    queue: VecDeque<Arc<Vec<u8>>>,
     queue_first: u64,
 }
 
@@ -126,7 +120,7 @@ impl Evidence {
             tree: Frontier::new(),
             covered: 0,
             uncovered_since: None,
-            queue: VecDeque::from([record]),
+            queue: VecDeque::from([Arc::new(record)]),
             queue_first: 0,
         };
         let mut guard = self.state.lock().map_err(|_| poisoned())?;
@@ -154,15 +148,13 @@ impl Evidence {
     }
 
     /// Signs the receipt of one answer: `request` and `response` are the plaintexts the client sent and
-    /// receives (the body of each), `status` the answer's HTTP status.
-    #[allow(clippy::too_many_arguments)]
+    /// receives (the body of each).
     pub fn issue(
         &self,
         model: &str,
         model_sha384: &[u8; 48],
         request: &[u8],
         response: &[u8],
-        status: u16,
         mode: Mode,
         rng: &dyn RandomSource,
     ) -> Result<IssuedReceipt, EnclaveError> {
@@ -182,7 +174,6 @@ impl Evidence {
             model_sha384: *model_sha384,
             request_digest,
             response_digest,
-            status,
             mode,
             attestation_sha384: state.document_sha384,
             seq: state.next_seq,
@@ -196,7 +187,7 @@ impl Evidence {
         state.uncovered_since.get_or_insert_with(Instant::now);
         let mut record = Vec::with_capacity(receipt.len() + 8);
         write_record(&mut record, RecordKind::Receipt, &receipt);
-        state.queue.push_back(record);
+        state.queue.push_back(Arc::new(record));
         if state.next_seq - state.covered >= self.settings.tree_head_every {
             self.sign_tree_head(state);
         }
@@ -218,7 +209,7 @@ impl Evidence {
         let signed = self.key.sign(&head.encode());
         let mut record = Vec::with_capacity(signed.len() + 8);
         write_record(&mut record, RecordKind::TreeHead, &signed);
-        state.queue.push_back(record);
+        state.queue.push_back(Arc::new(record));
         state.covered = state.tree.size();
         state.uncovered_since = None;
     }
@@ -242,18 +233,24 @@ impl Evidence {
         self.backlog.load(Ordering::Acquire)
     }
 
-    /// The next batch to send: the number of its first record, and the records (at most 1 MiB, at least one).
-    fn batch(&self) -> Option<(u64, Vec<u8>)> {
-        let guard = self.state.lock().ok()?;
-        let state = guard.as_ref()?;
-        let mut out = Vec::new();
-        for r in &state.queue {
-            if !out.is_empty() && out.len() + r.len() > MAX_BATCH_BYTES {
-                break;
+    /// The next batch to send: the number of its first record, and the records (at most `limit` bytes, at
+    /// least one record). Only the records' handles are taken under the lock; the bytes are copied after.
+    fn batch(&self, limit: usize) -> Option<(u64, Vec<u8>)> {
+        let (first, records) = {
+            let guard = self.state.lock().ok()?;
+            let state = guard.as_ref()?;
+            let mut size = 0;
+            let mut records = Vec::new();
+            for r in &state.queue {
+                if !records.is_empty() && size + r.len() > limit {
+                    break;
+                }
+                size += r.len();
+                records.push(Arc::clone(r));
             }
-            out.extend_from_slice(r);
-        }
-        (!out.is_empty()).then_some((state.queue_first, out))
+            (state.queue_first, records)
+        };
+        (!records.is_empty()).then(|| (first, records.iter().flat_map(|r| r.iter().copied()).collect()))
     }
 
     /// The parent has stored every record before `next`.
@@ -273,9 +270,12 @@ impl Evidence {
     pub async fn pump(&self, parent: veil_runtime::transport::Address, max_frame: usize) {
         let mut host: Option<crate::host::HostClient> = None;
         let mut backoff = Duration::from_millis(100);
+        // Room for the message's head in a frame of `max_frame`; halved (to one record) on failures.
+        let ceiling = MAX_BATCH_BYTES.min(max_frame.saturating_sub(1024)).max(1);
+        let mut limit = ceiling;
         loop {
             self.tree_head_if_due(false);
-            let Some((first, records)) = self.batch() else {
+            let Some((first, records)) = self.batch(limit) else {
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
                 continue;
             };
@@ -294,6 +294,7 @@ impl Evidence {
             match tokio::time::timeout(Duration::from_secs(30), h.audit(&self.boot, first, &records)).await {
                 Ok(Ok(next)) if next > first => {
                     backoff = Duration::from_millis(100);
+                    limit = (limit.saturating_mul(2)).min(ceiling);
                     self.acknowledge(next);
                 }
                 Ok(Ok(next)) => {
@@ -308,8 +309,9 @@ impl Evidence {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, backlog = self.backlog(), "audit log: the parent did not take the records; reconnecting");
+                    tracing::warn!(error = %e, backlog = self.backlog(), batch_bytes = records.len(), "audit log: the parent did not take the records; reconnecting");
                     host = None;
+                    limit = (limit / 2).max(1);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -369,7 +371,7 @@ mod tests {
     }
 
     fn queued(e: &Evidence) -> Vec<u8> {
-        e.batch().map(|(_, b)| b).unwrap_or_default()
+        e.batch(usize::MAX).map(|(_, b)| b).unwrap_or_default()
     }
 
     #[test]
@@ -379,7 +381,7 @@ mod tests {
         let (e, root) = started(settings, dir.path());
         let rng = SystemRandom::new();
         for i in 0..7u8 {
-            let r = e.issue("iris", &[1; 48], &[i], b"answer", 200, Mode::Kms, &rng).unwrap();
+            let r = e.issue("iris", &[1; 48], &[i], b"answer", Mode::Kms, &rng).unwrap();
             assert!(queued(&e).windows(r.receipt.len()).any(|w| w == r.receipt.as_slice()));
         }
         let bytes = queued(&e);
@@ -413,7 +415,7 @@ mod tests {
         let rng = SystemRandom::new();
         assert!(e.admit().is_ok());
         for i in 0..15u8 {
-            e.issue("iris", &[1; 48], &[i], b"a", 200, Mode::Ohttp, &rng).unwrap();
+            e.issue("iris", &[1; 48], &[i], b"a", Mode::Ohttp, &rng).unwrap();
         }
         assert_eq!(e.backlog(), 16);
         let refused = e.admit().unwrap_err();
@@ -422,18 +424,21 @@ mod tests {
         // The parent stores the first ten: they leave the queue, and the next batch starts at record 10.
         e.acknowledge(10);
         assert_eq!(e.backlog(), 6);
-        assert_eq!(e.batch().unwrap().0, 10);
+        assert_eq!(e.batch(usize::MAX).unwrap().0, 10);
+        // A small limit still sends one record; a larger one as many as fit.
+        let one = e.batch(1).unwrap().1;
+        assert_eq!(RecordReader::new(&one).count(), 1);
         assert!(e.admit().is_ok());
         // A parent that claims to have more than was sent empties the queue, no further.
         e.acknowledge(u64::MAX);
         assert_eq!(e.backlog(), 0);
-        assert!(e.batch().is_none());
+        assert!(e.batch(usize::MAX).is_none());
     }
 
     #[test]
     fn receipts_before_the_log_started_are_refused_not_unchained() {
         let e = Evidence::new(AuditSettings::default(), &SystemRandom::new()).unwrap();
-        let err = e.issue("iris", &[1; 48], b"q", b"a", 200, Mode::Kms, &SystemRandom::new()).unwrap_err();
+        let err = e.issue("iris", &[1; 48], b"q", b"a", Mode::Kms, &SystemRandom::new()).unwrap_err();
         assert!(matches!(err, EnclaveError::Loading(_)), "{err}");
         assert!(!e.started());
     }

@@ -87,7 +87,7 @@ impl OpenedRequest {
         receipt: Option<IssuedReceipt>,
         rng: &dyn RandomSource,
     ) -> Result<SealedAnswer, EnclaveError> {
-        Ok(self.answer.seal_answer(body, inference_header_length, receipt.map(Into::into), rng)?)
+        Ok(self.answer.seal_answer(body, inference_header_length, receipt, rng)?)
     }
 
     /// Seals an error about the request (with its receipt when the model ran).
@@ -97,7 +97,7 @@ impl OpenedRequest {
         receipt: Option<IssuedReceipt>,
         rng: &dyn RandomSource,
     ) -> Result<SealedAnswer, EnclaveError> {
-        Ok(self.answer.seal_error(&error.to_reply(), receipt.map(Into::into), rng)?)
+        Ok(self.answer.seal_error(&error.to_reply(), receipt, rng)?)
     }
 }
 

@@ -138,12 +138,11 @@ impl Enclave {
         model: &Model,
         request: &[u8],
         response: &[u8],
-        status: u16,
         mode: Mode,
     ) -> Result<Option<IssuedReceipt>, EnclaveError> {
         self.evidence
             .as_ref()
-            .map(|e| e.issue(model.name(), model.sha384(), request, response, status, mode, &self.rng))
+            .map(|e| e.issue(model.name(), model.sha384(), request, response, mode, &self.rng))
             .transpose()
     }
 
@@ -315,7 +314,7 @@ impl Enclave {
             let sealed = match result {
                 Ok(header_length) => {
                     hint.record(body.as_slice().len());
-                    match this.receipt(&model, opened.body(), body.as_slice(), 200, Mode::Kms) {
+                    match this.receipt(&model, opened.body(), body.as_slice(), Mode::Kms) {
                         Ok(receipt) => opened.seal_answer(body, header_length, receipt, &this.rng),
                         Err(e) => {
                             body.clear();
@@ -325,8 +324,7 @@ impl Enclave {
                 }
                 Err(e) => {
                     body.clear();
-                    let status = e.kind().http_status();
-                    match this.receipt(&model, opened.body(), &[], status, Mode::Kms) {
+                    match this.receipt(&model, opened.body(), &[], Mode::Kms) {
                         Ok(receipt) => opened.seal_error(&e, receipt, &this.rng),
                         Err(e) => opened.seal_error(&e, None, &this.rng),
                     }
@@ -483,7 +481,7 @@ impl Enclave {
                 Ok(_) => {
                     hint.record(w.written_len());
                     let receipt = |answer: &[u8]| {
-                        this.receipt(&model, request.content(), answer, 200, Mode::Ohttp)?
+                        this.receipt(&model, request.content(), answer, Mode::Ohttp)?
                             .ok_or_else(|| EnclaveError::Internal("receipts are off".into()))
                     };
                     let receipt: Option<IssueReceipt<'_>> = this.evidence.is_some().then_some(&receipt);
@@ -497,7 +495,7 @@ impl Enclave {
                     drop(w);
                     let status = e.kind().http_status();
                     let receipt = |answer: &[u8]| {
-                        this.receipt(&model, request.content(), answer, status, Mode::Ohttp)?
+                        this.receipt(&model, request.content(), answer, Mode::Ohttp)?
                             .ok_or_else(|| EnclaveError::Internal("receipts are off".into()))
                     };
                     let receipt: Option<IssueReceipt<'_>> = this.evidence.is_some().then_some(&receipt);

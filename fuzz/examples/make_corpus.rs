@@ -271,7 +271,6 @@ fn evidence_seeds(c: &Corpus) {
         model_sha384: [1; 48],
         request_digest: [2; 32],
         response_digest: [3; 32],
-        status: 200,
         mode: Mode::Ohttp,
         attestation_sha384: [4; 48],
         seq: 7,
@@ -297,7 +296,7 @@ fn evidence_seeds(c: &Corpus) {
     c.put("evidence_parse", "log-records", &log);
     let bundle = Bundle {
         receipt: receipt.clone(),
-        salt: [8; 32],
+        salt: zeroize::Zeroizing::new([8; 32]),
         attestation_document: vec![0x84, 0x40, 0xa0, 0x40, 0x40],
         inclusion: Some(Inclusion {
             tree_head: signed_head,

@@ -5,10 +5,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use veil_protocol::attestation::{TrustAnchor, Verifier};
 use veil_protocol::evidence::bundle::Bundle;
 use veil_protocol::evidence::claims::{ReceiptClaims, TreeHeadClaims, profile_of};
 use veil_protocol::evidence::cose::SignedObject;
 use veil_protocol::evidence::log::{RecordReader, write_record};
+use veil_protocol::evidence::verify::{EvidencePolicy, verify_receipt};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(signed) = SignedObject::parse(data, "receipt") {
@@ -41,6 +43,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(steps <= data.len() + 1, "the record reader does not end");
     }
     if let Ok(b) = Bundle::from_json(data) {
-        assert_eq!(Bundle::from_json(b.to_json().as_bytes()).ok(), Some(b));
+        assert_eq!(Bundle::from_json(b.to_json().as_bytes()).ok(), Some(b.clone()));
+        // The whole check of a bundle, as `veil receipt verify` runs it: never panics, whatever the claims
+        // say (a forged receipt's iat or seq of u64::MAX among them), and never verifies garbage.
+        let policy = EvidencePolicy::root_only(TrustAnchor::aws_nitro_root_g1());
+        let report = verify_receipt(&b, Some(data), Some(data), &policy, &Verifier::new(), u64::MAX);
+        assert!(!report.verified || report.certified_by.is_some());
     }
 });

@@ -7,7 +7,7 @@
 //! | `GET /v1/attestation?nonce=HEX` | a fresh attestation document (CBOR) carrying the nonce |
 //! | `GET /.well-known/ohttp-gateway` | the enclave's OHTTP key configuration list (`application/ohttp-keys`, RFC 9540) |
 //! | `POST /.well-known/ohttp-gateway` | relays a `message/ohttp-req` to the enclave, answers its `message/ohttp-res` (RFC 9458) |
-//! | `GET /v1/audit/attestation[?boot=HEX]` | the attestation document certifying a boot's receipt key (CBOR) |
+//! | `GET /v1/audit/attestation[?boot=HEX \| ?sha384=HEX]` | the attestation document certifying a boot's receipt key (CBOR) |
 //! | `GET /v1/audit/head[?boot=HEX]` | a boot's latest signed tree head (COSE_Sign1) |
 //! | `GET /v1/audit/proof?seq=N[&boot=HEX]` | an inclusion proof of receipt `seq` under a signed tree head (JSON) |
 //! | `GET /healthz` | 200 while the parent runs |
@@ -311,6 +311,7 @@ async fn ohttp_relay(
 struct AuditQuery {
     boot: Option<String>,
     seq: Option<String>,
+    sha384: Option<String>,
 }
 
 fn parse_boot(boot: Option<&str>) -> Result<Option<[u8; 16]>, Box<Response>> {
@@ -323,6 +324,16 @@ fn parse_boot(boot: Option<&str>) -> Result<Option<[u8; 16]>, Box<Response>> {
 /// The attestation document that certifies a boot's receipt key: what an evidence bundle carries. Public
 /// (it holds no secret); the client checks its digest against the receipt's, so the parent cannot swap it.
 async fn audit_attestation(State(state): State<Arc<AppState>>, Query(q): Query<AuditQuery>) -> Response {
+    if let Some(text) = q.sha384.as_deref() {
+        let Some(digest) = hex::decode(text).ok().and_then(|b| <[u8; 48]>::try_from(b).ok()) else {
+            return error_response(StatusCode::BAD_REQUEST, "bad_request", "sha384 is a SHA-384: 96 hex digits");
+        };
+        let audit = Arc::clone(&state.audit);
+        return match tokio::task::spawn_blocking(move || audit.document_by_digest(&digest)).await {
+            Ok(Some(doc)) => bytes_response("application/cbor", BytesMut::from(&doc[..])),
+            _ => error_response(StatusCode::NOT_FOUND, "not_found", "no attestation document with that SHA-384 here"),
+        };
+    }
     let boot = match parse_boot(q.boot.as_deref()) {
         Ok(b) => b,
         Err(r) => return *r,

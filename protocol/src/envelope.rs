@@ -88,6 +88,10 @@ pub const MAX_MODEL_NAME: usize = 128;
 const SALT: &[u8] = b"veil/v2 envelope";
 /// Room reserved in front of an answer's plaintext for the answer map's CBOR head (at most 74 bytes).
 const ANSWER_PREFIX_ROOM: usize = 80;
+/// Room kept after an answer's body for its meta (the outcome, and a receipt with its salt: under 1 KiB),
+/// so that encoding the meta never moves the plaintext body to a larger allocation and leaves the old one
+/// unwiped.
+pub const ANSWER_META_ROOM: usize = 1024;
 
 /// Why an envelope was refused. Messages name what was wrong, never key material or plaintext.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -587,7 +591,7 @@ pub struct AnswerBody {
 impl AnswerBody {
     /// An empty body with room reserved in front, `capacity` bytes of body expected.
     pub fn with_capacity(capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(ANSWER_PREFIX_ROOM + pad::LENGTHS_LEN + capacity + 256);
+        let mut buf = Vec::with_capacity(ANSWER_PREFIX_ROOM + pad::LENGTHS_LEN + capacity + ANSWER_META_ROOM);
         buf.resize(ANSWER_PREFIX_ROOM + pad::LENGTHS_LEN, 0);
         AnswerBody { buf }
     }
@@ -841,7 +845,7 @@ impl Sealer<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::random::SystemRandom;
 
@@ -878,6 +882,44 @@ mod tests {
                 receipt: None
             }
         );
+    }
+
+    /// The largest receipt the enclave can make: the longest issuer and model name the claims accept.
+    pub(crate) fn largest_receipt() -> AnswerReceipt {
+        let claims = crate::evidence::ReceiptClaims {
+            issuer: "i".repeat(crate::evidence::claims::MAX_ISSUER_LEN),
+            issued_at: u64::MAX,
+            boot_prefix: [0xff; 8],
+            model: "m".repeat(crate::message::MAX_MODEL_NAME),
+            model_sha384: [0xff; 48],
+            request_digest: [0xff; 32],
+            response_digest: [0xff; 32],
+            mode: crate::evidence::Mode::Ohttp,
+            attestation_sha384: [0xff; 48],
+            seq: u64::MAX,
+            prev: [0xff; 32],
+        };
+        let receipt = crate::evidence::ReceiptKey::from_seed(&[1; 32]).unwrap().sign(&claims.encode());
+        AnswerReceipt { receipt, salt: Zeroizing::new([0xff; 32]) }
+    }
+
+    #[test]
+    fn an_answers_meta_with_the_largest_receipt_fits_the_room_kept_for_it() {
+        // Finding of review: the meta is encoded after the body, in the body's buffer; if it outgrew the room
+        // kept, the buffer would move and leave a freed copy of the answer's plaintext behind.
+        let meta = AnswerMeta {
+            model_sha384: [0xff; 48],
+            outcome: Outcome::Answer { inference_header_length: Some(u64::MAX) },
+            receipt: Some(largest_receipt()),
+        };
+        let mut out = Vec::new();
+        meta.encode(&mut out);
+        assert!(out.len() <= ANSWER_META_ROOM, "{} bytes of meta, {ANSWER_META_ROOM} kept", out.len());
+        let mut body = AnswerBody::with_capacity(5000);
+        body.writer().extend_from_slice(&[7; 5000]);
+        let before = (body.buf.as_ptr(), body.buf.capacity());
+        meta.encode(&mut body.buf);
+        assert_eq!((body.buf.as_ptr(), body.buf.capacity()), before, "the meta moved the answer's buffer");
     }
 
     #[test]

@@ -91,10 +91,10 @@ def main() -> int:
     claims = verify_sign1(receipt, key)
     checks["signature"] = True
     checks["profile"] = claims[265] == RECEIPT_PROFILE
-    checks["document"] = claims[-65543] == hashlib.sha384(document).digest()
+    checks["document"] = claims[-65542] == hashlib.sha384(document).digest()
     models = {m["name"]: m["sha384"] for m in commitment["models"]}
     checks["model"] = models.get(claims[-65537]) == claims[-65538]
-    checks["cti"] = claims[7][8:] == claims[-65544].to_bytes(8, "big")
+    checks["cti"] = claims[7][8:] == claims[-65543].to_bytes(8, "big")
     if args.request:
         got = hmac.new(salt, open(args.request, "rb").read(), hashlib.sha256).digest()
         checks["request"] = got == claims[-65539]
@@ -105,8 +105,8 @@ def main() -> int:
     if inc:
         head = verify_sign1(base64.b64decode(inc["tree_head"]), key)
         path = [bytes.fromhex(h) for h in inc["path"]]
-        root = root_from_path(leaf_hash(receipt), claims[-65544], head[-65546], path)
-        checks["inclusion"] = head[265] == TREE_HEAD_PROFILE and root == head[-65547]
+        root = root_from_path(leaf_hash(receipt), claims[-65543], head[-65545], path)
+        checks["inclusion"] = head[265] == TREE_HEAD_PROFILE and root == head[-65546]
     out = {
         "checks": checks,
         "claims": {
@@ -114,10 +114,9 @@ def main() -> int:
             "iat": claims[6],
             "model": claims[-65537],
             "model_sha384": claims[-65538].hex(),
-            "status": claims[-65541],
-            "mode": claims[-65542],
-            "seq": claims[-65544],
-            "prev": claims[-65545].hex(),
+            "mode": claims[-65541],
+            "seq": claims[-65543],
+            "prev": claims[-65544].hex(),
         },
     }
     print(json.dumps(out))

@@ -64,6 +64,11 @@ fn veil_dev_serves_prints_endpoints_and_stops_on_sigterm() {
             .unwrap();
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("malformed envelope"));
+    // It keeps an audit log where --json says: the boot's directory, with the answer's receipt in it.
+    let audit = std::path::Path::new(endpoints["audit_log"].as_str().unwrap());
+    let boots: Vec<_> = std::fs::read_dir(audit).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(boots.len(), 1, "{boots:?}");
+    assert!(boots[0].file_name().unwrap().to_str().unwrap().starts_with("boot-"), "{boots:?}");
 
     // SIGTERM stops veil dev and both children.
     let pids = [

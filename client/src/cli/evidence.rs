@@ -15,7 +15,6 @@ use veil_client::evidence::{evidence_policy, read_bounded, read_bundle, verify_a
 use veil_client::trust::ClientPolicy;
 use veil_protocol::attestation::{CheckStatus, TrustAnchor, Verifier};
 use veil_protocol::evidence::claims::ReceiptClaims;
-use veil_protocol::evidence::cose::SignedObject;
 use veil_protocol::evidence::verify::{AuditReport, EvidencePolicy, ReceiptReport, verify_receipt};
 
 use super::attest::clean;
@@ -60,10 +59,10 @@ Examples:
   # And the plaintexts: the exact bytes sent and received (veil infer --output writes the answer's):
   veil receipt verify answer.receipt.json --policy policy.toml --request request.json --response answer.json
   # Evidence of `veil dev` (mock root), as JSON:
-  veil receipt verify answer.receipt.json --root /tmp/veil-dev-*/mock-nsm/mock-root.pem --json
+  veil receipt verify answer.receipt.json --any-image --root /tmp/veil-dev-*/mock-nsm/mock-root.pem --json
 
-Without --policy, the document is checked against the root only (AWS's, or --root) and the PCRs and
-models are printed, not pinned: say which images you accept with a policy (`veil policy new`).
+Say which images you accept: --policy FILE, or --any-image to check only the chain to the root (AWS's,
+or --root), the signatures and the plaintexts, with the PCRs and models printed, not pinned.
 
 Exit codes: 0 verified; 1 the evidence is wrong (the check is named, with expected and actual values);
 2 the evidence could not be read.";
@@ -71,7 +70,7 @@ Exit codes: 0 verified; 1 the evidence is wrong (the check is named, with expect
 const PROVE_HELP: &str = "\
 Examples:
   veil receipt prove answer.receipt.json --url http://127.0.0.1:8080 --policy policy.toml
-  veil receipt prove answer.receipt.json --url http://127.0.0.1:8080 --root mock-root.pem --wait 15
+  veil receipt prove answer.receipt.json --url http://127.0.0.1:8080 --any-image --root mock-root.pem --wait 15
 
 The enclave signs a tree head every few seconds; --wait retries until one covers the receipt.
 Exit codes: 0 the proof verified and was added; 1 it did not verify; 2 unreadable input; 3 unreachable.";
@@ -79,12 +78,13 @@ Exit codes: 0 the proof verified and was added; 1 it did not verify; 2 unreadabl
 const AUDIT_VERIFY_HELP: &str = "\
 Examples:
   veil audit verify /var/lib/veil/audit --policy policy.toml
-  veil audit verify /tmp/veil-dev-*/audit --root /tmp/veil-dev-*/mock-nsm/mock-root.pem --json
+  veil audit verify /tmp/veil-dev-*/audit --policy /tmp/veil-dev-*/client-policy.toml --json
 
 Findings name the boot, the file and byte offset, and the sequence numbers: a gap (receipts missing),
-a reordering, a duplicate, a broken chain, a tree head that does not match the log. Receipts after the
-last tree head are reported but do not fail verification (the enclave signs one every few seconds; a
-log read while the enclave runs ends like that).
+a reordering, a duplicate, a broken chain, a tree head that does not match the log or is out of place.
+Receipts after the last tree head are a note when there are as few as an honest enclave leaves (it
+signs one every --tree-head-every receipts and --tree-head-secs seconds: give its configuration's
+values), and a finding when there are more (tree heads were removed).
 Exit codes: 0 verified; 1 a finding; 2 the directory is not a readable audit log.";
 
 /// What evidence is checked against.
@@ -97,6 +97,11 @@ pub struct TrustArgs {
     /// Not used with --policy, which names its root.
     #[arg(long, env = "VEIL_ATTESTATION_ROOT")]
     pub root: Option<PathBuf>,
+    /// Without a policy: accept evidence from any enclave image (the chain to the root, the signatures and
+    /// the log's integrity are checked; the PCRs and models only printed). Anyone can run an enclave of
+    /// their own making under AWS's root, so this proves little on its own: give --policy.
+    #[arg(long, conflicts_with = "policy")]
+    pub any_image: bool,
     /// Accept evidence from debug-mode enclaves (all-zero PCRs: they prove nothing about the code).
     #[arg(long)]
     pub allow_debug: bool,
@@ -107,6 +112,12 @@ pub struct TrustArgs {
 
 impl TrustArgs {
     fn policy(&self) -> Result<(EvidencePolicy, bool), String> {
+        if self.policy.is_none() && !self.any_image {
+            return Err("say which enclave images you accept: --policy FILE (`veil policy new`: the PCRs, \
+                        models and root), or --any-image to check only the chain to the root (--root, default \
+                        AWS's), the signatures and the log"
+                .into());
+        }
         let mut policy = match (&self.policy, &self.root) {
             (Some(p), _) => evidence_policy(&ClientPolicy::load(p).map_err(|e| e.to_string())?),
             (None, Some(r)) => {
@@ -160,6 +171,12 @@ pub struct ShowArgs {
 pub struct AuditVerifyArgs {
     /// The audit log directory (`veil-parent --audit-log DIR`; `veil dev --json` names it `audit_log`).
     pub dir: PathBuf,
+    /// The enclave configuration's `[audit] tree_head_every` (receipts between tree heads).
+    #[arg(long, default_value_t = 1000)]
+    pub tree_head_every: u64,
+    /// The enclave configuration's `[audit] tree_head_secs`.
+    #[arg(long, default_value_t = 10)]
+    pub tree_head_secs: u64,
     #[command(flatten)]
     pub trust: TrustArgs,
 }
@@ -230,7 +247,7 @@ fn print_receipt_report(report: &ReceiptReport, file: &Path, pinned: bool, json:
     if let Some(r) = &report.receipt {
         println!("  receipt  seq {} at {} by {}", r.seq, r.issued_at_text, clean(&r.issuer));
         println!("           model {} SHA-384 {}", clean(&r.model), r.model_sha384);
-        println!("           status {} ({} mode)", r.status, r.mode.label());
+        println!("           {} mode", r.mode.label());
     }
     if let Some(k) = &report.certified_by {
         for (i, v) in &k.pcrs {
@@ -242,7 +259,7 @@ fn print_receipt_report(report: &ReceiptReport, file: &Path, pinned: bool, json:
     if report.verified {
         println!("VERIFIED: every check passed");
         if !pinned {
-            println!("WARNING: no --policy: the PCRs and the model were not checked against images you accept");
+            println!("WARNING: --any-image: the PCRs and the model were not checked against images you accept");
         }
     } else {
         println!("NOT VERIFIED: {}", report.error.as_deref().map(clean).unwrap_or_default());
@@ -302,16 +319,17 @@ fn show(a: &ShowArgs) -> anyhow::Result<ExitCode> {
         Ok(b) => b,
         Err(m) => return unreadable(m),
     };
-    let claims =
-        SignedObject::parse(&bundle.receipt, "receipt").and_then(|s| ReceiptClaims::decode(s.unverified_payload()));
-    match claims {
+    match ReceiptClaims::peek(&bundle.receipt) {
         Ok(c) => {
             println!("Receipt (NOT VERIFIED: `veil receipt verify` checks it)");
             println!("  issuer              {}", clean(&c.issuer));
-            println!("  issued at           {}", veil_protocol::time::format_unix_seconds(c.issued_at as i64));
+            println!(
+                "  issued at           {}",
+                veil_protocol::time::format_unix_seconds(c.issued_at.min(i64::MAX as u64) as i64)
+            );
             println!("  sequence            {} (boot {})", c.seq, hex::encode(c.boot_prefix));
             println!("  model               {} SHA-384 {}", clean(&c.model), hex::encode(c.model_sha384));
-            println!("  status              {} ({} mode)", c.status, c.mode.label());
+            println!("  mode                {}", c.mode.label());
             println!("  request digest      {}", hex::encode(c.request_digest));
             println!("  response digest     {}", hex::encode(c.response_digest));
             println!("  previous            {}", hex::encode(c.prev));
@@ -331,7 +349,7 @@ fn audit_verify(a: &AuditVerifyArgs) -> anyhow::Result<ExitCode> {
         Ok(p) => p,
         Err(m) => return unreadable(m),
     };
-    let report = match verify_audit_log(&a.dir, &policy, now_unix()) {
+    let report = match verify_audit_log(&a.dir, &policy, now_unix(), (a.tree_head_every, a.tree_head_secs)) {
         Ok(r) => r,
         Err(m) => return unreadable(m),
     };
@@ -349,7 +367,7 @@ fn print_audit_report(report: &AuditReport, dir: &Path, pinned: bool, json: bool
         return Ok(());
     }
     let s = &report.summary;
-    println!("Audit log {}", dir.display());
+    println!("Audit log {}", clean(&dir.display().to_string()));
     println!(
         "  {} receipts, {} signed tree heads, {} boots, from {} to {}",
         s.receipts,
@@ -361,7 +379,7 @@ fn print_audit_report(report: &AuditReport, dir: &Path, pinned: bool, json: bool
     for b in &s.boots {
         println!(
             "  boot {}: module {}, attested {}, {} receipts, {} tree heads, {} covered{}",
-            b.boot,
+            clean(&b.boot),
             b.module_id.as_deref().map(clean).unwrap_or_else(|| "?".into()),
             b.attested_at.as_deref().unwrap_or("?"),
             b.receipts,
@@ -378,9 +396,8 @@ fn print_audit_report(report: &AuditReport, dir: &Path, pinned: bool, json: bool
     for (p, n) in &s.per_pcrs {
         println!("    {n:>10}  {p}");
     }
-    let statuses: Vec<String> = s.per_status.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     let modes: Vec<String> = s.per_mode.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    println!("  statuses {}; modes {}", statuses.join(", "), modes.join(", "));
+    println!("  modes: {}", modes.join(", "));
     for f in &report.findings {
         println!(
             "  {}  {:<10} {}{}{}",
@@ -388,13 +405,16 @@ fn print_audit_report(report: &AuditReport, dir: &Path, pinned: bool, json: bool
             f.kind,
             f.seq.map(|s| format!("seq {s}: ")).unwrap_or_default(),
             clean(&f.message),
-            f.location.as_deref().map(|l| format!(" ({}, {})", f.boot, l)).unwrap_or_else(|| format!(" ({})", f.boot))
+            f.location
+                .as_deref()
+                .map(|l| format!(" ({}, {})", clean(&f.boot), clean(l)))
+                .unwrap_or_else(|| format!(" ({})", clean(&f.boot)))
         );
     }
     if report.verified {
         println!("VERIFIED: every receipt, chain and tree head checks");
         if !pinned {
-            println!("WARNING: no --policy: the PCRs and models were not checked against images you accept");
+            println!("WARNING: --any-image: the PCRs and models were not checked against images you accept");
         }
     } else {
         let errors = report.findings.iter().filter(|f| f.error).count();

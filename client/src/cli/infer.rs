@@ -42,7 +42,8 @@ Examples:
   veil infer --model iris --input req.json --expect-model-sha384 $(jq -r .sha384 iris.json)
 
 Evidence: --receipt FILE writes the answer's evidence bundle (the enclave's signed receipt, its salt,
-and the attestation document certifying the receipt key), checked before it is written; an auditor
+and the attestation document certifying the receipt key), checked (with the request and the answer)
+before it is written; in attested-key mode the model's refusals of an input have one too. An auditor
 verifies it with `veil receipt verify FILE`, and with --request/--response the plaintexts, which
 --output keeps byte for byte (stdout adds a newline, and --pretty reformats).
 
@@ -278,7 +279,7 @@ pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
                     hex::encode(answer.model_sha384())
                 );
                 let policy = EvidencePolicy::root_only(root.clone());
-                Ok(save_receipt(&args, &client, answer.receipt(), &policy).await)
+                Ok(save_receipt(&args, &client, answer.receipt(), &policy, &body, answer.body()).await)
             }
             Err(e) => Ok(report(&e)),
         }
@@ -328,9 +329,14 @@ fn run_attested_key(
                     gateway.key_config.key_id
                 );
                 let evidence = veil_client::evidence::evidence_policy(oblivious.policy());
-                Ok(save_receipt(args, oblivious.client(), r.receipt.as_ref(), &evidence).await)
+                Ok(save_receipt(args, oblivious.client(), r.receipt.as_ref(), &evidence, body, &r.body).await)
             }
             Ok(r) => {
+                // The model refused the input: the refusal has its receipt too, when the model ran.
+                if args.receipt.is_some() && r.receipt.is_some() {
+                    let evidence = veil_client::evidence::evidence_policy(oblivious.policy());
+                    save_receipt(args, oblivious.client(), r.receipt.as_ref(), &evidence, body, &r.body).await;
+                }
                 eprintln!(
                     "veil: the enclave answered HTTP {}: {} (inside the encryption: authenticated by the enclave)",
                     r.status,
@@ -381,6 +387,8 @@ async fn save_receipt(
     client: &Client,
     receipt: Option<&veil_protocol::envelope::AnswerReceipt>,
     policy: &EvidencePolicy,
+    request: &[u8],
+    answer: &[u8],
 ) -> ExitCode {
     let Some(path) = &args.receipt else { return ExitCode::SUCCESS };
     let Some(receipt) = receipt else {
@@ -398,7 +406,9 @@ async fn save_receipt(
         }
     };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let report = verify_receipt(&bundle, None, None, policy, &veil_protocol::attestation::Verifier::new(), now);
+    // With both plaintexts at hand: the receipt must name exactly them.
+    let verifier = veil_protocol::attestation::Verifier::new();
+    let report = verify_receipt(&bundle, Some(request), Some(answer), policy, &verifier, now);
     if !report.verified {
         eprintln!(
             "veil: the answer's evidence does not verify ({}); nothing written",

@@ -16,6 +16,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use super::{EvidenceError, Hash, SALT_LEN};
 
@@ -35,13 +36,23 @@ pub struct Inclusion {
     pub path: Vec<Hash>,
 }
 
-/// A decoded bundle.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A decoded bundle. The salt is wiped when the bundle drops, and never printed.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Bundle {
     pub receipt: Vec<u8>,
-    pub salt: [u8; SALT_LEN],
+    pub salt: Zeroizing<[u8; SALT_LEN]>,
     pub attestation_document: Vec<u8>,
     pub inclusion: Option<Inclusion>,
+}
+
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bundle")
+            .field("receipt_len", &self.receipt.len())
+            .field("attestation_document_len", &self.attestation_document.len())
+            .field("inclusion", &self.inclusion.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -85,7 +96,7 @@ impl Bundle {
         let json = BundleJson {
             format: BUNDLE_FORMAT.into(),
             receipt: STANDARD.encode(&self.receipt),
-            salt: hex::encode(self.salt),
+            salt: hex::encode(self.salt.as_ref()),
             attestation_document: STANDARD.encode(&self.attestation_document),
             inclusion: self.inclusion.as_ref().map(|i| InclusionJson {
                 tree_head: STANDARD.encode(&i.tree_head),
@@ -129,7 +140,7 @@ impl Bundle {
         };
         Ok(Bundle {
             receipt: b64("receipt", &json.receipt)?,
-            salt: hex32("salt", &json.salt)?,
+            salt: Zeroizing::new(hex32("salt", &json.salt)?),
             attestation_document: b64("attestation_document", &json.attestation_document)?,
             inclusion,
         })
@@ -145,7 +156,7 @@ mod tests {
     fn round_trips_and_refuses_unknown_fields_and_formats() {
         let b = Bundle {
             receipt: vec![1, 2, 3],
-            salt: [7; 32],
+            salt: Zeroizing::new([7; 32]),
             attestation_document: vec![9; 40],
             inclusion: Some(Inclusion { tree_head: vec![4], tree_size: 3, leaf_index: 1, path: vec![[5; 32]] }),
         };

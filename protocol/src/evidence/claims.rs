@@ -12,19 +12,22 @@
 //!   -65538: bstr .size 48,; model_sha384: SHA-384 of the model file as loaded
 //!   -65539: bstr .size 32,; request_digest: HMAC-SHA-256(salt, request plaintext)
 //!   -65540: bstr .size 32,; response_digest: HMAC-SHA-256(salt, answer plaintext)
-//!   -65541: uint,         ; status: the answer's HTTP status (200, or the error's)
-//!   -65542: tstr,         ; mode: "kms" (KMS envelope) or "ohttp" (attested-key mode)
-//!   -65543: bstr .size 48,; attestation_sha384: SHA-384 of the attestation document certifying the key
-//!   -65544: uint,         ; seq: this receipt's number in its boot, from 0
-//!   -65545: bstr .size 32 ; prev: RFC 9162 leaf hash of receipt seq-1 (32 zero bytes for seq 0)
+//!   -65541: tstr,         ; mode: "kms" (KMS envelope) or "ohttp" (attested-key mode)
+//!   -65542: bstr .size 48,; attestation_sha384: SHA-384 of the attestation document certifying the key
+//!   -65543: uint,         ; seq: this receipt's number in its boot, from 0
+//!   -65544: bstr .size 32 ; prev: RFC 9162 leaf hash of receipt seq-1 (32 zero bytes for seq 0)
 //! }
 //! tree_head = {
 //!   1: tstr, 6: uint, 265: TREE_HEAD_PROFILE,
-//!   -65543: bstr .size 48,; attestation_sha384
-//!   -65546: uint,         ; tree_size: receipts covered (seq 0 .. tree_size-1)
-//!   -65547: bstr .size 32 ; root_hash: RFC 9162 Merkle tree hash of those receipts
+//!   -65542: bstr .size 48,; attestation_sha384
+//!   -65545: uint,         ; tree_size: receipts covered (seq 0 .. tree_size-1)
+//!   -65546: bstr .size 32 ; root_hash: RFC 9162 Merkle tree hash of those receipts
 //! }
 //! ```
+//!
+//! No claim says whether the answer was an answer or an error: the parent stores receipts in the clear,
+//! and what it may learn of a request is its size bucket and timing (DESIGN invariant 9). The status is
+//! inside the answer plaintext the salted digest covers.
 //!
 //! Private claim keys (below -65536, RFC 8392 §9.1) carry what the registered claims cannot; the mapping to
 //! EphemeralML's AIR v1 is in `docs/AUDITING.md`. Decoding refuses unknown keys, missing keys, another
@@ -47,13 +50,12 @@ const MODEL: i64 = -65537;
 const MODEL_SHA384: i64 = -65538;
 const REQUEST_DIGEST: i64 = -65539;
 const RESPONSE_DIGEST: i64 = -65540;
-const STATUS: i64 = -65541;
-const MODE: i64 = -65542;
-const ATTESTATION_SHA384: i64 = -65543;
-const SEQ: i64 = -65544;
-const PREV: i64 = -65545;
-const TREE_SIZE: i64 = -65546;
-const ROOT_HASH: i64 = -65547;
+const MODE: i64 = -65541;
+const ATTESTATION_SHA384: i64 = -65542;
+const SEQ: i64 = -65543;
+const PREV: i64 = -65544;
+const TREE_SIZE: i64 = -65545;
+const ROOT_HASH: i64 = -65546;
 
 /// Which confidential path the request came by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -87,7 +89,6 @@ pub struct ReceiptClaims {
     pub model_sha384: [u8; 48],
     pub request_digest: Hash,
     pub response_digest: Hash,
-    pub status: u16,
     pub mode: Mode,
     pub attestation_sha384: [u8; 48],
     pub seq: u64,
@@ -132,7 +133,7 @@ impl ReceiptClaims {
     /// The deterministic encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(384 + self.issuer.len() + self.model.len());
-        write_common(&mut out, 13, &self.issuer, self.issued_at);
+        write_common(&mut out, 12, &self.issuer, self.issued_at);
         write_key(&mut out, CTI);
         write_bytes(&mut out, &self.cti());
         write_key(&mut out, EAT_PROFILE);
@@ -145,8 +146,6 @@ impl ReceiptClaims {
         write_bytes(&mut out, &self.request_digest);
         write_key(&mut out, RESPONSE_DIGEST);
         write_bytes(&mut out, &self.response_digest);
-        write_key(&mut out, STATUS);
-        write_head(&mut out, 0, u64::from(self.status));
         write_key(&mut out, MODE);
         write_text(&mut out, self.mode.label());
         write_key(&mut out, ATTESTATION_SHA384);
@@ -158,9 +157,16 @@ impl ReceiptClaims {
         out
     }
 
+    /// The claims of a receipt's bytes (a COSE_Sign1) WITHOUT checking its signature: to find the key and
+    /// the document that can check it, to name files, and to show it to people. Never for decisions.
+    pub fn peek(receipt: &[u8]) -> Result<ReceiptClaims, EvidenceError> {
+        let signed = super::cose::SignedObject::parse(receipt, "receipt")?;
+        ReceiptClaims::decode(signed.unverified_payload())
+    }
+
     /// Decodes a receipt's payload strictly (closed map, this profile, canonical bytes).
     pub fn decode(bytes: &[u8]) -> Result<ReceiptClaims, EvidenceError> {
-        let mut c = Claims::open(bytes, "receipt claims", 13)?;
+        let mut c = Claims::open(bytes, "receipt claims", 12)?;
         let (issuer, issued_at) = c.common()?;
         c.key(CTI)?;
         let cti: [u8; 16] = c.fixed("cti")?;
@@ -176,12 +182,6 @@ impl ReceiptClaims {
         let request_digest = c.fixed("request_digest")?;
         c.key(RESPONSE_DIGEST)?;
         let response_digest = c.fixed("response_digest")?;
-        c.key(STATUS)?;
-        let status = c.uint("status")?;
-        let status = u16::try_from(status)
-            .ok()
-            .filter(|s| (100..=599).contains(s))
-            .ok_or_else(|| c.bad(format!("status {status} is not an HTTP status")))?;
         c.key(MODE)?;
         let mode = match c.text("mode")?.as_str() {
             "kms" => Mode::Kms,
@@ -205,7 +205,6 @@ impl ReceiptClaims {
             model_sha384,
             request_digest,
             response_digest,
-            status,
             mode,
             attestation_sha384,
             seq,
@@ -361,7 +360,6 @@ pub(crate) mod tests {
             model_sha384: [1; 48],
             request_digest: [2; 32],
             response_digest: [3; 32],
-            status: 200,
             mode: Mode::Kms,
             attestation_sha384: [4; 48],
             seq: 70_000,
@@ -376,7 +374,7 @@ pub(crate) mod tests {
         assert_eq!(ReceiptClaims::decode(&bytes).unwrap(), c);
         assert_eq!(profile_of(&bytes), Some(RECEIPT_PROFILE));
         // iss (0x01) first, iat (0x06), cti (0x07), eat_profile (0x19 0x01 0x09), then -65537 (0x3a 00 01 00 00).
-        assert_eq!(&bytes[..2], &[0xad, 0x01]);
+        assert_eq!(&bytes[..2], &[0xac, 0x01]);
         let model_key = bytes.windows(5).position(|w| w == [0x3a, 0, 1, 0, 0]).unwrap();
         let profile_key = bytes.windows(3).position(|w| w == [0x19, 0x01, 0x09]).unwrap();
         assert!(profile_key < model_key);

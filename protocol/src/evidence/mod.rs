@@ -19,6 +19,7 @@
 //!
 //! The formats are specified in `docs/PROTOCOL.md` §11 and what they prove in `docs/AUDITING.md`.
 
+mod audit;
 pub mod bundle;
 pub mod claims;
 pub mod cose;

@@ -6,22 +6,22 @@
 //! root and the accepted images' PCRs, and its commitment read for the receipt key. Then
 //! [`verify_receipt`] checks one client's bundle and [`AuditVerifier`] a whole audit log, record by record.
 //! Every check has a name, and every failure says what was expected and what was found.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+pub use super::audit::{AuditReport, AuditSummary, AuditVerifier, BootSummary, Finding};
 use super::bundle::Bundle;
 use super::claims::{Mode, ReceiptClaims, TreeHeadClaims};
 use super::cose::SignedObject;
-use super::log::{Record, RecordError, RecordKind};
-use super::{EvidenceError, Hash, merkle, salted_digest, sha384};
+use super::{Hash, boot_id, merkle, salted_digest, sha384};
 use crate::attestation::{Check, CheckStatus, Policy, Report, TrustAnchor, UnverifiedDocument, Verifier};
 
 /// How far a receipt's `iat` may be before its document's timestamp (the NSM's and the enclave's clocks
 /// are one clock, read a moment apart; whole seconds against milliseconds).
-const CLOCK_SLACK_SECS: u64 = 2;
+pub(super) const CLOCK_SLACK_SECS: u64 = 2;
 /// How far in the verifier's future a receipt may be dated.
-const FUTURE_SKEW_SECS: u64 = 300;
+pub(super) const FUTURE_SKEW_SECS: u64 = 300;
 
 /// An accepted enclave image: its PCRs, and optionally its configuration digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +57,9 @@ pub struct CertifiedKey {
     pub key: [u8; 32],
     #[serde(serialize_with = "as_hex")]
     pub document_sha384: [u8; 48],
+    /// The boot id of the key (SHA-256 of it, first 16 bytes).
+    #[serde(serialize_with = "as_hex")]
+    pub boot: [u8; 16],
     pub module_id: String,
     pub timestamp_ms: u64,
     /// PCR index → value (hex).
@@ -125,6 +128,7 @@ pub fn certify(document: &[u8], policy: &EvidencePolicy, verifier: &Verifier) ->
                 return Ok(CertifiedKey {
                     key,
                     document_sha384: sha384(document),
+                    boot: boot_id(&key),
                     module_id: doc.module_id().to_owned(),
                     timestamp_ms: doc.timestamp_ms(),
                     pcrs: doc.pcrs().iter().map(|(i, v)| (*i, hex::encode(v))).collect(),
@@ -163,7 +167,6 @@ pub struct ReceiptView {
     pub issuer: String,
     pub model: String,
     pub model_sha384: String,
-    pub status: u16,
     pub mode: Mode,
     pub attestation_sha384: String,
 }
@@ -173,11 +176,10 @@ impl From<&ReceiptClaims> for ReceiptView {
         ReceiptView {
             seq: c.seq,
             issued_at: c.issued_at,
-            issued_at_text: crate::time::format_unix_seconds(c.issued_at as i64),
+            issued_at_text: crate::time::format_unix_seconds(c.issued_at.min(i64::MAX as u64) as i64),
             issuer: c.issuer.clone(),
             model: c.model.clone(),
             model_sha384: hex::encode(c.model_sha384),
-            status: c.status,
             mode: c.mode,
             attestation_sha384: hex::encode(c.attestation_sha384),
         }
@@ -202,14 +204,17 @@ pub struct ReceiptReport {
 struct Checks(Vec<Check>);
 
 impl Checks {
+    fn push(&mut self, name: &str, status: CheckStatus, detail: impl Into<String>) {
+        self.0.push(Check { name: name.into(), status, detail: detail.into() });
+    }
     fn pass(&mut self, name: &str, detail: impl Into<String>) {
-        self.0.push(Check { name: name.into(), status: CheckStatus::Passed, detail: detail.into() });
+        self.push(name, CheckStatus::Passed, detail);
     }
     fn fail(&mut self, name: &str, detail: impl Into<String>) {
-        self.0.push(Check { name: name.into(), status: CheckStatus::Failed, detail: detail.into() });
+        self.push(name, CheckStatus::Failed, detail);
     }
     fn skip(&mut self, name: &str, detail: impl Into<String>) {
-        self.0.push(Check { name: name.into(), status: CheckStatus::Skipped, detail: detail.into() });
+        self.push(name, CheckStatus::Skipped, detail);
     }
     fn check(&mut self, name: &str, result: Result<String, String>) -> bool {
         match result {
@@ -226,7 +231,11 @@ impl Checks {
 }
 
 /// Checks that the receipt's model is one its document commits to, and one the policy accepts.
-fn model_check(claims: &ReceiptClaims, key: &CertifiedKey, policy: &EvidencePolicy) -> Result<String, String> {
+pub(super) fn model_check(
+    claims: &ReceiptClaims,
+    key: &CertifiedKey,
+    policy: &EvidencePolicy,
+) -> Result<String, String> {
     match key.models.get(&claims.model) {
         Some(d) if *d == claims.model_sha384 => {}
         Some(d) => {
@@ -258,6 +267,38 @@ fn model_check(claims: &ReceiptClaims, key: &CertifiedKey, policy: &EvidencePoli
         )),
         None => Err(format!("model {}: the policy does not list this model", claims.model)),
     }
+}
+
+/// The receipt's own time against its key's certification and the verifier's clock.
+pub(super) fn time_check(claims: &ReceiptClaims, key: &CertifiedKey, now_unix: u64) -> Result<String, String> {
+    let at = |t: u64| crate::time::format_unix_seconds(t.min(i64::MAX as u64) as i64);
+    let doc_secs = key.timestamp_ms / 1000;
+    if claims.issued_at.saturating_add(CLOCK_SLACK_SECS) < doc_secs {
+        Err(format!("the receipt is dated {}, before its key was certified ({})", at(claims.issued_at), at(doc_secs)))
+    } else if claims.issued_at > now_unix.saturating_add(FUTURE_SKEW_SECS) {
+        Err(format!("the receipt is dated {}, after this machine's clock ({})", at(claims.issued_at), at(now_unix)))
+    } else {
+        Ok(at(claims.issued_at))
+    }
+}
+
+/// The receipt belongs to the boot of the certified key: its `cti` starts with the key's boot id, and its
+/// issuer is the document's module.
+pub(super) fn identity_check(claims: &ReceiptClaims, key: &CertifiedKey) -> Result<String, String> {
+    if claims.boot_prefix != key.boot[..8] {
+        return Err(format!(
+            "the receipt's cti names boot {}, the certified key's boot is {}",
+            hex::encode(claims.boot_prefix),
+            hex::encode(&key.boot[..8])
+        ));
+    }
+    if claims.issuer != key.module_id {
+        return Err(format!(
+            "the receipt's issuer is {:?}, the document's module is {:?}",
+            claims.issuer, key.module_id
+        ));
+    }
+    Ok(format!("{} (boot {})", claims.issuer, hex::encode(key.boot)))
 }
 
 /// The plaintext check: the salted digest of `plaintext` against the receipt's.
@@ -296,19 +337,8 @@ pub fn verify_receipt(
         certified_by: None,
         attestation: None,
     };
-    let finish = |mut report: ReceiptReport, c: Checks| {
-        report.verified = !c.0.iter().any(|x| x.status == CheckStatus::Failed);
-        report.error =
-            c.0.iter()
-                .find(|x| x.status == CheckStatus::Failed)
-                .map(|x| format!("check {} failed: {}", x.name, x.detail));
-        report.checks = c.0;
-        report
-    };
-    let decoded = SignedObject::parse(&bundle.receipt, "receipt")
-        .and_then(|s| ReceiptClaims::decode(s.unverified_payload()).map(|claims| (s, claims)));
-    let (signed, claims) = match decoded {
-        Ok(d) => d,
+    let claims = match ReceiptClaims::peek(&bundle.receipt) {
+        Ok(claims) => claims,
         Err(e) => {
             c.fail("receipt.decode", e.to_string());
             return finish(report, c);
@@ -354,41 +384,37 @@ pub fn verify_receipt(
     );
     report.attestation = Some(key.report.clone());
     c.pass("commitment", format!("the document commits to receipt key {}", hex::encode(key.key)));
-    let signature_ok = c.check(
-        "signature",
-        signed
-            .verify(&key.key, "receipt")
-            .map(|_| "Ed25519, with the certified key".to_owned())
-            .map_err(|e| e.to_string()),
-    );
-    c.check(
-        "issuer",
-        if claims.issuer == key.module_id {
-            Ok(claims.issuer.clone())
-        } else {
-            Err(format!("the receipt's issuer is {:?}, the document's module is {:?}", claims.issuer, key.module_id))
-        },
-    );
-    let doc_secs = key.timestamp_ms / 1000;
-    c.check(
-        "time",
-        if claims.issued_at + CLOCK_SLACK_SECS < doc_secs {
-            Err(format!(
-                "the receipt is dated {}, before its key was certified ({})",
-                crate::time::format_unix_seconds(claims.issued_at as i64),
-                crate::time::format_unix_seconds(doc_secs as i64)
-            ))
-        } else if claims.issued_at > now_unix + FUTURE_SKEW_SECS {
-            Err(format!(
-                "the receipt is dated {}, after this machine's clock ({})",
-                crate::time::format_unix_seconds(claims.issued_at as i64),
-                crate::time::format_unix_seconds(now_unix as i64)
-            ))
-        } else {
-            Ok(crate::time::format_unix_seconds(claims.issued_at as i64))
-        },
-    );
-    c.check("model", model_check(&claims, &key, policy));
+    check_receipt(&mut c, bundle, &claims, &key, request, response, policy, now_unix);
+    report.certified_by = Some(key);
+    finish(report, c)
+}
+
+/// The checks of a receipt against an already certified key (the signature first: nothing the claims
+/// say is taken as checked unless it verifies).
+#[allow(clippy::too_many_arguments)]
+fn check_receipt(
+    c: &mut Checks,
+    bundle: &Bundle,
+    claims: &ReceiptClaims,
+    key: &CertifiedKey,
+    request: Option<&[u8]>,
+    response: Option<&[u8]>,
+    policy: &EvidencePolicy,
+    now_unix: u64,
+) {
+    let signed = SignedObject::parse(&bundle.receipt, "receipt")
+        .and_then(|s| s.verify(&key.key, "receipt").map(|_| ()))
+        .map(|()| "Ed25519, with the certified key".to_owned())
+        .map_err(|e| e.to_string());
+    if !c.check("signature", signed) {
+        for name in ["identity", "time", "model", "request", "response", "inclusion"] {
+            c.skip(name, "not checked: the signature does not verify, so nothing the receipt says is the enclave's");
+        }
+        return;
+    }
+    c.check("identity", identity_check(claims, key));
+    c.check("time", time_check(claims, key, now_unix));
+    c.check("model", model_check(claims, key, policy));
     match request {
         Some(r) => {
             c.check("request", digest_check("request", &bundle.salt, r, &claims.request_digest));
@@ -404,14 +430,54 @@ pub fn verify_receipt(
     match &bundle.inclusion {
         None => c.skip("inclusion", "no inclusion proof in the bundle (veil receipt prove adds one)"),
         Some(inc) => {
-            let r = inclusion_check(&bundle.receipt, &claims, inc, &key);
-            c.check("inclusion", r);
+            c.check("inclusion", inclusion_check(&bundle.receipt, claims, inc, key));
         }
     }
-    if signature_ok {
-        report.certified_by = Some(key);
+}
+
+/// Checks a bundle whose document was certified before (a client keeping many receipts of one boot):
+/// everything [`verify_receipt`] checks after the attestation, against `key`.
+pub fn verify_receipt_with(
+    bundle: &Bundle,
+    key: &CertifiedKey,
+    request: Option<&[u8]>,
+    response: Option<&[u8]>,
+    policy: &EvidencePolicy,
+    now_unix: u64,
+) -> ReceiptReport {
+    let mut c = Checks(Vec::new());
+    let mut report = ReceiptReport {
+        verified: false,
+        checks: Vec::new(),
+        error: None,
+        receipt: None,
+        certified_by: None,
+        attestation: None,
+    };
+    let claims = match ReceiptClaims::peek(&bundle.receipt) {
+        Ok(claims) => claims,
+        Err(e) => {
+            c.fail("receipt.decode", e.to_string());
+            return finish(report, c);
+        }
+    };
+    report.receipt = Some(ReceiptView::from(&claims));
+    let digest = sha384(&bundle.attestation_document);
+    if digest != key.document_sha384 || claims.attestation_sha384 != key.document_sha384 {
+        c.fail("attestation.digest", "the bundle's document is not the certified one");
+        return finish(report, c);
     }
+    check_receipt(&mut c, bundle, &claims, key, request, response, policy, now_unix);
+    report.certified_by = Some(key.clone());
     finish(report, c)
+}
+
+fn finish(mut report: ReceiptReport, c: Checks) -> ReceiptReport {
+    report.verified = !c.0.iter().any(|x| x.status == CheckStatus::Failed);
+    report.error =
+        c.0.iter().find(|x| x.status == CheckStatus::Failed).map(|x| format!("check {} failed: {}", x.name, x.detail));
+    report.checks = c.0;
+    report
 }
 
 fn inclusion_check(
@@ -423,8 +489,8 @@ fn inclusion_check(
     let head = SignedObject::parse(&inc.tree_head, "tree head").map_err(|e| e.to_string())?;
     let payload = head.verify(&key.key, "tree head").map_err(|e| e.to_string())?;
     let head = TreeHeadClaims::decode(payload).map_err(|e| e.to_string())?;
-    if head.attestation_sha384 != key.document_sha384 {
-        return Err("the tree head names another attestation document than the receipt's".into());
+    if head.attestation_sha384 != key.document_sha384 || head.issuer != key.module_id {
+        return Err("the tree head names another attestation document or module than the receipt's".into());
     }
     if head.tree_size != inc.tree_size || inc.leaf_index != claims.seq {
         return Err(format!(
@@ -437,422 +503,6 @@ fn inclusion_check(
     Ok(format!(
         "in the audit log under a tree head of {} receipts signed {}",
         head.tree_size,
-        crate::time::format_unix_seconds(head.issued_at as i64)
+        crate::time::format_unix_seconds(head.issued_at.min(i64::MAX as u64) as i64)
     ))
-}
-
-/// What an audit-log verification found wrong (or worth saying).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Finding {
-    /// `gap`, `reordered`, `duplicate`, `chain`, `tree_head`, `signature`, `malformed`, `attestation`,
-    /// `policy`, `uncovered` (a warning: receipts after the last tree head).
-    pub kind: &'static str,
-    pub boot: String,
-    /// File and byte offset, when the finding is about one record.
-    pub location: Option<String>,
-    pub seq: Option<u64>,
-    pub message: String,
-    /// False for warnings: they do not fail the verification.
-    pub error: bool,
-}
-
-/// One boot as the summary shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct BootSummary {
-    pub boot: String,
-    pub module_id: Option<String>,
-    pub attested_at: Option<String>,
-    pub image: Option<String>,
-    pub pcrs: BTreeMap<u8, String>,
-    pub receipts: u64,
-    pub tree_heads: u64,
-    /// Receipts covered by the last tree head that verified.
-    pub covered: u64,
-}
-
-/// Requests per model, per image, statuses and time span.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct AuditSummary {
-    pub receipts: u64,
-    pub tree_heads: u64,
-    pub boots: Vec<BootSummary>,
-    /// "name sha384" → receipts.
-    pub per_model: BTreeMap<String, u64>,
-    /// "pcr0 pcr1 pcr2" (hex) → receipts.
-    pub per_pcrs: BTreeMap<String, u64>,
-    pub per_status: BTreeMap<u16, u64>,
-    pub per_mode: BTreeMap<String, u64>,
-    pub first: Option<String>,
-    pub last: Option<String>,
-}
-
-/// The outcome of an audit-log verification.
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditReport {
-    pub verified: bool,
-    pub findings: Vec<Finding>,
-    pub summary: AuditSummary,
-}
-
-/// A boot's stream, as it is read.
-struct Boot {
-    name: String,
-    key: Option<CertifiedKey>,
-    /// Leaf hash by sequence number.
-    leaves: BTreeMap<u64, Hash>,
-    /// (seq, prev) of each receipt, for the chain check once all are in.
-    links: Vec<(u64, Hash, Option<String>)>,
-    max_seq: Option<u64>,
-    heads: Vec<(TreeHeadClaims, Option<String>)>,
-    records: u64,
-}
-
-/// Verifies an audit log, record by record, one boot after another (the caller reads the files):
-/// `begin_boot`, then each record (or read error) in file order, then `end_boot`; `finish` at the end.
-pub struct AuditVerifier<'p> {
-    policy: &'p EvidencePolicy,
-    verifier: &'p Verifier,
-    now_unix: u64,
-    boot: Option<Boot>,
-    findings: Vec<Finding>,
-    summary: AuditSummary,
-    seen_documents: BTreeSet<[u8; 48]>,
-    span: (Option<u64>, Option<u64>),
-}
-
-impl std::fmt::Debug for AuditVerifier<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditVerifier").field("findings", &self.findings.len()).finish_non_exhaustive()
-    }
-}
-
-impl<'p> AuditVerifier<'p> {
-    pub fn new(policy: &'p EvidencePolicy, verifier: &'p Verifier, now_unix: u64) -> Self {
-        AuditVerifier {
-            policy,
-            verifier,
-            now_unix,
-            boot: None,
-            findings: Vec::new(),
-            summary: AuditSummary::default(),
-            seen_documents: BTreeSet::new(),
-            span: (None, None),
-        }
-    }
-
-    fn find(&mut self, kind: &'static str, location: Option<&str>, seq: Option<u64>, message: String) {
-        let boot = self.boot.as_ref().map_or_else(String::new, |b| b.name.clone());
-        self.findings.push(Finding { kind, boot, location: location.map(str::to_owned), seq, message, error: true });
-    }
-
-    /// A boot's stream starts (a directory of the log).
-    pub fn begin_boot(&mut self, name: &str) {
-        self.end_boot();
-        self.boot = Some(Boot {
-            name: name.to_owned(),
-            key: None,
-            leaves: BTreeMap::new(),
-            links: Vec::new(),
-            max_seq: None,
-            heads: Vec::new(),
-            records: 0,
-        });
-    }
-
-    /// A record that could not be read.
-    pub fn record_error(&mut self, location: &str, e: &RecordError) {
-        let what = if e.truncated { "the file ends inside a record (cut short)" } else { "unreadable record" };
-        self.find("malformed", Some(location), None, format!("{what}: {}", e.error));
-    }
-
-    /// The next record of the current boot's stream.
-    pub fn record(&mut self, location: &str, record: Record<'_>) {
-        let Some(boot) = self.boot.as_mut() else { return };
-        let index = boot.records;
-        boot.records += 1;
-        match (record.kind, index) {
-            (RecordKind::Attestation, 0) => self.attestation(location, record.bytes),
-            (RecordKind::Attestation, _) => {
-                self.find("malformed", Some(location), None, "an attestation document after the start of a boot".into())
-            }
-            (_, 0) => self.find(
-                "attestation",
-                Some(location),
-                None,
-                "the boot's log does not start with the attestation document that certifies its key".into(),
-            ),
-            (RecordKind::Receipt, _) => self.receipt(location, record.bytes),
-            (RecordKind::TreeHead, _) => self.tree_head(location, record.bytes),
-        }
-    }
-
-    fn attestation(&mut self, location: &str, bytes: &[u8]) {
-        match certify(bytes, self.policy, self.verifier) {
-            Ok(key) => {
-                if !self.seen_documents.insert(key.document_sha384) {
-                    self.find(
-                        "duplicate",
-                        Some(location),
-                        None,
-                        "this boot's attestation document appears in another boot's log too".into(),
-                    );
-                }
-                if let Some(b) = self.boot.as_mut() {
-                    b.key = Some(key);
-                }
-            }
-            Err(nc) => self.find("attestation", Some(location), None, format!("check {}: {}", nc.check, nc.message)),
-        }
-    }
-
-    fn receipt(&mut self, location: &str, bytes: &[u8]) {
-        let Some(key) = self.boot.as_ref().and_then(|b| b.key.clone()) else {
-            self.find(
-                "attestation",
-                Some(location),
-                None,
-                "a receipt with no verified attestation document before it".into(),
-            );
-            return;
-        };
-        let parsed = SignedObject::parse(bytes, "receipt").and_then(|s| {
-            let payload = s.verify(&key.key, "receipt")?;
-            ReceiptClaims::decode(payload)
-        });
-        let claims = match parsed {
-            Ok(c) => c,
-            Err(e @ EvidenceError::Signature { .. }) => {
-                return self.find("signature", Some(location), None, e.to_string());
-            }
-            Err(e) => return self.find("malformed", Some(location), None, e.to_string()),
-        };
-        let seq = Some(claims.seq);
-        if claims.attestation_sha384 != key.document_sha384 || claims.issuer != key.module_id {
-            return self.find(
-                "attestation",
-                Some(location),
-                seq,
-                "the receipt names another attestation document or module than its boot's".into(),
-            );
-        }
-        if claims.issued_at + CLOCK_SLACK_SECS < key.timestamp_ms / 1000
-            || claims.issued_at > self.now_unix + FUTURE_SKEW_SECS
-        {
-            self.find(
-                "time",
-                Some(location),
-                seq,
-                format!(
-                    "the receipt is dated {}, outside its boot's lifetime",
-                    crate::time::format_unix_seconds(claims.issued_at as i64)
-                ),
-            );
-        }
-        if let Err(m) = model_check(&claims, &key, self.policy) {
-            self.find("policy", Some(location), seq, m);
-        }
-        let Some(boot) = self.boot.as_mut() else { return };
-        let leaf = merkle::leaf_hash(bytes);
-        if boot.leaves.contains_key(&claims.seq) {
-            let name = boot.name.clone();
-            self.findings.push(Finding {
-                kind: "duplicate",
-                boot: name,
-                location: Some(location.into()),
-                seq,
-                message: format!("receipt seq {} appears twice", claims.seq),
-                error: true,
-            });
-            return;
-        }
-        if let Some(max) = boot.max_seq
-            && claims.seq < max
-        {
-            let name = boot.name.clone();
-            self.findings.push(Finding {
-                kind: "reordered",
-                boot: name,
-                location: Some(location.into()),
-                seq,
-                message: format!(
-                    "receipt seq {} appears after seq {max}: the log is not in sequence order",
-                    claims.seq
-                ),
-                error: true,
-            });
-        }
-        boot.max_seq = Some(boot.max_seq.map_or(claims.seq, |m| m.max(claims.seq)));
-        boot.leaves.insert(claims.seq, leaf);
-        boot.links.push((claims.seq, claims.prev, Some(location.to_owned())));
-        let s = &mut self.summary;
-        s.receipts += 1;
-        *s.per_model.entry(format!("{} {}", claims.model, hex::encode(claims.model_sha384))).or_default() += 1;
-        let pcrs = (0u8..3).map(|i| key.pcrs.get(&i).cloned().unwrap_or_default()).collect::<Vec<_>>().join(" ");
-        *s.per_pcrs.entry(pcrs).or_default() += 1;
-        *s.per_status.entry(claims.status).or_default() += 1;
-        *s.per_mode.entry(claims.mode.label().to_owned()).or_default() += 1;
-        self.span.0 = Some(self.span.0.map_or(claims.issued_at, |t| t.min(claims.issued_at)));
-        self.span.1 = Some(self.span.1.map_or(claims.issued_at, |t| t.max(claims.issued_at)));
-    }
-
-    fn tree_head(&mut self, location: &str, bytes: &[u8]) {
-        let Some(key) = self.boot.as_ref().and_then(|b| b.key.clone()) else {
-            self.find(
-                "attestation",
-                Some(location),
-                None,
-                "a tree head with no verified attestation document before it".into(),
-            );
-            return;
-        };
-        let parsed = SignedObject::parse(bytes, "tree head").and_then(|s| {
-            let payload = s.verify(&key.key, "tree head")?;
-            TreeHeadClaims::decode(payload)
-        });
-        match parsed {
-            Ok(h) if h.attestation_sha384 != key.document_sha384 || h.issuer != key.module_id => self.find(
-                "attestation",
-                Some(location),
-                None,
-                "the tree head names another attestation document or module than its boot's".into(),
-            ),
-            Ok(h) => {
-                self.summary.tree_heads += 1;
-                if let Some(b) = self.boot.as_mut() {
-                    b.heads.push((h, Some(location.to_owned())));
-                }
-            }
-            Err(e @ EvidenceError::Signature { .. }) => self.find("signature", Some(location), None, e.to_string()),
-            Err(e) => self.find("malformed", Some(location), None, e.to_string()),
-        }
-    }
-
-    /// The current boot's stream has ended: check its chain, gaps and tree heads.
-    pub fn end_boot(&mut self) {
-        let Some(boot) = self.boot.take() else { return };
-        let mut findings = Vec::new();
-        let mut find =
-            |kind: &'static str, location: Option<String>, seq: Option<u64>, message: String, error: bool| {
-                findings.push(Finding { kind, boot: boot.name.clone(), location, seq, message, error });
-            };
-        if boot.records == 0 {
-            find("malformed", None, None, "the boot's log is empty".into(), true);
-        }
-        // Gaps: every sequence number up to the highest seen must be there.
-        if let Some(max) = boot.max_seq {
-            let mut missing_from: Option<u64> = None;
-            for s in 0..=max + 1 {
-                let present = s > max || boot.leaves.contains_key(&s);
-                match (present, missing_from) {
-                    (false, None) => missing_from = Some(s),
-                    (true, Some(a)) => {
-                        let range =
-                            if a == s - 1 { format!("seq {a} is") } else { format!("seq {a} to {} are", s - 1) };
-                        find("gap", None, Some(a), format!("{range} missing from the log"), true);
-                        missing_from = None;
-                    }
-                    _ => {}
-                }
-            }
-        }
-        // The chain: each receipt names the leaf hash of the one before it.
-        for (seq, prev, location) in &boot.links {
-            let expected = if *seq == 0 { Some([0u8; 32]) } else { boot.leaves.get(&(seq - 1)).copied() };
-            match expected {
-                Some(e) if e == *prev => {}
-                Some(_) => find(
-                    "chain",
-                    location.clone(),
-                    Some(*seq),
-                    format!(
-                        "receipt seq {seq} does not name receipt seq {} as its predecessor: the receipt before it was altered or replaced",
-                        seq.saturating_sub(1)
-                    ),
-                    true,
-                ),
-                None => {} // a gap, reported above
-            }
-        }
-        // Tree heads: each must be the root of exactly the receipts before it, in sequence order.
-        let mut covered = 0;
-        let mut last_size = 0;
-        for (head, location) in &boot.heads {
-            if head.tree_size < last_size {
-                find(
-                    "tree_head",
-                    location.clone(),
-                    None,
-                    format!("a tree head of {} receipts after one of {last_size}", head.tree_size),
-                    true,
-                );
-            }
-            last_size = last_size.max(head.tree_size);
-            let leaves: Option<Vec<Hash>> = (0..head.tree_size).map(|s| boot.leaves.get(&s).copied()).collect();
-            match leaves {
-                None => find(
-                    "tree_head",
-                    location.clone(),
-                    None,
-                    format!(
-                        "the tree head signed for {} receipts cannot be matched: receipts it covers are missing from the log",
-                        head.tree_size
-                    ),
-                    true,
-                ),
-                Some(l) => {
-                    let root = merkle::root(&l);
-                    if root == head.root_hash {
-                        covered = covered.max(head.tree_size);
-                    } else {
-                        find(
-                            "tree_head",
-                            location.clone(),
-                            None,
-                            format!(
-                                "the tree head signed for {} receipts has root {}; the log's receipts give {}: the log was altered",
-                                head.tree_size,
-                                hex::encode(head.root_hash),
-                                hex::encode(root)
-                            ),
-                            true,
-                        );
-                    }
-                }
-            }
-        }
-        let total = boot.max_seq.map_or(0, |m| m + 1);
-        if total > covered && boot.key.is_some() {
-            find(
-                "uncovered",
-                None,
-                Some(covered),
-                format!(
-                    "receipts seq {covered} to {} are not covered by a signed tree head: the enclave signs one within \
-                     seconds, so the log was read while the enclave ran, or was cut after them",
-                    total - 1
-                ),
-                false,
-            );
-        }
-        self.findings.extend(findings);
-        let key = boot.key.as_ref();
-        self.summary.boots.push(BootSummary {
-            boot: boot.name.clone(),
-            module_id: key.map(|k| k.module_id.clone()),
-            attested_at: key.map(|k| crate::time::format_unix_millis(k.timestamp_ms)),
-            image: key.and_then(|k| k.image.clone()),
-            pcrs: key.map(|k| k.pcrs.clone()).unwrap_or_default(),
-            receipts: boot.leaves.len() as u64,
-            tree_heads: boot.heads.len() as u64,
-            covered,
-        });
-    }
-
-    /// The report: verified when no finding is an error.
-    pub fn finish(mut self) -> AuditReport {
-        self.end_boot();
-        self.summary.first = self.span.0.map(|t| crate::time::format_unix_seconds(t as i64));
-        self.summary.last = self.span.1.map(|t| crate::time::format_unix_seconds(t as i64));
-        AuditReport { verified: !self.findings.iter().any(|f| f.error), findings: self.findings, summary: self.summary }
-    }
 }

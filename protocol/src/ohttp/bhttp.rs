@@ -350,6 +350,11 @@ pub fn encode_request(
     out
 }
 
+/// Room a [`ResponseWriter`] keeps after the content for its trailer section (a receipt, base64, and its
+/// salt: under 1 KiB), so that writing the trailers never moves the content to a larger allocation and
+/// leaves the old one unwiped.
+pub const TRAILER_ROOM: usize = 1536;
+
 /// Room a [`ResponseWriter`] keeps for the content length: the four-byte varint, enough for 1 GiB.
 const CONTENT_LENGTH_ROOM: usize = 4;
 /// Largest content a response may carry.
@@ -369,7 +374,7 @@ impl ResponseWriter {
     /// A response with `status` and `headers`, after `room` reserved bytes, expecting `capacity` bytes of
     /// content.
     pub fn new(room: usize, status: u16, headers: &[(&str, &[u8])], capacity: usize) -> ResponseWriter {
-        let mut buf = Vec::with_capacity(room + 64 + 64 * headers.len() + capacity + 64);
+        let mut buf = Vec::with_capacity(room + 64 + 64 * headers.len() + capacity + TRAILER_ROOM);
         buf.resize(room, 0);
         put_varint(&mut buf, 1);
         put_varint(&mut buf, u64::from(status));
@@ -480,6 +485,25 @@ mod tests {
             assert_eq!(r.content.as_slice().len(), size);
             assert!(r.content.as_slice().iter().all(|&b| b == b'x'));
         }
+    }
+
+    #[test]
+    fn the_largest_receipts_trailers_fit_the_room_kept_for_them() {
+        // Finding of review: trailers are written after the content, in its buffer; outgrowing the room
+        // kept would move the buffer and leave a freed copy of the answer's plaintext behind.
+        use base64::Engine;
+        let r = crate::envelope::tests::largest_receipt();
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&r.receipt);
+        let salt = hex::encode(r.salt.as_ref());
+        let trailers: [(&str, &[u8]); 2] = [
+            (crate::ohttp::RECEIPT_TRAILER, encoded.as_bytes()),
+            (crate::ohttp::RECEIPT_SALT_TRAILER, salt.as_bytes()),
+        ];
+        let mut w = ResponseWriter::new(32, 200, &[("content-type", b"application/json")], 70_000);
+        w.content().extend(std::iter::repeat_n(b'x', 70_000));
+        let before = (w.buf.as_ptr(), w.buf.capacity());
+        put_fields(&mut w.buf, &trailers);
+        assert_eq!((w.buf.as_ptr(), w.buf.capacity()), before, "the trailers moved the answer's buffer");
     }
 
     #[test]

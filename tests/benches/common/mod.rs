@@ -194,9 +194,10 @@ pub fn http_target(base: &str, path: String, body: Vec<u8>) -> impl Fn() + Sync 
 }
 
 thread_local! {
-    /// Each load thread keeps its own attested-key client (one verification, then OHTTP per request).
-    static OBLIVIOUS: std::cell::RefCell<Option<std::sync::Arc<veil_client::oblivious::ObliviousClient>>> =
-        const { std::cell::RefCell::new(None) };
+    /// Each load thread keeps its own attested-key client per stack (one verification, then OHTTP per
+    /// request).
+    static OBLIVIOUS: std::cell::RefCell<BTreeMap<String, std::sync::Arc<veil_client::oblivious::ObliviousClient>>> =
+        const { std::cell::RefCell::new(BTreeMap::new()) };
 }
 
 /// Attested-key mode from Veil's Rust client, to `model` of `stack`: JSON (`header_length` None) or a
@@ -216,7 +217,8 @@ pub fn attested_target<'a>(
     move || {
         let client = OBLIVIOUS.with(|c| {
             c.borrow_mut()
-                .get_or_insert_with(|| {
+                .entry(stack.url.clone())
+                .or_insert_with(|| {
                     let http = veil_client::Client::new(&stack.url).unwrap();
                     std::sync::Arc::new(veil_client::oblivious::ObliviousClient::new(http, policy.clone()))
                 })
