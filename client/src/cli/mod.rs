@@ -9,6 +9,7 @@ pub mod dev;
 pub mod eif;
 pub mod infer;
 pub mod kms;
+pub mod load;
 pub mod model;
 pub mod ohttp;
 pub mod policy;
