@@ -161,6 +161,12 @@ fn bytes_response(content_type: &'static str, body: BytesMut) -> Response {
 
 /// A body that could not be read (over `--max-body-bytes`, or cut off), as the API's JSON error.
 fn body_rejection(r: &axum::extract::rejection::BytesRejection) -> (Response, &'static str) {
+    if crate::serve::is_body_timeout(r) {
+        // The client took too long to send its body (crate::serve): say so, and close the connection.
+        let mut response = error_response(StatusCode::REQUEST_TIMEOUT, "timeout", &r.body_text());
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return (response, "body_timeout");
+    }
     let status = r.status();
     let (kind, label) = if status == StatusCode::PAYLOAD_TOO_LARGE {
         ("too_large", "too_large")
