@@ -67,17 +67,22 @@ for entry in "minilm=${VEIL_MODELS_DIR:-$cache/models}/minilm.onnx" "large=$larg
         done
         # Everything about this run, read while the stack still runs (the peak is the enclave's VmHWM).
         python3 - "$state.jsonl" "$path" "$name" "$run" >>"$out/startup.json" <<'EOF'
-import json, os, re, sys
+import datetime, json, os, re, sys
 dev = json.loads(open(sys.argv[1]).readline())
 pid = dev["pids"]["enclave"]
 status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status") if ":" in line)
 kib = lambda k: int(status[k].split()[0])
-log = open(dev["logs"]["enclave"]).read()
+log = re.sub(r"\x1b\[[0-9;]*m", "", open(dev["logs"]["enclave"]).read())
 fetched = re.search(r"model fetched.*?elapsed_ms=(\d+)", log)
+def at(what):
+    m = re.search(r"^(\S+)\s+INFO.*" + what, log, re.M)
+    return datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")) if m else None
+fetched_at, loaded_at = at("model fetched"), at("model loaded")
 sessions = re.search(r"^sessions = (\d+)", open(dev["enclave_config"]).read(), re.M)
 print(json.dumps({
     "model": sys.argv[3], "run": int(sys.argv[4]), "model_bytes": os.path.getsize(sys.argv[2]),
     "startup_ms": dev["enclave_startup_ms"], "fetch_ms": int(fetched.group(1)) if fetched else None,
+    "open_and_load_ms": round((loaded_at - fetched_at).total_seconds() * 1000) if fetched_at and loaded_at else None,
     "peak_rss_kib": kib("VmHWM"), "rss_kib": kib("VmRSS"),
     "sessions": int(sessions.group(1)) if sessions else os.cpu_count(),
 }) + ",")
@@ -98,17 +103,20 @@ import json, statistics, sys
 rows = json.load(open(sys.argv[1]))
 runs = [r for r in rows if "run" in r]
 advice = {r["model"]: r["eif_size_advice"] for r in rows if "eif_size_advice" in r}
-print("| model | size | sessions | cold start (median, min-max) | of which fetch | peak RSS (median) | peak / size | veil eif size: models term | advised memory |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| model | size | sessions | cold start (median, min-max) | fetch | key, decrypt, hash, ONNX Runtime | peak RSS | after load | peak / size | veil eif size: model term | advised memory |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for model in dict.fromkeys(r["model"] for r in runs):
     rs = [r for r in runs if r["model"] == model]
     mb = rs[0]["model_bytes"] / 2**20
     start = [r["startup_ms"] / 1000 for r in rs]
     fetch = [r["fetch_ms"] / 1000 for r in rs if r["fetch_ms"] is not None]
+    load = [r["open_and_load_ms"] / 1000 for r in rs if r["open_and_load_ms"] is not None]
+    med = lambda xs: f"{statistics.median(xs):.2f} s" if xs else "?"
     peak = statistics.median(r["peak_rss_kib"] for r in rs) / 1024
+    after = statistics.median(r["rss_kib"] for r in rs) / 1024
     a = advice[model]
     term = a["models_mib"] * (2 + a["sessions"])
     print(f"| {model} | {mb:.0f} MiB | {rs[0]['sessions']} | {statistics.median(start):.2f} s ({min(start):.2f}-{max(start):.2f}) "
-          f"| {statistics.median(fetch):.2f} s | {peak:.0f} MiB | {peak / mb:.2f} | {term} MiB ({a['models_mib']} x (2 + {a['sessions']})) "
-          f"| {a['memory_mib']} MiB |")
+          f"| {med(fetch)} | {med(load)} | {peak:.0f} MiB | {after:.0f} MiB | {peak / mb:.2f} "
+          f"| {term} MiB ({a['models_mib']} x (2 + {a['sessions']})) | {a['memory_mib']} MiB |")
 EOF

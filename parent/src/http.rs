@@ -13,7 +13,8 @@
 //!
 //! Errors are JSON `{"error": "...", "kind": "..."}` with the status the one table in
 //! `veil_protocol::error` gives the kind (400 bad request, 403 KMS refused, 404 unknown model, 413 too
-//! large, 502 protocol, 503 unavailable or overloaded, with `Retry-After`, 504 no answer in time). Nothing
+//! large, 502 protocol, 503 unavailable or overloaded, with `Retry-After`, 504 no answer in time), and 408
+//! for a body slower than the read timeout ([`crate::serve`]). Nothing
 //! the parent answers is authenticated: clients treat these errors as the parent's word. What the enclave
 //! says about a request's contents travels sealed inside a 200 answer, so the parent never sees it.
 use std::sync::Arc;

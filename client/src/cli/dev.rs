@@ -28,10 +28,11 @@ encrypted under the mock KMS key before the parent serves it; the enclave's conf
 the state directory, as an image would carry it) names each model, its key and its SHA-384.
 
 Supervision: a child that dies (enclave, parent, mock KMS) is restarted with backoff, from 0.5 s
-doubling to 30 s (back to 0.5 s once it has stayed up a minute); each restart is logged here with the
-end of the child's log. STATE/status.json (its path is `status_file` in --json's first line) always
-holds each child's pid, state, restarts, last exit and the enclave's last cold start; with --json,
-every event also prints one JSON line {\"event\", \"role\", \"message\", \"status\"} on stdout.
+doubling to 30 s (back to 0.5 s once it has stayed up a minute); each restart is logged here
+with the end of the child's log. STATE/status.json (its path is `status_file` in --json's first
+line) always holds each child's pid, state, restarts, last exit and the enclave's last cold
+start; with --json, every event also prints one JSON line {\"event\", \"role\", \"message\",
+\"status\"} on stdout.
 
 Examples:
   veil dev                       # API on http://127.0.0.1:8080, Ctrl-C to stop

@@ -40,6 +40,11 @@ Examples:
   echo '{...}' | veil infer --url http://127.0.0.1:8080 --model iris --input -
   veil infer --model iris --input req.json --expect-model-sha384 $(jq -r .sha384 iris.json)
 
+A request that fails in a way that may succeed again (the parent unreachable, the connection
+closed before an answer, 503 or 429) is sent again, sealed afresh, up to --retries times with
+exponential backoff, honouring Retry-After; a timeout never is (docs/RELIABILITY.md). Each retry
+is said on stderr.
+
 Errors name who said them: \"the enclave refused the request: ...\" came sealed from the enclave;
 \"the parent said, not authenticated by the enclave: ...\" could have been made up by the parent.
 

@@ -39,22 +39,25 @@ const WRONG_EXAMPLES: usize = 5;
 /// Load a Veil deployment with sealed inference requests; report latency, throughput, errors and wrong answers.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Sends the same v2 request (--input) many times, from --concurrency workers at once, each one client as a
-real one would be (its own connections, and its own KMS session or attested-key client), until
---requests are sent or --duration seconds have passed, whichever comes first (Ctrl-C or SIGTERM stop
-it early: requests in flight finish and the report covers what was sent). A progress bar shows on a
-terminal. Then it prints latency percentiles (p50, p90, p99, p99.9, max; first attempt to final answer,
-retries included, answered requests only), throughput (answers per second), failures by kind, retries,
-and WRONG ANSWERS: every answer must name the model digest asked for and match the reference (the
-first answer, or --expect FILE, a v2 response such as `veil infer` prints), number for number within
---atol/--rtol (default: exactly).
+Sends the same v2 request (--input) many times, from --concurrency workers at once, each one
+client as a real one would be (its own connections, and its own KMS session or attested-key
+client), until --requests are sent or --duration seconds have passed, whichever comes first
+(Ctrl-C or SIGTERM stop it early: requests in flight finish and the report covers what was
+sent). A progress bar shows on a terminal. Then it prints latency percentiles (p50, p90, p99,
+p99.9, max; first attempt to final answer, retries included, answered requests only), throughput
+(answers per second), failures by kind, retries, and WRONG ANSWERS: every answer must name the
+model digest asked for and match the reference (the first answer, or --expect FILE, a v2
+response such as `veil infer` prints), number for number within --atol/--rtol (default:
+exactly).
 
-Modes, as for `veil infer`: --policy FILE (attested-key mode: the enclave is verified once before
-anything is sent) or --kms-key-id KEY (KMS envelope mode: the model digest from --expect-model-sha384
-or the enclave's verified attestation). In KMS mode, each worker's first request also makes its data key.
+Modes, as for `veil infer`: --policy FILE (attested-key mode: the enclave is verified once
+before anything is sent) or --kms-key-id KEY (KMS envelope mode: the model digest from
+--expect-model-sha384 or the enclave's verified attestation). In KMS mode, each worker's first
+request also makes its data key.
 
-Sizing: run it from a client machine against one instance, raise --concurrency until throughput stops
-growing while p99 still meets your target; that throughput per instance, with headroom, sizes the fleet.
+Sizing: run it from a client machine against one instance, raise --concurrency until throughput
+stops growing while p99 still meets your target; that throughput per instance, with headroom,
+sizes the fleet.
 
 Examples:
   veil load --policy policy.toml --model iris --input examples/iris.json --requests 100000 --concurrency 64
@@ -62,10 +65,12 @@ Examples:
   veil load --policy policy.toml --model iris --input req.json --expect answer.json --retries 8
 
 --json prints one object on stdout: requests, ok, wrong, failed, retries, rps, duration_secs,
-latency_us {min, mean, p50, p90, p99, p999, max}, errors {kind: count}, wrong_examples, and the settings.
+latency_us {min, mean, p50, p90, p99, p999, max}, errors {kind: count}, wrong_examples, and the
+settings.
 
-Exit codes: 0 every request answered rightly, 1 a wrong answer or a failed request, 2 bad input or usage,
-3 server unreachable before the run, 4 the enclave's attestation did not verify (nothing was sent).")]
+Exit codes: 0 every request answered rightly, 1 a wrong answer or a failed request, 2 bad input
+or usage, 3 server unreachable before the run, 4 the enclave's attestation did not verify
+(nothing was sent).")]
 pub struct LoadArgs {
     /// The parent's URL.
     #[arg(long, env = "VEIL_URL", default_value = "http://127.0.0.1:8080")]

@@ -43,6 +43,18 @@ impl Default for RestartPolicy {
     }
 }
 
+impl RestartPolicy {
+    /// The wait before restarting a child that was up for `up_for`, after the previous wait `previous`
+    /// (`None` before the first restart): [`RestartPolicy::initial_delay`] at first and after a healthy
+    /// run, else double the previous, at most [`RestartPolicy::max_delay`].
+    pub fn delay(&self, previous: Option<Duration>, up_for: Duration) -> Duration {
+        match previous {
+            Some(p) if up_for < self.reset_after => (p * 2).min(self.max_delay),
+            _ => self.initial_delay,
+        }
+    }
+}
+
 /// What happened to a child, for `veil dev`'s log.
 #[derive(Debug, Clone)]
 pub enum SupervisorEvent {
@@ -93,8 +105,8 @@ impl std::fmt::Display for SupervisorEvent {
 struct Watch {
     role: Role,
     restarts: u32,
-    /// The next wait before a restart.
-    delay: Duration,
+    /// The last wait before a restart, if any.
+    delay: Option<Duration>,
     /// When the current process started.
     started: Instant,
     started_unix_ms: u64,
@@ -130,7 +142,7 @@ impl Supervisor {
             .map(|role| Watch {
                 role,
                 restarts: 0,
-                delay: policy.initial_delay,
+                delay: None,
                 started: now,
                 started_unix_ms: unix_ms(),
                 due: None,
@@ -174,12 +186,10 @@ impl Supervisor {
                     events.push(SupervisorEvent::GaveUp { role, status, log_tail });
                     continue;
                 }
-                if w.started.elapsed() >= self.policy.reset_after {
-                    w.delay = self.policy.initial_delay;
-                }
-                w.due = Some(Instant::now() + w.delay);
-                events.push(SupervisorEvent::Exited { role, status, restart_in: w.delay, log_tail });
-                w.delay = (w.delay * 2).min(self.policy.max_delay);
+                let delay = self.policy.delay(w.delay, w.started.elapsed());
+                w.delay = Some(delay);
+                w.due = Some(Instant::now() + delay);
+                events.push(SupervisorEvent::Exited { role, status, restart_in: delay, log_tail });
             }
             if let Some(due) = self.watches[i].due
                 && Instant::now() >= due
@@ -202,9 +212,9 @@ impl Supervisor {
                     Err(e) => {
                         // Counted as a restart all the same: a child that cannot even start is crash-looping.
                         w.restarts += 1;
-                        let retry_in = w.delay;
+                        let retry_in = self.policy.delay(w.delay, Duration::ZERO);
+                        w.delay = Some(retry_in);
                         w.due = Some(Instant::now() + retry_in);
-                        w.delay = (w.delay * 2).min(self.policy.max_delay);
                         events.push(SupervisorEvent::RestartFailed { role, error: format!("{e:#}"), retry_in });
                     }
                 }
@@ -275,6 +285,22 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restarts_back_off_doubling_to_the_cap_and_start_over_after_a_healthy_run() {
+        let p = RestartPolicy::default();
+        let crash = Duration::from_secs(1);
+        let mut waits = vec![];
+        let mut last = None;
+        for _ in 0..9 {
+            let d = p.delay(last, crash);
+            waits.push(d.as_millis());
+            last = Some(d);
+        }
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        // Up for a minute: healthy again, the next crash is restarted at once.
+        assert_eq!(p.delay(last, Duration::from_secs(60)), Duration::from_millis(500));
+    }
 
     #[test]
     fn events_say_what_happened_and_what_comes_next() {
