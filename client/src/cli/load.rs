@@ -498,7 +498,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
                 tally
             });
         }
-        let progress = progress_bar(&args, limit, started, Arc::clone(&plan));
+        let (bar, progress) = progress_bar(&args, limit, started, Arc::clone(&plan));
         let mut total = Tally::new()?;
         while let Some(t) = tasks.join_next().await {
             total.merge(t?);
@@ -506,6 +506,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
         let elapsed = started.elapsed();
         progress.abort();
         stopper.abort();
+        bar.finish_and_clear();
         let summary = summary(&args, mode, &total, elapsed);
         if args.json {
             let mut out = std::io::stdout().lock();
@@ -518,8 +519,14 @@ pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// A progress bar on stderr while the run lasts, when stderr is a terminal.
-fn progress_bar(args: &LoadArgs, limit: u64, started: Instant, plan: Arc<Plan>) -> tokio::task::JoinHandle<()> {
+/// A progress bar on stderr while the run lasts, when stderr is a terminal (hidden otherwise), and the task
+/// that moves it.
+fn progress_bar(
+    args: &LoadArgs,
+    limit: u64,
+    started: Instant,
+    plan: Arc<Plan>,
+) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     let by_time = limit == u64::MAX;
     let len = if by_time { args.duration.unwrap_or(1) } else { limit };
@@ -531,19 +538,22 @@ fn progress_bar(args: &LoadArgs, limit: u64, started: Instant, plan: Arc<Plan>) 
     let template = if by_time {
         "{elapsed_precise} [{bar:40}] {pos}/{len} s  {msg}"
     } else {
-        "{elapsed_precise} [{bar:40}] {pos}/{len}  {per_sec}  eta {eta}  {msg}"
+        "{elapsed_precise} [{bar:40}] {pos}/{len}  {msg}  eta {eta}"
     };
     if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style.progress_chars("=> "));
     }
-    tokio::spawn(async move {
+    let ticking = bar.clone();
+    let task = tokio::spawn(async move {
         loop {
             let done = plan.done.load(Ordering::Relaxed);
-            bar.set_position(if by_time { started.elapsed().as_secs() } else { done });
-            bar.set_message(format!("{done} done"));
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            ticking.set_position(if by_time { started.elapsed().as_secs() } else { done });
+            ticking.set_message(format!("{done} done, {:.0}/s", done as f64 / secs));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    })
+    });
+    (bar, task)
 }
 
 /// The report, as `--json` prints it.
@@ -581,9 +591,9 @@ fn print_human(s: &Value, t: &Tally) {
     let l = &s["latency_us"];
     let ms = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1000.0;
     eprintln!(
-        "\nveil load: {} requests to {} ({} mode) at concurrency {} in {:.1} s",
+        "veil load: {} requests to {} ({} mode) at concurrency {} in {:.1} s",
         s["requests"],
-        s["model"],
+        s["model"].as_str().unwrap_or_default(),
         s["mode"].as_str().unwrap_or_default(),
         s["concurrency"],
         s["duration_secs"].as_f64().unwrap_or(0.0)
