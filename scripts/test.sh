@@ -66,6 +66,9 @@ else
     cargo test --workspace --locked --no-fail-fast "${runner_args[@]}"
 fi
 
+step "soak (short): veil load through veil dev, the enclave killed mid-run (scripts/soak.sh --short)"
+bash scripts/soak.sh --short --bin-dir "$target_dir/debug"
+
 step "doc tests"
 cargo test --workspace --locked --doc
 

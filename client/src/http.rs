@@ -13,6 +13,8 @@ use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 
+use crate::retry::RetryPolicy;
+
 /// Largest response body the client accepts (an attestation document is ~5 KiB, a MiniLM answer ~1 MiB).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -23,9 +25,17 @@ pub enum ClientError {
     /// The base URL is not an `http://host:port` URL.
     #[error("invalid server URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
-    /// The server could not be reached, or the connection broke.
+    /// The server could not be reached: nothing was sent.
     #[error("could not reach {url}: {source}")]
     Connect {
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The connection closed after the request was sent, before a whole answer came back: the request
+    /// may have been run (see [`crate::retry`] for why retrying inference is still safe).
+    #[error("the connection to {url} closed before an answer (the request may have been run): {source}")]
+    Disconnected {
         url: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -51,7 +61,7 @@ pub enum ClientError {
 impl ClientError {
     /// True when the failure is about reaching the server rather than what it said.
     pub fn is_connection(&self) -> bool {
-        matches!(self, ClientError::Connect { .. } | ClientError::Timeout { .. })
+        matches!(self, ClientError::Connect { .. } | ClientError::Disconnected { .. } | ClientError::Timeout { .. })
     }
 
     /// The HTTP status the failure stands for, when it has one (the enclave's kinds map through the one
@@ -71,10 +81,12 @@ pub struct Client {
     base: String,
     http: HyperClient<HttpConnector, Full<Bytes>>,
     timeout: Duration,
+    retry: RetryPolicy,
 }
 
 impl Client {
-    /// A client for the parent at `base` (`http://host:port`), with a 60 s timeout per call.
+    /// A client for the parent at `base` (`http://host:port`), with a 60 s timeout per call, and inference
+    /// retried by [`RetryPolicy::default`].
     pub fn new(base: &str) -> Result<Self, ClientError> {
         let trimmed = base.trim_end_matches('/');
         let uri: Uri = trimmed.parse().map_err(|e: hyper::http::uri::InvalidUri| ClientError::InvalidUrl {
@@ -105,7 +117,18 @@ impl Client {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let http = HyperClient::builder(TokioExecutor::new()).build(connector);
-        Ok(Self { base: trimmed.to_owned(), http, timeout: Duration::from_secs(60) })
+        Ok(Self { base: trimmed.to_owned(), http, timeout: Duration::from_secs(60), retry: RetryPolicy::default() })
+    }
+
+    /// Sets how inference calls are retried ([`RetryPolicy::none`]: never).
+    pub fn with_retries(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// How inference calls are retried.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
     }
 
     /// Sets the time limit for each call.
@@ -184,17 +207,21 @@ impl Client {
             .body(Full::new(body))
             .map_err(|e| ClientError::InvalidUrl { url: url.clone(), reason: e.to_string() })?;
         let exchange = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|e| ClientError::Connect { url: url.clone(), source: chain(&e).into() })?;
+            // hyper's pool sends again by itself a request that found its pooled connection closed before
+            // a byte went out; what fails here either never connected, or was (perhaps) sent.
+            let response = self.http.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    ClientError::Connect { url: url.clone(), source: chain(&e).into() }
+                } else {
+                    ClientError::Disconnected { url: url.clone(), source: chain(&e).into() }
+                }
+            })?;
             let status = response.status();
             let retry_after = response
                 .headers()
                 .get(hyper::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
+                .and_then(crate::retry::parse_retry_after_now);
             let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
                 .await
@@ -202,7 +229,7 @@ impl Client {
                     if e.is::<http_body_util::LengthLimitError>() {
                         ClientError::TooLarge { url: url.clone() }
                     } else {
-                        ClientError::Connect { url: url.clone(), source: e }
+                        ClientError::Disconnected { url: url.clone(), source: e }
                     }
                 })?
                 .to_bytes();

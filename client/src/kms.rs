@@ -16,6 +16,7 @@ use veil_protocol::envelope::{
 use veil_protocol::random::SystemRandom;
 use zeroize::Zeroizing;
 
+use crate::retry::Retried;
 use crate::{Client, ClientError};
 
 /// Where KMS is and how to reach it.
@@ -303,8 +304,35 @@ impl Client {
     ///
     /// An enclave that loaded any other model cannot open the request. The enclave's refusals once it held
     /// the data key come back sealed, and are [`ClientError::Enclave`]; anything else the parent answers is
-    /// [`ClientError::Unauthenticated`].
+    /// [`ClientError::Unauthenticated`]. Failures that may succeed again are retried under the client's
+    /// [`crate::RetryPolicy`], each attempt sealed afresh (a new request id and nonce): see [`crate::retry`].
     pub async fn infer(&self, session: &mut Session, model: &ModelRef, body: &[u8]) -> Result<Answer, ClientError> {
+        self.infer_observed(session, model, body, &mut |_| {}).await
+    }
+
+    /// [`Client::infer`], telling `observe` of each retry before it is made (for counters and logs).
+    pub async fn infer_observed(
+        &self,
+        session: &mut Session,
+        model: &ModelRef,
+        body: &[u8],
+        observe: &mut (dyn FnMut(Retried<'_>) + Send),
+    ) -> Result<Answer, ClientError> {
+        let mut retries = crate::retry::Retries::new(self.retry_policy());
+        loop {
+            let outcome = self.infer_once(session, model, body).await;
+            let delay = match &outcome {
+                Ok(_) => None,
+                Err(e) => retries.next(e.verdict(), e, observe),
+            };
+            let Some(delay) = delay else { return outcome };
+            drop(outcome);
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One attempt: sealed, sent, opened.
+    async fn infer_once(&self, session: &mut Session, model: &ModelRef, body: &[u8]) -> Result<Answer, ClientError> {
         let (wire, call) =
             session.seal(model, body, RequestMeta::default()).await.map_err(|e| ClientError::Kms(e.to_string()))?;
         let sealed = self.post_sealed(&model.name, wire).await?;

@@ -33,6 +33,8 @@ pub mod kms;
 pub mod oblivious;
 pub mod policy;
 pub mod proxy;
+pub mod retry;
 pub mod trust;
 
 pub use http::{Client, ClientError};
+pub use retry::RetryPolicy;

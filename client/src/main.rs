@@ -26,6 +26,8 @@ enum Command {
     Infer(cli::infer::InferArgs),
     /// Print a model's metadata (inputs, outputs, datatypes, shapes, digest).
     Metadata(cli::infer::MetadataArgs),
+    /// Load a deployment with sealed requests: latency percentiles, throughput, errors, wrong answers.
+    Load(cli::load::LoadArgs),
     /// Serve the KServe v2 API locally for unmodified clients; every request verified and sealed.
     Proxy(cli::proxy::ProxyArgs),
     /// Start the whole off-hardware stack (enclave with mock NSM, parent, sample models).
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Infer(a) => cli::infer::run_infer(a),
         Command::Metadata(a) => cli::infer::run_metadata(a),
+        Command::Load(a) => cli::load::run(a),
         Command::Dev(a) => cli::dev::run(a),
         Command::Proxy(a) => cli::proxy::run(a),
         Command::Attest { command } => cli::attest::run(command),

@@ -18,6 +18,7 @@ use veil_protocol::attestation::{VerifiedDocument, Verifier};
 use veil_protocol::ohttp::{self, KeyConfig, OhttpError, bhttp};
 use veil_protocol::random::SystemRandom;
 
+use crate::retry::{Retried, Verdict};
 use crate::trust::{ClientPolicy, Untrusted};
 use crate::{Client, ClientError};
 
@@ -60,6 +61,17 @@ pub enum ObliviousError {
 }
 
 impl ObliviousError {
+    /// Whether a request that failed this way may be sent again (see [`crate::retry`]): when what failed
+    /// was reaching the enclave (fetching, or verifying it again after its keys changed), as for
+    /// [`ClientError::verdict`]. A policy failure, or an answer that does not open, is final.
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            ObliviousError::Fetch(e) => e.verdict(),
+            ObliviousError::Reverification(e) => e.verdict(),
+            _ => Verdict::Final,
+        }
+    }
+
     /// True when the failure is the enclave's attestation failing the policy.
     pub fn is_untrusted(&self) -> bool {
         match self {
@@ -328,8 +340,52 @@ impl ObliviousClient {
 
     /// Runs inference on `model` with a v2 request (JSON), naming the digest the policy expects: the
     /// enclave refuses (400) if it serves another model under that name. Returns the response, whose
-    /// [`ObliviousResponse::model_sha384`] is the digest that answered.
+    /// [`ObliviousResponse::model_sha384`] is the digest that answered. Failures that may succeed again
+    /// (the parent unreachable, a 503 from the parent or, authenticated, from the enclave) are retried under
+    /// the client's [`crate::RetryPolicy`], each attempt encapsulated afresh: see [`crate::retry`].
     pub async fn infer(&self, model: &str, request_json: &[u8]) -> Result<ObliviousResponse, ObliviousError> {
+        self.infer_observed(model, request_json, &mut |_| {}).await
+    }
+
+    /// [`ObliviousClient::infer`], telling `observe` of each retry before it is made.
+    pub async fn infer_observed(
+        &self,
+        model: &str,
+        request_json: &[u8],
+        observe: &mut (dyn FnMut(Retried<'_>) + Send),
+    ) -> Result<ObliviousResponse, ObliviousError> {
+        let mut retries = crate::retry::Retries::new(self.client.retry_policy());
+        loop {
+            let outcome = self.infer_once(model, request_json).await;
+            let delay = match &outcome {
+                Err(e) => retries.next(e.verdict(), e, observe),
+                // An authenticated 503 or 429 from the enclave itself (inside the encapsulation).
+                Ok(response) => {
+                    let retry_after = response
+                        .header("retry-after")
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .and_then(crate::retry::parse_retry_after_now);
+                    let status = hyper::StatusCode::from_u16(response.status).unwrap_or(hyper::StatusCode::OK);
+                    let verdict = crate::retry::status_verdict(status, retry_after);
+                    if verdict == Verdict::Final {
+                        None
+                    } else {
+                        let why = format!(
+                            "the enclave answered HTTP {}: {}",
+                            response.status,
+                            response.error_message().unwrap_or_default()
+                        );
+                        retries.next(verdict, &why, observe)
+                    }
+                }
+            };
+            let Some(delay) = delay else { return outcome };
+            drop(outcome);
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn infer_once(&self, model: &str, request_json: &[u8]) -> Result<ObliviousResponse, ObliviousError> {
         let expected = self.policy.models.get(model).ok_or_else(|| ObliviousError::ModelNotInPolicy {
             model: model.to_owned(),
             listed: self.policy.models.keys().cloned().collect::<Vec<_>>().join(", "),

@@ -9,9 +9,14 @@
 //! - **nitro-cli's floor**: `run-enclave` refuses less than four times the EIF's size (error E26).
 //! - **the image**: the ramdisks are unpacked into an in-memory root filesystem, so count the EIF
 //!   twice (packed while booting, unpacked afterwards).
-//! - **each model**: its bytes arrive from the parent (1x), are decrypted (1x more while both
-//!   exist), and every ONNX Runtime session holds its own copy of the weights (1x per session;
-//!   the enclave runs one session per vCPU by default): `model x (2 + sessions)`.
+//! - **each model**: its bytes arrive from the parent and are decrypted in place (1x, held until
+//!   every session is built), ONNX Runtime holds a transient copy while it builds a session (about
+//!   1x), and every session keeps its own copy of the weights (1x per session; the enclave runs
+//!   one session per vCPU by default): `model x (2 + sessions)`. Measured (docs/RELIABILITY.md §7,
+//!   scripts/startup.sh): a 576 MiB FP32 model with 2 sessions peaks at 3.9x its size, 2.1x once
+//!   loaded. Quantized models can hold more per session than their file (ONNX Runtime unpacks
+//!   their weights: MiniLM int8, 22 MiB, holds about 125 MiB a session), which the 512 MiB below
+//!   covers for small models; measure large quantized ones.
 //! - **the rest**: 512 MiB for the kernel, the runtime, buffers and headroom.
 //!
 //! The result is rounded up to a multiple of 256 MiB. Models are kept outside the EIF on purpose

@@ -16,7 +16,8 @@
 //!
 //! Errors are JSON `{"error": "...", "kind": "..."}` with the status the one table in
 //! `veil_protocol::error` gives the kind (400 bad request, 403 KMS refused, 404 unknown model, 413 too
-//! large, 502 protocol, 503 unavailable or overloaded, with `Retry-After`, 504 no answer in time). Nothing
+//! large, 502 protocol, 503 unavailable or overloaded, with `Retry-After`, 504 no answer in time), and 408
+//! for a body slower than the read timeout ([`crate::serve`]). Nothing
 //! the parent answers is authenticated: clients treat these errors as the parent's word. What the enclave
 //! says about a request's contents travels sealed inside a 200 answer, so the parent never sees it.
 use std::sync::Arc;
@@ -170,6 +171,12 @@ fn bytes_response(content_type: &'static str, body: BytesMut) -> Response {
 
 /// A body that could not be read (over `--max-body-bytes`, or cut off), as the API's JSON error.
 fn body_rejection(r: &axum::extract::rejection::BytesRejection) -> (Response, &'static str) {
+    if crate::serve::is_body_timeout(r) {
+        // The client took too long to send its body (crate::serve): say so, and close the connection.
+        let mut response = error_response(StatusCode::REQUEST_TIMEOUT, "timeout", &r.body_text());
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return (response, "body_timeout");
+    }
     let status = r.status();
     let (kind, label) = if status == StatusCode::PAYLOAD_TOO_LARGE {
         ("too_large", "too_large")

@@ -63,6 +63,14 @@ struct Args {
     /// Milliseconds to wait when dialing the enclave before 503.
     #[arg(long, default_value_t = 1000)]
     connect_timeout_ms: u64,
+    /// Seconds a client has to send a request's head (also: the longest a keep-alive connection stays
+    /// idle); a client that trickles it is disconnected.
+    #[arg(long, env = "VEIL_HEADER_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body once its head arrived; a body still arriving then
+    /// gets 408 and the connection is closed.
+    #[arg(long, env = "VEIL_BODY_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout_secs: u64,
     #[command(flatten)]
     kms: KmsRelayArgs,
     /// Write a JSON file with the bound addresses once listening (for scripts and tests).
@@ -188,8 +196,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         veil_runtime::ready::write(path, &ready)?;
     }
     let app = router(state, args.max_body_bytes);
-    axum::serve(HttpListener(http_listener), app)
-        .with_graceful_shutdown(veil_runtime::process::shutdown_signal())
+    let timeouts = veil_parent::serve::Timeouts {
+        header: Duration::from_secs(args.header_timeout_secs),
+        body: Duration::from_secs(args.body_timeout_secs),
+        drain: Duration::from_secs(args.request_timeout_secs.saturating_add(5)),
+    };
+    veil_parent::serve::serve(HttpListener(http_listener), app, timeouts, veil_runtime::process::shutdown_signal())
         .await
         .context("HTTP server failed")?;
     tracing::info!("shutting down");

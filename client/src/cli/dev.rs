@@ -4,8 +4,11 @@
 //! policy comes from the enclave's measurements, models encrypted under it, the enclave's configuration
 //! file, and the real `veil-parent` and `veil-enclave` (a development build, with the mock NSM) as child
 //! processes on real sockets. This command prints the endpoints (`--json`: one JSON object on stdout, for
-//! scripts), and stops everything on Ctrl-C or SIGTERM. If a child dies, `veil dev` says which, shows the
-//! end of its log, and exits non-zero.
+//! scripts), and stops everything on Ctrl-C or SIGTERM. A child that dies is restarted with backoff
+//! ([`veil_client::devstack::Supervisor`]), as systemd restarts the production units: `veil dev` says
+//! which child died with the end of its log, counts restarts in `STATE/status.json` (and, with `--json`,
+//! in one more JSON line per event), and exits non-zero only when a child died more often than
+//! `--max-restarts` allows.
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use veil_client::devstack::{self, Options, Stack};
+use veil_client::devstack::{Options, RestartPolicy, Stack, Supervisor, SupervisorEvent};
 
 /// Start the off-hardware stack: mock KMS, enclave (mock NSM), parent and the sample models.
 #[derive(Debug, Args)]
@@ -23,6 +26,13 @@ Models: every *.onnx in --models-dir (default: $VEIL_MODELS_DIR, else ~/.cache/v
 scripts/setup.sh fills with breast_cancer, iris and minilm), plus any --model NAME=PATH. Each is
 encrypted under the mock KMS key before the parent serves it; the enclave's configuration (written to
 the state directory, as an image would carry it) names each model, its key and its SHA-384.
+
+Supervision: a child that dies (enclave, parent, mock KMS) is restarted with backoff, from 0.5 s
+doubling to 30 s (back to 0.5 s once it has stayed up a minute); each restart is logged here
+with the end of the child's log. STATE/status.json (its path is `status_file` in --json's first
+line) always holds each child's pid, state, restarts, last exit and the enclave's last cold
+start; with --json, every event also prints one JSON line {\"event\", \"role\", \"message\",
+\"status\"} on stdout.
 
 Examples:
   veil dev                       # API on http://127.0.0.1:8080, Ctrl-C to stop
@@ -61,6 +71,10 @@ pub struct DevArgs {
     /// of a key the enclave generates at boot.
     #[arg(long)]
     pub ohttp_fleet_key: bool,
+    /// Restarts allowed per child before `veil dev` gives up and stops (default: no limit; 0: never
+    /// restart, stop when a child dies).
+    #[arg(long)]
+    pub max_restarts: Option<u32>,
 }
 
 fn cache_dir() -> PathBuf {
@@ -136,8 +150,8 @@ fn free_port_check(port: u16) -> anyhow::Result<()> {
     })
 }
 
-/// What `veil dev --json` prints.
-fn endpoints(stack: &Stack) -> serde_json::Value {
+/// What `veil dev --json` prints first.
+fn endpoints(stack: &Stack, status_file: &Path) -> serde_json::Value {
     let (parent, enclave, kms) = stack.pids();
     let k = &stack.kms;
     serde_json::json!({
@@ -159,6 +173,9 @@ fn endpoints(stack: &Stack) -> serde_json::Value {
             "kms": stack.logs.join("kms.log").display().to_string(),
         },
         "pids": {"parent": parent, "enclave": enclave, "kms": kms},
+        "status_file": status_file.display().to_string(),
+        "restarts": {"parent": 0, "enclave": 0, "kms": 0},
+        "enclave_startup_ms": stack.enclave_startup().map(|d| d.as_millis() as u64),
         "kms": {
             "endpoint": k.endpoint,
             "region": k.region,
@@ -214,7 +231,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         options.state_dir.join("logs").display()
     ));
     let mut stack = Stack::start(options)?;
-    let endpoints = endpoints(&stack);
+    let status_file = stack.options.state_dir.join("status.json");
+    let endpoints = endpoints(&stack, &status_file);
     if args.json {
         let mut out = std::io::stdout().lock();
         serde_json::to_writer(&mut out, &endpoints)?;
@@ -223,36 +241,65 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_human(&stack);
     }
+    let policy = RestartPolicy { max_restarts: args.max_restarts, ..RestartPolicy::default() };
+    let mut supervisor = Supervisor::new(&stack, policy, status_file.clone());
+    supervisor.write_status(&stack).with_context(|| format!("writing {}", status_file.display()))?;
 
-    // Serve until a signal, or until a child dies.
+    // Serve until a signal; restart children as they die, until one dies too often.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let died = rt.block_on(async {
-        let watch = async {
+    let gave_up = rt.block_on(async {
+        let supervise = async {
             loop {
-                if let Some(d) = stack.exited_child() {
-                    return d;
+                for event in supervisor.tick(&mut stack) {
+                    say_event(&event, &supervisor, &stack, args.json);
+                }
+                if supervisor.gave_up() {
+                    return;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         };
         tokio::select! {
-            _ = veil_runtime::process::shutdown_signal() => None,
-            d = watch => Some(d),
+            _ = veil_runtime::process::shutdown_signal() => false,
+            _ = supervise => true,
         }
     });
-    let code = match died {
-        None => {
-            say("veil dev: stopping");
-            ExitCode::SUCCESS
-        }
-        Some((name, status)) => {
-            let log = stack.logs.join(format!("{}.log", name.trim_start_matches("veil-").trim_start_matches("mock-")));
-            eprintln!("veil dev: {name} exited ({status}); last lines of {}:\n{}", log.display(), devstack::tail(&log));
-            ExitCode::FAILURE
-        }
+    let code = if gave_up {
+        ExitCode::FAILURE
+    } else {
+        say("veil dev: stopping");
+        ExitCode::SUCCESS
     };
     stack.stop();
     Ok(code)
+}
+
+/// Reports a supervision event: on stderr for people; with `--json`, also one JSON line on stdout (a closed
+/// stdout is ignored: the stack keeps running for whoever still uses it).
+fn say_event(event: &SupervisorEvent, supervisor: &Supervisor, stack: &Stack, json: bool) {
+    eprintln!("veil dev: {event}");
+    if !json {
+        return;
+    }
+    let (name, role) = match event {
+        SupervisorEvent::Exited { role, .. } => ("exited", role.label()),
+        SupervisorEvent::Restarted { role, .. } => ("restarted", role.label()),
+        SupervisorEvent::RestartFailed { role, .. } => ("restart_failed", role.label()),
+        SupervisorEvent::Ready { .. } => ("ready", "enclave"),
+        SupervisorEvent::GaveUp { role, .. } => ("gave_up", role.label()),
+    };
+    let message = event.to_string();
+    let line = serde_json::json!({
+        "event": name,
+        "role": role,
+        "message": message.lines().next().unwrap_or_default(),
+        "status": supervisor.status(stack),
+    });
+    let mut out = std::io::stdout().lock();
+    if serde_json::to_writer(&mut out, &line).is_ok() {
+        let _ = out.write_all(b"\n");
+        let _ = out.flush();
+    }
 }
 
 fn print_human(stack: &Stack) {

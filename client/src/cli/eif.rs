@@ -99,9 +99,10 @@ pub enum EifCommand {
     ///   max( 4 x EIF                                    nitro-cli's own minimum (E26)
     ///      , 2 x EIF + models x (2 + sessions) + 512 )  image, model copies, runtime
     ///
-    /// where each model is counted once as fetched, once while decrypting, and once per ONNX
-    /// Runtime session (the enclave runs one per vCPU by default). Keep models out of the EIF:
-    /// pass them here with --model and serve them from the parent.
+    /// where each model is counted once as fetched (decrypted in place), once for ONNX Runtime's
+    /// transient copy while it builds a session, and once per session (the enclave runs one per
+    /// vCPU by default); measured in docs/RELIABILITY.md. Keep models out of the EIF: pass them
+    /// here with --model and serve them from the parent.
     ///
     /// Example: veil eif size enclave.eif --model /var/lib/veil/minilm.onnx --cpus 4 --mib
     #[command(verbatim_doc_comment)]

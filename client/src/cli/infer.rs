@@ -41,6 +41,11 @@ Examples:
   echo '{...}' | veil infer --url http://127.0.0.1:8080 --model iris --input -
   veil infer --model iris --input req.json --expect-model-sha384 $(jq -r .sha384 iris.json)
 
+A request that fails in a way that may succeed again (the parent unreachable, the connection
+closed before an answer, 503 or 429) is sent again, sealed afresh, up to --retries times with
+exponential backoff, honouring Retry-After; a timeout never is (docs/RELIABILITY.md). Each retry
+is said on stderr.
+
 Evidence: --receipt FILE writes the answer's evidence bundle (the enclave's signed receipt, its salt,
 and the attestation document certifying the receipt key), checked (with the request and the answer)
 before it is written; in attested-key mode the model's refusals of an input have one too. An auditor
@@ -77,6 +82,11 @@ pub struct InferArgs {
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// Retries of a request that failed in a way that may succeed again (the parent unreachable, 503 or
+    /// 429; never a timeout), each sealed afresh, with exponential backoff and `Retry-After` honoured
+    /// (docs/RELIABILITY.md). 0: none.
+    #[arg(long, default_value_t = veil_client::RetryPolicy::default().max_retries)]
+    pub retries: u32,
     /// The SHA-384 (96 hex digits) of the model the request is for. Without it, the digest is read from
     /// the enclave's verified attestation document.
     #[arg(long, value_parser = sha384_arg)]
@@ -96,7 +106,7 @@ pub struct InferArgs {
     pub kms: KmsArgs,
 }
 
-fn sha384_arg(s: &str) -> Result<[u8; 48], String> {
+pub fn sha384_arg(s: &str) -> Result<[u8; 48], String> {
     let bytes = hex::decode(s.trim()).map_err(|e| format!("not hex: {e}"))?;
     bytes.try_into().map_err(|_| "a SHA-384 is 96 hex digits".to_owned())
 }
@@ -134,7 +144,21 @@ fn context_pair(s: &str) -> Result<(String, String), String> {
 impl KmsArgs {
     /// A KMS session, when a key id is given.
     pub async fn session(&self) -> Result<Option<veil_client::kms::Session>, String> {
-        let Some(key_id) = &self.kms_key_id else { return Ok(None) };
+        Ok(self.kms_client().await?.and_then(|kms| self.session_with(kms)))
+    }
+
+    /// A session under the key id, with this SDK client (shared by many sessions).
+    pub fn session_with(&self, kms: aws_sdk_kms::Client) -> Option<veil_client::kms::Session> {
+        let key_id = self.kms_key_id.as_ref()?;
+        let context = self.context.iter().cloned().collect();
+        Some(veil_client::kms::Session::new(kms, key_id, context, veil_client::kms::SessionLimits::default()))
+    }
+
+    /// The KMS SDK client these options name, when a key id is given.
+    pub async fn kms_client(&self) -> Result<Option<aws_sdk_kms::Client>, String> {
+        if self.kms_key_id.is_none() {
+            return Ok(None);
+        }
         let ca_pem = match &self.kms_ca {
             Some(p) => Some(std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?),
             None => None,
@@ -145,9 +169,7 @@ impl KmsArgs {
             ca_pem,
             static_credentials: None,
         };
-        let kms = veil_client::kms::kms_client(&config).await.map_err(|e| e.to_string())?;
-        let context = self.context.iter().cloned().collect();
-        Ok(Some(veil_client::kms::Session::new(kms, key_id, context, veil_client::kms::SessionLimits::default())))
+        Ok(Some(veil_client::kms::kms_client(&config).await.map_err(|e| e.to_string())?))
     }
 }
 
@@ -201,24 +223,32 @@ fn read_input(path: &PathBuf) -> Result<Vec<u8>, String> {
     Ok(body)
 }
 
-/// Runs `veil infer`.
-pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
-    let body = match read_input(&args.input) {
-        Ok(b) => b,
-        Err(m) => {
-            eprintln!("veil: {m}");
-            return Ok(ExitCode::from(EXIT_USAGE));
-        }
-    };
-    // Check the request here, so a typo is reported before anything leaves this machine.
+/// Reads a v2 request (a file, or `-` for standard input) and checks it here, so that a typo is reported
+/// before anything leaves this machine. `Err(code)`: said why on stderr.
+pub fn read_request(path: &PathBuf) -> Result<Vec<u8>, ExitCode> {
+    let body = read_input(path).map_err(|m| {
+        eprintln!("veil: {m}");
+        ExitCode::from(EXIT_USAGE)
+    })?;
     if let Err(e) = veil_protocol::v2::parse_request(&body)
         .and_then(|r| r.inputs.iter().try_for_each(|i| veil_protocol::v2::check_input(i).map(|_| ())))
     {
-        eprintln!("veil: {}: {e}", args.input.display());
-        return Ok(ExitCode::from(EXIT_USAGE));
+        eprintln!("veil: {}: {e}", path.display());
+        return Err(ExitCode::from(EXIT_USAGE));
     }
+    Ok(body)
+}
+
+/// Runs `veil infer`.
+pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
+    let body = match read_request(&args.input) {
+        Ok(b) => b,
+        Err(code) => return Ok(code),
+    };
     let client = match Client::new(&args.url) {
-        Ok(c) => c.with_timeout(Duration::from_secs(args.timeout)),
+        Ok(c) => c
+            .with_timeout(Duration::from_secs(args.timeout))
+            .with_retries(veil_client::RetryPolicy::default().with_max_retries(args.retries)),
         Err(e) => return Ok(report(&e)),
     };
     if let Some(policy) = &args.policy {
@@ -231,36 +261,15 @@ pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_USAGE));
     }
-    let root = match &args.root {
-        None => TrustAnchor::aws_nitro_root_g1(),
-        Some(p) => {
-            let pem = std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read --root {}: {e}", p.display()))?;
-            TrustAnchor::from_pem(&pem).map_err(|e| anyhow::anyhow!("--root {}: {e}", p.display()))?
-        }
-    };
     let rt = runtime()?;
     rt.block_on(async {
-        let sha384 = match args.expect_model_sha384 {
-            Some(d) => d,
-            None => {
-                let policy = veil_client::attested::policy_now(root.clone(), Duration::from_secs(args.max_age))?;
-                let verified = match veil_client::attested::fetch_verified(&client, policy).await {
-                    Ok(d) => d,
-                    Err(veil_client::attested::AttestedError::Fetch(e)) => return Ok(report(&e)),
-                    Err(e) => {
-                        eprintln!("veil: {e}; nothing was sent");
-                        return Ok(ExitCode::from(EXIT_UNVERIFIED));
-                    }
-                };
-                match veil_client::attested::model_digest(&verified, &args.model) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        eprintln!("veil: {e}; nothing was sent");
-                        return Ok(ExitCode::from(EXIT_UNVERIFIED));
-                    }
-                }
-            }
-        };
+        let sha384 =
+            match kms_model_digest(&client, &args.model, args.expect_model_sha384, args.root.as_deref(), args.max_age)
+                .await?
+            {
+                Ok(d) => d,
+                Err(code) => return Ok(code),
+            };
         let mut session = match args.kms.session().await {
             Ok(Some(s)) => s,
             Ok(None) => return Ok(ExitCode::from(EXIT_USAGE)),
@@ -270,7 +279,7 @@ pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
             }
         };
         let model = ModelRef { name: args.model.clone(), sha384 };
-        match client.infer(&mut session, &model, &body).await {
+        match client.infer_observed(&mut session, &model, &body, &mut say_retry).await {
             Ok(answer) => {
                 emit(answer.body(), &args)?;
                 eprintln!(
@@ -278,12 +287,79 @@ pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
                     model.name,
                     hex::encode(answer.model_sha384())
                 );
-                let policy = EvidencePolicy::root_only(root.clone());
+                let policy = EvidencePolicy::root_only(anchor(args.root.as_deref())?);
                 Ok(save_receipt(&args, &client, answer.receipt(), &policy, &body, answer.body()).await)
             }
             Err(e) => Ok(report(&e)),
         }
     })
+}
+
+/// The model digest KMS envelope mode seals for: `expected` when given, else the one the enclave's
+/// attestation document commits to, fetched with a fresh nonce and verified (chain to `root`, default AWS's
+/// Nitro root; at most `max_age_secs` old). `Err(code)`: said why on stderr, nothing was sent.
+pub async fn kms_model_digest(
+    client: &Client,
+    model: &str,
+    expected: Option<[u8; 48]>,
+    root: Option<&std::path::Path>,
+    max_age_secs: u64,
+) -> anyhow::Result<Result<[u8; 48], ExitCode>> {
+    if let Some(d) = expected {
+        return Ok(Ok(d));
+    }
+    let policy = veil_client::attested::policy_now(anchor(root)?, Duration::from_secs(max_age_secs))?;
+    let verified = match veil_client::attested::fetch_verified(client, policy).await {
+        Ok(d) => d,
+        Err(veil_client::attested::AttestedError::Fetch(e)) => return Ok(Err(report(&e))),
+        Err(e) => {
+            eprintln!("veil: {e}; nothing was sent");
+            return Ok(Err(ExitCode::from(EXIT_UNVERIFIED)));
+        }
+    };
+    Ok(veil_client::attested::model_digest(&verified, model).map_err(|e| {
+        eprintln!("veil: {e}; nothing was sent");
+        ExitCode::from(EXIT_UNVERIFIED)
+    }))
+}
+
+/// The root attestation documents must chain to: `--root`'s PEM, or AWS's Nitro root.
+fn anchor(root: Option<&std::path::Path>) -> anyhow::Result<TrustAnchor> {
+    Ok(match root {
+        None => TrustAnchor::aws_nitro_root_g1(),
+        Some(p) => {
+            let pem = std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read --root {}: {e}", p.display()))?;
+            TrustAnchor::from_pem(&pem).map_err(|e| anyhow::anyhow!("--root {}: {e}", p.display()))?
+        }
+    })
+}
+
+/// Reads a client policy (attested-key mode), warning when it trusts a mock root. `Err(code)`: said why.
+pub fn load_policy(path: &std::path::Path) -> Result<veil_client::trust::ClientPolicy, ExitCode> {
+    let policy = veil_client::trust::ClientPolicy::load(path).map_err(|e| {
+        eprintln!("veil: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    if policy.mock_root {
+        eprintln!("veil: WARNING: the policy trusts a MOCK attestation root (development only)");
+    }
+    Ok(policy)
+}
+
+/// Reports why the gateway of attested-key mode could not be verified (nothing was sent), and its exit code.
+pub fn unverified_gateway(e: veil_client::oblivious::ObliviousError) -> ExitCode {
+    use veil_client::oblivious::ObliviousError;
+    match e {
+        ObliviousError::Fetch(e) => report(&e),
+        ObliviousError::Untrusted(u) => {
+            eprintln!("veil: the enclave failed the policy, check {}: {u}; nothing was sent", u.failed_check());
+            ExitCode::from(EXIT_UNVERIFIED)
+        }
+        e => {
+            eprintln!("veil: {e}; nothing was sent");
+            ExitCode::from(EXIT_UNVERIFIED)
+        }
+    }
 }
 
 /// `veil infer --policy`: attested-key mode.
@@ -294,31 +370,17 @@ fn run_attested_key(
     body: &[u8],
 ) -> anyhow::Result<ExitCode> {
     use veil_client::oblivious::{ObliviousClient, ObliviousError};
-    let policy = match veil_client::trust::ClientPolicy::load(policy) {
+    let policy = match load_policy(policy) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("veil: {e}");
-            return Ok(ExitCode::from(EXIT_USAGE));
-        }
+        Err(code) => return Ok(code),
     };
-    if policy.mock_root {
-        eprintln!("veil: WARNING: the policy trusts a MOCK attestation root (development only)");
-    }
     let oblivious = ObliviousClient::new(client, policy);
     runtime()?.block_on(async {
         let gateway = match oblivious.gateway().await {
             Ok(g) => g,
-            Err(ObliviousError::Fetch(e)) => return Ok(report(&e)),
-            Err(ObliviousError::Untrusted(u)) => {
-                eprintln!("veil: the enclave failed the policy, check {}: {u}; nothing was sent", u.failed_check());
-                return Ok(ExitCode::from(EXIT_UNVERIFIED));
-            }
-            Err(e) => {
-                eprintln!("veil: {e}; nothing was sent");
-                return Ok(ExitCode::from(EXIT_UNVERIFIED));
-            }
+            Err(e) => return Ok(unverified_gateway(e)),
         };
-        match oblivious.infer(&args.model, body).await {
+        match oblivious.infer_observed(&args.model, body, &mut say_retry).await {
             Ok(r) if r.status == 200 => {
                 emit(&r.body, args)?;
                 eprintln!(
@@ -355,6 +417,11 @@ fn run_attested_key(
             }
         }
     })
+}
+
+/// Says on stderr that a request is sent again, and why.
+pub fn say_retry(r: veil_client::retry::Retried<'_>) {
+    eprintln!("veil: retry {} in {:.1} s, after: {}", r.retry, r.delay.as_secs_f64(), r.reason);
 }
 
 /// Runs `veil metadata`.

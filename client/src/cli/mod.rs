@@ -10,6 +10,7 @@ pub mod eif;
 pub mod evidence;
 pub mod infer;
 pub mod kms;
+pub mod load;
 pub mod model;
 pub mod ohttp;
 pub mod policy;

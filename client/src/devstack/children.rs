@@ -70,7 +70,12 @@ pub(super) fn spawn(
     envs: &[(&str, &str)],
     filter: &str,
 ) -> anyhow::Result<Child> {
-    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    // Appending: a restarted child's log keeps what the crashed one said before it.
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(bin);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).env("RUST_LOG", filter);

@@ -22,11 +22,13 @@ use veil_runtime::ready::{self, EnclaveReady, ParentReady};
 
 mod children;
 mod kms;
+mod supervise;
 
 pub use children::{Replica, free_port, http_get, tail};
 use children::{exited, kill, spawn};
 use kms::ImageConfig;
 pub use kms::MockKms;
+pub use supervise::{RestartPolicy, Supervisor, SupervisorEvent};
 
 /// The AWS account of the dev stack's mock KMS, and the roles its key policy names.
 pub const DEV_ACCOUNT: &str = "111122223333";
@@ -36,6 +38,37 @@ pub const DEV_ACCESS_KEY: &str = "AKIAVEILDEVSTACK0000";
 pub const DEV_SECRET_KEY: &str = "veil-dev-stack-mock-kms-secret";
 /// The parent's credentials (which it serves to the enclave): a session of the enclave's role.
 pub const DEV_PARENT_ACCESS_KEY: &str = "AKIAVEILDEVPARENT000";
+
+/// The stack's long-lived processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Kms,
+    Parent,
+    Enclave,
+}
+
+impl Role {
+    /// Every role, in start order.
+    pub const ALL: [Role; 3] = [Role::Kms, Role::Parent, Role::Enclave];
+
+    /// The program's name.
+    pub fn program(self) -> &'static str {
+        match self {
+            Role::Kms => "veil-mock-kms",
+            Role::Parent => "veil-parent",
+            Role::Enclave => "veil-enclave",
+        }
+    }
+
+    /// A short label (`kms`, `parent`, `enclave`): JSON keys and log file names.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Kms => "kms",
+            Role::Parent => "parent",
+            Role::Enclave => "enclave",
+        }
+    }
+}
 
 /// How the parent and the enclave reach each other (vsock on hardware).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +195,8 @@ pub struct Stack {
     enclave_argv: Vec<String>,
     enclave_env: Vec<(String, String)>,
     image: Option<ImageConfig>,
+    /// How long the enclave's last start took, process start to every model loaded.
+    enclave_startup: Option<Duration>,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -176,6 +211,11 @@ impl Stack {
         let state = options.state_dir.clone();
         let logs = state.join("logs");
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        // Children append to their logs (a restarted child's log keeps what the one before said): a new
+        // stack starts them afresh.
+        for role in Role::ALL {
+            let _ = std::fs::remove_file(logs.join(format!("{}.log", role.label())));
+        }
         let (enclave_addr, host_addr) = match options.link {
             Link::Unix => (
                 format!("unix://{}", state.join("enclave.sock").display()),
@@ -264,6 +304,7 @@ impl Stack {
             enclave_argv: vec![],
             enclave_env: vec![],
             image,
+            enclave_startup: None,
         };
 
         // 3 and 4. A key, its policy from the measurements, and the models encrypted under it.
@@ -458,6 +499,15 @@ impl Stack {
 
     /// Starts (or restarts) the enclave and waits until the parent reports it ready.
     pub fn start_enclave(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        self.spawn_enclave()?;
+        self.wait_ready(Duration::from_secs(180))?;
+        self.enclave_startup = Some(started.elapsed());
+        Ok(())
+    }
+
+    /// Starts (or restarts) the enclave without waiting for it (a supervisor watches it come up).
+    pub fn spawn_enclave(&mut self) -> anyhow::Result<()> {
         let log = self.logs.join("enclave.log");
         let ort = self.options.ort_dylib.display().to_string();
         let bin = self.options.bin_dir.join("veil-enclave");
@@ -465,7 +515,13 @@ impl Stack {
         env.extend(self.enclave_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let child = spawn(&bin, &self.enclave_argv, &log, &env, &self.options.log_filter)?;
         self.enclave = Some(child);
-        self.wait_ready(Duration::from_secs(180))
+        Ok(())
+    }
+
+    /// How long the enclave's last [`Stack::start_enclave`] took, from process start to every model
+    /// loaded (its cold start).
+    pub fn enclave_startup(&self) -> Option<Duration> {
+        self.enclave_startup
     }
 
     /// The enclave's ready file, once written.
@@ -512,7 +568,7 @@ impl Stack {
         Ok(())
     }
 
-    /// The first child that has exited, with its name and status (for `veil dev`'s watch).
+    /// The first child that has exited, with its name and status.
     pub fn exited_child(&mut self) -> Option<(&'static str, String)> {
         for (name, child) in [
             ("veil-parent", &mut self.parent),
@@ -526,6 +582,64 @@ impl Stack {
             }
         }
         None
+    }
+
+    fn slot(&mut self, role: Role) -> &mut Option<Child> {
+        match role {
+            Role::Kms => &mut self.kms_child,
+            Role::Parent => &mut self.parent,
+            Role::Enclave => &mut self.enclave,
+        }
+    }
+
+    /// The process id of `role`'s child, while the stack holds one.
+    pub fn pid(&self, role: Role) -> Option<u32> {
+        match role {
+            Role::Kms => self.kms_child.as_ref(),
+            Role::Parent => self.parent.as_ref(),
+            Role::Enclave => self.enclave.as_ref(),
+        }
+        .map(Child::id)
+    }
+
+    /// `role`'s log file.
+    pub fn log_path(&self, role: Role) -> PathBuf {
+        self.logs.join(format!("{}.log", role.label()))
+    }
+
+    /// `role`'s exit status once its child has exited; the child is reaped and let go, so each exit is
+    /// reported once.
+    pub fn take_exited(&mut self, role: Role) -> Option<std::process::ExitStatus> {
+        let slot = self.slot(role);
+        let status = slot.as_mut().and_then(|c| c.try_wait().ok().flatten())?;
+        *slot = None;
+        Some(status)
+    }
+
+    /// Starts `role` again, on the same addresses and state: the mock KMS and the parent wait for their
+    /// ready files; the enclave is only started (it loads its models in its own time).
+    pub fn restart(&mut self, role: Role) -> anyhow::Result<()> {
+        match role {
+            Role::Kms => self.restart_kms(),
+            Role::Parent => self.restart_parent(),
+            Role::Enclave => self.spawn_enclave(),
+        }
+    }
+
+    /// Kills the parent (as a crash would).
+    pub fn kill_parent(&mut self) {
+        kill(&mut self.parent);
+    }
+
+    /// Starts the parent again on the same port (its clients' URL stays valid) and waits for its ready file.
+    pub fn restart_parent(&mut self) -> anyhow::Result<()> {
+        let ready_file = self.options.state_dir.join("parent.ready.json");
+        let to_enclave = self.options.parent_to_enclave.clone().unwrap_or_else(|| self.enclave_addr.clone());
+        let listen = format!("tcp://{}", self.url.trim_start_matches("http://"));
+        let args = self.parent_argv(&listen, &to_enclave, &self.host_addr.clone(), &ready_file, &self.audit_log.clone());
+        let (child, _) = self.launch_parent(&args, &ready_file, &self.logs.join("parent.log"))?;
+        self.parent = Some(child);
+        Ok(())
     }
 
     /// The process ids of the children.
