@@ -5,6 +5,8 @@
 #   scripts/test.sh                   # everything (what CI runs)
 #   scripts/test.sh -- e2e            # extra arguments go to the test runner (a filter, --no-capture, ...)
 #   VEIL_SKIP_FUZZ=1 scripts/test.sh  # everything but the fuzzers (for developers; CI never sets it)
+#   VEIL_SKIP_REPRODUCE=1 ...         # everything but the reproducible-image check (CI never sets it)
+#   VEIL_REPRODUCE_FULL=1 ...         # that check's full variant: everything compiled twice (not in CI)
 #
 # The fuzz step runs every target of fuzz/ for VEIL_FUZZ_SECONDS each (30 by default, and never fewer), and
 # fails on any crash, naming the input (scripts/fuzz.sh). Measured on the two-core CI machine (shared with
@@ -22,6 +24,19 @@ if [ "${1:-}" = "--" ]; then
 fi
 
 step() { printf '\n== [%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+step "set-up: the Rust toolchain of rust-toolchain.toml"
+bash scripts/toolchain.sh
+rustc --version >&2
+
+step "set-up: GNU cpio (the ramdisk tests compare veil-eif's archives with it)"
+if ! command -v cpio >/dev/null; then
+    echo "test.sh: installing GNU cpio (Debian package cpio)" >&2
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cpio >/dev/null 2>&1; then
+        apt-get update -qq >/dev/null 2>&1 || true
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cpio >/dev/null
+    fi
+fi
 
 step "set-up: ONNX Runtime and sample models"
 bash scripts/setup.sh
@@ -75,6 +90,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 if [ -f scripts/lint.sh ]; then
     step "lint: shell scripts and Dockerfiles"
     bash scripts/lint.sh
+fi
+if [ "${VEIL_SKIP_REPRODUCE:-0}" = 1 ]; then
+    step "reproducible image: skipped (VEIL_SKIP_REPRODUCE=1)"
+else
+    variant=short
+    [ "${VEIL_REPRODUCE_FULL:-0}" = 1 ] && variant=full
+    step "reproducible image ($variant variant): two clones built with scripts/reproduce.sh and compared (scripts/check-reproducible.sh)"
+    bash scripts/check-reproducible.sh --veil "$target_dir/debug/veil"
 fi
 if [ "${VEIL_SKIP_FUZZ:-0}" = 1 ]; then
     step "fuzz: skipped (VEIL_SKIP_FUZZ=1)"
