@@ -554,25 +554,34 @@ impl fmt::Display for Difference {
 /// The first entry, in the order of `a`, that differs between two archives (then the first entry
 /// only `b` has), or `None` when both list the same entries with the same metadata and contents in
 /// the same order.
+///
+/// A name may appear more than once (several archives in a row, or a hostile one); the n-th
+/// occurrence in `a` is compared with the n-th in `b`.
 pub fn first_difference(a: &[CpioEntry<'_>], b: &[CpioEntry<'_>]) -> Option<Difference> {
-    let index_b: BTreeMap<&[u8], &CpioEntry<'_>> = b.iter().map(|e| (e.name, e)).collect();
-    let index_a: BTreeMap<&[u8], &CpioEntry<'_>> = a.iter().map(|e| (e.name, e)).collect();
+    let (by_name_a, by_name_b) = (by_name(a), by_name(b));
+    let count = |index: &BTreeMap<&[u8], Vec<&CpioEntry<'_>>>, name| index.get(name).map_or(0, Vec::len);
+    let mut seen: BTreeMap<&[u8], usize> = BTreeMap::new();
     for ea in a {
-        let Some(eb) = index_b.get(ea.name) else {
-            return Some(Difference { path: Some(ea.path()), what: "only in the first archive".into() });
+        let nth = seen.entry(ea.name).or_default();
+        let other = by_name_b.get(ea.name).and_then(|v| v.get(*nth));
+        *nth += 1;
+        let Some(eb) = other else {
+            let what = match count(&by_name_b, ea.name) {
+                0 => "only in the first archive".to_string(),
+                n => format!("{} times in the first archive, {n} in the second", count(&by_name_a, ea.name)),
+            };
+            return Some(Difference { path: Some(ea.path()), what });
         };
         if let Some(what) = entry_difference(ea, eb) {
             return Some(Difference { path: Some(ea.path()), what });
         }
     }
-    if let Some(eb) = b.iter().find(|e| !index_a.contains_key(e.name)) {
-        return Some(Difference { path: Some(eb.path()), what: "only in the second archive".into() });
-    }
-    if a.len() != b.len() {
-        return Some(Difference {
-            path: None,
-            what: format!("{} entries against {}: some names appear more than once", a.len(), b.len()),
-        });
+    if let Some(eb) = b.iter().find(|e| count(&by_name_b, e.name) > count(&by_name_a, e.name)) {
+        let what = match count(&by_name_a, eb.name) {
+            0 => "only in the second archive".to_string(),
+            n => format!("{n} times in the first archive, {} in the second", count(&by_name_b, eb.name)),
+        };
+        return Some(Difference { path: Some(eb.path()), what });
     }
     let order = a.iter().zip(b).position(|(x, y)| x.name != y.name);
     order.map(|i| Difference {
@@ -583,6 +592,15 @@ pub fn first_difference(a: &[CpioEntry<'_>], b: &[CpioEntry<'_>]) -> Option<Diff
             b[i].path()
         ),
     })
+}
+
+/// Each name's entries, in archive order.
+fn by_name<'e, 'a>(entries: &'e [CpioEntry<'a>]) -> BTreeMap<&'a [u8], Vec<&'e CpioEntry<'a>>> {
+    let mut index: BTreeMap<&[u8], Vec<&CpioEntry<'_>>> = BTreeMap::new();
+    for e in entries {
+        index.entry(e.name).or_default().push(e);
+    }
+    index
 }
 
 fn entry_difference(a: &CpioEntry<'_>, b: &CpioEntry<'_>) -> Option<String> {
@@ -722,6 +740,27 @@ mod tests {
         let mut misaligned = vec![0u8; 3];
         misaligned.extend_from_slice(&bytes);
         assert!(read_archive(&misaligned).unwrap_err().to_string().contains("multiple of 4"));
+    }
+
+    /// Found by the cpio_read fuzz target: an archive with a name twice differed from itself, because the
+    /// first occurrence was compared with the last.
+    #[test]
+    fn fuzz_finding_a_name_twice_is_compared_occurrence_by_occurrence() {
+        let mut one = Archive::new();
+        one.add_dir("dev", 0o755).unwrap();
+        one.add_file("init", 0o755, b"a").unwrap();
+        let mut two = Archive::new();
+        two.add_dir("dev", 0o700).unwrap();
+        let mut twice = one.to_bytes().unwrap();
+        twice.extend(two.to_bytes().unwrap());
+        let entries = read_archive(&twice).unwrap();
+        assert_eq!(first_difference(&entries, &entries), None);
+        let one_bytes = one.to_bytes().unwrap();
+        let once = read_archive(&one_bytes).unwrap();
+        let d = first_difference(&once, &entries).unwrap();
+        assert_eq!(d.to_string(), "dev: 1 times in the first archive, 2 in the second");
+        let d = first_difference(&entries, &once).unwrap();
+        assert_eq!(d.to_string(), "dev: 2 times in the first archive, 1 in the second");
     }
 
     #[test]
