@@ -7,9 +7,10 @@
 #   scripts/check-reproducible.sh            # the short variant (what scripts/test.sh runs in CI)
 #   scripts/check-reproducible.sh --full     # the full variant (or VEIL_REPRODUCE_FULL=1)
 #
-# The short variant: both clones build with ONE cargo target directory, so the registry dependencies
-# (aws-sdk-kms, tokio, ring, ...) are compiled once (and kept in ${VEIL_CACHE:-~/.cache/veil}, so a
-# second run on the same machine compiles none of them), while each clone compiles Veil's own crates
+# The short variant (4.6 minutes on the two-core machine once the dependencies are compiled, about 13
+# on a machine where they are not): both clones build with ONE cargo target directory, so the registry
+# dependencies (aws-sdk-kms, tokio, ring, ...) are compiled once (and kept in ${VEIL_CACHE:-~/.cache/veil},
+# so a second run on the same machine compiles none of them), while each clone compiles Veil's own crates
 # (veil-protocol, veil-runtime, veil-enclave) from its own path: the script removes their artifacts
 # before each build and checks that cargo compiled them from that clone. It proves that Veil's code
 # and the whole assembly (the C runtime from the .deb files, ONNX Runtime, the cpio ramdisks, the EIF)
@@ -18,7 +19,7 @@
 # directory's path.
 #
 # The full variant: each clone has its own target directory, so everything is compiled twice from
-# scratch (about twice a cold release build of veil-enclave: 15 to 25 minutes on two cores). It also
+# scratch (twice a cold release build of veil-enclave: 21 minutes on the two-core machine). It also
 # proves the two points above. Run it before a release, and when dependencies change.
 #
 # The images use stand-in blobs (a fake kernel, init and nsm.ko): PCR2, the application, does not
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
         --keep) keep=1; shift ;;
         --work-dir) work="${2:?--work-dir needs a directory}"; shift 2 ;;
         --veil) veil="${2:?--veil needs a path}"; shift 2 ;;
-        -h | --help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "check-reproducible: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done

@@ -56,6 +56,7 @@ fi
 sanitizer="${FUZZ_SANITIZER:-none}"
 max_len="${FUZZ_MAX_LEN:-20000}"
 
+bash "$root/scripts/toolchain.sh" # the Rust release rust-toolchain.toml pins, without a download
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz.sh: installing cargo-fuzz (from crates.io)" >&2
     cargo install cargo-fuzz --locked

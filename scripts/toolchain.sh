@@ -16,7 +16,8 @@
 #   4. else fail, saying which release is needed.
 # Without rustup, the rustc on PATH must be the pinned release.
 #
-# scripts/test.sh and scripts/reproduce.sh run this first. Exit code: 0 when the pinned toolchain runs.
+# scripts/test.sh, reproduce.sh, demo.sh, bench.sh and fuzz.sh run this first. Exit code: 0 when the
+# pinned toolchain runs.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

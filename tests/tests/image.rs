@@ -15,6 +15,9 @@
 //!
 //! The mock KMS answers as `kms.eu-west-1.amazonaws.com` with the key the file names, and the parent routes
 //! that endpoint to it, so the enclave dials exactly what it would on hardware.
+//!
+//! The image is also built without Docker, by `scripts/reproduce.sh`: the last tests hold the two builds to
+//! one image (the same command, environment and paths) and to one set of ONNX Runtime pins.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

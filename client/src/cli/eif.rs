@@ -1,12 +1,13 @@
-//! `veil eif`: measure, describe and build Enclave Image Files on the operator's or auditor's
-//! machine, without Docker or nitro-cli.
+//! `veil eif`: measure, describe, build and compare Enclave Image Files, and write their ramdisks, on
+//! the operator's or auditor's machine, without Docker or nitro-cli.
 //!
 //! All parsing and hashing lives in the pure `veil-eif` crate; this module only opens files,
 //! chooses output formats and turns library errors into messages that name the file.
 //!
 //! Exit codes follow the CLI's shared ones ([`super::EXIT_OK`] and friends): 0 success;
 //! [`super::EXIT_FAILED`] (1) when an EIF's signature section does not verify (the PCRs are still
-//! printed, since an auditor needs them to say *what* was signed wrongly); errors (an unreadable,
+//! printed, since an auditor needs them to say *what* was signed wrongly) and when `diff` finds two
+//! files different (what differs is printed); errors (an unreadable,
 //! truncated or corrupted EIF, a bad input file) are returned to `main`, which exits with
 //! [`super::EXIT_USAGE`] (2).
 
@@ -170,7 +171,8 @@ pub struct RamdiskArgs {
     /// The mtime of every entry, Unix seconds.
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub mtime: u32,
-    /// The program init runs (an absolute path in the image) and its arguments, after `--`.
+    /// The program init runs (its absolute path in the image, or a name init finds in /sbin,
+    /// /usr/sbin, /bin or /usr/bin) and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
@@ -658,6 +660,12 @@ fn ramdisk_difference(a: &[u8], b: &[u8]) -> String {
     }
 }
 
+/// A section's data in a whole EIF that `read_eif_bytes` accepted (so the section table is right).
+fn section_data<'b>(eif: &'b [u8], s: &veil_eif::SectionInfo) -> &'b [u8] {
+    let start = (s.offset as usize).saturating_add(SECTION_HEADER_LEN);
+    eif.get(start..start.saturating_add(s.size as usize)).unwrap_or_default()
+}
+
 fn first_differing_byte(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()))
 }
@@ -680,10 +688,6 @@ fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
             }
             let mut ramdisk_index = 0;
             for (sa, sb) in ia.sections.iter().zip(&ib.sections) {
-                let data = |bytes: &'_ [u8], s: &veil_eif::SectionInfo| -> Vec<u8> {
-                    let start = s.offset as usize + SECTION_HEADER_LEN;
-                    bytes.get(start..start + s.size as usize).map(<[u8]>::to_vec).unwrap_or_default()
-                };
                 let what = match sa.kind {
                     SectionKind::Ramdisk => {
                         ramdisk_index += 1;
@@ -701,12 +705,12 @@ fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
                 if sa.sha384 == sb.sha384 {
                     continue;
                 }
-                let (da, db) = (data(&a, sa), data(&b, sb));
+                let (da, db) = (section_data(&a, sa), section_data(&b, sb));
                 let detail = match sa.kind {
-                    SectionKind::Ramdisk => ramdisk_difference(&da, &db),
+                    SectionKind::Ramdisk => ramdisk_difference(da, db),
                     _ => format!(
                         "differs from byte {} ({} bytes against {})",
-                        first_differing_byte(&da, &db),
+                        first_differing_byte(da, db),
                         sa.size,
                         sb.size
                     ),
