@@ -228,8 +228,17 @@ for pin in "${DEB_PINS[@]}"; do
         # A fresh directory that apt's unprivileged download user (_apt) may write to.
         dl="$(mktemp -d)"
         chmod 0755 "$dl"
-        (cd "$dl" && apt-get download -q "$pkg=$version" >&2) ||
-            die "apt-get download $pkg=$version failed: run apt-get update, or, if Debian's mirrors no longer carry it, fetch it from snapshot.debian.org into $debs"
+        if [ "$(id -u)" -eq 0 ] && id _apt > /dev/null 2>&1; then chown _apt "$dl"; fi
+        if ! (cd "$dl" && apt-get download -q "$pkg=$version" >&2); then
+            # A fresh machine may have no package lists yet, or old ones: update them once and try again.
+            if [ "$(id -u)" -eq 0 ] && [ "${apt_updated:-0}" -eq 0 ]; then
+                log "updating apt's package lists (apt-get update)"
+                apt_updated=1
+                apt-get update -qq >&2 || log "apt-get update failed; trying the download anyway"
+            fi
+            (cd "$dl" && apt-get download -q "$pkg=$version" >&2) ||
+                die "apt-get download $pkg=$version failed: run apt-get update, or, if Debian's mirrors no longer carry it, fetch it from snapshot.debian.org into $debs"
+        fi
         mv -f "$dl/"*.deb "$file"
         rm -rf "$dl"
     fi
@@ -318,8 +327,16 @@ if "$stage$interp" --library-path "$libpath" --list "$stage$IMAGE_ORT_DIR/$ORT_S
     "$stage$interp" --library-path "$libpath" --list "$stage$IMAGE_ORT_DIR/$ORT_SO" >&2 || true
     die "the staged root lacks a library of $ORT_SO (above)"
 fi
-"$stage$interp" --library-path "$libpath" "$stage$IMAGE_BIN" --version > /dev/null ||
+version="$("$stage$interp" --library-path "$libpath" "$stage$IMAGE_BIN" --version)" ||
     die "veil-enclave does not start with the staged C runtime"
+# A production build (docs/SECURITY.md, invariant 6): no mock NSM in it (tests/tests/production_build.rs
+# looks for the same strings).
+case "$version" in
+    *development*) die "$binary is a development build ($version): the image must hold the production build" ;;
+esac
+if grep -qF "MOCK aws.nitro-enclaves root" "$binary"; then
+    die "$binary contains the mock NSM: the image must hold the production build"
+fi
 config_check="$("$stage$interp" --library-path "$libpath" "$stage$IMAGE_BIN" --config "$stage$IMAGE_CONFIG" --check-config 2>&1)" ||
     die "veil-enclave refuses the configuration $config: $config_check"
 log "veil-enclave --check-config, run by the staged loader and libraries: accepted ($config_check)"
