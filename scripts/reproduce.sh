@@ -70,6 +70,8 @@ prints the measurements (PCR0, PCR1, PCR2) as nitro-cli's JSON on stdout, progre
   --allow-dirty        build even with uncommitted changes (the image then matches no commit)
   --allow-host-mismatch  build on a machine whose compiler packages differ from the pins (the binary,
                        and so PCR2, will then most likely differ from everyone else's)
+  --allow-newer-debs   when a pinned Debian package is no longer to be had, take the version apt has
+                       now (PCR2 then differs from the pinned build; the script says which pin to move)
   --print-image        print what the image runs (command, environment, file paths) as JSON, and
                        build nothing
   -h, --help           this text
@@ -101,6 +103,7 @@ debs="${VEIL_CACHE:-$HOME/.cache/veil}/debs"
 work=""
 allow_dirty=0
 allow_host=0
+allow_newer_debs=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --blobs) blobs="${2:?--blobs needs a directory}"; shift 2 ;;
@@ -112,6 +115,7 @@ while [ $# -gt 0 ]; do
         --work-dir) work="${2:?--work-dir needs a directory}"; shift 2 ;;
         --allow-dirty) allow_dirty=1; shift ;;
         --allow-host-mismatch) allow_host=1; shift ;;
+        --allow-newer-debs) allow_newer_debs=1; shift ;;
         --print-image) print_image; exit 0 ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
@@ -219,28 +223,44 @@ unpack() { # DEB DIR
         (cd "$2" && ar x "$1" && tar -xf data.tar.* && rm -f data.tar.* control.tar.* debian-binary)
     fi
 }
+# fetch_deb PKG VERSION FILE: apt-get download PKG=VERSION to FILE; false when apt cannot get it.
+fetch_deb() {
+    local dl ok=0
+    log "downloading $1=$2 (apt-get download)"
+    command -v apt-get > /dev/null || die "$3 is missing and there is no apt-get: put the pinned .deb files in --debs (snapshot.debian.org has every version)"
+    # A fresh directory that apt's unprivileged download user (_apt) may write to.
+    dl="$(mktemp -d)"
+    chmod 0755 "$dl"
+    if [ "$(id -u)" -eq 0 ] && id _apt > /dev/null 2>&1; then chown _apt "$dl"; fi
+    if (cd "$dl" && apt-get download -q "$1=$2" >&2); then
+        ok=1
+    elif [ "$(id -u)" -eq 0 ] && [ "${apt_updated:-0}" -eq 0 ]; then
+        # A fresh machine may have no package lists yet, or old ones: update them once and try again.
+        log "updating apt's package lists (apt-get update)"
+        apt_updated=1
+        apt-get update -qq >&2 || log "apt-get update failed; trying the download anyway"
+        if (cd "$dl" && apt-get download -q "$1=$2" >&2); then ok=1; fi
+    fi
+    [ "$ok" -eq 1 ] && mv -f "$dl/"*.deb "$3"
+    rm -rf "$dl"
+    [ "$ok" -eq 1 ]
+}
+unpinned=()
 for pin in "${DEB_PINS[@]}"; do
     read -r pkg version sha <<< "$pin"
     file="$debs/${pkg}_${version#*:}_amd64.deb"
-    if [ ! -f "$file" ] || [ "$(sha256_of "$file")" != "$sha" ]; then
-        log "downloading $pkg=$version (apt-get download)"
-        command -v apt-get > /dev/null || die "$file is missing and there is no apt-get: put the pinned .deb files in --debs (snapshot.debian.org has every version)"
-        # A fresh directory that apt's unprivileged download user (_apt) may write to.
-        dl="$(mktemp -d)"
-        chmod 0755 "$dl"
-        if [ "$(id -u)" -eq 0 ] && id _apt > /dev/null 2>&1; then chown _apt "$dl"; fi
-        if ! (cd "$dl" && apt-get download -q "$pkg=$version" >&2); then
-            # A fresh machine may have no package lists yet, or old ones: update them once and try again.
-            if [ "$(id -u)" -eq 0 ] && [ "${apt_updated:-0}" -eq 0 ]; then
-                log "updating apt's package lists (apt-get update)"
-                apt_updated=1
-                apt-get update -qq >&2 || log "apt-get update failed; trying the download anyway"
-            fi
-            (cd "$dl" && apt-get download -q "$pkg=$version" >&2) ||
-                die "apt-get download $pkg=$version failed: run apt-get update, or, if Debian's mirrors no longer carry it, fetch it from snapshot.debian.org into $debs"
+    if { [ ! -f "$file" ] || [ "$(sha256_of "$file")" != "$sha" ]; } && ! fetch_deb "$pkg" "$version" "$file"; then
+        if [ "$allow_newer_debs" -eq 0 ]; then
+            die "apt-get download $pkg=$version failed: Debian's mirrors keep only current versions; fetch it from snapshot.debian.org into $debs, or move the pin (scripts/pins.sh)"
         fi
-        mv -f "$dl/"*.deb "$file"
-        rm -rf "$dl"
+        candidate="$(apt-cache policy "$pkg" 2> /dev/null | sed -n 's/^ *Candidate: //p')"
+        case "$candidate" in "" | "(none)") die "apt knows no version of $pkg" ;; esac
+        log "WARNING: $pkg=$version is not to be had; --allow-newer-debs: using $candidate, so PCR2 is not the pinned build's (move the pin in scripts/pins.sh)"
+        version="$candidate"
+        file="$debs/${pkg}_${version#*:}_amd64.deb"
+        [ -f "$file" ] || fetch_deb "$pkg" "$version" "$file" || die "apt-get download $pkg=$version failed too"
+        sha="$(sha256_of "$file")"
+        unpinned+=("$pkg $version $sha")
     fi
     got="$(sha256_of "$file")"
     [ "$got" = "$sha" ] || die "$file: SHA-256 $got, the pin is $sha"
@@ -249,6 +269,7 @@ for pin in "${DEB_PINS[@]}"; do
     unpack "$file" "$merged"
     deb_list+=("$pkg=$version")
 done
+for u in "${unpinned[@]}"; do log "unpinned Debian package (the pin to move to): \"$u\""; done
 
 # Follows symbolic links inside the unpacked packages (never on this host); prints the real path.
 resolve() {
