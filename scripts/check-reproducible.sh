@@ -7,8 +7,8 @@
 #   scripts/check-reproducible.sh            # the short variant (what scripts/test.sh runs in CI)
 #   scripts/check-reproducible.sh --full     # the full variant (or VEIL_REPRODUCE_FULL=1)
 #
-# The short variant (4.6 minutes on the two-core machine once the dependencies are compiled, about 13
-# on a machine where they are not): both clones build with ONE cargo target directory, so the registry
+# The short variant (2 to 4.6 minutes on the two-core machine once the dependencies are compiled, about
+# 13 on a machine where they are not): both clones build with ONE cargo target directory, so the registry
 # dependencies (aws-sdk-kms, tokio, ring, ...) are compiled once (and kept in ${VEIL_CACHE:-~/.cache/veil},
 # so a second run on the same machine compiles none of them), while each clone compiles Veil's own crates
 # (veil-protocol, veil-runtime, veil-enclave) from its own path: the script removes their artifacts

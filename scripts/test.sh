@@ -15,10 +15,10 @@
 # targets: 30 s more.
 #
 # The reproducible-image step (scripts/check-reproducible.sh, short variant) builds the production enclave
-# twice from two clones and compares the EIFs. Measured on the two-core machine: 4.6 minutes when the
-# release build of the dependencies is already in ${VEIL_CACHE:-~/.cache/veil}/reproducible-target (each
-# clone compiles Veil's three crates, about 2 minutes), plus about 8.5 minutes once on a machine where it
-# is not (a cold release build of aws-sdk-kms and the rest).
+# twice from two clones and compares the EIFs. Measured on the two-core machine (shared with other builds):
+# 2 to 4.6 minutes when the release build of the dependencies is already in
+# ${VEIL_CACHE:-~/.cache/veil}/reproducible-target (each clone compiles Veil's three crates, 1 to 2 minutes),
+# plus about 8.5 minutes once on a machine where it is not (a cold release build of aws-sdk-kms and the rest).
 #
 # The end-to-end tests start the real veil-parent and veil-enclave binaries, so they are built first.
 set -euo pipefail
