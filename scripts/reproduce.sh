@@ -177,11 +177,14 @@ rustup_home="$(cd "${RUSTUP_HOME:-$HOME/.rustup}" 2> /dev/null && pwd -P || echo
 # The flags must not depend on where this checkout is (cargo hands the workspace's sources to rustc as
 # paths relative to it), so that builds from two checkouts can share one target directory and its
 # compiled dependencies (scripts/check-reproducible.sh). Any other absolute path is remapped.
-rustflags="-C strip=symbols --remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$rustup_home=/rustup --remap-path-prefix=$target_dir=/target"
+# (Passed one flag per field of CARGO_ENCODED_RUSTFLAGS, so that a path with spaces stays one flag.)
+rustflags=(-C strip=symbols "--remap-path-prefix=$cargo_home=/cargo" "--remap-path-prefix=$rustup_home=/rustup"
+    "--remap-path-prefix=$target_dir=/target")
 log "building veil-enclave (release, --locked, production: no dev feature) in $target_dir"
 if ! (
-    unset RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER CARGO_BUILD_RUSTFLAGS CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_TARGET
-    export RUSTFLAGS="$rustflags" CARGO_INCREMENTAL=0 \
+    unset RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER RUSTFLAGS CARGO_BUILD_RUSTFLAGS CARGO_BUILD_TARGET
+    CARGO_ENCODED_RUSTFLAGS="$(IFS=$'\x1f' && echo "${rustflags[*]}")"
+    export CARGO_ENCODED_RUSTFLAGS CARGO_INCREMENTAL=0 \
         CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_TERM_COLOR=never
     cargo build --release --locked -p veil-enclave --bin veil-enclave --target-dir "$target_dir"
 ) 2>&1 | tee "$work/cargo.log" >&2; then
