@@ -18,6 +18,7 @@ case "${1:-}" in
     *) echo "bench.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
 esac
 
+bash scripts/toolchain.sh # the Rust release rust-toolchain.toml pins, without a download
 bash scripts/setup.sh
 cache="${VEIL_CACHE:-$HOME/.cache/veil}"
 # shellcheck source=/dev/null

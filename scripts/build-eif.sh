@@ -91,19 +91,9 @@ case "$config" in
     "$root"/*) config_in_context="${config#"$root"/}" ;;
     *) die "the configuration must be inside the repository (the docker build context): $config" ;;
 esac
-if git rev-parse --git-dir > /dev/null 2>&1; then
-    commit="$(git rev-parse HEAD)"
-    source_date_epoch="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}"
-    if ! git diff --quiet HEAD -- 2> /dev/null || [ -n "$(git ls-files --others --exclude-standard)" ]; then
-        [ "$allow_dirty" -eq 1 ] || die "the work tree has uncommitted changes; commit them, or pass --allow-dirty (the EIF then matches no commit)"
-        log "WARNING: building from a dirty work tree; these PCRs cannot be reproduced from any commit"
-        commit="${commit}-dirty"
-    fi
-else
-    [ "$allow_dirty" -eq 1 ] || die "not a git checkout: the build cannot be tied to a commit (pass --allow-dirty to build anyway)"
-    commit="unknown"
-    source_date_epoch="${SOURCE_DATE_EPOCH:-0}"
-fi
+# shellcheck source=scripts/commit.sh
+source "$root/scripts/commit.sh"
+build_commit "$allow_dirty"
 tag="${tag:-${commit:0:12}}"
 image="veil-enclave:${tag}"
 

@@ -24,6 +24,7 @@ esac
 say() { printf '\n\033[1m%s\033[0m\n' "$*" >&2; }
 
 say "1/5 set-up: ONNX Runtime and sample models"
+bash scripts/toolchain.sh # the Rust release rust-toolchain.toml pins, without a download
 bash scripts/setup.sh
 # shellcheck source=/dev/null
 source "${VEIL_CACHE:-$HOME/.cache/veil}/env.sh"

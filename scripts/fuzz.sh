@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz everything the parent can reach, with cargo-fuzz (libFuzzer): frames, link messages, the KMS
 # envelope v2 (requests parsed, sealed requests mutated, answers), padding, v2 JSON, encrypted model files
-# (header and chunks), EIFs, attestation documents and the user_data commitment, and attested-key mode:
+# (header and chunks), EIFs and their cpio ramdisks, attestation documents and the user_data commitment, and attested-key mode:
 # OHTTP encapsulated requests and responses (arbitrary, and real ones mutated), key lists, and the Binary
 # HTTP inside (against the bhttp crate).
 #
@@ -32,7 +32,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 targets=(
     frame_decode message_decode
     envelope_parse envelope_mutate envelope_plaintext envelope_answer pad_unpad
-    v2_request model_header model_open eif_read
+    v2_request model_header model_open eif_read cpio_read
     attestation_parse attestation_verify commitment_decode evidence_parse evidence_merkle
     ohttp_decapsulate ohttp_response_open ohttp_key_list bhttp_request
 )
@@ -56,6 +56,7 @@ fi
 sanitizer="${FUZZ_SANITIZER:-none}"
 max_len="${FUZZ_MAX_LEN:-20000}"
 
+bash "$root/scripts/toolchain.sh" # the Rust release rust-toolchain.toml pins, without a download
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz.sh: installing cargo-fuzz (from crates.io)" >&2
     cargo install cargo-fuzz --locked

@@ -17,8 +17,12 @@
 //! `(head -c 48 /dev/zero; openssl x509 -in cert.pem -outform DER | openssl dgst -sha384 -binary) | openssl dgst -sha384`.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use common::{ok, stderr, stdout};
 
 const PCR0: &str = "2f4d984baebe22619b9597f77adeaf676caea8cc854e40b6ffcb89ad503af7ddad2b8b74fc4b08298fbf5a7030ac13ce";
 const PCR1: &str = "07d58a77faacdb683423e1070b148b0a239787c0fa0d0816fe4f9b57ea5320355a85a8b3800d5d7f81af05bb6193ab58";
@@ -73,12 +77,7 @@ impl Fixture {
     }
 
     fn veil(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_veil"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env_remove("SOURCE_DATE_EPOCH")
-            .output()
-            .unwrap()
+        common::veil(self.dir.path(), args)
     }
 
     fn build(&self, out: &str, extra: &[&str]) -> Output {
@@ -99,17 +98,6 @@ impl Fixture {
         args.extend_from_slice(extra);
         self.veil(&args)
     }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-fn ok(o: &Output) -> &Output {
-    assert!(o.status.success(), "veil failed ({:?}):\nstdout: {}\nstderr: {}", o.status, stdout(o), stderr(o));
-    o
 }
 
 /// nitro-cli's exact output shape for an unsigned image.

@@ -177,6 +177,15 @@ pub enum EifError {
         reason: String,
     },
 
+    /// A ramdisk is not a cpio "newc" archive the kernel would unpack the same way (see [`crate::cpio`]).
+    #[error("ramdisk at byte {offset}: {what}")]
+    BadCpio {
+        /// Offset in the ramdisk of the header (or byte) at fault.
+        offset: u64,
+        /// What was wrong, with the value found.
+        what: String,
+    },
+
     /// Inputs handed to the builder are unusable.
     #[error("cannot build the EIF: {0}")]
     InvalidInput(String),

@@ -22,6 +22,9 @@
 //! - [`EifBuilder`]: build a reproducible image from a kernel, a cmdline and ramdisks.
 //! - [`Signer`]: sign an image with a P-384 key and certificate (PCR8).
 //! - [`sizing`]: how much enclave memory an image and its models need.
+//! - [`cpio`]: the ramdisks' archive format, written deterministically and read defensively.
+//! - [`ramdisk`]: the two ramdisks laid out as AWS's bootstrap init expects them, so that an image can
+//!   be built from source without Docker (`scripts/reproduce.sh`).
 //!
 //! ```
 //! use veil_eif::{EifBuilder, Pcr, read_eif_bytes};
@@ -44,9 +47,11 @@
 
 mod builder;
 mod cbor;
+pub mod cpio;
 mod error;
 pub mod format;
 pub mod measure;
+pub mod ramdisk;
 mod reader;
 mod signature;
 pub mod sizing;

@@ -239,6 +239,18 @@ fn main() {
         c.put("eif_read", name, &std::fs::read(root.join("eif/tests/data").join(name)).expect("eif test data"));
     }
 
+    // Ramdisks as scripts/reproduce.sh writes them: nitro-cli's bootstrap layout, an application root,
+    // and the two concatenated (as the kernel sees them).
+    let boot = veil_eif::ramdisk::bootstrap_ramdisk(b"\x7fELF init", b"nsm module", 0).unwrap();
+    let mut app = veil_eif::ramdisk::AppRamdisk::new(vec!["/bin/app".into(), "--flag".into()]).mtime(1_700_000_000);
+    app.file("/bin/app", 0o755, b"\x7fELF app").unwrap();
+    app.file("/etc/app.toml", 0o644, b"[x]\ny = 1\n").unwrap();
+    app.env("A", "1").unwrap();
+    let app = app.to_bytes().unwrap();
+    c.put("cpio_read", "bootstrap", &boot);
+    c.put("cpio_read", "app", &app);
+    c.put("cpio_read", "both", &[boot.as_slice(), app.as_slice()].concat());
+
     // A commitment with models and keys (commitment_decode; the script adds an empty one).
     let commitment = UserDataCommitment {
         ohttp_keys_sha384: Some([5; 48]),

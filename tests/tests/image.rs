@@ -15,6 +15,9 @@
 //!
 //! The mock KMS answers as `kms.eu-west-1.amazonaws.com` with the key the file names, and the parent routes
 //! that endpoint to it, so the enclave dials exactly what it would on hardware.
+//!
+//! The image is also built without Docker, by `scripts/reproduce.sh`: the last tests hold the two builds to
+//! one image (the same command, environment and paths) and to one set of ONNX Runtime pins.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -253,4 +256,69 @@ fn stack_logs(dir: &Path) -> String {
         .iter()
         .map(|f| format!("--- {f}\n{}", veil_client::devstack::tail(&dir.join(f))))
         .collect()
+}
+
+/// What `scripts/reproduce.sh --print-image` says the reproducible image runs.
+fn reproducible_image() -> serde_json::Value {
+    let out = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts/reproduce.sh"))
+        .arg("--print-image")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The two ways to the image (docs/OPERATING.md, "Building the enclave image") must describe one image: the
+/// same program at the same path, the same arguments, the same environment, the same configuration and ONNX
+/// Runtime paths. (nitro-cli turns the ENTRYPOINT, there being no CMD, into `cmd`, and ENV into `env`.)
+#[test]
+fn the_reproducible_build_runs_what_the_dockerfile_runs() {
+    let docker = read_image();
+    let reproducible = reproducible_image();
+    let cmd: Vec<String> = serde_json::from_value(reproducible["cmd"].clone()).unwrap();
+    assert_eq!(cmd, docker.entrypoint);
+    let env: BTreeMap<String, String> = reproducible["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let (k, v) = l.as_str().unwrap().split_once('=').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    assert_eq!(env, docker.env);
+    assert_eq!(reproducible["binary"], docker.entrypoint[0]);
+    assert_eq!(reproducible["config"], docker.config_in_image);
+    assert_eq!(reproducible["onnxruntime"], docker.ort_in_image);
+}
+
+/// scripts/pins.sh is the one place for the ONNX Runtime pins; the Dockerfile, which cannot source it,
+/// repeats them as build arguments, and must repeat them exactly.
+#[test]
+fn the_dockerfile_pins_onnx_runtime_as_pins_sh_does() {
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("source scripts/pins.sh && printf '%s\\n' \"$ORT_VERSION\" \"$ORT_WHEEL_SHA256\" \"$ORT_SO_SHA256\"")
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pins: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
+    let text = std::fs::read_to_string(repo_root().join("docker/Dockerfile.enclave")).unwrap();
+    let ort_stage = stages(&text)
+        .into_iter()
+        .find(|s| args(s).contains_key("ORT_WHEEL_SHA256"))
+        .expect("no stage of the Dockerfile has an ORT_WHEEL_SHA256 argument");
+    let docker = args(&ort_stage);
+    assert_eq!(
+        [&docker["ORT_VERSION"], &docker["ORT_WHEEL_SHA256"], &docker["ORT_SO_SHA256"]],
+        [&pins[0], &pins[1], &pins[2]]
+    );
+    // Every stage that names the version names the same one.
+    for stage in stages(&text) {
+        if let Some(v) = args(&stage).get("ORT_VERSION") {
+            assert_eq!(v, &pins[0], "a stage of the Dockerfile pins ONNX Runtime {v}");
+        }
+    }
 }

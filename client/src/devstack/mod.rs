@@ -636,7 +636,8 @@ impl Stack {
         let ready_file = self.options.state_dir.join("parent.ready.json");
         let to_enclave = self.options.parent_to_enclave.clone().unwrap_or_else(|| self.enclave_addr.clone());
         let listen = format!("tcp://{}", self.url.trim_start_matches("http://"));
-        let args = self.parent_argv(&listen, &to_enclave, &self.host_addr.clone(), &ready_file, &self.audit_log.clone());
+        let args =
+            self.parent_argv(&listen, &to_enclave, &self.host_addr.clone(), &ready_file, &self.audit_log.clone());
         let (child, _) = self.launch_parent(&args, &ready_file, &self.logs.join("parent.log"))?;
         self.parent = Some(child);
         Ok(())
