@@ -16,10 +16,13 @@
 //!                                /000000000000xxxx.cborseq     records k.. (after --audit-rotate-bytes)
 //! ```
 //!
-//! In memory, per boot seen: the attestation document, the signed tree heads (a few hundred bytes each)
-//! and, with a directory, the Merkle tree's levels (64 bytes per receipt) for proofs. Without a directory
-//! only the current boot's document and latest tree head are kept, for `GET /v1/audit/attestation` and
-//! `/v1/audit/head`; there are no proofs and nothing is written.
+//! For proofs, each boot's directory also holds `leaves.sha256`: the receipts' RFC 9162 leaf hashes, 32
+//! bytes each, in sequence order (derived data, rebuilt from the records whenever the parent reads a
+//! boot back). In memory, per boot seen: the attestation document, the signed tree heads (a few hundred
+//! bytes each), and the Merkle tree above chunks of 256 leaves (a quarter of a byte per receipt; a proof
+//! reads at most two chunks' leaf hashes from the file). Without a directory only the current boot's
+//! document and latest tree head are kept, for `GET /v1/audit/attestation` and `/v1/audit/head`; there
+//! are no proofs and nothing is written.
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -34,7 +37,7 @@ use crate::metrics::AuditLabels;
 use veil_protocol::evidence::claims::{ReceiptClaims, TreeHeadClaims};
 use veil_protocol::evidence::cose::SignedObject;
 use veil_protocol::evidence::log::{MAX_RECORD_LEN, RecordKind, RecordReader, write_record};
-use veil_protocol::evidence::merkle::{self, Store};
+use veil_protocol::evidence::merkle::{self, LeafSource, Store};
 
 /// Default size at which a file is closed and the next one started.
 pub const DEFAULT_ROTATE_BYTES: u64 = 64 << 20;
@@ -82,12 +85,49 @@ struct BootLog {
     document: Option<Vec<u8>>,
     /// Signed tree heads: (tree size, bytes), in order.
     heads: Vec<(u64, Vec<u8>)>,
-    /// The receipts' tree (with a directory only).
+    /// The receipts' tree (with a directory only), and where the leaf hashes it does not keep are.
     tree: Store,
+    leaves: Leaves,
+    /// Leaf hashes indexed but not yet appended to `leaves.sha256`.
+    new_leaves: Vec<Hash>,
     /// The file being appended to.
     file: Option<File>,
     /// False once a record could not be placed in the tree (a gap in what the enclave sent): proofs stop.
     tree_whole: bool,
+}
+
+/// Leaves of a tree in chunks of 2^this: the Merkle tree the parent keeps in memory is 1/256 of the leaves.
+const CHUNK_LOG2: u32 = 8;
+/// The file of a boot's leaf hashes.
+const LEAVES_FILE: &str = "leaves.sha256";
+
+/// Where a boot's leaf hashes are read from, for proofs.
+#[derive(Debug, Default)]
+enum Leaves {
+    /// Not kept (no directory): no proofs.
+    #[default]
+    None,
+    /// `leaves.sha256` in the boot's directory.
+    File(PathBuf),
+    /// In memory (a boot read back for a proof, whose file could not be trusted to match).
+    Memory(Vec<Hash>),
+}
+
+impl LeafSource for Leaves {
+    fn leaves(&self, start: u64, len: u64) -> Option<Vec<Hash>> {
+        match self {
+            Leaves::None => None,
+            Leaves::Memory(v) => v.leaves(start, len),
+            Leaves::File(path) => {
+                use std::io::Seek;
+                let mut f = File::open(path).ok()?;
+                f.seek(std::io::SeekFrom::Start(start.checked_mul(32)?)).ok()?;
+                let mut buf = vec![0u8; usize::try_from(len.checked_mul(32)?).ok()?];
+                f.read_exact(&mut buf).ok()?;
+                Some(buf.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect())
+            }
+        }
+    }
 }
 
 /// The audit log.
@@ -211,6 +251,9 @@ impl AuditLog {
             index(&boot, log, record.kind, record.bytes, self.dir.is_some());
         }
         log.next = next + new.len() as u64;
+        if let Some(dir) = &self.dir {
+            flush_leaves(&dir.join(boot_dir_name(&boot)), log);
+        }
         Ok(log.next)
     }
 
@@ -325,6 +368,32 @@ impl AuditLog {
     }
 }
 
+/// Appends the leaf hashes indexed since the last flush to the boot's `leaves.sha256` (derived data: on a
+/// failure, proofs stop for this boot until the parent reads it back and rebuilds the file).
+fn flush_leaves(dir: &Path, log: &mut BootLog) {
+    if log.new_leaves.is_empty() {
+        return;
+    }
+    let path = dir.join(LEAVES_FILE);
+    let written = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(&log.new_leaves.concat()));
+    log.new_leaves.clear();
+    match written {
+        Ok(()) => {
+            if matches!(log.leaves, Leaves::None) {
+                log.leaves = Leaves::File(path);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "audit log: the leaf hashes could not be written; no proofs for this boot until a restart");
+            log.tree_whole = false;
+        }
+    }
+}
+
 /// The proof of receipt `seq` in `log`.
 fn proof_of(boot: [u8; 16], log: &BootLog, seq: u64) -> Result<Proof, ProofError> {
     if seq >= log.tree.size() {
@@ -333,7 +402,16 @@ fn proof_of(boot: [u8; 16], log: &BootLog, seq: u64) -> Result<Proof, ProofError
     let Some((size, head)) = log.heads.iter().find(|(size, _)| *size > seq) else {
         return Err(ProofError::NotYetCovered(seq));
     };
-    let path = log.tree.inclusion_path(seq, *size).ok_or(ProofError::NotYetCovered(seq))?;
+    if !log.tree_whole {
+        return Err(ProofError::Unreadable(
+            hex::encode(boot),
+            "the log has a gap or its leaf hashes are missing".into(),
+        ));
+    }
+    let path = log
+        .tree
+        .inclusion_path(seq, *size, &log.leaves)
+        .ok_or_else(|| ProofError::Unreadable(hex::encode(boot), "its leaf hashes cannot be read".into()))?;
     Ok(Proof { boot, leaf_index: seq, tree_size: *size, tree_head: head.clone(), path })
 }
 
@@ -369,7 +447,9 @@ fn index(boot: &[u8; 16], log: &mut BootLog, kind: RecordKind, bytes: &[u8], kee
                 .and_then(|s| ReceiptClaims::decode(s.unverified_payload()).ok())
                 .map(|c| c.seq);
             if seq == Some(log.tree.size()) && log.tree_whole {
-                log.tree.push(merkle::leaf_hash(bytes));
+                let leaf = merkle::leaf_hash(bytes);
+                log.tree.push(leaf);
+                log.new_leaves.push(leaf);
             } else if log.tree_whole {
                 tracing::warn!(boot = %hex::encode(boot), ?seq, expected = log.tree.size(), "audit log: a receipt out of sequence; no proofs past it");
                 log.tree_whole = false;
@@ -388,7 +468,7 @@ fn index(boot: &[u8; 16], log: &mut BootLog, kind: RecordKind, bytes: &[u8], kee
 /// auditor) rather than appended to, and reading goes on with the next file, which names the number of
 /// its first record. Read-only (for proofs) nothing is changed.
 fn recover(dir: &Path, writable: bool) -> Result<BootLog, AuditError> {
-    let mut log = BootLog { tree_whole: true, ..BootLog::default() };
+    let mut log = BootLog { tree_whole: true, tree: Store::with_chunks(CHUNK_LOG2), ..BootLog::default() };
     if !dir.is_dir() {
         return Ok(log);
     }
@@ -448,6 +528,19 @@ fn recover(dir: &Path, writable: bool) -> Result<BootLog, AuditError> {
     {
         log.file = Some(OpenOptions::new().append(true).open(&path)?);
     }
+    // The leaf hashes, as read from the records: the file is rewritten when the boot is written again;
+    // read back for proofs only, it is used if it has exactly those hashes' length (else they are held in
+    // memory for this boot).
+    let leaves = std::mem::take(&mut log.new_leaves);
+    let sidecar = dir.join(LEAVES_FILE);
+    if writable {
+        std::fs::write(&sidecar, leaves.concat())?;
+        log.leaves = Leaves::File(sidecar);
+    } else if std::fs::metadata(&sidecar).is_ok_and(|m| m.len() == leaves.len() as u64 * 32) {
+        log.leaves = Leaves::File(sidecar);
+    } else {
+        log.leaves = Leaves::Memory(leaves);
+    }
     Ok(log)
 }
 
@@ -506,10 +599,7 @@ mod tests {
     }
 
     fn files(dir: &Path) -> Vec<PathBuf> {
-        let mut f: Vec<PathBuf> =
-            std::fs::read_dir(dir.join(boot_dir_name(&BOOT))).unwrap().map(|e| e.unwrap().path()).collect();
-        f.sort();
-        f
+        sorted_files(&dir.join(boot_dir_name(&BOOT))).unwrap()
     }
 
     fn logged(dir: &Path) -> Vec<u8> {
@@ -539,6 +629,9 @@ mod tests {
             .map(|r| merkle::leaf_hash(r.bytes))
             .collect();
         merkle::verify_inclusion(&leaves[5], 5, 8, &p.path, &merkle::root(&leaves[..8])).unwrap();
+        // The leaf hashes file beside the records holds exactly the receipts' leaf hashes.
+        let sidecar = std::fs::read(dir.path().join(boot_dir_name(&BOOT)).join(LEAVES_FILE)).unwrap();
+        assert_eq!(sidecar, leaves.concat());
         assert_eq!(log.proof(None, 8).unwrap_err(), ProofError::NotYetCovered(8));
         assert!(matches!(log.proof(None, 9).unwrap_err(), ProofError::NotLogged { .. }));
         assert!(matches!(log.proof(Some([1; 16]), 0).unwrap_err(), ProofError::UnknownBoot(_)));
@@ -560,6 +653,36 @@ mod tests {
         let log = AuditLog::new(Some(dir.path().to_path_buf()), DEFAULT_ROTATE_BYTES, false).unwrap();
         assert_eq!(log.append(&BOOT, 3, &records[3..].concat()).unwrap(), records.len() as u64);
         assert_eq!(logged(dir.path()), records.concat());
+    }
+
+    #[test]
+    fn proofs_past_the_first_chunks_read_their_leaves_from_the_file_and_verify() {
+        // The tree in memory stops at chunks of 256 leaves: proofs of receipts in complete chunks read the
+        // leaf hashes from leaves.sha256, before and after a restart (which rebuilds the file).
+        let dir = tempfile::tempdir().unwrap();
+        let records = stream(700, 300);
+        let log = AuditLog::new(Some(dir.path().to_path_buf()), DEFAULT_ROTATE_BYTES, false).unwrap();
+        log.append(&BOOT, 0, &records.concat()).unwrap();
+        let leaves: Vec<Hash> = records
+            .iter()
+            .filter_map(|r| RecordReader::new(r).next().and_then(|r| r.ok()))
+            .filter(|r| r.kind == RecordKind::Receipt)
+            .map(|r| merkle::leaf_hash(r.bytes))
+            .collect();
+        let check = |log: &AuditLog| {
+            for seq in [0u64, 255, 256, 299, 300, 511, 598, 599] {
+                let p = log.proof(None, seq).unwrap();
+                let root = merkle::root(&leaves[..p.tree_size as usize]);
+                merkle::verify_inclusion(&leaves[seq as usize], seq, p.tree_size, &p.path, &root).unwrap();
+            }
+            assert_eq!(log.proof(None, 600).unwrap_err(), ProofError::NotYetCovered(600));
+        };
+        check(&log);
+        drop(log);
+        std::fs::write(dir.path().join(boot_dir_name(&BOOT)).join(LEAVES_FILE), b"garbage").unwrap();
+        let log = AuditLog::new(Some(dir.path().to_path_buf()), DEFAULT_ROTATE_BYTES, false).unwrap();
+        log.append(&BOOT, records.len() as u64, &[]).unwrap();
+        check(&log);
     }
 
     #[test]

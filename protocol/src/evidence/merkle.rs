@@ -171,26 +171,65 @@ impl Frontier {
     }
 }
 
-/// Every level of a tree: the parent's index for inclusion proofs against any tree head. Level 0 holds the
-/// leaf hashes, level `h` the roots of the complete subtrees of 2^h leaves; 64 bytes per leaf in all.
+/// Where a [`Store`] finds the leaf hashes it does not keep (those of complete chunks): the parent keeps
+/// them in a file beside its log. `None` when they cannot be read (the proof is then refused).
+pub trait LeafSource {
+    /// The leaf hashes `start .. start + len`.
+    fn leaves(&self, start: u64, len: u64) -> Option<Vec<Hash>>;
+}
+
+/// Leaf hashes held in memory: the source of a store that keeps everything ([`Store::new`]), and of tests.
+impl LeafSource for Vec<Hash> {
+    fn leaves(&self, start: u64, len: u64) -> Option<Vec<Hash>> {
+        let start = usize::try_from(start).ok()?;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        self.get(start..end).map(<[Hash]>::to_vec)
+    }
+}
+
+/// The parent's index of a growing tree, for inclusion proofs against any tree head. It keeps the roots of
+/// complete *chunks* of 2^c leaves and every level above them (64 / 2^c bytes per leaf), and the leaves of
+/// the last, incomplete chunk; the leaves of complete chunks come from a [`LeafSource`] when a proof needs
+/// them (at most two chunks' worth per proof). With c = 0 ([`Store::new`]) it keeps every leaf.
 #[derive(Debug, Clone, Default)]
 pub struct Store {
+    chunk_log2: u32,
+    /// `levels[h]`: the roots of the complete subtrees of 2^(c + h) leaves, left to right.
     levels: Vec<Vec<Hash>>,
+    /// The leaves of the incomplete chunk at the end.
+    tail: Vec<Hash>,
+    size: u64,
 }
 
 impl Store {
+    /// A store that keeps every leaf (chunks of one).
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// A store that keeps chunk roots of 2^`chunk_log2` leaves (at most 2^16) and the levels above.
+    pub fn with_chunks(chunk_log2: u32) -> Self {
+        Store { chunk_log2: chunk_log2.min(16), ..Self::default() }
+    }
+
+    fn chunk(&self) -> u64 {
+        1 << self.chunk_log2
+    }
+
     /// Leaves so far.
     pub fn size(&self) -> u64 {
-        self.levels.first().map_or(0, |l| l.len() as u64)
+        self.size
     }
 
     /// Appends a leaf hash.
     pub fn push(&mut self, leaf: Hash) {
-        let mut node = leaf;
+        self.size += 1;
+        self.tail.push(leaf);
+        if (self.tail.len() as u64) < self.chunk() {
+            return;
+        }
+        let mut node = root(&self.tail);
+        self.tail.clear();
         let mut level = 0;
         loop {
             if self.levels.len() == level {
@@ -206,47 +245,66 @@ impl Store {
         }
     }
 
-    /// MTH of the `len` leaves from `start`, where `start` is a multiple of the largest power of two not
-    /// above `len` (always so in RFC 9162's recursion from the left edge).
-    fn subtree(&self, start: u64, len: u64) -> Hash {
-        if len == 0 {
-            return empty_root();
+    /// Leaf hashes `start .. start + len`, from the tail or from `source`.
+    fn leaves(&self, start: u64, len: u64, source: &dyn LeafSource) -> Option<Vec<Hash>> {
+        let tail_start = self.size - self.tail.len() as u64;
+        if start >= tail_start {
+            let from = usize::try_from(start - tail_start).ok()?;
+            return self.tail.get(from..from + usize::try_from(len).ok()?).map(<[Hash]>::to_vec);
         }
-        if len.is_power_of_two() {
-            let h = len.trailing_zeros() as usize;
-            return self.levels[h][(start >> h) as usize];
-        }
-        let k = split(len);
-        node_hash(&self.subtree(start, k), &self.subtree(start + k, len - k))
+        let got = source.leaves(start, len)?;
+        (got.len() as u64 == len).then_some(got)
     }
 
-    /// The root of the tree of the first `size` leaves, or `None` when `size` is larger than the store.
-    pub fn root(&self, size: u64) -> Option<Hash> {
-        (size <= self.size()).then(|| self.subtree(0, size))
+    /// MTH of the `len` leaves from `start`, where `start` is a multiple of the largest power of two not
+    /// above `len` (always so in RFC 9162's recursion from the left edge).
+    fn subtree(&self, start: u64, len: u64, source: &dyn LeafSource) -> Option<Hash> {
+        if len == 0 {
+            return Some(empty_root());
+        }
+        if len.is_power_of_two() && len >= self.chunk() && start.is_multiple_of(len) {
+            let h = (len.trailing_zeros() - self.chunk_log2) as usize;
+            return self.levels.get(h)?.get((start >> len.trailing_zeros()) as usize).copied();
+        }
+        if len <= self.chunk() {
+            return Some(root(&self.leaves(start, len, source)?));
+        }
+        let k = split(len);
+        Some(node_hash(&self.subtree(start, k, source)?, &self.subtree(start + k, len - k, source)?))
+    }
+
+    /// The root of the tree of the first `size` leaves (`None` when `size` is larger than the store, or the
+    /// leaves it needs cannot be read).
+    pub fn root(&self, size: u64, source: &dyn LeafSource) -> Option<Hash> {
+        if size > self.size {
+            return None;
+        }
+        self.subtree(0, size, source)
     }
 
     /// The inclusion path of leaf `index` in the tree of the first `size` leaves.
-    pub fn inclusion_path(&self, index: u64, size: u64) -> Option<Vec<Hash>> {
-        if index >= size || size > self.size() {
+    pub fn inclusion_path(&self, index: u64, size: u64, source: &dyn LeafSource) -> Option<Vec<Hash>> {
+        if index >= size || size > self.size {
             return None;
         }
         let mut path = Vec::new();
-        self.path(index, 0, size, &mut path);
+        self.path(index, 0, size, source, &mut path)?;
         Some(path)
     }
 
-    fn path(&self, index: u64, start: u64, len: u64, out: &mut Vec<Hash>) {
+    fn path(&self, index: u64, start: u64, len: u64, source: &dyn LeafSource, out: &mut Vec<Hash>) -> Option<()> {
         if len <= 1 {
-            return;
+            return Some(());
         }
         let k = split(len);
         if index < k {
-            self.path(index, start, k, out);
-            out.push(self.subtree(start + k, len - k));
+            self.path(index, start, k, source, out)?;
+            out.push(self.subtree(start + k, len - k, source)?);
         } else {
-            self.path(index - k, start + k, len - k, out);
-            out.push(self.subtree(start, k));
+            self.path(index - k, start + k, len - k, source, out)?;
+            out.push(self.subtree(start, k, source)?);
         }
+        Some(())
     }
 }
 
@@ -263,28 +321,35 @@ mod tests {
     fn frontier_store_and_recursion_agree_on_every_size() {
         let all = leaves(70);
         let mut f = Frontier::new();
-        let mut s = Store::new();
+        let mut stores: Vec<Store> = (0..4).map(Store::with_chunks).collect();
         assert_eq!(f.root(), empty_root());
         for n in 1..=all.len() {
             f.push(all[n - 1]);
-            s.push(all[n - 1]);
             let want = root(&all[..n]);
             assert_eq!(f.root(), want, "frontier at {n}");
-            assert_eq!(s.root(n as u64).unwrap(), want, "store at {n}");
             assert_eq!(f.peaks.len(), (n as u64).count_ones() as usize);
+            for s in &mut stores {
+                s.push(all[n - 1]);
+                assert_eq!(s.root(n as u64, &all).unwrap(), want, "store of chunks {} at {n}", s.chunk());
+                // Every earlier size too: tree heads of any size are proven against.
+                assert_eq!(s.root(n as u64 / 2, &all).unwrap(), root(&all[..n / 2]));
+            }
         }
-        assert_eq!(s.root(71), None);
+        assert_eq!(stores[0].root(71, &all), None);
+        // A chunked store holds a fraction of the leaves.
+        assert!(stores[3].tail.len() < 8 && stores[3].levels[0].len() == 70 / 8);
     }
 
     #[test]
     fn every_proof_verifies_at_every_size_and_every_corruption_fails() {
         let all = leaves(40);
-        let mut s = Store::new();
+        let mut s = Store::with_chunks(2);
         all.iter().for_each(|l| s.push(*l));
+        let source = &all;
         for size in 1..=all.len() as u64 {
-            let r = s.root(size).unwrap();
+            let r = s.root(size, source).unwrap();
             for i in 0..size {
-                let path = s.inclusion_path(i, size).unwrap();
+                let path = s.inclusion_path(i, size, source).unwrap();
                 assert_eq!(path, inclusion_path(&all[..size as usize], i as usize));
                 assert_eq!(path.len(), path_len(i, size));
                 verify_inclusion(&all[i as usize], i, size, &path, &r).unwrap();
