@@ -22,7 +22,11 @@ fuzz_target!(|data: &[u8]| {
     let leaf = leaf_hash(&[data[2], index as u8]);
     let ok = verify_inclusion(&leaf, index, size, &path, &root).is_ok();
     if ok {
-        assert_eq!(store.inclusion_path(index, size, source).as_deref(), Some(path.as_slice()), "a foreign proof verified");
+        assert_eq!(
+            store.inclusion_path(index, size, source).as_deref(),
+            Some(path.as_slice()),
+            "a foreign proof verified"
+        );
     }
     if index < size {
         let real = store.inclusion_path(index, size, source).expect("in range");
