@@ -13,10 +13,9 @@
 //! `cargo bench -p veil-tests --bench evidence` after `cargo build --release --workspace --bins`.
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
-use common::{Measurement, attested_target, measure_interleaved, summarize, with_client};
+use common::{Measurement, attested_target, measure_interleaved, sealed_target, summarize};
 use serde_json::{Value, json};
 use veil_enclave::config::AuditSettings;
 use veil_enclave::evidence::Evidence;
@@ -25,29 +24,6 @@ use veil_protocol::attestation::{ModelDigest, UserDataCommitment};
 use veil_protocol::evidence::{Mode, salted_digest};
 use veil_protocol::random::SystemRandom;
 use veil_tests::{Stack, StackOptions, Transport, references};
-
-thread_local! {
-    static SESSIONS: std::cell::RefCell<BTreeMap<String, veil_client::kms::Session>> = const { std::cell::RefCell::new(BTreeMap::new()) };
-}
-
-/// KMS envelope mode from Veil's client, one session per load thread and stack.
-fn sealed_target<'a>(stack: &'a Stack, model: &'a str, body: Vec<u8>) -> impl Fn() + Sync + 'a {
-    move || {
-        let out = with_client(&stack.url, |rt, client| {
-            rt.block_on(async {
-                let mut session = match SESSIONS.with(|s| s.borrow_mut().remove(&stack.url)) {
-                    Some(s) => s,
-                    None => stack.session(BTreeMap::new()).await.expect("session"),
-                };
-                let out = client.infer(&mut session, &stack.model_ref(model), &body).await;
-                SESSIONS.with(|s| s.borrow_mut().insert(stack.url.clone(), session));
-                out
-            })
-        })
-        .expect("sealed request");
-        assert!(!out.body().is_empty());
-    }
-}
 
 /// Times `f` `n` times (after `n / 10` warm-up calls).
 fn time(n: usize, mut f: impl FnMut()) -> Measurement {

@@ -25,33 +25,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use common::{Measurement, Pool, attested_target, http_target, measure_interleaved, start_python, with_client};
+use common::{
+    Measurement, Pool, attested_target, http_target, measure_interleaved, sealed_target, start_python, with_client,
+};
 use serde_json::{Value, json};
 use veil_tests::{Stack, StackOptions, Transport, references};
-
-thread_local! {
-    /// Each load thread keeps its own KMS session (data key) per stack: as real clients do.
-    static SESSIONS: std::cell::RefCell<BTreeMap<String, veil_client::kms::Session>> = const { std::cell::RefCell::new(BTreeMap::new()) };
-}
-
-/// Sealed requests through the KMS stack (veil_client's session: GenerateDataKey once, then AES-GCM).
-fn sealed_target<'a>(stack: &'a Stack, model: &'a str, body: Vec<u8>) -> impl Fn() + Sync + 'a {
-    move || {
-        let out = with_client(&stack.url, |rt, client| {
-            rt.block_on(async {
-                let mut session = match SESSIONS.with(|s| s.borrow_mut().remove(&stack.url)) {
-                    Some(s) => s,
-                    None => stack.session(BTreeMap::new()).await.expect("session"),
-                };
-                let out = client.infer(&mut session, &stack.model_ref(model), &body).await;
-                SESSIONS.with(|s| s.borrow_mut().insert(stack.url.clone(), session));
-                out
-            })
-        })
-        .expect("sealed request");
-        assert!(!out.body().is_empty());
-    }
-}
 
 /// GETs a path (the HTTP floor: no body, no enclave).
 fn http_get_target(base: &str, path: &'static str) -> impl Fn() + Sync {

@@ -226,14 +226,19 @@ fn receipt_verify(a: &ReceiptVerifyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(if report.verified { EXIT_OK } else { EXIT_FAILED }))
 }
 
+/// A report as JSON, with whether a policy pinned the images (`policy`).
+fn print_json(report: &impl serde::Serialize, pinned: bool) -> anyhow::Result<()> {
+    let mut v = serde_json::to_value(report).context("serializing the report")?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("policy".into(), serde_json::json!(pinned));
+    }
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
 fn print_receipt_report(report: &ReceiptReport, file: &Path, pinned: bool, json: bool) -> anyhow::Result<()> {
     if json {
-        let mut v = serde_json::to_value(report).context("serializing the report")?;
-        if let Some(o) = v.as_object_mut() {
-            o.insert("policy".into(), serde_json::json!(pinned));
-        }
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return print_json(report, pinned);
     }
     println!("Evidence {}", file.display());
     for c in &report.checks {
@@ -359,12 +364,7 @@ fn audit_verify(a: &AuditVerifyArgs) -> anyhow::Result<ExitCode> {
 
 fn print_audit_report(report: &AuditReport, dir: &Path, pinned: bool, json: bool) -> anyhow::Result<()> {
     if json {
-        let mut v = serde_json::to_value(report).context("serializing the report")?;
-        if let Some(o) = v.as_object_mut() {
-            o.insert("policy".into(), serde_json::json!(pinned));
-        }
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return print_json(report, pinned);
     }
     let s = &report.summary;
     println!("Audit log {}", clean(&dir.display().to_string()));

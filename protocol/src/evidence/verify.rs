@@ -328,24 +328,10 @@ pub fn verify_receipt(
     verifier: &Verifier,
     now_unix: u64,
 ) -> ReceiptReport {
-    let mut c = Checks(Vec::new());
-    let mut report = ReceiptReport {
-        verified: false,
-        checks: Vec::new(),
-        error: None,
-        receipt: None,
-        certified_by: None,
-        attestation: None,
+    let (mut c, mut report, claims) = match decoded(bundle) {
+        Ok(d) => d,
+        Err(report) => return *report,
     };
-    let claims = match ReceiptClaims::peek(&bundle.receipt) {
-        Ok(claims) => claims,
-        Err(e) => {
-            c.fail("receipt.decode", e.to_string());
-            return finish(report, c);
-        }
-    };
-    c.pass("receipt.decode", format!("receipt seq {} of a boot of {}", claims.seq, claims.issuer));
-    report.receipt = Some(ReceiptView::from(&claims));
     let doc_digest = sha384(&bundle.attestation_document);
     if !c.check(
         "attestation.digest",
@@ -445,6 +431,23 @@ pub fn verify_receipt_with(
     policy: &EvidencePolicy,
     now_unix: u64,
 ) -> ReceiptReport {
+    let (mut c, mut report, claims) = match decoded(bundle) {
+        Ok(d) => d,
+        Err(report) => return *report,
+    };
+    let digest = sha384(&bundle.attestation_document);
+    if digest != key.document_sha384 || claims.attestation_sha384 != key.document_sha384 {
+        c.fail("attestation.digest", "the bundle's document is not the certified one");
+        return finish(report, c);
+    }
+    check_receipt(&mut c, bundle, &claims, key, request, response, policy, now_unix);
+    report.certified_by = Some(key.clone());
+    finish(report, c)
+}
+
+/// The start of every receipt check: the receipt decoded (its claims, not yet checked), or the report of
+/// a receipt that does not decode.
+fn decoded(bundle: &Bundle) -> Result<(Checks, ReceiptReport, ReceiptClaims), Box<ReceiptReport>> {
     let mut c = Checks(Vec::new());
     let mut report = ReceiptReport {
         verified: false,
@@ -454,22 +457,17 @@ pub fn verify_receipt_with(
         certified_by: None,
         attestation: None,
     };
-    let claims = match ReceiptClaims::peek(&bundle.receipt) {
-        Ok(claims) => claims,
+    match ReceiptClaims::peek(&bundle.receipt) {
+        Ok(claims) => {
+            c.pass("receipt.decode", format!("receipt seq {} of a boot of {}", claims.seq, claims.issuer));
+            report.receipt = Some(ReceiptView::from(&claims));
+            Ok((c, report, claims))
+        }
         Err(e) => {
             c.fail("receipt.decode", e.to_string());
-            return finish(report, c);
+            Err(Box::new(finish(report, c)))
         }
-    };
-    report.receipt = Some(ReceiptView::from(&claims));
-    let digest = sha384(&bundle.attestation_document);
-    if digest != key.document_sha384 || claims.attestation_sha384 != key.document_sha384 {
-        c.fail("attestation.digest", "the bundle's document is not the certified one");
-        return finish(report, c);
     }
-    check_receipt(&mut c, bundle, &claims, key, request, response, policy, now_unix);
-    report.certified_by = Some(key.clone());
-    finish(report, c)
 }
 
 fn finish(mut report: ReceiptReport, c: Checks) -> ReceiptReport {

@@ -194,6 +194,30 @@ pub fn http_target(base: &str, path: String, body: Vec<u8>) -> impl Fn() + Sync 
 }
 
 thread_local! {
+    /// Each load thread keeps its own KMS session (data key) per stack: as real clients do.
+    static SESSIONS: std::cell::RefCell<BTreeMap<String, veil_client::kms::Session>> = const { std::cell::RefCell::new(BTreeMap::new()) };
+}
+
+/// Sealed requests through the KMS stack (veil_client's session: GenerateDataKey once, then AES-GCM).
+pub fn sealed_target<'a>(stack: &'a veil_tests::Stack, model: &'a str, body: Vec<u8>) -> impl Fn() + Sync + 'a {
+    move || {
+        let out = with_client(&stack.url, |rt, client| {
+            rt.block_on(async {
+                let mut session = match SESSIONS.with(|s| s.borrow_mut().remove(&stack.url)) {
+                    Some(s) => s,
+                    None => stack.session(BTreeMap::new()).await.expect("session"),
+                };
+                let out = client.infer(&mut session, &stack.model_ref(model), &body).await;
+                SESSIONS.with(|s| s.borrow_mut().insert(stack.url.clone(), session));
+                out
+            })
+        })
+        .expect("sealed request");
+        assert!(!out.body().is_empty());
+    }
+}
+
+thread_local! {
     /// Each load thread keeps its own attested-key client per stack (one verification, then OHTTP per
     /// request).
     static OBLIVIOUS: std::cell::RefCell<BTreeMap<String, std::sync::Arc<veil_client::oblivious::ObliviousClient>>> =
