@@ -288,7 +288,15 @@ fn copy_log(from: &Path, to: &Path) {
 /// The one log file of a one-boot log.
 fn log_file(dir: &Path) -> PathBuf {
     let boot = std::fs::read_dir(dir).unwrap().next().unwrap().unwrap().path();
-    std::fs::read_dir(boot).unwrap().next().unwrap().unwrap().path()
+    // The boot directory also holds the parent's leaf-hash index (`leaves.sha256`), which
+    // is not evidence; the records are in the `.cborseq` files.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(boot)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cborseq"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files.pop().unwrap()
 }
 
 /// A log of `n` receipts and at least one tree head over them all, and its root.
