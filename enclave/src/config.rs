@@ -38,6 +38,8 @@
 //! # tree_head_secs = 10                              # ... or T seconds after an uncovered receipt
 //! # max_backlog = 100000                             # receipts the parent has not taken, before new
 //! #                                                  # requests are refused (503)
+//! # batch_delay_ms = 20                              # gather records this long before sending
+//! #                                                  # them to the parent as one batch
 //! ```
 //!
 //! Unknown keys are refused (a typo must not silently fall back to a default). A model configured as
@@ -95,6 +97,7 @@ struct AuditFile {
     tree_head_every: Option<u64>,
     tree_head_secs: Option<u64>,
     max_backlog: Option<usize>,
+    batch_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -271,11 +274,20 @@ pub struct AuditSettings {
     pub tree_head_secs: u64,
     /// Most receipts (and tree heads) waiting for the parent to take them; beyond, new requests get 503.
     pub max_backlog: usize,
+    /// How long the enclave gathers records, once the first arrives in an empty queue, before it sends
+    /// them to the parent as one batch (each batch costs the parent a write and an `fdatasync`).
+    pub batch_delay_ms: u64,
 }
 
 impl Default for AuditSettings {
     fn default() -> Self {
-        AuditSettings { receipts: true, tree_head_every: 1000, tree_head_secs: 10, max_backlog: 100_000 }
+        AuditSettings {
+            receipts: true,
+            tree_head_every: 1000,
+            tree_head_secs: 10,
+            max_backlog: 100_000,
+            batch_delay_ms: 20,
+        }
     }
 }
 
@@ -365,6 +377,7 @@ fn audit_settings(a: AuditFile) -> Result<AuditSettings, ConfigError> {
         tree_head_every: a.tree_head_every.unwrap_or(d.tree_head_every),
         tree_head_secs: a.tree_head_secs.unwrap_or(d.tree_head_secs),
         max_backlog: a.max_backlog.unwrap_or(d.max_backlog),
+        batch_delay_ms: a.batch_delay_ms.unwrap_or(d.batch_delay_ms),
     };
     if !(1..=1_000_000).contains(&settings.tree_head_every) {
         return Err(invalid("[audit] tree_head_every is 1 to 1000000 receipts"));
@@ -374,6 +387,9 @@ fn audit_settings(a: AuditFile) -> Result<AuditSettings, ConfigError> {
     }
     if !(16..=10_000_000).contains(&settings.max_backlog) {
         return Err(invalid("[audit] max_backlog is 16 to 10000000 records"));
+    }
+    if settings.batch_delay_ms > 1000 {
+        return Err(invalid("[audit] batch_delay_ms is 0 to 1000"));
     }
     Ok(settings)
 }
@@ -614,6 +630,8 @@ mod tests {
         assert_eq!(c.kms.request_keys, RequestKeys::Only(BTreeSet::from([ARN.to_owned()])));
         assert_eq!(c.models[0].source, ModelSource::Kms { key_arn: ARN.into() });
         assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.audit, AuditSettings::default());
+        assert_eq!(c.audit.batch_delay_ms, 20);
         assert_eq!(c.sha384, veil_protocol::attestation::UserDataCommitment::sha384(text.as_bytes()));
         assert!(c.accepts_request_key(ARN) && !c.accepts_request_key("alias/other"));
         // One byte more (a comment) is another configuration.
@@ -643,6 +661,11 @@ mod tests {
             (format!("{base}sha384 = \"abcd\"\n"), "96 hex digits"),
             ("[kms]\nregion = \"eu-west-1\"\n".to_owned(), "request_keys is not set"),
             (base.replace("region = \"eu-west-1\"", "region = \"eu-west-1\"\nendpoint = \"kms\""), "HOST:PORT"),
+            (format!("{base}\n[audit]\ntree_head_every = 0\n"), "tree_head_every is 1 to"),
+            (format!("{base}\n[audit]\ntree_head_secs = 7200\n"), "tree_head_secs is 1 to"),
+            (format!("{base}\n[audit]\nmax_backlog = 1\n"), "max_backlog is 16 to"),
+            (format!("{base}\n[audit]\nbatch_delay_ms = 5000\n"), "batch_delay_ms is 0 to 1000"),
+            (format!("{base}\n[audit]\nbatch_delay = 5\n"), "unknown field"),
         ];
         for (text, want) in cases {
             let e = parse(&text, true).unwrap_err().to_string();

@@ -276,7 +276,12 @@ impl Evidence {
         loop {
             self.tree_head_if_due(false);
             let Some((first, records)) = self.batch(limit) else {
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+                let woken = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await.is_ok();
+                // Gather what follows the first record into the same batch: at a steady trickle of
+                // requests this turns a parent write and fdatasync per request into one per delay.
+                if woken && self.settings.batch_delay_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(self.settings.batch_delay_ms)).await;
+                }
                 continue;
             };
             if host.is_none() {
