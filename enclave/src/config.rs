@@ -274,8 +274,9 @@ pub struct AuditSettings {
     pub tree_head_secs: u64,
     /// Most receipts (and tree heads) waiting for the parent to take them; beyond, new requests get 503.
     pub max_backlog: usize,
-    /// How long the enclave gathers records, once the first arrives in an empty queue, before it sends
-    /// them to the parent as one batch (each batch costs the parent a write and an `fdatasync`).
+    /// How long the enclave gathers records before it sends them to the parent as one batch: after the
+    /// first arrives in an empty queue, and between batches less than half full (each batch costs both
+    /// processes a round trip and the parent a write and an `fdatasync`, whatever its size).
     pub batch_delay_ms: u64,
 }
 

@@ -277,8 +277,8 @@ impl Evidence {
             self.tree_head_if_due(false);
             let Some((first, records)) = self.batch(limit) else {
                 let woken = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await.is_ok();
-                // Gather what follows the first record into the same batch: at a steady trickle of
-                // requests this turns a parent write and fdatasync per request into one per delay.
+                // Gather what follows the first record into the same batch: at a trickle of requests this
+                // turns a parent write and fdatasync per request into one per delay.
                 if woken && self.settings.batch_delay_ms > 0 {
                     tokio::time::sleep(Duration::from_millis(self.settings.batch_delay_ms)).await;
                 }
@@ -301,6 +301,12 @@ impl Evidence {
                     backoff = Duration::from_millis(100);
                     limit = (limit.saturating_mul(2)).min(ceiling);
                     self.acknowledge(next);
+                    // Under steady load, too, records travel in batches at most every batch delay: a
+                    // batch costs both processes a round trip and the parent a write and a sync,
+                    // whatever its size. Only a full batch (a backlog) goes on without the pause.
+                    if records.len() < limit / 2 && self.settings.batch_delay_ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(self.settings.batch_delay_ms)).await;
+                    }
                 }
                 Ok(Ok(next)) => {
                     // No progress: a parent that will not store records gets no busy loop from us.

@@ -85,6 +85,20 @@ fn wait_for_head(dir: &Path, receipts: u64, root: &TrustAnchor) -> AuditReport {
     }
 }
 
+/// Waits until the audit log holds `receipts` receipts (covered by a tree head or not).
+fn wait_for_receipts(dir: &Path, receipts: u64, root: &TrustAnchor) {
+    let policy = EvidencePolicy::root_only(root.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let logged = verify_audit_log(dir, &policy, now(), CADENCE).map(|r| r.summary.receipts).unwrap_or(0);
+        if logged >= receipts {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{logged} of {receipts} receipts in the log after 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
@@ -523,6 +537,10 @@ fn an_enclave_restart_starts_a_new_boot_and_the_log_verifies_across_both() {
     let mut stack = stack(&["iris"], "");
     let policy = stack.client_policy();
     infer_with_receipt(&stack, "iris", true, 0);
+    // The receipt reaches the parent's log in the enclave's next batch (within `batch_delay_ms`); the
+    // kill comes once it is there, long before any tree head would.
+    let dir = audit_dir(&mut stack);
+    wait_for_receipts(&dir, 1, &root(&stack));
     stack.kill_enclave();
     stack.start_enclave().unwrap();
     stack.wait_ready(std::time::Duration::from_secs(120)).unwrap();
@@ -535,7 +553,6 @@ fn an_enclave_restart_starts_a_new_boot_and_the_log_verifies_across_both() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     }
     assert_ne!(read_bundle(&first).unwrap().attestation_document, read_bundle(&second).unwrap().attestation_document);
-    let dir = audit_dir(&mut stack);
     let report = wait_for_head(&dir, 1, &root(&stack));
     assert!(report.verified, "{:?}", report.findings);
     assert_eq!(report.summary.boots.len(), 2);
