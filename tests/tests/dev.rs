@@ -108,3 +108,60 @@ fn veil_dev_without_models_says_what_to_do() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no models to serve") && stderr.contains("scripts/setup.sh"), "{stderr}");
 }
+
+#[test]
+fn veil_dev_appends_enclave_settings_and_keeps_its_own_tables() {
+    let state = tempfile::tempdir().unwrap();
+    let veil = || {
+        let mut c = Command::new(veil_tests::bin("veil").unwrap());
+        c.env("ORT_DYLIB_PATH", veil_tests::ort_dylib().unwrap());
+        c
+    };
+    // A table veil dev writes itself is refused before anything starts, naming it.
+    let own = state.path().join("own.toml");
+    std::fs::write(&own, "[kms]\nregion = \"us-east-1\"\n").unwrap();
+    let out = veil().args(["dev", "--port", "0", "--enclave-config"]).arg(&own).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[kms] is written by veil dev"), "{stderr}");
+
+    // Other settings reach the enclave: with receipts off, an answer carries none.
+    let settings = state.path().join("settings.toml");
+    std::fs::write(&settings, "[audit]\nreceipts = false\n\n[limits]\nreplay_window_secs = 30\n").unwrap();
+    let iris = veil_tests::model_path("iris").unwrap();
+    std::fs::create_dir(state.path().join("none")).unwrap();
+    let mut child = veil()
+        .args(["dev", "--port", "0", "--json", "--models-dir"])
+        .arg(state.path().join("none"))
+        .arg("--model")
+        .arg(format!("iris={}", iris.display()))
+        .arg("--enclave-config")
+        .arg(&settings)
+        .arg("--state-dir")
+        .arg(state.path().join("stack"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let endpoints: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    let config = std::fs::read_to_string(state.path().join("stack").join("enclave.toml")).unwrap();
+    assert!(config.contains("replay_window_secs = 30") && config.contains("[kms]"), "{config}");
+    let input = state.path().join("req.json");
+    std::fs::write(&input, serde_json::to_vec(&references("iris").unwrap()["cases"][0]["request"]).unwrap()).unwrap();
+    let mut cmd = veil();
+    cmd.args(["infer", "--url", endpoints["url"].as_str().unwrap(), "--model", "iris", "--input"])
+        .arg(&input)
+        .arg("--receipt")
+        .arg(state.path().join("receipt.json"));
+    for (k, v) in endpoints["env"].as_object().unwrap() {
+        cmd.env(k, v.as_str().unwrap());
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the enclave sent no receipt"), "{stderr}");
+    assert!(!state.path().join("receipt.json").exists());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    child.wait().unwrap();
+}

@@ -38,6 +38,7 @@ Examples:
   veil dev                       # API on http://127.0.0.1:8080, Ctrl-C to stop
   veil dev --port 0 --json       # any free port; one JSON line with the endpoints, for scripts
   veil dev --model mine=/path/to/model.onnx
+  veil dev --enclave-config short-window.toml   # e.g. [limits] replay_window_secs = 5
 
 This stack is for development: its NSM is a mock whose attestation documents chain to a generated
 mock root that no real verifier or KMS key policy trusts, and its enclave is a development build.")]
@@ -75,6 +76,31 @@ pub struct DevArgs {
     /// restart, stop when a child dies).
     #[arg(long)]
     pub max_restarts: Option<u32>,
+    /// TOML settings appended to the enclave configuration veil dev writes: its [limits], [ohttp] and
+    /// [audit] tables (docs/OPERATING.md), e.g. a short replay window or receipts off. [kms],
+    /// [[models]] and [inference] (--intra-op-threads) are veil dev's own.
+    #[arg(long, value_name = "FILE")]
+    pub enclave_config: Option<PathBuf>,
+}
+
+/// The settings of `--enclave-config`: TOML that leaves the tables veil dev writes to veil dev (the
+/// enclave checks the rest when it starts, and names what it refuses).
+fn extra_enclave_config(path: &Path, fleet_key: bool) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{} is not a TOML document", path.display()))?;
+    let mut own = vec!["kms", "models", "inference"];
+    if fleet_key {
+        own.push("ohttp");
+    }
+    if let Some(key) = own.iter().find(|k| table.contains_key(**k)) {
+        bail!(
+            "{}: [{key}] is written by veil dev and cannot be set with --enclave-config (only [limits], \
+             [audit], and [ohttp] without --ohttp-fleet-key)",
+            path.display()
+        );
+    }
+    Ok(text)
 }
 
 fn cache_dir() -> PathBuf {
@@ -225,6 +251,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     options.listen = format!("tcp://127.0.0.1:{}", args.port);
     options.intra_op_threads = args.intra_op_threads;
     options.ohttp_fleet_key = args.ohttp_fleet_key;
+    if let Some(path) = &args.enclave_config {
+        options.extra_config = extra_enclave_config(path, args.ohttp_fleet_key)?;
+    }
     say(&format!(
         "veil dev: starting the mock KMS, encrypting {} models, starting parent and enclave; logs in {}",
         options.models.len(),
