@@ -14,7 +14,10 @@ The checks:
   - the enclave restarted once per kill, and answers resumed after it;
   - memory: each process (the parent; the enclave before and after its restart, each its own process)
     after its warm-up (the first WARM_UP of all the requests it saw served) never holds more than
-    MEMORY_SLACK above its RSS at the end of warm-up;
+    MEMORY_SLACK above its RSS at the end of warm-up. The parent's life is judged in two spans when
+    the enclave was killed, before the kill and after it, each with its own warm-up: a new enclave
+    means new links and, in KMS envelope mode, a burst of relayed KMS sessions (every client's next
+    data key), whose buffers the allocator keeps for the next burst;
   - descriptors: at the end of its life under load, no process holds more than FD_SLACK above its count
     at the end of warm-up (a peak in between, such as the parent's links being dialled again after the
     enclave's restart, is reported but not judged); once the load is gone, the parent holds at most
@@ -59,6 +62,7 @@ def main():
         load["failed"] == 0 and load["ok"] == requests,
         f"{load['ok']} of {requests} answered, {load['failed']} failed after {load['retries']} retries",
     )
+    kill_t = None
     if killed:
         kill_t, _, kill_served = (int(x) for x in open(f"{out}/kill.csv").read().strip().split(","))
         restarts = status["restarts"]["enclave"]
@@ -66,17 +70,20 @@ def main():
         after = max((r["served"] for r in rows), default=0) - kill_served
         check("answers resumed after the restart", after > 0, f"{after} answers after the kill")
 
-    # One series per process: (role, pid), in time order, under load.
+    # One series per process: (role, pid), in time order, under load; the parent's split at the kill.
     series = defaultdict(list)
     for r in rows:
         if r["phase"] == "load":
-            series[(r["role"], r["pid"])].append(r)
+            span = ""
+            if r["role"] == "parent" and kill_t is not None:
+                span = " (before the kill)" if r["t_ms"] < kill_t else " (after the kill)"
+            series[(r["role"], r["pid"], span)].append(r)
     last_round = max((r["t_ms"] for r in rows if r["phase"] == "load"), default=0)
     processes = []
-    for (role, pid), s in sorted(series.items(), key=lambda kv: kv[1][0]["t_ms"]):
+    for (role, pid, span), s in sorted(series.items(), key=lambda kv: kv[1][0]["t_ms"]):
         first = s[0]["served"]
         warm = next((i for i, r in enumerate(s) if r["served"] - first >= WARM_UP * requests), None)
-        p = {"role": role, "pid": pid, "samples": len(s), "rss_start_kb": s[0]["rss_kb"]}
+        p = {"role": role, "pid": pid, "span": span.strip(" ()"), "samples": len(s), "rss_start_kb": s[0]["rss_kb"]}
         if warm is None or len(s) - warm < MIN_SAMPLES:
             p["note"] = "too few samples after warm-up to judge"
             processes.append(p)
@@ -100,13 +107,13 @@ def main():
         )
         processes.append(p)
         check(
-            f"{role} {pid}: memory flat after warm-up",
+            f"{role} {pid}{span}: memory flat after warm-up",
             growth <= MEMORY_SLACK,
             f"RSS {base['rss_kb'] / 1024:.1f} MiB after warm-up, peak {peak / 1024:.1f} MiB "
             f"({growth * 100:+.1f}%, at most {MEMORY_SLACK * 100:.0f}%)",
         )
         check(
-            f"{role} {pid}: no descriptor growth under load",
+            f"{role} {pid}{span}: no descriptor growth under load",
             fd_end <= base["fds"] + FD_SLACK,
             f"{base['fds']} after warm-up, {fd_end} at the end (at most +{FD_SLACK}; peak {fd_peak})",
         )
@@ -130,7 +137,8 @@ def main():
     )
     for p in processes:
         if "note" in p:
-            print(f"  {p['role']} {p['pid']}: {p['samples']} samples; {p['note']}")
+            span = f" ({p['span']})" if p["span"] else ""
+            print(f"  {p['role']} {p['pid']}{span}: {p['samples']} samples; {p['note']}")
     for c in checks:
         print(f"  [{'ok' if c['ok'] else 'FAIL'}] {c['check']}: {c['detail']}")
     print(f"soak: {'PASSED' if report['passed'] else 'FAILED'} (details in {out}/soak.json)")
