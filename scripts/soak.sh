@@ -4,7 +4,8 @@
 # records (scripts/soak_check.py): no wrong answer; no request lost once retries are counted; the
 # enclave's and the parent's memory flat after warm-up (within 10%); no growth in open file descriptors.
 # Samples (RSS and descriptors of both processes, answers served, twice a second), the load's report and
-# the verdict go to the output directory.
+# the verdict go to the output directory. The stack's audit log is then verified (`veil audit verify`):
+# every receipt, chain and tree head across both enclave boots.
 #
 #   scripts/soak.sh                     # the full soak: 100,000 requests at concurrency 64 on iris, release build
 #   scripts/soak.sh --model minilm --requests 5000 --concurrency 16
@@ -99,12 +100,12 @@ done
 [ -s "$out/dev.jsonl" ] || { echo "soak.sh: veil dev did not come up in 300 s" >&2; exit 1; }
 
 # The stack's URL, status file and client policy, and the client environment it printed.
-url="" status_file="" client_policy=""
+url="" status_file="" client_policy="" audit_log=""
 eval "$(python3 - "$out/dev.jsonl" <<'EOF'
 import json, shlex, sys
 d = json.loads(open(sys.argv[1]).readline())
 print(f"url={shlex.quote(d['url'])} status_file={shlex.quote(d['status_file'])}"
-      f" client_policy={shlex.quote(d['client_policy'])}")
+      f" client_policy={shlex.quote(d['client_policy'])} audit_log={shlex.quote(d['audit_log'])}")
 for k, v in d["env"].items():
     print(f"export {k}={shlex.quote(v)}")
 EOF
@@ -173,5 +174,9 @@ load_pid=""
 sleep 3
 sample idle_after
 cp "$status_file" "$out/status.json"
-log "veil load exited with $load_status; checking"
+log "veil load exited with $load_status; verifying the audit log ($audit_log)"
+# The dev stack's own mock root; any image, since the soak is about the log, not about which image ran.
+"$bin_dir/veil" audit verify "$audit_log" --any-image --root "$out/stack/mock-nsm/mock-root.pem" --json \
+    >"$out/audit.json" 2>"$out/audit.log" || true
+log "checking"
 python3 scripts/soak_check.py "$out" --requests "$requests" --killed "$killed"

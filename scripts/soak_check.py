@@ -21,7 +21,11 @@ The checks:
   - descriptors: at the end of its life under load, no process holds more than FD_SLACK above its count
     at the end of warm-up (a peak in between, such as the parent's links being dialled again after the
     enclave's restart, is reported but not judged); once the load is gone, the parent holds at most
-    FD_SLACK more than before it came.
+    FD_SLACK more than before it came;
+  - the audit log (audit.json: `veil audit verify --json` of the stack's log): it verifies, and without
+    a kill it holds exactly one receipt per answer; with one, the killed enclave's last records (those
+    it had not yet handed to the parent) are missing, and answers it made that never reached their
+    client may be there: the difference is reported, not judged.
 A process whose life after warm-up has fewer than MIN_SAMPLES samples is reported, not judged (a run too
 short to say).
 """
@@ -126,7 +130,27 @@ def main():
             f"{before} before the load, {after} after it",
         )
 
-    report = {"load": load, "processes": processes, "checks": checks, "passed": all(c["ok"] for c in checks)}
+    audit, notes = None, []
+    try:
+        audit = json.load(open(f"{out}/audit.json"))
+    except (OSError, ValueError):
+        check("the audit log verifies", False, "no report from veil audit verify (see audit.log)")
+    if audit is not None:
+        logged = audit["summary"]["receipts"]
+        boots = len(audit["summary"]["boots"])
+        errors = [f["kind"] for f in audit["findings"] if f["error"]]
+        check(
+            "the audit log verifies",
+            audit["verified"],
+            f"{logged} receipts and {audit['summary']['tree_heads']} tree heads in {boots} boot{'s' if boots != 1 else ''}"
+            + (f"; errors: {', '.join(sorted(set(errors)))}" if errors else ""),
+        )
+        if killed:
+            notes.append(f"audit log: {logged} receipts for {load['ok']} answers ({logged - load['ok']:+d}: the kill)")
+        else:
+            check("one receipt per answer in the log", logged == load["ok"], f"{logged} receipts, {load['ok']} answers")
+
+    report = {"load": load, "audit": audit and {k: audit[k] for k in ("verified", "summary")}, "processes": processes, "checks": checks, "passed": all(c["ok"] for c in checks)}
     json.dump(report, open(f"{out}/soak.json", "w"), indent=2)
     lat = load["latency_us"]
     print(
@@ -139,6 +163,8 @@ def main():
         if "note" in p:
             span = f" ({p['span']})" if p["span"] else ""
             print(f"  {p['role']} {p['pid']}{span}: {p['samples']} samples; {p['note']}")
+    for n in notes:
+        print(f"  {n}")
     for c in checks:
         print(f"  [{'ok' if c['ok'] else 'FAIL'}] {c['check']}: {c['detail']}")
     print(f"soak: {'PASSED' if report['passed'] else 'FAILED'} (details in {out}/soak.json)")
