@@ -20,6 +20,9 @@
 //! fails verification: the client gets a v2 error (`{"error": "..."}`) with 502 (the enclave failed a
 //! check, which the message names, or its answer did not open) or 503 (the server could not be reached).
 //! In KMS envelope mode the policy is checked once, at start, and KMS's key policy binds each request.
+//! Inference that fails in a way that may succeed again (the remote unreachable or restarting: 503, 429,
+//! a connection closed before an answer) is retried under the client's [`crate::RetryPolicy`], each
+//! attempt sealed or encapsulated afresh ([`crate::retry`]); health and metadata routes are not.
 //! On loopback, requests a web page could make (an `Origin`, or a `Host` that is not this proxy) are
 //! refused. Request and response bodies are never logged.
 use std::collections::BTreeMap;
@@ -36,8 +39,9 @@ use veil_protocol::envelope::{AnswerReceipt, ModelRef, Outcome, RequestMeta};
 use veil_protocol::v2::HEADER_LENGTH_HEADER;
 
 use crate::evidence::ReceiptSink;
-use crate::kms::Session;
+use crate::kms::{OpenedAnswer, Session};
 use crate::oblivious::{MODEL_DIGEST_HEADER, ObliviousClient, ObliviousError};
+use crate::retry::{Retried, Retries, Verdict};
 use crate::{Client, ClientError};
 
 /// Largest request body accepted by default: 8 MiB, the parent's own default limit (a larger body would
@@ -378,7 +382,41 @@ async fn attested(
     if let Some(d) = &digest {
         fwd.push((MODEL_DIGEST_HEADER, d.as_bytes()));
     }
-    let sent = oblivious.send(method.as_str(), &route.path(version), &fwd, &body).await;
+    // Inference is retried as `veil infer` retries it, each attempt encapsulated afresh; health and metadata
+    // are not (a readiness probe must see "not ready" when the enclave is not).
+    let mut retries = Retries::new(oblivious.client().retry_policy());
+    let sent = loop {
+        let sent = oblivious.send(method.as_str(), &route.path(version), &fwd, &body).await;
+        let Route::Infer { model } = route else { break sent };
+        let delay = match &sent {
+            Err(e) => retries.next(e.verdict(), e, &mut log_retry(model)),
+            Ok(r) => {
+                let retry_after = r
+                    .header("retry-after")
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(crate::retry::parse_retry_after_now);
+                let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+                match crate::retry::status_verdict(status, retry_after) {
+                    Verdict::Final => None,
+                    verdict => {
+                        let why = format!(
+                            "the enclave answered HTTP {}: {}",
+                            r.status,
+                            r.error_message().unwrap_or_default()
+                        );
+                        retries.next(verdict, &why, &mut log_retry(model))
+                    }
+                }
+            }
+        };
+        match delay {
+            None => break sent,
+            Some(delay) => {
+                drop(sent);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    };
     drop(body);
     let mut r = match sent {
         Ok(r) => r,
@@ -470,6 +508,34 @@ fn client_error(e: &ClientError) -> Response {
     v2_error(status, &format!("veil proxy: {e}"))
 }
 
+/// Logs a retry the proxy is about to make (the model, the attempt, the wait and what failed; never data).
+fn log_retry(model: &str) -> impl FnMut(Retried<'_>) + Send + '_ {
+    move |r: Retried<'_>| tracing::info!(model, retry = r.retry, delay_ms = r.delay.as_millis() as u64, reason = %r.reason, "veil proxy: retrying")
+}
+
+/// One KMS-mode inference attempt: sealed, sent, opened. A failure comes with its retry verdict, what
+/// failed (for the log) and the response the client gets if it is not retried.
+async fn kms_attempt(
+    client: &Client,
+    session: &tokio::sync::Mutex<Session>,
+    model: &ModelRef,
+    body: &[u8],
+    header_length: Option<u64>,
+) -> Result<OpenedAnswer, (Verdict, String, Response)> {
+    let sealed = session.lock().await.seal(model, body, RequestMeta { inference_header_length: header_length }).await;
+    let (wire, call) = sealed.map_err(|e| {
+        let response = v2_error(StatusCode::BAD_GATEWAY, &format!("veil proxy: KMS: {e}"));
+        (Verdict::Final, String::new(), response)
+    })?;
+    let answer =
+        client.post_sealed(&model.name, wire).await.map_err(|e| (e.verdict(), e.to_string(), client_error(&e)))?;
+    call.open(answer).map_err(|e| {
+        let response =
+            v2_error(StatusCode::BAD_GATEWAY, &format!("veil proxy: the enclave's answer did not open: {e}"));
+        (Verdict::Final, String::new(), response)
+    })
+}
+
 /// KMS envelope mode: inference sealed under a KMS data key; the other routes from the parent.
 #[allow(clippy::too_many_arguments)]
 async fn kms(
@@ -548,26 +614,35 @@ async fn kms(
                     );
                 }
             };
-            let sealed =
-                session.lock().await.seal(&model, &body, RequestMeta { inference_header_length: header_length }).await;
-            drop(body);
-            let (wire, call) = match sealed {
-                Ok(s) => s,
-                Err(e) => return v2_error(StatusCode::BAD_GATEWAY, &format!("veil proxy: KMS: {e}")),
-            };
-            let answer = match client.post_sealed(&model.name, wire).await {
-                Ok(a) => a,
-                Err(e) => return client_error(&e),
-            };
-            let mut opened = match call.open(answer) {
-                Ok(o) => o,
-                Err(e) => {
-                    return v2_error(
-                        StatusCode::BAD_GATEWAY,
-                        &format!("veil proxy: the enclave's answer did not open: {e}"),
-                    );
+            // Sealed afresh for every attempt (a new request id and nonce): see `crate::retry`.
+            let mut retries = Retries::new(client.retry_policy());
+            let mut opened = loop {
+                let failed = match kms_attempt(client, session, &model, &body, header_length).await {
+                    Ok(opened) => match &opened.outcome {
+                        // The enclave opened the request and is unavailable (over its byte budget, say).
+                        Outcome::Error(e) if e.kind == veil_protocol::error::ErrorKind::Unavailable => {
+                            let verdict = Verdict::Retry {
+                                retry_after: e.retry_after_secs.map(|s| std::time::Duration::from_secs(s.into())),
+                            };
+                            let why = format!("the enclave answered: {}", e.message);
+                            match retries.next(verdict, &why, &mut log_retry(&model.name)) {
+                                Some(delay) => Err(delay),
+                                None => Ok(opened),
+                            }
+                        }
+                        _ => Ok(opened),
+                    },
+                    Err((verdict, why, response)) => match retries.next(verdict, &why, &mut log_retry(&model.name)) {
+                        Some(delay) => Err(delay),
+                        None => return response,
+                    },
+                };
+                match failed {
+                    Ok(opened) => break opened,
+                    Err(delay) => tokio::time::sleep(delay).await,
                 }
             };
+            drop(body);
             keep_receipt(keep, client, opened.receipt.take());
             let digest = hex::encode(opened.model_sha384);
             match &opened.outcome {

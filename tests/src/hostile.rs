@@ -21,6 +21,9 @@ pub enum Lie {
     Document(Vec<u8>),
     /// Answers every encapsulated request with 422 ("did not decapsulate"), forwarding none.
     Undecapsulable,
+    /// Answers the first this many POSTs (sealed or encapsulated inference) with 503 and `Retry-After: 0`,
+    /// as a parent whose enclave is restarting does, forwarding none of them; forwards the rest.
+    Unavailable(usize),
 }
 
 /// What reached the hostile parent: encapsulated requests (whether forwarded or not) and attestation
@@ -29,6 +32,10 @@ pub enum Lie {
 pub struct Seen {
     pub posts: AtomicUsize,
     pub attestations: AtomicUsize,
+    /// POSTs answered 503 by [`Lie::Unavailable`].
+    pub refused: AtomicUsize,
+    /// The body of every POST, in arrival order.
+    pub post_bodies: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl Seen {
@@ -38,6 +45,14 @@ impl Seen {
 
     pub fn attestations(&self) -> usize {
         self.attestations.load(Ordering::SeqCst)
+    }
+
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
+    }
+
+    pub fn post_bodies(&self) -> Vec<Vec<u8>> {
+        self.post_bodies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 }
 
@@ -60,7 +75,18 @@ pub fn hostile_parent(upstream: String, lie: Lie) -> (String, Arc<Seen>) {
                 if path.starts_with("/v1/attestation") {
                     seen.attestations.fetch_add(1, Ordering::SeqCst);
                 }
+                let mut refuse = false;
+                if method == "POST" {
+                    seen.post_bodies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(body.clone());
+                    if let Lie::Unavailable(first) = &lie {
+                        refuse = seen
+                            .refused
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < *first).then_some(n + 1))
+                            .is_ok();
+                    }
+                }
                 let (status, ctype, answer) = match (&lie, method.as_str(), path.as_str()) {
+                    _ if refuse => (503, "application/json", br#"{"error":"the enclave is restarting"}"#.to_vec()),
                     (Lie::Keys(k), "GET", ohttp::GATEWAY_PATH) => (200, ohttp::KEYS_MEDIA_TYPE, k.clone()),
                     (Lie::Document(d), "GET", p) if p.starts_with("/v1/attestation") => {
                         (200, "application/cbor", d.clone())
@@ -73,8 +99,9 @@ pub fn hostile_parent(upstream: String, lie: Lie) -> (String, Arc<Seen>) {
                         (s, "application/octet-stream", b)
                     }
                 };
+                let retry_after = if refuse { "Retry-After: 0\r\n" } else { "" };
                 let head = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{retry_after}Connection: close\r\n\r\n",
                     answer.len()
                 );
                 let _ = conn.write_all(head.as_bytes());

@@ -285,6 +285,39 @@ fn an_enclave_restart_with_new_keys_is_verified_again_and_a_proxy_restart_serves
 }
 
 #[test]
+fn the_proxy_retries_a_503_sealed_afresh_in_both_modes_and_not_with_retries_0() {
+    let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris"])).unwrap();
+    let key = stack.client_env().iter().find(|(k, _)| k == "VEIL_KMS_KEY_ID").unwrap().1.clone();
+    for kms in [false, true] {
+        let mut args = policy_args(&stack);
+        if kms {
+            args.extend(["--kms-key-id".to_owned(), key.clone()]);
+        }
+        let env = if kms { stack.client_env() } else { Vec::new() };
+        // A parent whose enclave is restarting: two 503s, then answers.
+        let (url, seen) = hostile_parent(stack.url.clone(), Lie::Unavailable(2));
+        let proxy = Proxy::start(&url, &strs(&args), &env);
+        let (status, v) = infer_iris(&proxy);
+        assert_eq!(status, 200, "kms={kms}: {v}: {}", proxy.log());
+        assert_eq!(seen.refused(), 2, "kms={kms}");
+        let bodies = seen.post_bodies();
+        assert_eq!(bodies.len(), 3, "kms={kms}: two refused attempts and the answered one");
+        assert!(
+            bodies[0] != bodies[1] && bodies[1] != bodies[2] && bodies[0] != bodies[2],
+            "kms={kms}: each retry is sealed afresh, never the same bytes again"
+        );
+        assert_eq!(proxy.log().matches("veil proxy: retrying").count(), 2, "kms={kms}: {}", proxy.log());
+        // --retries 0: the client gets the parent's 503.
+        let (url, seen) = hostile_parent(stack.url.clone(), Lie::Unavailable(1));
+        args.extend(["--retries".to_owned(), "0".to_owned()]);
+        let proxy = Proxy::start(&url, &strs(&args), &env);
+        let (status, v) = infer_iris(&proxy);
+        assert_eq!(status, 503, "kms={kms}: {v}");
+        assert_eq!((seen.refused(), seen.post_bodies().len()), (1, 1), "kms={kms}: no second attempt");
+    }
+}
+
+#[test]
 fn a_relay_that_always_says_422_gets_one_verification_per_request_and_no_resend() {
     let stack = Stack::start(StackOptions::new(Transport::Unix, &["iris"])).unwrap();
     let (url, seen) = hostile_parent(stack.url.clone(), Lie::Undecapsulable);

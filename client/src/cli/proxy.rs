@@ -42,6 +42,12 @@ Modes:
                    which enclave can open each request. Health and metadata come from the parent,
                    unauthenticated.
 
+Inference requests that fail in a way that may succeed again (the server unreachable or restarting:
+the connection closed before an answer, 503 or 429) are sent again, sealed afresh, up to --retries
+times with exponential backoff, honouring Retry-After; a timeout never is. Clients see the last
+attempt's answer. Health and metadata routes are not retried: a readiness probe sees \"not ready\"
+while the enclave is not.
+
 Nothing is forwarded for a model the policy does not list, or while verification fails: clients get a
 v2 error ({\"error\": \"...\"}) with 502 naming the failed check, or 503 if the server cannot be reached.
 Logs (stderr; VEIL_LOG=debug for more) carry routes, models, statuses and times, never tensor data.
@@ -76,6 +82,11 @@ pub struct ProxyArgs {
     /// Seconds to wait for each answer from the server.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// Retries of an inference request that failed in a way that may succeed again (the server
+    /// unreachable, the connection closed before an answer, 503 or 429; never a timeout), each sealed
+    /// afresh, with exponential backoff and `Retry-After` honoured (docs/RELIABILITY.md). 0: none.
+    #[arg(long, default_value_t = veil_client::RetryPolicy::default().max_retries)]
+    pub retries: u32,
     /// KMS mode without --policy: the root the attestation must chain to (PEM; default AWS's Nitro root).
     #[arg(long, env = "VEIL_ATTESTATION_ROOT")]
     pub root: Option<PathBuf>,
@@ -109,7 +120,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     let client = match Client::new(&args.remote) {
-        Ok(c) => c.with_timeout(Duration::from_secs(args.timeout)),
+        Ok(c) => c
+            .with_timeout(Duration::from_secs(args.timeout))
+            .with_retries(veil_client::RetryPolicy::default().with_max_retries(args.retries)),
         Err(e) => return Ok(report(&e)),
     };
     let policy = match &args.policy {
