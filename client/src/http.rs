@@ -47,9 +47,16 @@ pub enum ClientError {
     /// this: a hostile parent can make up any message, so do not act on it as if the enclave had said it.
     #[error("the parent said, not authenticated by the enclave: {message} (HTTP {status})")]
     Unauthenticated { status: StatusCode, message: String, retry_after: Option<u64> },
-    /// The enclave refused the request, in its sealed answer: this message is the enclave's own.
+    /// The enclave refused the request, in its sealed answer: this message is the enclave's own. When the
+    /// model ran and refused the input, the refusal has its signed receipt (whose response digest is over
+    /// no bytes), as an answer does.
     #[error("the enclave refused the request: {message} ({kind})")]
-    Enclave { kind: veil_protocol::error::ErrorKind, message: String, retry_after: Option<u32> },
+    Enclave {
+        kind: veil_protocol::error::ErrorKind,
+        message: String,
+        retry_after: Option<u32>,
+        receipt: Option<Box<veil_protocol::envelope::AnswerReceipt>>,
+    },
     /// KMS, or sealing and opening the envelope, failed.
     #[error("{0}")]
     Kms(String),

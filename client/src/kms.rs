@@ -336,12 +336,16 @@ impl Client {
         let (wire, call) =
             session.seal(model, body, RequestMeta::default()).await.map_err(|e| ClientError::Kms(e.to_string()))?;
         let sealed = self.post_sealed(&model.name, wire).await?;
-        let opened =
+        let mut opened =
             session.open(&call, sealed).map_err(|e| ClientError::Kms(format!("cannot open the answer: {e}")))?;
-        match &opened.outcome {
-            Outcome::Answer { .. } => Ok(Answer { opened }),
+        let receipt = opened.receipt.take().map(Box::new);
+        match opened.outcome {
+            Outcome::Answer { .. } => {
+                opened.receipt = receipt.map(|r| *r);
+                Ok(Answer { opened })
+            }
             Outcome::Error(e) => {
-                Err(ClientError::Enclave { kind: e.kind, message: e.message.clone(), retry_after: e.retry_after_secs })
+                Err(ClientError::Enclave { kind: e.kind, message: e.message, retry_after: e.retry_after_secs, receipt })
             }
         }
     }

@@ -264,7 +264,7 @@ mod tests {
         assert_eq!(timeout.verdict(), Verdict::Final, "a timeout may still be running: not sent twice");
         let connect = ClientError::Connect { url: "u".into(), source: "refused".into() };
         assert_eq!(connect.verdict(), Verdict::Retry { retry_after: None });
-        let sealed = |kind| ClientError::Enclave { kind, message: String::new(), retry_after: Some(2) };
+        let sealed = |kind| ClientError::Enclave { kind, message: String::new(), retry_after: Some(2), receipt: None };
         assert_eq!(
             sealed(veil_protocol::error::ErrorKind::Unavailable).verdict(),
             Verdict::Retry { retry_after: Some(Duration::from_secs(2)) }

@@ -215,6 +215,45 @@ fn an_auditor_verifies_a_dev_stacks_evidence_offline_in_both_modes() {
     assert!(text.contains("VERIFIED") && text.contains("3 receipts"), "{text}");
 }
 
+#[test]
+fn a_models_refusal_keeps_its_evidence_bundle_in_both_modes() {
+    let stack = stack(&["iris"], "");
+    let policy = stack.client_policy();
+    // Well formed, so `veil infer` sends it; iris takes [3, 2], so the model refuses [2, 2].
+    let bad = stack.dir.path().join("bad.json");
+    std::fs::write(&bad, br#"{"inputs":[{"name":"float_input","shape":[2,2],"datatype":"FP32","data":[1,2,3,4]}]}"#)
+        .unwrap();
+    let empty = stack.dir.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    for attested in [false, true] {
+        let bundle = stack.dir.path().join(format!("refusal-{attested}.receipt.json"));
+        let mut args = vec!["infer", "--model", "iris", "--input", s(&bad), "--receipt", s(&bundle)];
+        if attested {
+            args.extend(["--policy", s(&policy)]);
+        }
+        let out = veil(&stack, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "attested={attested}: the model refused: {stderr}");
+        assert!(stderr.contains("evidence (receipt seq"), "attested={attested}: {stderr}");
+        // The receipt names the request the model refused; in KMS envelope mode the sealed refusal carries
+        // no answer bytes, so its response digest is over none.
+        let mut verify = vec!["receipt", "verify", s(&bundle), "--policy", s(&policy), "--request", s(&bad), "--json"];
+        if !attested {
+            verify.extend(["--response", s(&empty)]);
+        }
+        let out = veil(&stack, &verify);
+        let v = json(&out);
+        assert!(out.status.success(), "attested={attested}: {v}");
+        assert_eq!(v["receipt"]["mode"], if attested { "ohttp" } else { "kms" });
+        let request = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "request").unwrap().clone();
+        assert_eq!(request["status"], "passed", "{v}");
+        // And not another request.
+        let other = request_file(&stack, "iris", 0);
+        let out = veil(&stack, &["receipt", "verify", s(&bundle), "--policy", s(&policy), "--request", s(&other)]);
+        assert_eq!(out.status.code(), Some(1), "attested={attested}");
+    }
+}
+
 /// The evidence of one answer, with its inclusion proof, and the stack it came from.
 fn one_proven_bundle() -> (Stack, Bundle, PathBuf) {
     let mut stack = stack(&["iris"], "");

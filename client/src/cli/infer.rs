@@ -48,7 +48,8 @@ is said on stderr.
 
 Evidence: --receipt FILE writes the answer's evidence bundle (the enclave's signed receipt, its salt,
 and the attestation document certifying the receipt key), checked (with the request and the answer)
-before it is written; in attested-key mode the model's refusals of an input have one too. An auditor
+before it is written; the model's refusals of an input have one too (in KMS envelope mode over an
+empty answer: verify it with --response pointing at an empty file). An auditor
 verifies it with `veil receipt verify FILE`, and with --request/--response the plaintexts, which
 --output keeps byte for byte (stdout adds a newline, and --pretty reformats).
 
@@ -290,7 +291,16 @@ pub fn run_infer(args: InferArgs) -> anyhow::Result<ExitCode> {
                 let policy = EvidencePolicy::root_only(anchor(args.root.as_deref())?);
                 Ok(save_receipt(&args, &client, answer.receipt(), &policy, &body, answer.body()).await)
             }
-            Err(e) => Ok(report(&e)),
+            Err(e) => {
+                // The model refused the input: the refusal has its receipt too (over an empty answer).
+                if let ClientError::Enclave { receipt: Some(receipt), .. } = &e
+                    && args.receipt.is_some()
+                {
+                    let policy = EvidencePolicy::root_only(anchor(args.root.as_deref())?);
+                    save_receipt(&args, &client, Some(receipt), &policy, &body, &[]).await;
+                }
+                Ok(report(&e))
+            }
         }
     })
 }
