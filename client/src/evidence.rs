@@ -13,7 +13,7 @@ use veil_protocol::attestation::Verifier;
 use veil_protocol::envelope::AnswerReceipt;
 use veil_protocol::evidence::bundle::{Bundle, Inclusion, MAX_BUNDLE_LEN};
 use veil_protocol::evidence::claims::ReceiptClaims;
-use veil_protocol::evidence::log::RecordReader;
+use veil_protocol::evidence::log::{MAX_RECORD_LEN, RecordReader};
 use veil_protocol::evidence::verify::{
     AuditReport, AuditVerifier, CertifiedKey, EvidencePolicy, verify_receipt, verify_receipt_with,
 };
@@ -206,13 +206,40 @@ pub fn read_bundle(path: &Path) -> Result<Bundle, String> {
     Bundle::from_json(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Reads a file of at most `max` bytes.
+/// Reads a file of at most `max` bytes (a device or a pipe that never ends stops there too).
 pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if meta.len() > max {
-        return Err(format!("{} is {} bytes, more than the {max} read", path.display(), meta.len()));
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("{} is more than the {max} bytes read", path.display()));
     }
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    Ok(bytes)
+}
+
+/// The largest audit-log file verified: `veil-parent` rotates files at `--audit-rotate-bytes` (at most
+/// 1 GiB), and a file can pass that by one batch.
+pub const MAX_LOG_FILE_LEN: u64 = (1 << 30) + (64 << 20);
+
+/// The regular files of a boot directory ending in `.cborseq`, sorted; anything else of that name (a
+/// symbolic link, a pipe, a device: a parent's trap for the verifier) is returned apart, unread.
+fn log_files(boot_dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), String> {
+    let (mut files, mut odd) = (Vec::new(), Vec::new());
+    for f in std::fs::read_dir(boot_dir).map_err(|e| format!("cannot read {}: {e}", boot_dir.display()))? {
+        let f = f.map_err(|e| format!("cannot read {}: {e}", boot_dir.display()))?;
+        let path = f.path();
+        if path.extension().is_none_or(|x| x != "cborseq") {
+            continue;
+        }
+        // `DirEntry::file_type` does not follow symbolic links.
+        if f.file_type().is_ok_and(|t| t.is_file()) { files.push(path) } else { odd.push(path) }
+    }
+    files.sort();
+    odd.sort();
+    Ok((files, odd))
 }
 
 /// Writes `bundle` to `path` atomically (a temporary file renamed over it).
@@ -228,27 +255,28 @@ pub fn bundle_file_name(bundle: &Bundle) -> Option<String> {
     Some(format!("{}-{:012}.json", hex::encode(c.boot_prefix), c.seq))
 }
 
+/// One boot directory of an audit log: its name, its log files in order, and the entries named like log
+/// files that are not regular files (reported, never read).
+pub type BootFiles = (String, Vec<PathBuf>, Vec<PathBuf>);
+
 /// The boot directories of an audit log, oldest first (by their attestation documents' timestamps, read
 /// unverified for ordering only), and each one's files in order.
-pub fn audit_layout(dir: &Path) -> Result<Vec<(String, Vec<PathBuf>)>, String> {
+pub fn audit_layout(dir: &Path) -> Result<Vec<BootFiles>, String> {
     let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read the audit log {}: {e}", dir.display()))?;
     let mut boots = Vec::new();
     for e in entries {
         let e = e.map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
         let path = e.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
-        if !path.is_dir() || !name.starts_with("boot-") {
+        // Boot directories are directories, not links to somewhere else.
+        if !e.file_type().is_ok_and(|t| t.is_dir()) || !name.starts_with("boot-") {
             continue;
         }
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-            .filter_map(|f| f.ok().map(|f| f.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "cborseq"))
-            .collect();
-        files.sort();
+        let (files, odd) = log_files(&path)?;
+        // The first record only: the boot's attestation document.
         let started = files
             .first()
-            .and_then(|f| std::fs::read(f).ok())
+            .and_then(|f| read_head(f, MAX_RECORD_LEN as u64 + 16))
             .and_then(|b| {
                 RecordReader::new(&b).next().and_then(|r| r.ok()).and_then(|r| {
                     veil_protocol::attestation::UnverifiedDocument::parse(r.bytes)
@@ -257,7 +285,7 @@ pub fn audit_layout(dir: &Path) -> Result<Vec<(String, Vec<PathBuf>)>, String> {
                 })
             })
             .unwrap_or(u64::MAX);
-        boots.push((started, name, files));
+        boots.push((started, name, files, odd));
     }
     if boots.is_empty() {
         return Err(format!(
@@ -266,7 +294,15 @@ pub fn audit_layout(dir: &Path) -> Result<Vec<(String, Vec<PathBuf>)>, String> {
         ));
     }
     boots.sort();
-    Ok(boots.into_iter().map(|(_, n, f)| (n, f)).collect())
+    Ok(boots.into_iter().map(|(_, n, f, o)| (n, f, o)).collect())
+}
+
+/// The first `max` bytes of a file (fewer if it is shorter).
+fn read_head(path: &Path, max: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path).ok()?.take(max).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// Verifies a whole audit log directory offline: every record of every boot, in file order. `cadence` is
@@ -280,18 +316,31 @@ pub fn verify_audit_log(
     let layout = audit_layout(dir)?;
     let verifier = Verifier::new();
     let mut audit = AuditVerifier::new(policy, &verifier, now_unix).with_cadence(cadence.0, cadence.1);
-    for (boot, files) in &layout {
+    for (boot, files, odd) in &layout {
         audit.begin_boot(boot);
-        for file in files {
-            let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let shown = file.strip_prefix(dir).unwrap_or(file).display().to_string();
+        let shown = |file: &PathBuf| file.strip_prefix(dir).unwrap_or(file).display().to_string();
+        for file in odd {
+            audit.unreadable_file(&shown(file), "not a regular file (a link, a pipe or a device): not read".into());
+        }
+        for (i, file) in files.iter().enumerate() {
+            // A file that cannot be read is a finding, not the end of the audit: a parent must not turn
+            // "the evidence is wrong" into "could not read the evidence" with one chmod.
+            let bytes = match read_bounded(file, MAX_LOG_FILE_LEN) {
+                Ok(b) => b,
+                Err(e) => {
+                    audit.unreadable_file(&shown(file), e);
+                    continue;
+                }
+            };
+            let shown = shown(file);
+            let last_file = i + 1 == files.len();
             let mut reader = RecordReader::new(&bytes);
             loop {
                 let at = reader.offset();
                 match reader.next_record() {
                     None => break,
                     Some(Ok(record)) => audit.record(&format!("{shown} @ byte {at}"), record),
-                    Some(Err(e)) => audit.record_error(&format!("{shown} @ byte {}", e.offset), &e),
+                    Some(Err(e)) => audit.record_error(&format!("{shown} @ byte {}", e.offset), &e, last_file),
                 }
             }
         }

@@ -75,6 +75,10 @@ pub enum ProofError {
     NotYetCovered(u64),
     #[error("the audit log of boot {0} cannot be read: {1}")]
     Unreadable(String, String),
+    /// Another proof for an earlier boot is reading its log: one such read at a time, so that a flood of
+    /// proof requests for old boots cannot tie up the threads the enclave's appends need.
+    #[error("another request is reading an earlier boot's log: ask again in a few seconds")]
+    Busy,
 }
 
 /// One boot's log.
@@ -238,6 +242,9 @@ impl AuditLog {
         if new.is_empty() {
             return Ok(log.next);
         }
+        let after = next
+            .checked_add(new.len() as u64)
+            .ok_or_else(|| AuditError::Malformed(format!("record number {next} plus {} overflows", new.len())))?;
         let mut out = Vec::with_capacity(records.len());
         for record in new {
             write_record(&mut out, record.kind, record.bytes);
@@ -250,7 +257,7 @@ impl AuditLog {
         for record in new {
             index(&boot, log, record.kind, record.bytes, self.dir.is_some());
         }
-        log.next = next + new.len() as u64;
+        log.next = after;
         if let Some(dir) = &self.dir {
             flush_leaves(&dir.join(boot_dir_name(&boot)), log);
         }
@@ -309,7 +316,8 @@ impl AuditLog {
         // Each boot's first record, read from its first file (not under the lock the enclave's appends take).
         let dir = self.dir.as_ref()?;
         for entry in std::fs::read_dir(dir).ok()?.flatten() {
-            let Some(first) = sorted_files(&entry.path()).ok()?.into_iter().next() else { continue };
+            // A stray entry (a file, lost+found) is not a boot: it must not end the search.
+            let Some(first) = sorted_files(&entry.path()).ok().and_then(|f| f.into_iter().next()) else { continue };
             let mut head = Vec::new();
             let read = File::open(&first).and_then(|f| f.take(MAX_RECORD_LEN as u64 + 16).read_to_end(&mut head));
             if read.is_err() {
@@ -351,7 +359,11 @@ impl AuditLog {
         }
         let Some(boot) = boot else { return Err(ProofError::UnknownBoot("(none yet)".into())) };
         let shown = hex::encode(boot);
-        let mut old = self.old.lock().map_err(|_| ProofError::NoLog)?;
+        let mut old = match self.old.try_lock() {
+            Ok(old) => old,
+            Err(std::sync::TryLockError::WouldBlock) => return Err(ProofError::Busy),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        };
         if let Some((b, log)) = old.as_ref()
             && *b == boot
         {
@@ -759,6 +771,33 @@ mod tests {
         // It is found by its document's digest too, from the directory.
         let doc = log.document_by_digest(&veil_protocol::evidence::sha384(b"document")).unwrap();
         assert_eq!(doc, b"document");
+    }
+
+    #[test]
+    fn old_boots_are_found_past_stray_entries_and_read_one_at_a_time() {
+        // Findings of review: a stray entry in the log directory ended the search for a document by its
+        // digest; and proofs for old boots queued without bound behind one lock.
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::new(Some(dir.path().to_path_buf()), DEFAULT_ROTATE_BYTES, false).unwrap();
+        log.append(&BOOT, 0, &stream(2, 2).concat()).unwrap();
+        drop(log);
+        std::fs::write(dir.path().join("0-notes.txt"), b"not a boot").unwrap();
+        std::fs::create_dir(dir.path().join("0-lost+found")).unwrap();
+        let log = AuditLog::new(Some(dir.path().to_path_buf()), DEFAULT_ROTATE_BYTES, false).unwrap();
+        let doc = log.document_by_digest(&veil_protocol::evidence::sha384(b"document"));
+        assert_eq!(doc.as_deref(), Some(&b"document"[..]));
+        let held = log.old.lock().unwrap();
+        assert_eq!(log.proof(Some(BOOT), 0).unwrap_err(), ProofError::Busy);
+        drop(held);
+        assert_eq!(log.proof(Some(BOOT), 0).unwrap().leaf_index, 0);
+    }
+
+    #[test]
+    fn record_numbers_that_would_overflow_are_refused_and_the_log_goes_on() {
+        let log = AuditLog::new(None, DEFAULT_ROTATE_BYTES, false).unwrap();
+        let records = stream(2, 2);
+        assert!(matches!(log.append(&BOOT, u64::MAX, &records.concat()), Err(AuditError::Malformed(_))));
+        assert_eq!(log.append(&[0xc1; 16], 0, &records.concat()).unwrap(), records.len() as u64);
     }
 
     #[test]

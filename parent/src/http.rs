@@ -397,7 +397,7 @@ async fn audit_proof(State(state): State<Arc<AppState>>, Query(q): Query<AuditQu
             }))
             .into_response()
         }
-        Err(e @ ProofError::NotYetCovered(_)) => {
+        Err(e @ (ProofError::NotYetCovered(_) | ProofError::Busy)) => {
             let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string());
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
             r

@@ -87,8 +87,10 @@ struct Args {
     /// plaintext. Without it, receipts are acknowledged and not kept (and /v1/audit/proof answers 404).
     #[arg(long, env = "VEIL_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
-    /// Start a new audit-log file after this many bytes.
-    #[arg(long, env = "VEIL_AUDIT_ROTATE_BYTES", default_value_t = veil_parent::audit::DEFAULT_ROTATE_BYTES)]
+    /// Start a new audit-log file after this many bytes (4 KiB to 1 GiB: `veil audit verify` reads each
+    /// file whole).
+    #[arg(long, env = "VEIL_AUDIT_ROTATE_BYTES", default_value_t = veil_parent::audit::DEFAULT_ROTATE_BYTES,
+          value_parser = clap::value_parser!(u64).range(4096..=1 << 30))]
     audit_rotate_bytes: u64,
     /// Do not fdatasync each batch of audit records before acknowledging it (faster; a machine crash can
     /// lose the last batches, which the next tree head then shows as missing).

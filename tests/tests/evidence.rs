@@ -419,6 +419,49 @@ fn every_flipped_byte_of_a_log_files_receipts_and_tree_heads_fails_audit_verific
 }
 
 #[test]
+fn a_crash_cut_tail_is_a_note_and_links_pipes_and_devices_are_findings_never_read() {
+    let (stack, dir, root) = log_with_receipts(2);
+    let policy = EvidencePolicy::root_only(root);
+    // A machine crash mid-write: the boot's last file ends inside a record, and the enclave is gone so
+    // the parent never appends (and cuts the tail) again. The honest log still verifies, with a note.
+    let torn = stack.dir.path().join("torn");
+    copy_log(&dir, &torn);
+    let file = log_file(&torn);
+    let all = records(&file);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mut extra = Vec::new();
+    write_record(&mut extra, RecordKind::Receipt, &all.iter().find(|r| r.0 == RecordKind::Receipt).unwrap().1);
+    bytes.extend_from_slice(&extra[..extra.len() / 2]);
+    std::fs::write(&file, &bytes).unwrap();
+    let report = verify_audit_log(&torn, &policy, now(), CADENCE).unwrap();
+    assert!(report.verified, "{:?}", report.findings);
+    let note = report.findings.iter().find(|f| f.kind == "truncated_tail").expect("the cut is reported");
+    assert!(!note.error);
+    // The same cut in a file that is not the boot's last is an error: the parent wrote on after it.
+    let later = file.with_file_name("9999999999999999.cborseq");
+    std::fs::write(&later, b"").unwrap();
+    let report = verify_audit_log(&torn, &policy, now(), CADENCE).unwrap();
+    assert!(!report.verified && kinds(&report).contains(&"malformed"), "{:?}", report.findings);
+    std::fs::remove_file(&later).unwrap();
+
+    // Named like log files, but a link to an endless device, and a pipe nobody writes: reported, unread
+    // (reading either would never end), and the audit fails rather than hangs or exhausts memory.
+    let trapped = stack.dir.path().join("trapped");
+    copy_log(&dir, &trapped);
+    let boot = log_file(&trapped).parent().unwrap().to_path_buf();
+    std::os::unix::fs::symlink("/dev/zero", boot.join("zzzzzzzzzzzzzzzzzzz1.cborseq")).unwrap();
+    let fifo = boot.join("zzzzzzzzzzzzzzzzzzz2.cborseq");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let report = verify_audit_log(&trapped, &policy, now(), CADENCE).unwrap();
+    assert!(!report.verified);
+    let unread: Vec<_> = report.findings.iter().filter(|f| f.kind == "unreadable").collect();
+    assert_eq!(unread.len(), 2, "{:?}", report.findings);
+    // Through the CLI: "the evidence is wrong" (1), not "could not read the evidence" (2).
+    let out = veil(&stack, &["audit", "verify", s(&trapped), "--any-image", "--root", s(&stack.mock_root_pem())]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
 fn deleting_or_swapping_log_entries_is_named_by_sequence_number() {
     let (stack, dir, root) = log_with_receipts(5);
     let policy = EvidencePolicy::root_only(root);
@@ -503,45 +546,16 @@ fn a_debug_mode_enclaves_receipts_are_refused_unless_allowed() {
         .unwrap();
     stack.start_enclave().unwrap();
     stack.wait_ready(std::time::Duration::from_secs(120)).unwrap();
-    let (bundle, _, _) = {
-        let input = request_file(&stack, "iris", 0);
-        let bundle = stack.dir.path().join("debug.receipt.json");
-        let out = veil(
-            &stack,
-            &[
-                "infer",
-                "--model",
-                "iris",
-                "--input",
-                s(&input),
-                "--expect-model-sha384",
-                &hex::encode(stack.digest("iris")),
-            ],
-        );
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        // --receipt refuses to keep evidence that does not verify: debug mode is refused by default.
-        let out = veil(
-            &stack,
-            &[
-                "infer",
-                "--model",
-                "iris",
-                "--input",
-                s(&input),
-                "--expect-model-sha384",
-                &hex::encode(stack.digest("iris")),
-                "--receipt",
-                s(&bundle),
-            ],
-        );
-        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("debug_mode"),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (bundle, input, ())
-    };
+    let input = request_file(&stack, "iris", 0);
+    let bundle = stack.dir.path().join("debug.receipt.json");
+    let digest = hex::encode(stack.digest("iris"));
+    let infer = ["infer", "--model", "iris", "--input", s(&input), "--expect-model-sha384", &digest];
+    let out = veil(&stack, &infer);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // --receipt refuses to keep evidence that does not verify: debug mode is refused by default.
+    let out = veil(&stack, &[&infer[..], &["--receipt", s(&bundle)]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("debug_mode"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!bundle.exists());
     // The log's receipts: refused without --allow-debug, accepted (and labelled) with it.
     let dir = stack.dir.path().join("audit");

@@ -180,10 +180,32 @@ impl<'p> AuditVerifier<'p> {
         });
     }
 
-    /// A record that could not be read.
-    pub fn record_error(&mut self, location: &str, e: &RecordError) {
+    /// A record that could not be read. `last_file`: the error is in the boot's last file. A last file
+    /// that ends inside a record is what a machine crash mid-write leaves of a boot that never wrote again
+    /// (the parent cuts such a tail only when it appends to that boot once more): a note, not an error.
+    /// That hides nothing a parent could not hide by cutting the file at a record boundary, which only
+    /// outside evidence (a client's bundle, a copied tree head) shows (AUDITING.md §4).
+    pub fn record_error(&mut self, location: &str, e: &RecordError, last_file: bool) {
+        if e.truncated && last_file {
+            self.find(
+                "truncated_tail",
+                Some(location),
+                None,
+                format!("the boot's last file ends inside a record (a write cut short by a crash): {}", e.error),
+            );
+            if let Some(f) = self.findings.last_mut() {
+                f.error = false;
+            }
+            return;
+        }
         let what = if e.truncated { "the file ends inside a record (cut short)" } else { "unreadable record" };
         self.find("malformed", Some(location), None, format!("{what}: {}", e.error));
+    }
+
+    /// A file of the log that could not be read at all (not a regular file, too large, no permission):
+    /// everything in it is missing from the verification, which the error says.
+    pub fn unreadable_file(&mut self, location: &str, why: String) {
+        self.find("unreadable", Some(location), None, why);
     }
 
     /// The next record of the current boot's stream.
@@ -508,7 +530,7 @@ fn compare_head(boot: &mut Boot, root: &Hash) -> Option<(&'static str, String)> 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::super::{Mode, ReceiptKey};
+    use super::super::ReceiptKey;
     use super::*;
     use crate::attestation::{Report, TrustAnchor};
 
@@ -554,14 +576,9 @@ mod tests {
                 issuer: "i-test".into(),
                 issued_at,
                 boot_prefix: prefix,
-                model: "iris".into(),
-                model_sha384: [1; 48],
-                request_digest: [2; 32],
-                response_digest: [3; 32],
-                mode: Mode::Kms,
-                attestation_sha384: [4; 48],
                 seq,
                 prev: self.prev,
+                ..crate::evidence::claims::tests::receipt()
             };
             let r = self.key.sign(&claims.encode());
             self.prev = merkle::leaf_hash(&r);
