@@ -98,7 +98,7 @@ fi
 
 # build NAME CLONE_DIR UMASK TZ: clone HEAD to CLONE_DIR and run reproduce.sh there.
 build() {
-    local name="$1" dir="$2" mask="$3" tz="$4" target
+    local name="$1" dir="$2" mask="$3" tz="$4" locale="$5" target
     rm -rf "$dir"
     mkdir -p "$(dirname "$dir")"
     git clone --quiet --no-hardlinks "$root" "$dir"
@@ -112,30 +112,32 @@ build() {
             log "note: nothing of Veil's to clean in $target yet"
         fi
     fi
-    log "build $name: $dir (umask $mask, TZ=$tz)"
+    log "build $name: $dir (umask $mask, TZ=$tz, LC_ALL=$locale)"
     (
         cd "$dir/docker" # a working directory other than the root, on purpose
         umask "$mask"
         # The two builds are compared with each other, so a machine whose compiler packages moved on, or
         # a pinned .deb that Debian's mirrors dropped, must not stop the check: both builds use the same.
         # reproduce.sh warns, and the warnings are shown below.
-        TZ="$tz" bash "$dir/scripts/reproduce.sh" --blobs "$blobs" --output "$work/$name.eif" \
+        TZ="$tz" LC_ALL="$locale" bash "$dir/scripts/reproduce.sh" --blobs "$blobs" --output "$work/$name.eif" \
             --target-dir "$target" --veil "$veil" --work-dir "$work/$name-work" \
             --allow-host-mismatch --allow-newer-debs
     ) > "$work/$name.measurements.json" 2> "$work/$name.log" || {
         tail -n 40 "$work/$name.log" >&2
+        keep=1
+        trap - EXIT
         die "build $name failed (log: $work/$name.log)"
     }
-    grep -q "Compiling veil-enclave v[0-9.]* ($dir/enclave)" "$work/$name-work/cargo.log" ||
+    grep -F "Compiling veil-enclave v" "$work/$name-work/cargo.log" | grep -qF "($dir/enclave)" ||
         die "build $name did not compile veil-enclave from $dir (see $work/$name-work/cargo.log): the check would prove nothing"
 }
 
-build first "$work/a/veil" 022 UTC
+build first "$work/a/veil" 022 UTC C
 if grep -E '^reproduce: (WARNING|build machine|unpinned)' "$work/first.log" >&2; then
     log "note: the lines above mean the pins no longer match this machine or Debian's mirrors: the builds are still compared, but their PCR2 is not the pinned build's (docs/OPERATING.md)"
 fi
 sleep 2 # and the second clone is made minutes after the first build: other mtimes everywhere
-build second "$work/elsewhere/deeper/path/veil-clone" 077 Pacific/Chatham
+build second "$work/elsewhere/deeper/path/veil-clone" 077 Pacific/Chatham C.UTF-8
 
 log "comparing"
 if ! diff "$work/first.measurements.json" "$work/second.measurements.json" > /dev/null || ! cmp -s "$work/first.eif" "$work/second.eif"; then

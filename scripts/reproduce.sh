@@ -29,6 +29,8 @@
 #
 # Needs: a Debian 12 x86_64 machine (apt-get, dpkg-deb, readelf), rustup or Rust 1.95.0, python3 with pip.
 set -euo pipefail
+# readelf and apt-cache are parsed below: their messages must be the untranslated ones.
+export LC_ALL=C
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 # shellcheck source=scripts/pins.sh
@@ -152,6 +154,13 @@ source "$root/scripts/commit.sh"
 build_commit "$allow_dirty"
 
 bash "$root/scripts/toolchain.sh"
+# The pinned release, whatever else would choose one: rustup ranks RUSTUP_TOOLCHAIN and a directory
+# override above rust-toolchain.toml, and RUSTC names a compiler outright.
+channel="$(sed -n 's/^channel *= *"\([^"]*\)".*/\1/p' "$root/rust-toolchain.toml")"
+unset RUSTC CARGO_BUILD_RUSTC CARGO_BUILD_RUSTC_WRAPPER
+if command -v rustup > /dev/null; then export RUSTUP_TOOLCHAIN="$channel"; fi
+have_release="$(rustc -vV | sed -n 's/^release: //p')"
+[ "$have_release" = "$channel" ] || die "rustc is release ${have_release:-unknown}, rust-toolchain.toml pins $channel"
 rustc_version="$(rustc -V)"
 host_problems=()
 os_id="$(. /etc/os-release 2> /dev/null && echo "${ID:-?} ${VERSION_ID:-?}")"
@@ -182,7 +191,11 @@ rustflags=(-C strip=symbols "--remap-path-prefix=$cargo_home=/cargo" "--remap-pa
     "--remap-path-prefix=$target_dir=/target")
 log "building veil-enclave (release, --locked, production: no dev feature) in $target_dir"
 if ! (
-    unset RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER RUSTFLAGS CARGO_BUILD_RUSTFLAGS CARGO_BUILD_TARGET
+    unset RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER RUSTFLAGS CARGO_BUILD_RUSTFLAGS CARGO_BUILD_TARGET \
+        CC CXX CFLAGS CXXFLAGS LDFLAGS AR CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER
+    while read -r v; do unset "$v"; done < <(env | sed -n 's/^\(CARGO_PROFILE_RELEASE_[A-Z_]*\)=.*/\1/p')
+    # The spelling remapped above: cargo hands rustc the registry's paths under CARGO_HOME as given.
+    export CARGO_HOME="$cargo_home"
     CARGO_ENCODED_RUSTFLAGS="$(IFS=$'\x1f' && echo "${rustflags[*]}")"
     export CARGO_ENCODED_RUSTFLAGS CARGO_INCREMENTAL=0 \
         CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_TERM_COLOR=never
@@ -261,8 +274,12 @@ for pin in "${DEB_PINS[@]}"; do
         log "WARNING: $pkg=$version is not to be had; --allow-newer-debs: using $candidate, so PCR2 is not the pinned build's (move the pin in scripts/pins.sh)"
         version="$candidate"
         file="$debs/${pkg}_${version#*:}_amd64.deb"
-        [ -f "$file" ] || fetch_deb "$pkg" "$version" "$file" || die "apt-get download $pkg=$version failed too"
-        sha="$(sha256_of "$file")"
+        # Not pinned, but still the archive's own: its SHA-256 must be the one apt's signed lists give.
+        sha="$(apt-cache show "$pkg=$version" 2> /dev/null | sed -n 's/^SHA256: //p' | head -n 1)"
+        [ -n "$sha" ] || die "apt's package lists give no SHA-256 for $pkg=$version"
+        if [ ! -f "$file" ] || [ "$(sha256_of "$file")" != "$sha" ]; then
+            fetch_deb "$pkg" "$version" "$file" || die "apt-get download $pkg=$version failed too"
+        fi
         unpinned+=("$pkg $version $sha")
     fi
     got="$(sha256_of "$file")"
@@ -324,7 +341,7 @@ declare -A placed=()
 libs_report=()
 interp="$(readelf -l "$binary" | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p')"
 [ -n "$interp" ] || die "$binary has no program interpreter: is it a dynamically linked glibc binary?"
-real="$(resolve "$interp")"
+real="$(resolve "$interp")" || die "the program interpreter $interp is a dangling or looping link in the pinned packages"
 [ -n "$real" ] || die "no pinned Debian package provides the program interpreter $interp"
 stage_file "$interp" "$merged$real" 0755
 placed[$(basename "$interp")]="$interp"
@@ -347,8 +364,10 @@ for l in "${libs_report[@]}"; do log "C runtime: $l"; done
 
 # ---- 4. the root is complete ---------------------------------------------------------------------------
 libpath="$stage/lib/x86_64-linux-gnu:$stage/usr/lib/x86_64-linux-gnu:$stage$IMAGE_ORT_DIR"
-if "$stage$interp" --library-path "$libpath" --list "$stage$IMAGE_ORT_DIR/$ORT_SO" | grep -q 'not found'; then
-    "$stage$interp" --library-path "$libpath" --list "$stage$IMAGE_ORT_DIR/$ORT_SO" >&2 || true
+ort_libs="$("$stage$interp" --library-path "$libpath" --list "$stage$IMAGE_ORT_DIR/$ORT_SO" 2>&1)" ||
+    die "the staged loader cannot list the libraries of $ORT_SO: $ort_libs"
+if grep -q 'not found' <<< "$ort_libs"; then
+    printf '%s\n' "$ort_libs" >&2
     die "the staged root lacks a library of $ORT_SO (above)"
 fi
 version="$("$stage$interp" --library-path "$libpath" "$stage$IMAGE_BIN" --version)" ||

@@ -203,6 +203,37 @@ fn diff_names_the_first_differing_file_in_the_ramdisk() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// A one-file newc archive written by hand, so that the name can be anything a hostile ramdisk holds.
+fn newc_one_file(name: &[u8], data: &[u8]) -> Vec<u8> {
+    fn entry(out: &mut Vec<u8>, name: &[u8], mode: u32, data: &[u8]) {
+        let fields = [1, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, 0, 0, name.len() as u32 + 1, 0];
+        out.extend_from_slice(b"070701");
+        fields.iter().for_each(|f| out.extend_from_slice(format!("{f:08x}").as_bytes()));
+        out.extend_from_slice(name);
+        out.push(0);
+        out.resize(out.len().next_multiple_of(4), 0);
+        out.extend_from_slice(data);
+        out.resize(out.len().next_multiple_of(4), 0);
+    }
+    let mut out = Vec::new();
+    entry(&mut out, name, 0o100644, data);
+    entry(&mut out, b"TRAILER!!!", 0, b"");
+    out
+}
+
+#[test]
+fn diff_prints_a_hostile_ramdisks_file_names_without_terminal_escapes() {
+    let f = Fixture::new();
+    let name = b"evil\x1b[2K\x1b[1Aname";
+    std::fs::write(f.path("x.cpio"), newc_one_file(name, b"one")).unwrap();
+    std::fs::write(f.path("y.cpio"), newc_one_file(name, b"two")).unwrap();
+    let o = f.veil(&["eif", "diff", "x.cpio", "y.cpio"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(!text.contains('\x1b'), "an escape reached the terminal: {text:?}");
+    assert!(text.contains("evil\\u{1b}[2K\\u{1b}[1Aname"), "the name, escaped: {text}");
+}
+
 #[test]
 fn ramdisk_refuses_what_aws_init_could_not_run() {
     let f = Fixture::new();

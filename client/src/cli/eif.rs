@@ -750,8 +750,9 @@ fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
             let state = if v["equal"] == true { "equal" } else { "DIFFERS" };
             println!("  {name}  {state}");
         }
+        // File names come from the ramdisks, which may be anyone's: no terminal escapes reach the screen.
         for f in &findings {
-            println!("  {f}");
+            println!("  {}", super::attest::clean(f));
         }
     }
     Ok(if identical { ExitCode::SUCCESS } else { ExitCode::from(super::EXIT_FAILED) })
