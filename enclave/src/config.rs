@@ -50,6 +50,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 use veil_protocol::attestation::MAX_MODELS;
+use veil_protocol::error::clip;
 use veil_protocol::message::{MODEL_NAME_RULE, is_valid_model_name};
 
 /// Where the image keeps the file.
@@ -349,6 +350,16 @@ impl EnclaveConfig {
         }
         let ohttp = ohttp_settings(file.ohttp, &kms.region, &models)?;
         let audit = audit_settings(file.audit)?;
+        // Each batch of audit records is one host frame, and holds at least one whole record (the first is
+        // the attestation document): a smaller frame would never carry it, and the log would stall.
+        let least_frame = veil_protocol::evidence::log::MAX_RECORD_LEN + 1024;
+        if audit.receipts && limits.max_frame_bytes < least_frame {
+            return Err(invalid(format!(
+                "[limits] max_frame_bytes must be at least {least_frame} while [audit] receipts are on (an audit record \
+                 is up to {} bytes and travels in one frame)",
+                veil_protocol::evidence::log::MAX_RECORD_LEN
+            )));
+        }
         Ok(EnclaveConfig { sha384, kms, models, limits, inference, ohttp, audit })
     }
 
@@ -386,8 +397,9 @@ fn audit_settings(a: AuditFile) -> Result<AuditSettings, ConfigError> {
     if !(1..=3600).contains(&settings.tree_head_secs) {
         return Err(invalid("[audit] tree_head_secs is 1 to 3600"));
     }
-    if !(16..=10_000_000).contains(&settings.max_backlog) {
-        return Err(invalid("[audit] max_backlog is 16 to 10000000 records"));
+    // About half a kilobyte of enclave memory per waiting receipt: a million is 0.5 GB.
+    if !(16..=1_000_000).contains(&settings.max_backlog) {
+        return Err(invalid("[audit] max_backlog is 16 to 1000000 records"));
     }
     if settings.batch_delay_ms > 1000 {
         return Err(invalid("[audit] batch_delay_ms is 0 to 1000"));
@@ -405,7 +417,10 @@ fn kms_settings(k: KmsFile, models: &[ModelFile]) -> Result<KmsSettings, ConfigE
         || region.len() > 32
         || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
-        return Err(invalid(format!("[kms] region {:?} is not an AWS region name (e.g. eu-west-1)", clip(&region))));
+        return Err(invalid(format!(
+            "[kms] region {:?} is not an AWS region name (e.g. eu-west-1)",
+            clip(&region, 80)
+        )));
     }
     let endpoint = k.endpoint.unwrap_or_else(|| format!("kms.{region}.amazonaws.com:443"));
     check_endpoint(&endpoint)?;
@@ -459,7 +474,7 @@ fn models(list: Vec<ModelFile>, region: &str, development_build: bool) -> Result
         if !is_valid_model_name(&m.name) || m.name.len() > veil_protocol::attestation::MAX_MODEL_NAME_LEN {
             return Err(invalid(format!(
                 "model {:?}: {MODEL_NAME_RULE}, at most {} here",
-                clip(&m.name),
+                clip(&m.name, 80),
                 veil_protocol::attestation::MAX_MODEL_NAME_LEN
             )));
         }
@@ -517,11 +532,15 @@ pub fn check_key_arn(arn: &str, region: &str) -> Result<(), ConfigError> {
         return Err(invalid(format!(
             "{:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID; aliases are not accepted here: \
              an alias can be moved to another key)",
-            clip(arn)
+            clip(arn, 80)
         )));
     }
     if parts[3] != region {
-        return Err(invalid(format!("key {:?} is in region {}, but [kms] region is {region}", clip(arn), parts[3])));
+        return Err(invalid(format!(
+            "key {:?} is in region {}, but [kms] region is {region}",
+            clip(arn, 80),
+            parts[3]
+        )));
     }
     Ok(())
 }
@@ -558,7 +577,7 @@ fn ohttp_settings(o: OhttpFile, region: &str, models: &[ModelConfig]) -> Result<
         {
             return Err(invalid(format!(
                 "{what}: file {:?} must be a name the parent serves ({MODEL_NAME_RULE}), unique among models and keys",
-                clip(&k.file)
+                clip(&k.file, 80)
             )));
         }
         check_key_arn(&k.kms_key_arn, region).map_err(|e| invalid(format!("{what}: {e}")))?;
@@ -572,7 +591,7 @@ fn ohttp_settings(o: OhttpFile, region: &str, models: &[ModelConfig]) -> Result<
 }
 
 fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
-    let bad = || invalid(format!("[kms] endpoint {:?} is not HOST:PORT", clip(endpoint)));
+    let bad = || invalid(format!("[kms] endpoint {:?} is not HOST:PORT", clip(endpoint, 80)));
     let (host, port) = endpoint.rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;
     if port == 0
@@ -607,10 +626,6 @@ fn check_limits(l: &Limits) -> Result<(), ConfigError> {
         return Err(invalid("[limits] replay_window_secs is 1 to 3600, and key_ttl_secs at least that"));
     }
     Ok(())
-}
-
-fn clip(s: &str) -> String {
-    s.chars().take(80).collect()
 }
 
 #[cfg(test)]
@@ -666,6 +681,8 @@ mod tests {
             (format!("{base}\n[audit]\ntree_head_secs = 7200\n"), "tree_head_secs is 1 to"),
             (format!("{base}\n[audit]\nmax_backlog = 1\n"), "max_backlog is 16 to"),
             (format!("{base}\n[audit]\nbatch_delay_ms = 5000\n"), "batch_delay_ms is 0 to 1000"),
+            (format!("{base}\n[audit]\nmax_backlog = 5000000\n"), "max_backlog is 16 to 1000000"),
+            (format!("{base}\n[limits]\nmax_frame_bytes = 4096\n"), "at least 66560 while [audit] receipts are on"),
             (format!("{base}\n[audit]\nbatch_delay = 5\n"), "unknown field"),
         ];
         for (text, want) in cases {

@@ -15,7 +15,7 @@
 //! acknowledged after a reconnection, and once `max_backlog` records wait it refuses new requests (503)
 //! rather than answer without a record.
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -71,6 +71,8 @@ pub struct Evidence {
     settings: AuditSettings,
     state: Mutex<Option<State>>,
     backlog: AtomicUsize,
+    /// Set once by [`Evidence::start`] (read per request by [`Evidence::admit`], without the lock).
+    started: AtomicBool,
     wake: tokio::sync::Notify,
 }
 
@@ -90,6 +92,7 @@ impl Evidence {
             settings,
             state: Mutex::new(None),
             backlog: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
         })
     }
@@ -129,6 +132,7 @@ impl Evidence {
         }
         *guard = Some(state);
         self.backlog.store(1, Ordering::Release);
+        self.started.store(true, Ordering::Release);
         drop(guard);
         self.wake.notify_one();
         Ok(())
@@ -136,11 +140,15 @@ impl Evidence {
 
     /// True once [`Evidence::start`] has run.
     pub fn started(&self) -> bool {
-        self.state.lock().map(|s| s.is_some()).unwrap_or(false)
+        self.started.load(Ordering::Acquire)
     }
 
-    /// Refuses a new request while the parent has not taken `max_backlog` records (503: try later).
+    /// Refuses a new request while the parent has not taken `max_backlog` records (503: try later), and
+    /// before the log has started (no receipt could be signed: the model must not run for nothing).
     pub fn admit(&self) -> Result<(), EnclaveError> {
+        if !self.started() {
+            return Err(EnclaveError::Loading("the receipt log".into()));
+        }
         if self.backlog.load(Ordering::Acquire) >= self.settings.max_backlog {
             return Err(EnclaveError::Overloaded("the parent's audit log is not taking receipts"));
         }
@@ -233,9 +241,10 @@ impl Evidence {
         self.backlog.load(Ordering::Acquire)
     }
 
-    /// The next batch to send: the number of its first record, and the records (at most `limit` bytes, at
-    /// least one record). Only the records' handles are taken under the lock; the bytes are copied after.
-    fn batch(&self, limit: usize) -> Option<(u64, Vec<u8>)> {
+    /// The next batch to send: the number of its first record, how many records it holds, and the records
+    /// (at most `limit` bytes, at least one record). Only the records' handles are taken under the lock;
+    /// the bytes are copied after.
+    fn batch(&self, limit: usize) -> Option<(u64, u64, Vec<u8>)> {
         let (first, records) = {
             let guard = self.state.lock().ok()?;
             let state = guard.as_ref()?;
@@ -250,7 +259,12 @@ impl Evidence {
             }
             (state.queue_first, records)
         };
-        (!records.is_empty()).then(|| (first, records.iter().flat_map(|r| r.iter().copied()).collect()))
+        if records.is_empty() {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(records.iter().map(|r| r.len()).sum());
+        records.iter().for_each(|r| bytes.extend_from_slice(r));
+        Some((first, records.len() as u64, bytes))
     }
 
     /// The parent has stored every record before `next`.
@@ -275,7 +289,7 @@ impl Evidence {
         let mut limit = ceiling;
         loop {
             self.tree_head_if_due(false);
-            let Some((first, records)) = self.batch(limit) else {
+            let Some((first, count, records)) = self.batch(limit) else {
                 let woken = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await.is_ok();
                 // Gather what follows the first record into the same batch: at a trickle of requests this
                 // turns a parent write and fdatasync per request into one per delay.
@@ -297,6 +311,20 @@ impl Evidence {
             }
             let Some(h) = host.as_mut() else { continue };
             match tokio::time::timeout(Duration::from_secs(30), h.audit(&self.boot, first, &records)).await {
+                // The parent acknowledged records it was never sent: a lie (or a parent confused about
+                // the boot), and nothing may leave the queue on its word. The same records go again, on a
+                // new connection.
+                Ok(Ok(next)) if next > first.saturating_add(count) => {
+                    tracing::warn!(
+                        first,
+                        count,
+                        next,
+                        "audit log: the parent acknowledged records it was not sent; reconnecting"
+                    );
+                    host = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
                 Ok(Ok(next)) if next > first => {
                     backoff = Duration::from_millis(100);
                     limit = (limit.saturating_mul(2)).min(ceiling);
@@ -382,7 +410,7 @@ mod tests {
     }
 
     fn queued(e: &Evidence) -> Vec<u8> {
-        e.batch(usize::MAX).map(|(_, b)| b).unwrap_or_default()
+        e.batch(usize::MAX).map(|(_, _, b)| b).unwrap_or_default()
     }
 
     #[test]
@@ -437,13 +465,62 @@ mod tests {
         assert_eq!(e.backlog(), 6);
         assert_eq!(e.batch(usize::MAX).unwrap().0, 10);
         // A small limit still sends one record; a larger one as many as fit.
-        let one = e.batch(1).unwrap().1;
+        let one = e.batch(1).unwrap().2;
         assert_eq!(RecordReader::new(&one).count(), 1);
         assert!(e.admit().is_ok());
-        // A parent that claims to have more than was sent empties the queue, no further.
+        // Past the queue's end the queue empties, no further (the pump never passes on such a claim: see
+        // a_parent_acknowledging_records_it_was_not_sent_takes_nothing_from_the_queue).
         e.acknowledge(u64::MAX);
         assert_eq!(e.backlog(), 0);
         assert!(e.batch(usize::MAX).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_parent_acknowledging_records_it_was_not_sent_takes_nothing_from_the_queue() {
+        // Finding of review: the pump let any `next` past the batch pop the queue, so a parent answering
+        // `next = u64::MAX` silently dropped records (and tree heads) it had never been sent.
+        use veil_protocol::message::{Body, HostRequest, HostResponse};
+        use veil_runtime::conn::{FrameReader, FrameWriter};
+        use veil_runtime::transport::{Address, Listener};
+        let dir = tempfile::tempdir().unwrap();
+        let settings = AuditSettings { tree_head_every: 1000, batch_delay_ms: 0, ..AuditSettings::default() };
+        let (e, _) = started(settings, dir.path());
+        let rng = SystemRandom::new();
+        for i in 0..3u8 {
+            e.issue("iris", &[1; 48], &[i], b"a", Mode::Ohttp, &rng).unwrap();
+        }
+        assert_eq!(e.backlog(), 4);
+        let addr: Address = format!("unix://{}", dir.path().join("host.sock").display()).parse().unwrap();
+        let listener = Listener::bind(&addr).await.unwrap();
+        let e = Arc::new(e);
+        let pump = tokio::spawn({
+            let e = Arc::clone(&e);
+            async move { e.pump(addr, 1 << 20).await }
+        });
+        // Each connection: one batch; the first two are answered with lies, the third honestly.
+        let mut batches = Vec::new();
+        for (n, lie) in [Some(u64::MAX), Some(5), None].into_iter().enumerate() {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let (id, body, records) =
+                FrameReader::new(&mut stream, 1 << 20).recv::<HostRequest>().await.unwrap().into_parts();
+            let HostRequest::Audit { first, .. } = body else { panic!("not an audit batch: {}", body.name()) };
+            let count = RecordReader::new(&records).count() as u64;
+            batches.push((first, count));
+            let next = lie.unwrap_or(first + count);
+            FrameWriter::new(&mut stream, 1 << 20).send(id, &HostResponse::Audit { next }, &[]).await.unwrap();
+            if lie.is_some() {
+                // The lie takes nothing: the same four records wait, and come again on a new connection.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert_eq!(e.backlog(), 4, "after lie {n}");
+            }
+        }
+        assert_eq!(batches, vec![(0, 4), (0, 4), (0, 4)]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while e.backlog() > 0 {
+            assert!(Instant::now() < deadline, "the honest acknowledgement emptied nothing");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        pump.abort();
     }
 
     #[test]
@@ -452,5 +529,7 @@ mod tests {
         let err = e.issue("iris", &[1; 48], b"q", b"a", Mode::Kms, &SystemRandom::new()).unwrap_err();
         assert!(matches!(err, EnclaveError::Loading(_)), "{err}");
         assert!(!e.started());
+        // Nor is a request admitted to run the model for a receipt that could not be signed.
+        assert!(matches!(e.admit().unwrap_err(), EnclaveError::Loading(_)));
     }
 }

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use ring::digest;
+use veil_protocol::error::clip;
 use veil_protocol::message::{Body, HostRequest, HostResponse, MAX_MODEL_CHUNK};
 use veil_runtime::conn::{Connection, Incoming};
 use veil_runtime::transport::{self, Address, Stream};
@@ -62,7 +63,8 @@ impl HostClient {
         let request = HostRequest::Audit { boot: serde_bytes::ByteBuf::from(boot.to_vec()), first };
         match self.conn.call(&request, records).await?.body {
             HostResponse::Audit { next } => Ok(next),
-            HostResponse::Error(e) => anyhow::bail!("the parent refused audit records: {e}"),
+            // The parent's words, clipped: they go into the enclave's log at every retry.
+            HostResponse::Error(e) => anyhow::bail!("the parent refused audit records: {}", clip(&e.to_string(), 200)),
             other => anyhow::bail!("unexpected answer to Audit: {}", other.name()),
         }
     }
@@ -71,7 +73,9 @@ impl HostClient {
     pub async fn fetch_model(&mut self, name: &str, max_bytes: u64) -> anyhow::Result<FetchedModel> {
         let size = match self.call(&HostRequest::ModelInfo { name: name.to_owned() }).await?.body {
             HostResponse::ModelInfo { size } => size,
-            HostResponse::Error(e) => anyhow::bail!("the parent cannot serve model {name:?}: {e}"),
+            HostResponse::Error(e) => {
+                anyhow::bail!("the parent cannot serve model {name:?}: {}", clip(&e.to_string(), 200))
+            }
             other => anyhow::bail!("unexpected answer to ModelInfo: {}", other.name()),
         };
         anyhow::ensure!(size > 0, "the parent reports model {name:?} as empty");

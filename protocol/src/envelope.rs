@@ -57,6 +57,7 @@ use ring::hkdf::{HKDF_SHA256, KeyType, Salt};
 use zeroize::Zeroizing;
 
 use crate::cbor::{CborError, Len, Reader, write_bytes, write_head, write_text};
+use crate::error::clip;
 use crate::error::{ErrorKind, ErrorReply};
 use crate::pad::{self, PadError};
 use crate::random::{self, RandomSource};
@@ -252,7 +253,7 @@ impl RequestMeta {
         if n == 1 {
             let key = r.text().map_err(bad)?;
             if key != "inference_header_length" {
-                return Err(EnvelopeError::Meta(format!("unknown request meta key {:?}", clip(key))));
+                return Err(EnvelopeError::Meta(format!("unknown request meta key {:?}", clip(key, 40))));
             }
             meta.inference_header_length = Some(r.uint().map_err(bad)?);
         }
@@ -348,7 +349,7 @@ impl AnswerMeta {
         let key = |r: &mut Reader<'_>, want: &str| -> Result<(), EnvelopeError> {
             let k = r.text().map_err(bad)?;
             if k != want {
-                return Err(EnvelopeError::Meta(format!("expected key {want:?}, found {:?}", clip(k))));
+                return Err(EnvelopeError::Meta(format!("expected key {want:?}, found {:?}", clip(k, 40))));
             }
             Ok(())
         };
@@ -377,7 +378,7 @@ impl AnswerMeta {
                 key(&mut r, "kind")?;
                 let kind = r.text().map_err(bad)?;
                 let kind = ErrorKind::from_label(kind)
-                    .ok_or_else(|| EnvelopeError::Meta(format!("unknown error kind {:?}", clip(kind))))?;
+                    .ok_or_else(|| EnvelopeError::Meta(format!("unknown error kind {:?}", clip(kind, 40))))?;
                 key(&mut r, "message")?;
                 let mut error = ErrorReply::new(kind, r.text().map_err(bad)?);
                 read += 2;
@@ -389,7 +390,7 @@ impl AnswerMeta {
                 }
                 Outcome::Error(error)
             }
-            other => return Err(EnvelopeError::Meta(format!("unknown outcome {:?}", clip(other)))),
+            other => return Err(EnvelopeError::Meta(format!("unknown outcome {:?}", clip(other, 40)))),
         };
         let receipt = match n - read {
             0 => None,
@@ -408,10 +409,6 @@ impl AnswerMeta {
         }
         Ok(AnswerMeta { model_sha384, outcome, receipt })
     }
-}
-
-fn clip(s: &str) -> String {
-    s.chars().take(40).collect()
 }
 
 /// The clear fields of a sealed request, checked.
@@ -509,7 +506,7 @@ pub fn parse_request(body: &[u8]) -> Result<ParsedRequest, EnvelopeError> {
 fn expect_key(r: &mut Reader<'_>, want: &'static str) -> Result<(), EnvelopeError> {
     let k = r.text().map_err(malformed)?;
     if k != want {
-        return Err(EnvelopeError::Malformed(format!("expected key {want:?}, found {:?}", clip(k))));
+        return Err(EnvelopeError::Malformed(format!("expected key {want:?}, found {:?}", clip(k, 40))));
     }
     Ok(())
 }

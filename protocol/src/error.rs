@@ -136,6 +136,12 @@ impl std::fmt::Display for ErrorReply {
     }
 }
 
+/// A string from elsewhere (a hostile peer's field, a parent's message) made fit for an error message or a
+/// log line: control characters dropped (no terminal escapes, no forged log lines), at most `max_chars`.
+pub fn clip(s: &str, max_chars: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max_chars).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +160,11 @@ mod tests {
     fn messages_are_bounded() {
         let e = ErrorReply::new(ErrorKind::BadRequest, "é".repeat(5000));
         assert!(e.message.len() <= MAX_ERROR_MESSAGE);
+    }
+
+    #[test]
+    fn clip_drops_control_characters_and_bounds_the_length() {
+        assert_eq!(clip("a\u{1b}[31mb\nc", 100), "a[31mbc");
+        assert_eq!(clip("ééééé", 3), "ééé");
     }
 }

@@ -21,6 +21,7 @@ use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::operation::decrypt::DecryptError;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeyEncryptionMechanism, RecipientInfo};
+use veil_protocol::error::clip;
 use veil_protocol::message::ErrorKind;
 use veil_runtime::transport::Address;
 use zeroize::Zeroizing;
@@ -335,7 +336,7 @@ fn map_sdk_error(e: SdkError<DecryptError, aws_sdk_kms::config::http::HttpRespon
             let err = service.err();
             let status = service.raw().status().as_u16();
             let code = err.code().unwrap_or("");
-            let message = clip(err.message().unwrap_or(""));
+            let message = clip(err.message().unwrap_or(""), 300);
             tracing::warn!(status, code, message = %message, "KMS Decrypt failed");
             match err {
                 DecryptError::InvalidCiphertextException(_) | DecryptError::IncorrectKeyException(_) => {
@@ -364,10 +365,6 @@ fn map_sdk_error(e: SdkError<DecryptError, aws_sdk_kms::config::http::HttpRespon
             KmsError::Unavailable
         }
     }
-}
-
-fn clip(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(300).collect()
 }
 
 /// AWS credentials from the parent (`HostRequest::Credentials`), cached and refreshed

@@ -7,6 +7,7 @@
 //! or put into error messages.
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use veil_protocol::error::clip;
 use veil_protocol::message::{Body, HostRequest, HostResponse};
 use veil_runtime::conn::Connection;
 use veil_runtime::transport::{self, Address, Stream};
@@ -57,7 +58,7 @@ pub(crate) async fn open_relay(addr: &Address, endpoint: &str, timeout: Duration
         tokio::time::timeout(timeout, exchange(addr, &request)).await.map_err(|_| ParentError::Timeout(timeout))??;
     match answer {
         HostResponse::RelayReady => Ok(stream),
-        HostResponse::Error(e) => Err(ParentError::Refused(clip(&e.message))),
+        HostResponse::Error(e) => Err(ParentError::Refused(clip(&e.message, 200))),
         other => Err(ParentError::Unexpected(other.name(), "RelayReady")),
     }
 }
@@ -86,7 +87,7 @@ pub(crate) async fn fetch_credentials(addr: &Address, timeout: Duration) -> Resu
             };
             Ok(ParentCredentials { access_key_id, secret_access_key, session_token, expiration })
         }
-        HostResponse::Error(e) => Err(ParentError::Refused(clip(&e.message))),
+        HostResponse::Error(e) => Err(ParentError::Refused(clip(&e.message, 200))),
         other => Err(ParentError::Unexpected(other.name(), "Credentials")),
     }
 }
@@ -107,8 +108,4 @@ fn check_credentials(akid: &str, secret: &str, token: Option<&str>) -> Result<()
         return Err(ParentError::BadCredentials("session token is empty, too long or not printable"));
     }
     Ok(())
-}
-
-fn clip(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(200).collect()
 }

@@ -26,14 +26,18 @@
 //! ```
 //!
 //! No claim says whether the answer was an answer or an error: the parent stores receipts in the clear,
-//! and what it may learn of a request is its size bucket and timing (DESIGN invariant 9). The status is
-//! inside the answer plaintext the salted digest covers.
+//! and what it may learn of a request is its size bucket and timing (DESIGN invariant 9). In attested-key
+//! mode the status is inside the answer plaintext the salted digest covers (the Binary HTTP response's
+//! content: an answer, or the error's JSON). In KMS envelope mode a refusal travels in the sealed answer's
+//! meta, and its receipt's response digest is over no bytes: the receipt shows the model ran on that
+//! request and made no answer; the client holds the refusal itself, sealed.
 //!
 //! Private claim keys (below -65536, RFC 8392 §9.1) carry what the registered claims cannot; the mapping to
 //! EphemeralML's AIR v1 is in `docs/AUDITING.md`. Decoding refuses unknown keys, missing keys, another
 //! profile and any other encoding of the same values: re-encoding must give back the same bytes.
 use super::{EvidenceError, Hash};
 use crate::cbor::{CborError, Len, Reader, write_bytes, write_head, write_text};
+use crate::error::clip;
 
 /// `eat_profile` of a receipt.
 pub const RECEIPT_PROFILE: &str = "https://example.invalid/veil/eat/receipt/v1";
@@ -186,7 +190,7 @@ impl ReceiptClaims {
         let mode = match c.text("mode")?.as_str() {
             "kms" => Mode::Kms,
             "ohttp" => Mode::Ohttp,
-            other => return Err(c.bad(format!("unknown mode {:?}", clip(other)))),
+            other => return Err(c.bad(format!("unknown mode {:?}", clip(other, 48)))),
         };
         c.key(ATTESTATION_SHA384)?;
         let attestation_sha384 = c.fixed("attestation_sha384")?;
@@ -277,10 +281,6 @@ struct Claims<'a> {
     what: &'static str,
 }
 
-fn clip(s: &str) -> String {
-    s.chars().take(48).collect()
-}
-
 impl<'a> Claims<'a> {
     fn open(bytes: &'a [u8], what: &'static str, entries: u64) -> Result<Self, EvidenceError> {
         let mut c = Claims { r: Reader::new(bytes), what };
@@ -322,7 +322,7 @@ impl<'a> Claims<'a> {
         self.key(EAT_PROFILE)?;
         let got = self.r.text().map_err(|e| self.cbor(e))?;
         if got != want {
-            return Err(self.bad(format!("eat_profile is {:?}, expected {want:?}", clip(got))));
+            return Err(self.bad(format!("eat_profile is {:?}, expected {want:?}", clip(got, 48))));
         }
         Ok(())
     }
