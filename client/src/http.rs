@@ -123,7 +123,13 @@ impl Client {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let http = HyperClient::builder(TokioExecutor::new()).build(connector);
+        // Idle connections are dropped before the parent's own idle limit (its --header-timeout-secs, 30 s by
+        // default) closes them: a request sent on a connection the parent is closing fails as a disconnect,
+        // which is retried, and may have run.
+        let http = HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(20))
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector);
         Ok(Self { base: trimmed.to_owned(), http, timeout: Duration::from_secs(60), retry: RetryPolicy::default() })
     }
 

@@ -338,16 +338,13 @@ impl Client {
         let sealed = self.post_sealed(&model.name, wire).await?;
         let mut opened =
             session.open(&call, sealed).map_err(|e| ClientError::Kms(format!("cannot open the answer: {e}")))?;
-        let receipt = opened.receipt.take().map(Box::new);
-        match opened.outcome {
-            Outcome::Answer { .. } => {
-                opened.receipt = receipt.map(|r| *r);
-                Ok(Answer { opened })
-            }
-            Outcome::Error(e) => {
-                Err(ClientError::Enclave { kind: e.kind, message: e.message, retry_after: e.retry_after_secs, receipt })
-            }
-        }
+        let Outcome::Error(e) = &opened.outcome else { return Ok(Answer { opened }) };
+        Err(ClientError::Enclave {
+            kind: e.kind,
+            message: e.message.clone(),
+            retry_after: e.retry_after_secs,
+            receipt: opened.receipt.take().map(Box::new),
+        })
     }
 }
 

@@ -163,6 +163,22 @@ pub struct ObliviousResponse {
 }
 
 impl ObliviousResponse {
+    /// Whether the enclave's answer asks to be tried again: its 503 or 429, with its `Retry-After` (this
+    /// answer is authenticated: only the enclave could have made it).
+    pub fn retry_verdict(&self) -> Verdict {
+        let retry_after = self
+            .header("retry-after")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(crate::retry::parse_retry_after_now);
+        let status = hyper::StatusCode::from_u16(self.status).unwrap_or(hyper::StatusCode::OK);
+        crate::retry::status_verdict(status, retry_after)
+    }
+
+    /// What a retry after this answer says of it (for logs).
+    pub(crate) fn retry_reason(&self) -> String {
+        format!("the enclave answered HTTP {}: {}", self.status, self.error_message().unwrap_or_default())
+    }
+
     /// The first header named `name` (lower case).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
@@ -360,24 +376,10 @@ impl ObliviousClient {
             let delay = match &outcome {
                 Err(e) => retries.next(e.verdict(), e, observe),
                 // An authenticated 503 or 429 from the enclave itself (inside the encapsulation).
-                Ok(response) => {
-                    let retry_after = response
-                        .header("retry-after")
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                        .and_then(crate::retry::parse_retry_after_now);
-                    let status = hyper::StatusCode::from_u16(response.status).unwrap_or(hyper::StatusCode::OK);
-                    let verdict = crate::retry::status_verdict(status, retry_after);
-                    if verdict == Verdict::Final {
-                        None
-                    } else {
-                        let why = format!(
-                            "the enclave answered HTTP {}: {}",
-                            response.status,
-                            response.error_message().unwrap_or_default()
-                        );
-                        retries.next(verdict, &why, observe)
-                    }
-                }
+                Ok(response) => match response.retry_verdict() {
+                    Verdict::Final => None,
+                    verdict => retries.next(verdict, &response.retry_reason(), observe),
+                },
             };
             let Some(delay) = delay else { return outcome };
             drop(outcome);

@@ -390,24 +390,10 @@ async fn attested(
         let Route::Infer { model } = route else { break sent };
         let delay = match &sent {
             Err(e) => retries.next(e.verdict(), e, &mut log_retry(model)),
-            Ok(r) => {
-                let retry_after = r
-                    .header("retry-after")
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(crate::retry::parse_retry_after_now);
-                let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
-                match crate::retry::status_verdict(status, retry_after) {
-                    Verdict::Final => None,
-                    verdict => {
-                        let why = format!(
-                            "the enclave answered HTTP {}: {}",
-                            r.status,
-                            r.error_message().unwrap_or_default()
-                        );
-                        retries.next(verdict, &why, &mut log_retry(model))
-                    }
-                }
-            }
+            Ok(r) => match r.retry_verdict() {
+                Verdict::Final => None,
+                verdict => retries.next(verdict, &r.retry_reason(), &mut log_retry(model)),
+            },
         };
         match delay {
             None => break sent,
@@ -620,17 +606,15 @@ async fn kms(
                 let failed = match kms_attempt(client, session, &model, &body, header_length).await {
                     Ok(opened) => match &opened.outcome {
                         // The enclave opened the request and is unavailable (over its byte budget, say).
-                        Outcome::Error(e) if e.kind == veil_protocol::error::ErrorKind::Unavailable => {
-                            let verdict = Verdict::Retry {
-                                retry_after: e.retry_after_secs.map(|s| std::time::Duration::from_secs(s.into())),
-                            };
+                        Outcome::Error(e) => {
+                            let verdict = crate::retry::enclave_verdict(e.kind, e.retry_after_secs);
                             let why = format!("the enclave answered: {}", e.message);
                             match retries.next(verdict, &why, &mut log_retry(&model.name)) {
                                 Some(delay) => Err(delay),
                                 None => Ok(opened),
                             }
                         }
-                        _ => Ok(opened),
+                        Outcome::Answer { .. } => Ok(opened),
                     },
                     Err((verdict, why, response)) => match retries.next(verdict, &why, &mut log_retry(&model.name)) {
                         Some(delay) => Err(delay),

@@ -43,18 +43,22 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// The longest `Retry-After` honoured; a longer one is cut to this.
     pub max_retry_after: Duration,
+    /// No retry starts later than this after the first attempt did: a parent that holds every attempt
+    /// until just before the client's timeout, then answers 503, cannot multiply the wait by the retries.
+    pub max_elapsed: Duration,
 }
 
 impl Default for RetryPolicy {
     /// Four retries, windows of 250 ms, 0.5 s, 1 s and 2 s (so about 2 s of waiting on average without
     /// `Retry-After`, and at least 4 s behind a parent that says `Retry-After: 1`), `Retry-After` honoured
-    /// up to 30 s.
+    /// up to 30 s, and no retry started more than 2 minutes after the first attempt.
     fn default() -> Self {
         RetryPolicy {
             max_retries: 4,
             base_delay: Duration::from_millis(250),
             max_delay: Duration::from_secs(5),
             max_retry_after: Duration::from_secs(30),
+            max_elapsed: Duration::from_secs(120),
         }
     }
 }
@@ -114,11 +118,20 @@ impl ClientError {
         match self {
             ClientError::Connect { .. } | ClientError::Disconnected { .. } => Verdict::Retry { retry_after: None },
             ClientError::Unauthenticated { status, retry_after, .. } => status_verdict(*status, *retry_after),
-            ClientError::Enclave { kind: veil_protocol::error::ErrorKind::Unavailable, retry_after, .. } => {
-                Verdict::Retry { retry_after: retry_after.map(|s| Duration::from_secs(s.into())) }
-            }
+            ClientError::Enclave { kind, retry_after, .. } => enclave_verdict(*kind, *retry_after),
             _ => Verdict::Final,
         }
+    }
+}
+
+/// The verdict for an error the enclave sealed into its answer, and its `Retry-After` (seconds): only
+/// "unavailable" (loading, over its byte budget, its audit log backed up) is retried.
+pub fn enclave_verdict(kind: veil_protocol::error::ErrorKind, retry_after_secs: Option<u32>) -> Verdict {
+    match kind {
+        veil_protocol::error::ErrorKind::Unavailable => {
+            Verdict::Retry { retry_after: retry_after_secs.map(|s| Duration::from_secs(s.into())) }
+        }
+        _ => Verdict::Final,
     }
 }
 
@@ -172,11 +185,12 @@ impl std::fmt::Debug for Retried<'_> {
 pub(crate) struct Retries<'p> {
     policy: &'p RetryPolicy,
     done: u32,
+    started: std::time::Instant,
 }
 
 impl<'p> Retries<'p> {
     pub(crate) fn new(policy: &'p RetryPolicy) -> Retries<'p> {
-        Retries { policy, done: 0 }
+        Retries { policy, done: 0, started: std::time::Instant::now() }
     }
 
     /// After an attempt that failed with `verdict` because of `reason`: the wait before the next attempt,
@@ -191,8 +205,12 @@ impl<'p> Retries<'p> {
         if self.done >= self.policy.max_retries {
             return None;
         }
+        let delay = self.policy.delay(self.done + 1, retry_after);
+        if self.started.elapsed().saturating_add(delay) > self.policy.max_elapsed {
+            tracing::debug!(reason = %reason, "not retrying: the retries' time is spent");
+            return None;
+        }
         self.done += 1;
-        let delay = self.policy.delay(self.done, retry_after);
         tracing::debug!(retry = self.done, delay_ms = delay.as_millis() as u64, reason = %reason, "retrying");
         observe(Retried { retry: self.done, delay, reason });
         Some(delay)
@@ -288,5 +306,19 @@ mod tests {
         let mut retries = Retries::new(&policy);
         assert_eq!(retries.next(Verdict::Final, &"400", &mut |_| panic!("a final failure retried")), None);
         assert_eq!(Retries::new(&RetryPolicy::none()).next(again, &"503", &mut |_| panic!("retried")), None);
+    }
+
+    #[test]
+    fn a_parent_that_stalls_every_attempt_cannot_stretch_the_retries_past_max_elapsed() {
+        // Finding of review: each attempt may take the whole timeout and each wait a long Retry-After, so
+        // retries alone bounded nothing in time. A retry that would start past max_elapsed is not made.
+        let policy = RetryPolicy { max_elapsed: Duration::from_secs(60), ..RetryPolicy::default() };
+        let again = Verdict::Retry { retry_after: Some(Duration::from_secs(30)) };
+        let mut retries = Retries::new(&policy);
+        assert!(retries.next(again, &"503", &mut |_| {}).is_some(), "the first wait fits");
+        // 45 s later (an attempt held until just before its timeout): another 30 s would end past 60 s.
+        retries.started = retries.started.checked_sub(Duration::from_secs(45)).unwrap();
+        assert_eq!(retries.next(again, &"503", &mut |_| panic!("retried past max_elapsed")), None);
+        assert_eq!(retries.done, 1);
     }
 }

@@ -33,6 +33,8 @@ fn veil_dev_serves_prints_endpoints_and_stops_on_sigterm() {
         assert!(std::path::Path::new(m["file"].as_str().unwrap()).is_file());
     }
     assert!(std::path::Path::new(endpoints["mock_root"].as_str().unwrap()).is_file());
+    // The status file is there as soon as the line that names it (finding of review: it came after).
+    assert!(std::path::Path::new(endpoints["status_file"].as_str().unwrap()).is_file());
     assert_eq!(endpoints["nsm"], "mock");
     // The KMS side: a mock KMS, a key, its policy from the enclave's measurements, encrypted models.
     let kms = &endpoints["kms"];

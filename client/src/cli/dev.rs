@@ -261,6 +261,10 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     ));
     let mut stack = Stack::start(options)?;
     let status_file = stack.options.state_dir.join("status.json");
+    // The status file exists before the endpoints line names it: a script may read it at once.
+    let policy = RestartPolicy { max_restarts: args.max_restarts, ..RestartPolicy::default() };
+    let mut supervisor = Supervisor::new(&stack, policy, status_file.clone());
+    supervisor.write_status(&stack).with_context(|| format!("writing {}", status_file.display()))?;
     let endpoints = endpoints(&stack, &status_file);
     if args.json {
         let mut out = std::io::stdout().lock();
@@ -270,9 +274,6 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_human(&stack);
     }
-    let policy = RestartPolicy { max_restarts: args.max_restarts, ..RestartPolicy::default() };
-    let mut supervisor = Supervisor::new(&stack, policy, status_file.clone());
-    supervisor.write_status(&stack).with_context(|| format!("writing {}", status_file.display()))?;
 
     // Serve until a signal; restart children as they die, until one dies too often.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -42,6 +42,23 @@ impl Drop for Replica {
     }
 }
 
+/// Waits up to 60 s for `child`'s ready file; a child that misses it (or dies first) is killed and
+/// reaped, not left holding its port for every later start to trip over. The error carries its log's tail.
+pub(super) fn wait_ready_or_kill<T: serde::de::DeserializeOwned>(
+    mut child: Child,
+    ready_file: &Path,
+    name: &str,
+    log: &Path,
+) -> anyhow::Result<(Child, T)> {
+    match veil_runtime::ready::wait::<T>(ready_file, name, Duration::from_secs(60), || exited(&mut child)) {
+        Ok(info) => Ok((child, info)),
+        Err(e) => {
+            kill(&mut Some(child));
+            Err(anyhow::anyhow!("{e}\n{}", tail(log)))
+        }
+    }
+}
+
 pub(super) fn kill(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
         let _ = c.kill();

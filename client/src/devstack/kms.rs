@@ -6,9 +6,9 @@ use std::process::Child;
 use std::time::Duration;
 
 use anyhow::Context;
-use veil_runtime::ready::{self, MockKmsReady};
+use veil_runtime::ready::MockKmsReady;
 
-use super::children::{exited, spawn, tail};
+use super::children::{spawn, wait_ready_or_kill};
 use super::{DEV_ACCOUNT, Stack};
 
 /// The mock KMS and what the stack set up in it.
@@ -75,11 +75,8 @@ impl MockKms {
             args.extend(["--principal".to_owned(), p.clone()]);
         }
         args.extend(self.extra_args.iter().cloned());
-        let mut child = spawn(&bin_dir.join("veil-mock-kms"), &args, &self.log, &[], "info")?;
-        let info =
-            ready::wait::<MockKmsReady>(&ready_file, "veil-mock-kms", Duration::from_secs(60), || exited(&mut child))
-                .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(&self.log)))?;
-        Ok((child, info))
+        let child = spawn(&bin_dir.join("veil-mock-kms"), &args, &self.log, &[], "info")?;
+        wait_ready_or_kill::<MockKmsReady>(child, &ready_file, "veil-mock-kms", &self.log)
     }
 }
 

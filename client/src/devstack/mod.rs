@@ -25,7 +25,7 @@ mod kms;
 mod supervise;
 
 pub use children::{Replica, free_port, http_get, tail};
-use children::{exited, kill, spawn};
+use children::{kill, spawn, wait_ready_or_kill};
 use kms::ImageConfig;
 pub use kms::MockKms;
 pub use supervise::{RestartPolicy, Supervisor, SupervisorEvent};
@@ -402,10 +402,8 @@ impl Stack {
             ("AWS_ACCESS_KEY_ID", self.options.parent_access_key.as_str()),
             ("AWS_SECRET_ACCESS_KEY", self.options.secret_key.as_str()),
         ];
-        let mut child = spawn(&self.options.bin_dir.join("veil-parent"), args, log, &creds, &self.options.log_filter)?;
-        let info =
-            ready::wait::<ParentReady>(ready_file, "veil-parent", Duration::from_secs(60), || exited(&mut child))
-                .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(log)))?;
+        let child = spawn(&self.options.bin_dir.join("veil-parent"), args, log, &creds, &self.options.log_filter)?;
+        let (child, info) = wait_ready_or_kill::<ParentReady>(child, ready_file, "veil-parent", log)?;
         Ok((child, info.url))
     }
 
@@ -566,22 +564,6 @@ impl Stack {
         let (child, _) = self.kms.spawn_on(&self.options.bin_dir, &self.kms.host_port.clone())?;
         self.kms_child = Some(child);
         Ok(())
-    }
-
-    /// The first child that has exited, with its name and status.
-    pub fn exited_child(&mut self) -> Option<(&'static str, String)> {
-        for (name, child) in [
-            ("veil-parent", &mut self.parent),
-            ("veil-enclave", &mut self.enclave),
-            ("veil-mock-kms", &mut self.kms_child),
-        ] {
-            if let Some(c) = child.as_mut()
-                && let Ok(Some(status)) = c.try_wait()
-            {
-                return Some((name, status.to_string()));
-            }
-        }
-        None
     }
 
     fn slot(&mut self, role: Role) -> &mut Option<Child> {

@@ -210,8 +210,20 @@ impl Supervisor {
                         events.push(SupervisorEvent::Restarted { role, restarts: w.restarts, pid: stack.pid(role) });
                     }
                     Err(e) => {
-                        // Counted as a restart all the same: a child that cannot even start is crash-looping.
+                        // Counted as a restart all the same: a child that cannot even start is crash-looping,
+                        // and --max-restarts ends that loop too.
                         w.restarts += 1;
+                        if self.policy.max_restarts.is_some_and(|max| w.restarts >= max) {
+                            w.due = None;
+                            self.gave_up = true;
+                            let log_tail = super::tail(&stack.log_path(role));
+                            events.push(SupervisorEvent::GaveUp {
+                                role,
+                                status: format!("could not be restarted: {e:#}"),
+                                log_tail,
+                            });
+                            continue;
+                        }
                         let retry_in = self.policy.delay(w.delay, Duration::ZERO);
                         w.delay = Some(retry_in);
                         w.due = Some(Instant::now() + retry_in);
