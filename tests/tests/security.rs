@@ -217,7 +217,7 @@ fn finding_4_a_flood_under_one_garbage_data_key_is_bounded() {
     opts.parent_args = vec!["--max-body-bytes".into(), "9000000".into(), "--connections".into(), "4".into()];
     opts.enclave_config = format!("[limits]\nmax_request_bytes_in_flight = {budget}\n");
     let mut stack = Stack::start(opts).unwrap();
-    let enclave_pid = stack.inner().pids().1.unwrap();
+    let enclave_pid = stack.inner().pid(veil_client::devstack::Role::Enclave).unwrap();
     let rss_before = rss_kib(enclave_pid, "VmRSS:");
     // One garbage data key, under the stack's (accepted) KMS key: KMS will refuse it.
     let key = DataKey::new(&[9u8; 32]).unwrap();

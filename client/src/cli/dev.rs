@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use veil_client::devstack::{Options, RestartPolicy, Stack, Supervisor, SupervisorEvent};
+use veil_client::devstack::{Options, RestartPolicy, Role, Stack, Supervisor, SupervisorEvent};
 
 /// Start the off-hardware stack: mock KMS, enclave (mock NSM), parent and the sample models.
 #[derive(Debug, Args)]
@@ -178,7 +178,7 @@ fn free_port_check(port: u16) -> anyhow::Result<()> {
 
 /// What `veil dev --json` prints first.
 fn endpoints(stack: &Stack, status_file: &Path) -> serde_json::Value {
-    let (parent, enclave, kms) = stack.pids();
+    let (parent, enclave, kms) = (stack.pid(Role::Parent), stack.pid(Role::Enclave), stack.pid(Role::Kms));
     let k = &stack.kms;
     serde_json::json!({
         "url": stack.url,

@@ -22,12 +22,14 @@ use veil_runtime::ready::{self, EnclaveReady, ParentReady};
 
 mod children;
 mod kms;
+mod lifecycle;
 mod supervise;
 
 pub use children::{Replica, free_port, http_get, tail};
 use children::{kill, spawn, wait_ready_or_kill};
 use kms::ImageConfig;
 pub use kms::MockKms;
+pub use lifecycle::Role;
 pub use supervise::{RestartPolicy, Supervisor, SupervisorEvent};
 
 /// The AWS account of the dev stack's mock KMS, and the roles its key policy names.
@@ -38,37 +40,6 @@ pub const DEV_ACCESS_KEY: &str = "AKIAVEILDEVSTACK0000";
 pub const DEV_SECRET_KEY: &str = "veil-dev-stack-mock-kms-secret";
 /// The parent's credentials (which it serves to the enclave): a session of the enclave's role.
 pub const DEV_PARENT_ACCESS_KEY: &str = "AKIAVEILDEVPARENT000";
-
-/// The stack's long-lived processes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Role {
-    Kms,
-    Parent,
-    Enclave,
-}
-
-impl Role {
-    /// Every role, in start order.
-    pub const ALL: [Role; 3] = [Role::Kms, Role::Parent, Role::Enclave];
-
-    /// The program's name.
-    pub fn program(self) -> &'static str {
-        match self {
-            Role::Kms => "veil-mock-kms",
-            Role::Parent => "veil-parent",
-            Role::Enclave => "veil-enclave",
-        }
-    }
-
-    /// A short label (`kms`, `parent`, `enclave`): JSON keys and log file names.
-    pub fn label(self) -> &'static str {
-        match self {
-            Role::Kms => "kms",
-            Role::Parent => "parent",
-            Role::Enclave => "enclave",
-        }
-    }
-}
 
 /// How the parent and the enclave reach each other (vsock on hardware).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -408,19 +379,19 @@ impl Stack {
     }
 
     fn start_parent(&mut self) -> anyhow::Result<()> {
+        self.url = self.launch_parent_on(&self.options.listen.clone())?;
+        Ok(())
+    }
+
+    /// Starts the parent listening on `listen` (first start and restarts alike) and waits for its ready
+    /// file: the URL it serves.
+    fn launch_parent_on(&mut self, listen: &str) -> anyhow::Result<String> {
         let ready_file = self.options.state_dir.join("parent.ready.json");
         let to_enclave = self.options.parent_to_enclave.clone().unwrap_or_else(|| self.enclave_addr.clone());
-        let args = self.parent_argv(
-            &self.options.listen.clone(),
-            &to_enclave,
-            &self.host_addr.clone(),
-            &ready_file,
-            &self.audit_log.clone(),
-        );
+        let args = self.parent_argv(listen, &to_enclave, &self.host_addr.clone(), &ready_file, &self.audit_log.clone());
         let (child, url) = self.launch_parent(&args, &ready_file, &self.logs.join("parent.log"))?;
-        self.url = url;
         self.parent = Some(child);
-        Ok(())
+        Ok(url)
     }
 
     /// Starts another parent and enclave from the same image, configuration, model files and fleet key,
@@ -549,91 +520,6 @@ impl Stack {
         }
     }
 
-    /// Kills the enclave (as a crash would).
-    pub fn kill_enclave(&mut self) {
-        kill(&mut self.enclave);
-    }
-
-    /// Kills the mock KMS (as an outage would).
-    pub fn kill_kms(&mut self) {
-        kill(&mut self.kms_child);
-    }
-
-    /// Restarts the mock KMS on the same port and state.
-    pub fn restart_kms(&mut self) -> anyhow::Result<()> {
-        let (child, _) = self.kms.spawn_on(&self.options.bin_dir, &self.kms.host_port.clone())?;
-        self.kms_child = Some(child);
-        Ok(())
-    }
-
-    fn slot(&mut self, role: Role) -> &mut Option<Child> {
-        match role {
-            Role::Kms => &mut self.kms_child,
-            Role::Parent => &mut self.parent,
-            Role::Enclave => &mut self.enclave,
-        }
-    }
-
-    /// The process id of `role`'s child, while the stack holds one.
-    pub fn pid(&self, role: Role) -> Option<u32> {
-        match role {
-            Role::Kms => self.kms_child.as_ref(),
-            Role::Parent => self.parent.as_ref(),
-            Role::Enclave => self.enclave.as_ref(),
-        }
-        .map(Child::id)
-    }
-
-    /// `role`'s log file.
-    pub fn log_path(&self, role: Role) -> PathBuf {
-        self.logs.join(format!("{}.log", role.label()))
-    }
-
-    /// `role`'s exit status once its child has exited; the child is reaped and let go, so each exit is
-    /// reported once.
-    pub fn take_exited(&mut self, role: Role) -> Option<std::process::ExitStatus> {
-        let slot = self.slot(role);
-        let status = slot.as_mut().and_then(|c| c.try_wait().ok().flatten())?;
-        *slot = None;
-        Some(status)
-    }
-
-    /// Starts `role` again, on the same addresses and state: the mock KMS and the parent wait for their
-    /// ready files; the enclave is only started (it loads its models in its own time).
-    pub fn restart(&mut self, role: Role) -> anyhow::Result<()> {
-        match role {
-            Role::Kms => self.restart_kms(),
-            Role::Parent => self.restart_parent(),
-            Role::Enclave => self.spawn_enclave(),
-        }
-    }
-
-    /// Kills the parent (as a crash would).
-    pub fn kill_parent(&mut self) {
-        kill(&mut self.parent);
-    }
-
-    /// Starts the parent again on the same port (its clients' URL stays valid) and waits for its ready file.
-    pub fn restart_parent(&mut self) -> anyhow::Result<()> {
-        let ready_file = self.options.state_dir.join("parent.ready.json");
-        let to_enclave = self.options.parent_to_enclave.clone().unwrap_or_else(|| self.enclave_addr.clone());
-        let listen = format!("tcp://{}", self.url.trim_start_matches("http://"));
-        let args =
-            self.parent_argv(&listen, &to_enclave, &self.host_addr.clone(), &ready_file, &self.audit_log.clone());
-        let (child, _) = self.launch_parent(&args, &ready_file, &self.logs.join("parent.log"))?;
-        self.parent = Some(child);
-        Ok(())
-    }
-
-    /// The process ids of the children.
-    pub fn pids(&self) -> (Option<u32>, Option<u32>, Option<u32>) {
-        (
-            self.parent.as_ref().map(Child::id),
-            self.enclave.as_ref().map(Child::id),
-            self.kms_child.as_ref().map(Child::id),
-        )
-    }
-
     /// The environment a client needs to seal requests for this stack (`veil infer`).
     pub fn client_env(&self) -> Vec<(String, String)> {
         vec![
@@ -645,24 +531,6 @@ impl Stack {
             ("VEIL_KMS_REGION".into(), self.kms.region.clone()),
             ("VEIL_ATTESTATION_ROOT".into(), self.mock_root.display().to_string()),
         ]
-    }
-
-    /// Stops every child: SIGTERM, then SIGKILL after five seconds.
-    pub fn stop(&mut self) {
-        for child in [&mut self.enclave, &mut self.parent, &mut self.kms_child] {
-            if let Some(mut c) = child.take() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(c.id() as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
     }
 }
 
