@@ -179,4 +179,9 @@ log "veil load exited with $load_status; verifying the audit log ($audit_log)"
 "$bin_dir/veil" audit verify "$audit_log" --any-image --root "$out/stack/mock-nsm/mock-root.pem" --json \
     >"$out/audit.json" 2>"$out/audit.log" || true
 log "checking"
+if [ "$kill_after" -gt 0 ] && [ "$killed" -eq 0 ]; then
+    # The run ended (or /metrics never answered) before the kill point: the soak did not test what it says.
+    echo "soak.sh: FAIL: the enclave was to be killed after $kill_after answers, and never was (served: $(served))" >&2
+    exit 1
+fi
 python3 scripts/soak_check.py "$out" --requests "$requests" --killed "$killed"

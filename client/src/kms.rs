@@ -6,7 +6,7 @@
 //! (`veil kms policy`). The data key stays in this process (zeroized on drop); the parent sees ciphertext.
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
@@ -208,7 +208,7 @@ impl Session {
         let grant = self.grant().await?;
         grant.used += 1;
         let key = Arc::clone(&grant.key);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = veil_protocol::time::now_unix();
         let (wire, tag) = key.sealer().seal_request(model, body, meta, now, &SystemRandom::new())?;
         Ok((wire, SealedCall { tag, key }))
     }

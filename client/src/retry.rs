@@ -26,7 +26,7 @@
 //! same way again, 500 and 502 are faults a retry would repeat, a 403 is KMS's key policy, and a 422 in
 //! attested-key mode is handled where it belongs, by verifying the enclave again
 //! ([`crate::oblivious::ObliviousClient::send`]).
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hyper::StatusCode;
 
@@ -157,7 +157,7 @@ pub fn parse_retry_after(value: &str, now_unix: u64) -> Option<u64> {
 
 /// [`parse_retry_after`] against the system clock.
 pub(crate) fn parse_retry_after_now(value: &str) -> Option<u64> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = veil_protocol::time::now_unix();
     parse_retry_after(value, now)
 }
 

@@ -201,6 +201,10 @@ fn diff_names_the_first_differing_file_in_the_ramdisk() {
     assert!(stderr(&o).contains("neither an EIF"), "{}", stderr(&o));
     let o = f.veil(&["eif", "diff", "a.eif", "app.cpio"]);
     assert_eq!(o.status.code(), Some(2));
+    // An endless device is refused from its first bytes, never read whole.
+    let o = f.veil(&["eif", "diff", "a.eif", "/dev/zero"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("neither an EIF"), "{}", stderr(&o));
 }
 
 /// A one-file newc archive written by hand, so that the name can be anything a hostile ramdisk holds.

@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use veil_protocol::attestation::UnverifiedDocument;
 use veil_protocol::envelope::AnswerReceipt;
@@ -27,6 +27,7 @@ use veil_protocol::evidence::{
     Hash, Mode, ReceiptClaims, ReceiptKey, SALT_LEN, TreeHeadClaims, boot_id, salted_digest,
 };
 use veil_protocol::random::RandomSource;
+use veil_protocol::time::now_unix;
 use zeroize::Zeroizing;
 
 use crate::config::AuditSettings;
@@ -74,10 +75,6 @@ pub struct Evidence {
     /// Set once by [`Evidence::start`] (read per request by [`Evidence::admit`], without the lock).
     started: AtomicBool,
     wake: tokio::sync::Notify,
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Evidence {

@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use tokio::sync::OwnedSemaphorePermit;
@@ -17,6 +16,7 @@ use veil_protocol::envelope::{AnswerBody, ModelRef, SealedAnswer};
 use veil_protocol::evidence::Mode;
 use veil_protocol::message::{EnclaveRequest, EnclaveResponse};
 use veil_protocol::random::SystemRandom;
+use veil_protocol::time::now_unix;
 
 use crate::budget::ByteBudget;
 use crate::config::EnclaveConfig;
@@ -97,10 +97,6 @@ impl std::fmt::Debug for Enclave {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Enclave").field("models", &self.config.model_names()).field("ready", &self.ready).finish()
     }
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Enclave {

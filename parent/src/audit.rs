@@ -204,11 +204,6 @@ impl AuditLog {
         result
     }
 
-    /// The directory, when it keeps one.
-    pub fn dir(&self) -> Option<&Path> {
-        self.dir.as_deref()
-    }
-
     /// Stores `records` (numbered from `first`) of boot `boot`: the number of the next record it expects.
     pub fn append(&self, boot: &[u8], first: u64, records: &[u8]) -> Result<u64, AuditError> {
         let boot: [u8; 16] =
@@ -338,11 +333,6 @@ impl AuditLog {
         let inner = self.inner.lock().ok()?;
         let boot = boot.or(inner.current)?;
         inner.boots.get(&boot).and_then(|b| b.heads.last().map(|(_, h)| h.clone()))
-    }
-
-    /// The current boot.
-    pub fn current(&self) -> Option<[u8; 16]> {
-        self.inner.lock().ok().and_then(|i| i.current)
     }
 
     /// An inclusion proof of receipt `seq` of `boot` (default: the current boot), under the first signed
@@ -527,7 +517,13 @@ fn recover(dir: &Path, writable: bool) -> Result<BootLog, AuditError> {
             }
         }
         if damaged {
-            let aside = path.with_extension("cborseq.damaged");
+            // Never over an earlier damaged copy of the same file: `.damaged`, `.damaged.1`, ...
+            let mut aside = path.with_extension("cborseq.damaged");
+            let mut n = 0;
+            while aside.exists() {
+                n += 1;
+                aside = path.with_extension(format!("cborseq.damaged.{n}"));
+            }
             std::fs::rename(path, &aside)?;
             log.tree_whole = false;
         } else {

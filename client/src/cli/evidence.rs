@@ -7,15 +7,15 @@
 //! not be reached.
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use veil_client::evidence::{evidence_policy, read_bounded, read_bundle, verify_audit_log, write_bundle};
 use veil_client::trust::ClientPolicy;
-use veil_protocol::attestation::{CheckStatus, TrustAnchor, Verifier};
+use veil_protocol::attestation::{CheckStatus, Verifier};
 use veil_protocol::evidence::claims::ReceiptClaims;
 use veil_protocol::evidence::verify::{AuditReport, EvidencePolicy, ReceiptReport, verify_receipt};
+use veil_protocol::time::now_unix;
 
 use super::attest::clean;
 use super::{EXIT_CONNECT, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
@@ -118,15 +118,15 @@ impl TrustArgs {
                         AWS's), the signatures and the log"
                 .into());
         }
-        let mut policy = match (&self.policy, &self.root) {
-            (Some(p), _) => evidence_policy(&ClientPolicy::load(p).map_err(|e| e.to_string())?),
-            (None, Some(r)) => {
-                let pem = std::fs::read(r).map_err(|e| format!("cannot read --root {}: {e}", r.display()))?;
-                EvidencePolicy::root_only(
-                    TrustAnchor::from_pem(&pem).map_err(|e| format!("--root {}: {e}", r.display()))?,
-                )
+        let mut policy = match &self.policy {
+            Some(p) => {
+                let client = ClientPolicy::load(p).map_err(|e| e.to_string())?;
+                if client.mock_root {
+                    eprintln!("veil: WARNING: the policy trusts a MOCK attestation root (development only)");
+                }
+                evidence_policy(&client)
             }
-            (None, None) => EvidencePolicy::root_only(TrustAnchor::aws_nitro_root_g1()),
+            None => EvidencePolicy::root_only(super::infer::anchor(self.root.as_deref()).map_err(|e| e.to_string())?),
         };
         policy.allow_debug |= self.allow_debug;
         Ok((policy, self.policy.is_some()))
@@ -179,10 +179,6 @@ pub struct AuditVerifyArgs {
     pub tree_head_secs: u64,
     #[command(flatten)]
     pub trust: TrustArgs,
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn unreadable(m: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
@@ -342,10 +338,8 @@ fn show(a: &ShowArgs) -> anyhow::Result<ExitCode> {
             println!("  inclusion proof     {}", if bundle.inclusion.is_some() { "yes" } else { "no" });
             Ok(ExitCode::from(EXIT_OK))
         }
-        Err(e) => {
-            eprintln!("veil: {}: {e}", a.bundle.display());
-            Ok(ExitCode::from(EXIT_FAILED))
-        }
+        // Nothing was verified, so nothing failed: the receipt could not be read (2).
+        Err(e) => unreadable(format!("{}: the receipt does not decode: {e}", a.bundle.display())),
     }
 }
 

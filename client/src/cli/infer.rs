@@ -334,7 +334,8 @@ pub async fn kms_model_digest(
 }
 
 /// The root attestation documents must chain to: `--root`'s PEM, or AWS's Nitro root.
-fn anchor(root: Option<&std::path::Path>) -> anyhow::Result<TrustAnchor> {
+/// The root attestation documents must chain to: `root` (PEM) if given, else AWS's Nitro root.
+pub(super) fn anchor(root: Option<&std::path::Path>) -> anyhow::Result<TrustAnchor> {
     Ok(match root {
         None => TrustAnchor::aws_nitro_root_g1(),
         Some(p) => {

@@ -85,10 +85,7 @@ fn field(field: &'static str, reason: impl Into<String>) -> CommitmentError {
 impl UserDataCommitment {
     /// SHA-384 of a DER SubjectPublicKeyInfo, for [`UserDataCommitment::recipient_rsa_spki_sha384`].
     pub fn sha384(data: &[u8]) -> [u8; 48] {
-        let d = ring::digest::digest(&ring::digest::SHA384, data);
-        let mut out = [0u8; 48];
-        out.copy_from_slice(d.as_ref());
-        out
+        crate::evidence::sha384(data)
     }
 
     /// Encodes in the canonical form. Sorts `models` by name; refuses invalid names, duplicates, too many

@@ -93,10 +93,11 @@ pub const MAX_MODEL_NAME: usize = 128;
 const SALT: &[u8] = b"veil/v2 envelope";
 /// Room reserved in front of an answer's plaintext for the answer map's CBOR head (at most 74 bytes).
 const ANSWER_PREFIX_ROOM: usize = 80;
-/// Room kept after an answer's body for its meta (the outcome, and a receipt with its salt: under 1 KiB),
-/// so that encoding the meta never moves the plaintext body to a larger allocation and leaves the old one
-/// unwiped.
-pub const ANSWER_META_ROOM: usize = 1024;
+/// Room kept after an answer's body for its meta (the outcome, an error's message of at most
+/// [`crate::error::MAX_ERROR_MESSAGE`] bytes, and a receipt with its salt: under 1 KiB besides the
+/// message), so that encoding the meta never moves the plaintext to a larger allocation and leaves the
+/// old one unwiped.
+pub const ANSWER_META_ROOM: usize = crate::error::MAX_ERROR_MESSAGE + 1024;
 
 /// Why an envelope was refused. Messages name what was wrong, never key material or plaintext.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -734,6 +735,15 @@ pub(crate) mod tests {
         let before = (body.buf.as_ptr(), body.buf.capacity());
         meta.encode(&mut body.buf);
         assert_eq!((body.buf.as_ptr(), body.buf.capacity()), before, "the meta moved the answer's buffer");
+        // An error's meta too, with the longest message and a receipt (finding of review: the room was
+        // sized for answers only).
+        let message = "m".repeat(crate::error::MAX_ERROR_MESSAGE + 100);
+        let e = ErrorReply::new(ErrorKind::BadRequest, message).retry_after(u32::MAX);
+        let meta =
+            AnswerMeta { model_sha384: [0xff; 48], outcome: Outcome::Error(e), receipt: Some(largest_receipt()) };
+        let mut out = Vec::new();
+        meta.encode(&mut out);
+        assert!(out.len() <= ANSWER_META_ROOM, "{} bytes of error meta, {ANSWER_META_ROOM} kept", out.len());
     }
 
     #[test]

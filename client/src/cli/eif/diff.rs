@@ -29,6 +29,13 @@ pub struct DiffArgs {
 
 /// Reads one side of `veil eif diff`: an EIF (checked and measured) or a bare ramdisk.
 fn load_for_diff(path: &Path) -> anyhow::Result<(Vec<u8>, Option<EifInfo>)> {
+    // The kind first, from the first bytes: anything else (a device, a stray file) is refused unread.
+    let mut magic = [0u8; 4];
+    let head = std::fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut magic));
+    head.map_err(|e| anyhow!("cannot read the file {}: {e}", path.display()))?;
+    if &magic != b".eif" && &magic != b"0707" {
+        bail!("{} is neither an EIF (it would start with \".eif\") nor a cpio ramdisk (\"0707...\")", path.display())
+    }
     let bytes = read_input("file", path)?;
     if bytes.starts_with(b".eif") {
         let info = read_eif_bytes(&bytes).map_err(|e| anyhow!("{} is not a valid EIF: {e}", path.display()))?;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use veil_eif::{EifInfo, SignatureCheck, read_eif, recommend_memory};
@@ -350,7 +350,19 @@ fn write_text(out: &mut impl Write, path: &Path, info: &EifInfo, now: i64) -> st
 }
 
 fn read_input(what: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| anyhow!("cannot read the {what} {}: {e}", path.display()))
+    use std::io::Read;
+    // An image's parts and the images themselves are loaded whole: bounded, so that a device or a pipe
+    // named as an input ends in an error rather than in exhausted memory.
+    const MAX_INPUT: u64 = 4 << 30;
+    let file = File::open(path).map_err(|e| anyhow!("cannot read the {what} {}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_INPUT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| anyhow!("cannot read the {what} {}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_INPUT {
+        bail!("the {what} {} is larger than {} GiB: not an enclave image's part", path.display(), MAX_INPUT >> 30);
+    }
+    Ok(bytes)
 }
 
 /// Writes a file through `write` to a temporary name beside `path`, syncs it and renames it into
